@@ -1,0 +1,3 @@
+"""nffs - the neural field file system."""
+
+__version__ = "0.1.0"
