@@ -1,0 +1,1 @@
+"""Pages on tier directories: placement, capacity, migration, write-back, checksums, metadata."""

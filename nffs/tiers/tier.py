@@ -1,0 +1,189 @@
+"""One tier directory at run time: where page files live, capacity, counters.
+
+Memory tiers (dram, cxl) are RAM-backed directories (tmpfs); their page files are
+read and written directly on the trio thread, which costs a memory copy and never
+waits on a device.  Durable tiers are only touched from worker threads.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from .spec import TierSpec
+
+log = logging.getLogger(__name__)
+
+FANOUT = 256
+
+
+@dataclass
+class TierCounters:
+    reads: int = 0
+    writes: int = 0
+    promotions: int = 0
+    demotions: int = 0
+    checksum_failures: int = 0
+    io_errors: int = 0
+
+
+class Tier:
+    def __init__(self, spec: TierSpec, tier_id: int, page_size: int) -> None:
+        self.spec = spec
+        self.id = tier_id
+        self.name = spec.name
+        self.root = spec.path
+        self.volatile = spec.volatile
+        self.latency = spec.latency
+        self.page_size = page_size
+        self.counters = TierCounters()
+        self.pages = 0  # page files counted against capacity
+        self.dirty = 0
+        self.capacity: int | None = None
+        self._fds: OrderedDict[int, int] = OrderedDict()
+        self._fd_limit = 256
+
+    def open(self) -> None:
+        """Create the directory layout and resolve the capacity (a percentage needs the path)."""
+        os.makedirs(self.root, exist_ok=True)
+        for i in range(FANOUT):
+            os.makedirs(os.path.join(self.root, f"{i:02x}"), exist_ok=True)
+        self.capacity = self.spec.capacity_bytes()
+
+    @property
+    def used_bytes(self) -> int:
+        return self.pages * self.page_size
+
+    def capacity_pages(self) -> int | None:
+        return None if self.capacity is None else max(1, self.capacity // self.page_size)
+
+    def has_room(self, extra_pages: int = 1) -> bool:
+        cap = self.capacity_pages()
+        return cap is None or self.pages + extra_pages <= cap
+
+    def fill(self) -> float:
+        cap = self.capacity_pages()
+        return 0.0 if cap is None else self.pages / cap
+
+    # -- file names -------------------------------------------------------------------
+    def _dir(self, page: int) -> str:
+        return os.path.join(self.root, f"{page % FANOUT:02x}")
+
+    def mem_path(self, page: int) -> str:
+        return os.path.join(self._dir(page), f"{page:x}")
+
+    def home_path(self, page: int, checksum: int) -> str:
+        """Home files carry their checksum in the name: recording a new checksum is an atomic switch."""
+        return os.path.join(self._dir(page), f"{page:x}-{checksum:016x}")
+
+    def page_dir(self, page: int) -> str:
+        return self._dir(page)
+
+    # -- memory-tier I/O (trio thread) ---------------------------------------------------
+    def _fd(self, page: int, create: bool = False) -> int:
+        fd = self._fds.get(page)
+        if fd is not None:
+            self._fds.move_to_end(page)
+            return fd
+        flags = os.O_RDWR | (os.O_CREAT if create else 0)
+        fd = os.open(self.mem_path(page), flags, 0o600)
+        self._fds[page] = fd
+        if len(self._fds) > self._fd_limit:
+            _, old = self._fds.popitem(last=False)
+            os.close(old)
+        return fd
+
+    def mem_read(self, page: int, offset: int, length: int) -> bytes:
+        self.counters.reads += 1
+        return os.pread(self._fd(page), length, offset)
+
+    def mem_write(self, page: int, offset: int, data: bytes | memoryview) -> None:
+        self.counters.writes += 1
+        fd = self._fd(page, create=True)
+        written = os.pwrite(fd, data, offset)
+        if written != len(data):
+            raise OSError(28, "short write to memory tier")
+
+    def mem_create(self, page: int, data: bytes | memoryview) -> None:
+        fd = self._fd(page, create=True)
+        os.ftruncate(fd, 0)
+        self.mem_write(page, 0, data)
+
+    def mem_delete(self, page: int) -> None:
+        fd = self._fds.pop(page, None)
+        if fd is not None:
+            os.close(fd)
+        try:
+            os.unlink(self.mem_path(page))
+        except FileNotFoundError:
+            pass
+
+    def mem_exists(self, page: int) -> bool:
+        return os.path.exists(self.mem_path(page))
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds.clear()
+
+    def describe(self) -> dict:
+        c = self.counters
+        return {
+            "name": self.name,
+            "path": self.root,
+            "kind": self.spec.kind,
+            "volatile": self.volatile,
+            "capacity": self.capacity,
+            "used_bytes": self.used_bytes,
+            "pages": self.pages,
+            "dirty_pages": self.dirty,
+            "numa": self.spec.numa,
+            "latency_s": self.latency,
+            "reads": c.reads,
+            "writes": c.writes,
+            "promotions": c.promotions,
+            "demotions": c.demotions,
+            "checksum_failures": c.checksum_failures,
+            "io_errors": c.io_errors,
+        }
+
+
+# -- durable-tier I/O (worker threads only) --------------------------------------------
+
+def write_file_durably(path: str, data: bytes | memoryview) -> None:
+    """Write via a temporary name, fsync, rename: the name only ever points at a complete file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
+def read_whole_file(path: str) -> bytes:
+    with open(path, "rb", buffering=0) as f:
+        return f.read()
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
