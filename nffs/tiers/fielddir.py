@@ -73,6 +73,14 @@ def persisted_tiers(meta: MetaDB, field_dir: str) -> list[TierSpec]:
     return default_tiers(field_dir, meta.get_meta("field_id") or "unknown")
 
 
+def tiers_for_check(meta: MetaDB, field_dir: str) -> list[TierSpec]:
+    """The tiers of the last mount (a mount may override the persisted ones), for fsck and stat."""
+    raw = meta.get_meta("last_tiers")
+    if raw:
+        return [TierSpec.from_dict(d) for d in json.loads(raw)]
+    return persisted_tiers(meta, field_dir)
+
+
 @dataclass
 class OpenField:
     field_dir: str
@@ -115,6 +123,8 @@ def open_field(field_dir: str, tier_overrides: list[TierSpec] | None = None, *, 
             except OSError as exc:
                 raise FieldError(f"tier {spec.name}: cannot use {spec.path}: {exc}") from None
             tiers.append(tier)
+        if not read_only:
+            meta.set_meta("last_tiers", json.dumps([s.to_dict() for s in specs]))
         meta.commit()
         store = PageStore(layout, meta, tiers, read_only=read_only)
         store.recover()

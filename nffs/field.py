@@ -1,0 +1,121 @@
+"""The served field: hash-grid encoding and decoding over the page store.
+
+This is where `encoding/` (pure math) meets `tiers/` (pages): the encoder says which
+elements a batch needs, the store gathers them all at once (so slow pages are fetched
+concurrently), and the interpolation and decoder run vectorised over the batch.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from .encoding import hashgrid
+
+if TYPE_CHECKING:
+    from .encoding.decoder import Decoder
+from .encoding.layout import FieldLayout
+from .tiers.store import PageStore
+
+log = logging.getLogger(__name__)
+
+DECODER_FILE = "decoder.npz"
+
+
+class Field:
+    def __init__(self, layout: FieldLayout, store: PageStore, field_dir: str) -> None:
+        self.layout = layout
+        self.store = store
+        self.field_dir = field_dir
+        self.decoder: Decoder | None = None
+        self.decoder_bytes: bytes | None = None
+        #: called with the pages a field-space operation changed behind the kernel's back
+        self.change_listeners: list[Callable[[list[int]], None]] = []
+        self._feature_offsets = np.arange(layout.features, dtype=np.uint64)
+        self._load_decoder()
+
+    # -- decoder ---------------------------------------------------------------------
+    def _decoder_path(self) -> str:
+        return os.path.join(self.field_dir, DECODER_FILE)
+
+    def _load_decoder(self) -> None:
+        try:
+            with open(self._decoder_path(), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return
+        from .encoding.decoder import Decoder
+
+        try:
+            self.decoder = Decoder.from_npz_bytes(data, self.layout.encoding_width)
+            self.decoder_bytes = data
+        except ValueError as exc:
+            log.error("ignoring invalid %s: %s", self._decoder_path(), exc)
+
+    def install_decoder(self, data: bytes) -> None:
+        """Validate first, then persist atomically: a bad file changes nothing."""
+        from .encoding.decoder import Decoder
+
+        decoder = Decoder.from_npz_bytes(data, self.layout.encoding_width)
+        path = self._decoder_path()
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+        self.decoder, self.decoder_bytes = decoder, data
+
+    def remove_decoder(self) -> None:
+        try:
+            os.unlink(self._decoder_path())
+        except FileNotFoundError:
+            pass
+        self.decoder = self.decoder_bytes = None
+
+    @property
+    def output_width(self) -> int:
+        return self.decoder.out_width if self.decoder is not None else self.layout.encoding_width
+
+    # -- inference -------------------------------------------------------------------
+    async def encode(self, points: np.ndarray) -> np.ndarray:
+        """(N, D) float32 in [0,1] -> (N, L*F) float32, level-major."""
+        n = points.shape[0]
+        L, F = self.layout.n_levels, self.layout.features
+        if n == 0:
+            return np.zeros((0, L * F), dtype=np.float32)
+        entries, weights = hashgrid.corner_entries(self.layout, points)
+        elements = entries.astype(np.uint64, copy=False)[..., None] * np.uint64(F) + self._feature_offsets
+        values = await self.store.gather(elements)  # (L, C, N, F)
+        enc = np.einsum("lcn,lcnf->nlf", weights, values, optimize=False)
+        return np.ascontiguousarray(enc, dtype=np.float32).reshape(n, L * F)
+
+    async def infer(self, points: np.ndarray) -> np.ndarray:
+        enc = await self.encode(points)
+        if self.decoder is None:
+            return enc
+        return self.decoder.apply(enc)
+
+    # -- concepts --------------------------------------------------------------------
+    async def write_at(self, point: np.ndarray, offset: int, data: bytes) -> None:
+        """Set components [offset/4, ...) of the encoding at `point` (SPEC 2.4)."""
+        width = self.layout.encoding_width * 4
+        if offset % 4 or len(data) % 4 or offset < 0 or offset + len(data) > width:
+            raise OSError(errno.EINVAL, "concept writes must be 4-byte aligned and inside the vector")
+        values = np.frombuffer(data, dtype="<f4")
+        if not np.all(np.isfinite(values)):
+            raise OSError(errno.EINVAL, "concept values must be finite")
+        pts = point.reshape(1, -1).astype(np.float32)
+        current = (await self.encode(pts))[0]
+        target = current.copy()
+        target[offset // 4: offset // 4 + values.size] = values
+        elements, deltas = hashgrid.concept_update(self.layout, pts[0], current, target)
+        keep = deltas != 0
+        if not np.any(keep):
+            return
+        changed = await self.store.add_to_elements(elements[keep], deltas[keep])
+        for listener in self.change_listeners:
+            listener(changed)

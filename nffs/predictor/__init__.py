@@ -1,0 +1,1 @@
+"""Access history, predictors (hoeffding, markov) and the prefetch policy."""
