@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 from dataclasses import dataclass, field
 from typing import Callable
@@ -67,7 +68,18 @@ def serve(field_dir: str, mountpoint: str, opts: MountOptions, on_ready: Callabl
         except Exception:
             log.exception("closing the FUSE session")
         opened.close()
+        _remove_default_memory_dirs(opened.tiers)
         log.info("daemon for %s exited cleanly", mountpoint)
+
+
+def _remove_default_memory_dirs(tiers) -> None:
+    """The embedded default dram tier lives in /dev/shm: leave no empty tree behind in RAM."""
+    for tier in tiers:
+        if not tier.volatile or not os.path.basename(tier.root).startswith("nffs-"):
+            continue
+        if any(files for _, _, files in os.walk(tier.root)):
+            continue
+        shutil.rmtree(tier.root, ignore_errors=True)
 
 
 async def _run(ops: FieldOperations, store, prefetcher, opts: MountOptions, on_ready) -> None:
@@ -86,6 +98,7 @@ async def _run(ops: FieldOperations, store, prefetcher, opts: MountOptions, on_r
     with trio.CancelScope(shield=True):
         if not opts.read_only:
             await store.sync()
+            store.release_memory()
 
 
 async def _terminate_on_signal() -> None:

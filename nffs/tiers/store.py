@@ -685,6 +685,14 @@ class PageStore:
             except OSError as exc:
                 log.error("background write-back failed, will retry: %s", exc)
 
+    def release_memory(self) -> None:
+        """After a final sync: drop every clean memory copy, so an unmounted field holds no RAM."""
+        for tier in self.memory_tiers:
+            for page in list(self.resident[tier.id]):
+                if page not in self.dirty:
+                    self._drop_mem_copy(tier, page)
+        self.meta.commit()
+
     def stats(self) -> dict:
         return {
             "materialised_pages": self.meta.count_pages(),
