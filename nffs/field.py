@@ -34,6 +34,8 @@ class Field:
         self.decoder_bytes: bytes | None = None
         #: called with the pages a field-space operation changed behind the kernel's back
         self.change_listeners: list[Callable[[list[int]], None]] = []
+        #: called with every batch of points read through query, at/ and concepts (field-space prefetch)
+        self.point_listeners: list[Callable[[np.ndarray], None]] = []
         self._feature_offsets = np.arange(layout.features, dtype=np.uint64)
         self._load_decoder()
 
@@ -81,8 +83,11 @@ class Field:
         return self.decoder.out_width if self.decoder is not None else self.layout.encoding_width
 
     # -- inference -------------------------------------------------------------------
-    async def encode(self, points: np.ndarray) -> np.ndarray:
+    async def encode(self, points: np.ndarray, *, observe: bool = True) -> np.ndarray:
         """(N, D) float32 in [0,1] -> (N, L*F) float32, level-major."""
+        if observe:
+            for listener in self.point_listeners:
+                listener(points)
         n = points.shape[0]
         L, F = self.layout.n_levels, self.layout.features
         if n == 0:
@@ -109,7 +114,7 @@ class Field:
         if not np.all(np.isfinite(values)):
             raise OSError(errno.EINVAL, "concept values must be finite")
         pts = point.reshape(1, -1).astype(np.float32)
-        current = (await self.encode(pts))[0]
+        current = (await self.encode(pts, observe=False))[0]
         target = current.copy()
         target[offset // 4: offset // 4 + values.size] = values
         elements, deltas = hashgrid.concept_update(self.layout, pts[0], current, target)

@@ -480,6 +480,25 @@ class FieldOperations(pyfuse3.Operations):
 
         await trio.to_thread.run_sync(push)
 
+    async def push_page(self, page: int, data: bytes) -> None:
+        """Put a page's current bytes into the kernel page cache of params and every level view.
+
+        The prefetcher's last step: the next read of these bytes never reaches the daemon.
+        """
+        lo, hi = self.layout.page_byte_range(page)
+        targets = [(ino.PARAMS, lo, 0, hi - lo)] + self._alias_targets(lo, hi - lo, ino.PARAMS)
+        view = memoryview(data)[: hi - lo]
+
+        def push() -> None:
+            for inode, file_off, a, b in targets:
+                try:
+                    pyfuse3.notify_store(inode, file_off, view[a:b])
+                except OSError as exc:
+                    if exc.errno != errno.ENOENT:
+                        log.debug("notify_store(%d): %s", inode, exc)
+
+        await trio.to_thread.run_sync(push)
+
     def _on_field_change(self, pages: list[int]) -> None:
         """Pages changed behind the kernel's back (concept writes): queue fresh data for its cache."""
         for page in pages:

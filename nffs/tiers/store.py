@@ -407,6 +407,21 @@ class PageStore:
             values = table[inverse * self.elems_per_page + within]
         return values.astype(np.float32, copy=False).reshape(elements.shape)
 
+    async def prefetch_page(self, page: int, confidence: float = 1.0) -> bytes:
+        """Bring a page to the fastest memory tier ahead of demand and return its bytes.
+
+        Runs at background priority: it waits while demand reads are queued on slow tiers.
+        """
+        while self.demand_waiting > 0:
+            await trio.sleep(0.0005)
+        self.raise_heat(page, confidence)
+        return await self.page_bytes(page, promote=True)
+
+    def is_fast(self, page: int) -> bool:
+        """True when reading the page costs no slow-tier I/O (memory copy or never written)."""
+        row = self.lookup(page)
+        return row is None or (row.mem is not None and row.mem in self.tier_by_id)
+
     # ------------------------------------------------------------------ writing
     def _memory_tier_with_room(self, exclude: int | None = None) -> Tier | None:
         for tier in self.memory_tiers:
@@ -466,17 +481,13 @@ class PageStore:
         self._check_range(offset, len(view))
         self.counters["writes"] += 1
         pos = 0
-        touched = []
         while pos < len(view):
             page = (offset + pos) // self.page_size
             start = offset + pos - page * self.page_size
             length = min(self.page_size - start, len(view) - pos)
             async with self._locked(page):
                 await self._write_page(page, start, view[pos:pos + length])
-            touched.append(page)
             pos += length
-        for listener in self.access_listeners:
-            listener(touched)
 
     async def _write_page(self, page: int, start: int, chunk: memoryview) -> None:
         self._epoch += 1
