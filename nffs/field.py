@@ -36,7 +36,6 @@ class Field:
         self.change_listeners: list[Callable[[list[int]], None]] = []
         #: called with every batch of points read through query, at/ and concepts (field-space prefetch)
         self.point_listeners: list[Callable[[np.ndarray], None]] = []
-        self._feature_offsets = np.arange(layout.features, dtype=np.uint64)
         self._load_decoder()
 
     # -- decoder ---------------------------------------------------------------------
@@ -88,15 +87,11 @@ class Field:
         if observe:
             for listener in self.point_listeners:
                 listener(points)
-        n = points.shape[0]
-        L, F = self.layout.n_levels, self.layout.features
-        if n == 0:
-            return np.zeros((0, L * F), dtype=np.float32)
+        if points.shape[0] == 0:
+            return np.zeros((0, self.layout.encoding_width), dtype=np.float32)
         entries, weights = hashgrid.corner_entries(self.layout, points)
-        elements = entries.astype(np.uint64, copy=False)[..., None] * np.uint64(F) + self._feature_offsets
-        values = await self.store.gather(elements)  # (L, C, N, F)
-        enc = np.einsum("lcn,lcnf->nlf", weights, values, optimize=False)
-        return np.ascontiguousarray(enc, dtype=np.float32).reshape(n, L * F)
+        rows = await self.store.gather_rows(entries)  # (L, C, N, F), all pages fetched at once
+        return hashgrid.interpolate(self.layout, weights, rows)
 
     async def infer(self, points: np.ndarray) -> np.ndarray:
         enc = await self.encode(points)

@@ -7,7 +7,7 @@ VENV="${NFFS_VENV:-.venv}"
 PY="${PYTHON:-python3}"
 
 need=()
-for pkg in fuse3 libfuse3-dev pkg-config gcc; do
+for pkg in fuse3 libfuse3-dev pkg-config gcc attr; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if ! "$PY" -c 'import sysconfig,os,sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"],"Python.h")) else 1)'; then

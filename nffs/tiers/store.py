@@ -35,6 +35,8 @@ HIGH_WATERMARK = 0.90
 LOW_WATERMARK = 0.80
 HEAT_HALF_LIFE_S = 30.0
 DENSE_PAGE_INDEX_LIMIT = 1 << 26
+#: fields up to this size keep an in-process table for gathers (a cache: never the only copy)
+DEFAULT_RESIDENT_BYTES = int(os.environ.get("NFFS_RESIDENT_BYTES", 1 << 30))
 
 
 def checksum(data: bytes | bytearray | memoryview) -> int:
@@ -73,6 +75,7 @@ class PageStore:
         read_only: bool = False,
         io_threads: int = 16,
         cache_bytes: int = 256 << 20,
+        resident_bytes: int = DEFAULT_RESIDENT_BYTES,
     ) -> None:
         self.layout = layout
         self.meta = meta
@@ -94,6 +97,17 @@ class PageStore:
         self._arrays: OrderedDict[int, np.ndarray] = OrderedDict()
         self._arrays_bytes = 0
         self._cache_budget = cache_bytes
+        # In-process copy of the parameter table for vectorised gathers, filled page by page
+        # on demand and updated by every write (only for fields that fit the budget).
+        self._resident: np.ndarray | None = None
+        self._resident_valid: np.ndarray | None = None
+        if 0 < layout.params_bytes <= resident_bytes:
+            self._resident = np.zeros(layout.n_pages * self.page_size, dtype=np.uint8)
+            self._resident_valid = np.zeros(layout.n_pages, dtype=bool)
+        self._level_pages = [
+            (lo // self.page_size, (hi - 1) // self.page_size) for lo, hi in (layout.level_byte_range(l) for l in range(layout.n_levels))
+        ]
+        self._level_ready = [False] * layout.n_levels
         self._heat: dict[int, tuple[float, float]] = {}
         self._heat_limit = 1 << 16
         self._pending_unlinks: list[str] = []
@@ -422,6 +436,63 @@ class PageStore:
         row = self.lookup(page)
         return row is None or (row.mem is not None and row.mem in self.tier_by_id)
 
+    async def gather_rows(self, entries: np.ndarray) -> np.ndarray:
+        """Rows (entries.shape + (F,)) of global entry indices; entries is (L, C, N) level-major.
+
+        With the resident table the steady state is one numpy take: a level whose pages
+        are all resident needs no per-row page bookkeeping at all.
+        """
+        feats = self.layout.features
+        if self._resident is None:
+            elements = entries.astype(np.uint64)[..., None] * np.uint64(feats) + np.arange(feats, dtype=np.uint64)
+            return await self.gather(elements)
+        row_bytes = feats * self.itemsize
+        missing: list[np.ndarray] = []
+        for level in range(min(entries.shape[0], self.layout.n_levels)):
+            if self._level_ready[level]:
+                continue
+            lo, hi = self._level_pages[level]
+            if self._resident_valid[lo:hi + 1].all():
+                self._level_ready[level] = True
+                continue
+            ent = entries[level].reshape(-1).astype(np.uint64)
+            first = ent * np.uint64(row_bytes) // np.uint64(self.page_size)
+            last = (ent * np.uint64(row_bytes) + np.uint64(row_bytes - 1)) // np.uint64(self.page_size)
+            mark = np.zeros(hi - lo + 1, dtype=bool)
+            mark[(first - np.uint64(lo)).astype(np.int64)] = True
+            mark[(last - np.uint64(lo)).astype(np.int64)] = True
+            need = np.flatnonzero(mark & ~self._resident_valid[lo:hi + 1]) + lo
+            if need.size:
+                missing.append(need)
+        if missing:
+            await self._load_resident(np.concatenate(missing).astype(np.uint64))
+        table = self._resident[: self.layout.params_bytes]
+        idx = entries.view(np.int64) if entries.dtype == np.uint64 else entries.astype(np.int64)
+        word = {2: np.uint16, 4: np.uint32, 8: np.uint64}.get(row_bytes)
+        if word is not None:
+            rows = np.take(table.view(word), idx).view(self.layout.dtype).reshape(entries.shape + (feats,))
+        else:
+            rows = np.take(table.view(self.layout.dtype).reshape(-1, feats), idx, axis=0)
+        return rows
+
+    async def _load_resident(self, pages: np.ndarray) -> None:
+        epoch = self._epoch
+        arrays = await self.page_arrays(pages)
+        if epoch != self._epoch:
+            # a write raced the load: re-read the pages that changed under us
+            arrays = await self.page_arrays(pages)
+        for listener in self.access_listeners:
+            listener(pages.tolist())
+        for page, arr in zip(pages.tolist(), arrays):
+            start = page * self.page_size
+            self._resident[start:start + self.page_size] = arr.view(np.uint8)
+            self._resident_valid[page] = True
+
+    def _resident_update(self, page: int, start: int, chunk: bytes | memoryview) -> None:
+        if self._resident_valid is not None and self._resident_valid[page]:
+            base = page * self.page_size + start
+            self._resident[base:base + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
+
     # ------------------------------------------------------------------ writing
     def _memory_tier_with_room(self, exclude: int | None = None) -> Tier | None:
         for tier in self.memory_tiers:
@@ -498,6 +569,7 @@ class PageStore:
             tier = self.tier_by_id[row.mem]
             tier.mem_write(page, start, chunk)
             self._mark_dirty(page, row, tier)
+            self._resident_update(page, start, chunk)
             return
         if row is None:
             if start == 0 and len(chunk) == self.page_size:
@@ -510,6 +582,7 @@ class PageStore:
             self._cache_drop(page)
         base[start:start + len(chunk)] = chunk
         await self._store_full_page(page, row, base)
+        self._resident_update(page, 0, base)
 
     async def _store_full_page(self, page: int, row: PageRow | None, content: bytearray | bytes) -> None:
         """Store a whole new page version: as a dirty memory copy, or straight home when memory is full."""
