@@ -143,9 +143,11 @@ class FieldOperations(pyfuse3.Operations):
         if inode == ino.HINTS:
             return self._attr(inode, REG | 0o222, 0, timeout=DYNAMIC_TIMEOUT)
         if inode == ino.DECODER:
-            if self.field.decoder_bytes is None:
+            pending = [h.buffer for h in self.handles.values() if h.inode == ino.DECODER and h.buffer is not None]
+            if self.field.decoder_bytes is None and not pending:
                 raise pyfuse3.FUSEError(errno.ENOENT)
-            return self._attr(inode, REG | self._rw(), len(self.field.decoder_bytes), timeout=0)
+            size = len(pending[-1]) if pending else len(self.field.decoder_bytes or b"")
+            return self._attr(inode, REG | self._rw(), size, timeout=0)
         if ino.is_concept(inode):
             if self.meta.concept_by_id(inode - ino.CONCEPT_BASE) is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
