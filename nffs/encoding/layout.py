@@ -135,7 +135,6 @@ class FieldLayout:
         self.encoding_width = cfg.levels * cfg.features
         # Arrays the vectorised encoder needs, built once.
         self.level_scales = np.array([lv.scale for lv in levels], dtype=np.float32)
-        self.level_resolutions = np.array([lv.resolution for lv in levels], dtype=np.uint64)
         self.level_entries = np.array([lv.entries for lv in levels], dtype=np.uint64)
         self.level_offsets = np.array([lv.offset for lv in levels], dtype=np.uint64)
         self.level_dense = np.array([lv.dense for lv in levels], dtype=bool)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import xxhash
 
 from .meta import MetaDB
-from .tier import FANOUT, Tier, unlink_quietly, write_file_durably
+from .tier import Tier, unlink_quietly, write_file_durably
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +29,17 @@ class FsckReport:
 def _page_files(tier: Tier) -> dict[str, str]:
     """name -> full path of every file in the tier's fan-out directories."""
     out: dict[str, str] = {}
-    for i in range(FANOUT):
-        sub = os.path.join(tier.root, f"{i:02x}")
-        try:
-            names = os.listdir(sub)
-        except FileNotFoundError:
+    try:
+        subdirs = os.listdir(tier.root)
+    except FileNotFoundError:
+        return out
+    for sub in subdirs:
+        path = os.path.join(tier.root, sub)
+        if not os.path.isdir(path):
+            out[sub] = path
             continue
-        for name in names:
-            out[os.path.join(f"{i:02x}", name)] = os.path.join(sub, name)
+        for name in os.listdir(path):
+            out[os.path.join(sub, name)] = os.path.join(path, name)
     return out
 
 

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 HIGH_WATERMARK = 0.90
 LOW_WATERMARK = 0.80
 HEAT_HALF_LIFE_S = 30.0
+#: decayed access count above which a page's home moves up to a faster durable tier
+PROMOTE_HEAT = 4.0
 DENSE_PAGE_INDEX_LIMIT = 1 << 26
 #: fields up to this size keep an in-process table for gathers (a cache: never the only copy)
 DEFAULT_RESIDENT_BYTES = int(os.environ.get("NFFS_RESIDENT_BYTES", 1 << 30))
@@ -498,25 +500,37 @@ class PageStore:
         for tier in self.memory_tiers:
             if tier.has_room():
                 return tier
-        # Full: drop the coldest clean copy (its home is complete) to make room.
+        # Full: drop a batch of the coldest clean copies (their homes are complete), down to
+        # the low watermark, so the next writes find room without another scan.
         for tier in self.memory_tiers:
-            victim = self._coldest_clean(tier, exclude)
-            if victim is not None:
-                self._drop_mem_copy(tier, victim)
+            cap = tier.capacity_pages() or 0
+            self._evict_clean(tier, int(LOW_WATERMARK * cap), exclude)
+            if tier.has_room():
                 return tier
         return None
 
-    def _coldest_clean(self, tier: Tier, exclude: int | None) -> int | None:
-        best, best_heat = None, math.inf
-        for page in self.resident[tier.id]:
-            if page == exclude or page in self.dirty or page in self._locks:
-                continue
-            h = self.heat(page)
-            if h < best_heat:
-                best, best_heat = page, h
-                if h == 0.0:
-                    break
-        return best
+    def _evict_clean(self, tier: Tier, target_pages: int, exclude: int | None = None) -> int:
+        excess = tier.pages - target_pages
+        if excess <= 0:
+            return 0
+        candidates = [p for p in self.resident[tier.id] if p != exclude and p not in self.dirty and p not in self._locks]
+        victims = sorted(candidates, key=self.heat)[:excess]
+        for page in victims:
+            self._drop_mem_copy(tier, page)
+        return len(victims)
+
+    async def _memory_tier_for_write(self, exclude: int) -> Tier | None:
+        """A memory tier with room for a new dirty page; writes back a batch of cold pages if needed."""
+        tier = self._memory_tier_with_room(exclude)
+        if tier is None and self.memory_tiers:
+            first = self.memory_tiers[0]
+            cap = first.capacity_pages() or 0
+            dirty = [p for p in self.resident[first.id] if p in self.dirty and p != exclude and p not in self._locks]
+            batch = sorted(dirty, key=self.heat)[: max(1, cap - int(LOW_WATERMARK * cap))]
+            if batch:
+                await self.writeback(batch)
+            tier = self._memory_tier_with_room(exclude)
+        return tier
 
     def _drop_mem_copy(self, tier: Tier, page: int) -> None:
         row = self.lookup(page)
@@ -571,11 +585,10 @@ class PageStore:
             self._mark_dirty(page, row, tier)
             self._resident_update(page, start, chunk)
             return
-        if row is None:
-            if start == 0 and len(chunk) == self.page_size:
-                base = bytearray(self.page_size)
-            else:
-                base = bytearray(self.implicit_page(page).tobytes())
+        if start == 0 and len(chunk) == self.page_size:
+            base = bytearray(self.page_size)  # a whole-page overwrite needs no old content
+        elif row is None:
+            base = bytearray(self.implicit_page(page).tobytes())
         else:
             base = bytearray(await self.load_home(row))
             self._epoch += 1
@@ -591,7 +604,7 @@ class PageStore:
             home.pages += 1
             row = PageRow(page, home.id, None, None, False)
             self.counters["pages_materialised"] += 1
-        mem = self._memory_tier_with_room(exclude=page)
+        mem = await self._memory_tier_for_write(exclude=page)
         if mem is not None:
             mem.mem_create(page, content)
             mem.pages += 1
@@ -612,7 +625,7 @@ class PageStore:
         path = home.home_path(page, digest)
         try:
             async with self._io_limiter:
-                await trio.to_thread.run_sync(write_file_durably, path, content)
+                created = await trio.to_thread.run_sync(write_file_durably, path, content)
         except OSError as exc:
             home.counters.io_errors += 1
             if exc.errno == errno.ENOSPC:
@@ -620,6 +633,8 @@ class PageStore:
             raise
         home.counters.writes += 1
         self._pending_dirs.add(home.page_dir(page))
+        if created:
+            self._pending_dirs.add(home.root)
         if row.home_sum is not None and (row.home_sum != digest or row.home != home.id):
             old_tier = self.tier_by_id.get(row.home)
             if old_tier is not None:
@@ -653,31 +668,46 @@ class PageStore:
 
     # ------------------------------------------------------------------ write-back
     async def writeback(self, pages: Iterable[int] | None = None) -> int:
-        """Write dirty memory copies home (durable file, then record); returns pages written."""
+        """Write dirty memory copies home (durable file, then record), many pages at once."""
         async with self._writeback_lock:
             todo = sorted(self.dirty) if pages is None else [p for p in pages if p in self.dirty]
             written = 0
-            for page in todo:
-                async with self._locked(page):
-                    gen = self.dirty.get(page)
-                    row = self.lookup(page)
-                    if gen is None or row is None or row.mem is None or row.mem not in self.tier_by_id:
-                        continue
-                    mem = self.tier_by_id[row.mem]
-                    content = mem.mem_read(page, 0, self.page_size)
-                    home = self.tier_by_id.get(row.home)
-                    if home is None:
-                        log.error("page %d: home tier %d not mounted; cannot write back", page, row.home)
-                        continue
-                    await self._write_home(page, row, home, content)
-                    if self.dirty.get(page) == gen:
-                        del self.dirty[page]
-                        mem.dirty -= 1
-                        row.dirty = False
-                        self.meta.put_page(row)
-                    written += 1
+            failures: list[OSError] = []
+
+            async def one(page: int) -> None:
+                nonlocal written
+                try:
+                    written += await self._writeback_page(page)
+                except OSError as exc:
+                    failures.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                for page in todo:
+                    nursery.start_soon(one, page)
             self.counters["writebacks"] += written
+            if failures:
+                raise failures[0]
             return written
+
+    async def _writeback_page(self, page: int) -> int:
+        async with self._locked(page):
+            gen = self.dirty.get(page)
+            row = self.lookup(page)
+            if gen is None or row is None or row.mem is None or row.mem not in self.tier_by_id:
+                return 0
+            mem = self.tier_by_id[row.mem]
+            content = mem.mem_read(page, 0, self.page_size)
+            home = self.tier_by_id.get(row.home)
+            if home is None:
+                log.error("page %d: home tier %d not mounted; cannot write back", page, row.home)
+                return 0
+            await self._write_home(page, row, home, content)
+            if self.dirty.get(page) == gen:
+                del self.dirty[page]
+                mem.dirty -= 1
+                row.dirty = False
+                self.meta.put_page(row)
+            return 1
 
     async def sync(self) -> None:
         """Make every write so far durable: write back, fsync directories and metadata, then clean up."""
@@ -707,31 +737,51 @@ class PageStore:
             dirty_victims = [p for p in victims if p in self.dirty]
             if dirty_victims:
                 await self.writeback(dirty_victims)
-            for page in victims:
-                if page in self.resident[tier.id] and page not in self.dirty and page not in self._locks:
-                    self._drop_mem_copy(tier, page)
+            self._evict_clean(tier, target)
         await self._rebalance_durable()
 
     async def _rebalance_durable(self) -> None:
-        """Move the coldest homes down when a durable tier is over its high watermark."""
+        """Cold homes move down from a durable tier over its high watermark; hot ones move up.
+
+        Moves are batched: each is copy -> fsync -> rename -> record, and the old files are
+        deleted by the single sync() at the end, after the records are durable.
+        """
+        moved = 0
         for i, tier in enumerate(self.durable_tiers[:-1]):
             cap = tier.capacity_pages()
             if cap is None or tier.pages <= HIGH_WATERMARK * cap:
-                continue
-            lower = [t for t in self.durable_tiers[i + 1:] if t.has_room()]
-            if not lower:
                 continue
             target = int(LOW_WATERMARK * cap)
             rows = self.meta.homes_on(tier.id, max(64, (tier.pages - target) * 4))
             rows.sort(key=lambda r: self.heat(r.page))
             for row in rows[: tier.pages - target]:
-                dest = next((t for t in lower if t.has_room()), None)
+                dest = next((t for t in self.durable_tiers[i + 1:] if t.has_room()), None)
                 if dest is None:
                     break
-                await self.move_home(row.page, dest)
+                moved += await self.move_home(row.page, dest)
+        # Hot pages whose home is on a slower durable tier move up while there is room
+        # below the low watermark of a faster one.
+        if len(self.durable_tiers) > 1:
+            hot = sorted(self._heat, key=self.heat, reverse=True)[:64]
+            for page in hot:
+                if self.heat(page) < PROMOTE_HEAT:
+                    break
+                row = self.lookup(page)
+                if row is None or row.home_sum is None:
+                    continue
+                current = self.tier_by_id.get(row.home)
+                if current is None or current not in self.durable_tiers:
+                    continue
+                for faster in self.durable_tiers[: self.durable_tiers.index(current)]:
+                    cap = faster.capacity_pages()
+                    if cap is None or faster.pages + 1 <= LOW_WATERMARK * cap:
+                        moved += await self.move_home(page, faster)
+                        break
+        if moved:
+            await self.sync()
 
     async def move_home(self, page: int, dest: Tier) -> bool:
-        """copy -> fsync -> rename -> record -> (after metadata sync) delete the old file."""
+        """Copy the home to another durable tier and record it; the old file goes at the next sync()."""
         async with self._locked(page):
             row = self.lookup(page)
             if row is None or row.home_sum is None or row.home == dest.id:
@@ -747,7 +797,6 @@ class PageStore:
                 src.counters.demotions += 1
             else:
                 dest.counters.promotions += 1
-        await self.sync()
         return True
 
     # ------------------------------------------------------------------ background

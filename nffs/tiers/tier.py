@@ -15,7 +15,9 @@ from .spec import TierSpec
 
 log = logging.getLogger(__name__)
 
-FANOUT = 256
+#: consecutive pages share a directory: 4096 files per directory keeps lookups fast on any
+#: POSIX file system, and a small field uses a single directory (no 4 KiB blocks per empty dir).
+PAGES_PER_DIR_SHIFT = 12
 
 
 @dataclass
@@ -47,8 +49,6 @@ class Tier:
     def open(self) -> None:
         """Create the directory layout and resolve the capacity (a percentage needs the path)."""
         os.makedirs(self.root, exist_ok=True)
-        for i in range(FANOUT):
-            os.makedirs(os.path.join(self.root, f"{i:02x}"), exist_ok=True)
         self.capacity = self.spec.capacity_bytes()
 
     @property
@@ -68,7 +68,7 @@ class Tier:
 
     # -- file names -------------------------------------------------------------------
     def _dir(self, page: int) -> str:
-        return os.path.join(self.root, f"{page % FANOUT:02x}")
+        return os.path.join(self.root, f"{page >> PAGES_PER_DIR_SHIFT:x}")
 
     def mem_path(self, page: int) -> str:
         return os.path.join(self._dir(page), f"{page:x}")
@@ -87,7 +87,13 @@ class Tier:
             self._fds.move_to_end(page)
             return fd
         flags = os.O_RDWR | (os.O_CREAT if create else 0)
-        fd = os.open(self.mem_path(page), flags, 0o600)
+        try:
+            fd = os.open(self.mem_path(page), flags, 0o600)
+        except FileNotFoundError:
+            if not create:
+                raise
+            os.makedirs(self._dir(page), exist_ok=True)
+            fd = os.open(self.mem_path(page), flags, 0o600)
         self._fds[page] = fd
         if len(self._fds) > self._fd_limit:
             _, old = self._fds.popitem(last=False)
@@ -154,10 +160,19 @@ class Tier:
 
 # -- durable-tier I/O (worker threads only) --------------------------------------------
 
-def write_file_durably(path: str, data: bytes | memoryview) -> None:
-    """Write via a temporary name, fsync, rename: the name only ever points at a complete file."""
+def write_file_durably(path: str, data: bytes | memoryview) -> bool:
+    """Write via a temporary name, fsync, rename: the name only ever points at a complete file.
+
+    Returns True when the page directory had to be created (its parent then needs an fsync too).
+    """
     tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    created = False
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        created = True
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         view = memoryview(data)
         while view:
@@ -167,6 +182,7 @@ def write_file_durably(path: str, data: bytes | memoryview) -> None:
     finally:
         os.close(fd)
     os.rename(tmp, path)
+    return created
 
 
 def read_whole_file(path: str) -> bytes:
