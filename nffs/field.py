@@ -23,6 +23,8 @@ from .tiers.store import PageStore
 log = logging.getLogger(__name__)
 
 DECODER_FILE = "decoder.npz"
+#: points per encode pass: about L * 2^D * 64Ki * 20 bytes of temporaries at the peak
+INFER_CHUNK = 1 << 16
 
 
 class Field:
@@ -94,10 +96,16 @@ class Field:
         return hashgrid.interpolate(self.layout, weights, rows)
 
     async def infer(self, points: np.ndarray) -> np.ndarray:
-        enc = await self.encode(points)
-        if self.decoder is None:
-            return enc
-        return self.decoder.apply(enc)
+        """Decoder(encoding), in chunks so that a huge batch never needs gigabytes of corners."""
+        if points.shape[0] <= INFER_CHUNK:
+            return self._decode(await self.encode(points))
+        parts = []
+        for start in range(0, points.shape[0], INFER_CHUNK):
+            parts.append(self._decode(await self.encode(points[start:start + INFER_CHUNK])))
+        return np.concatenate(parts)
+
+    def _decode(self, enc: np.ndarray) -> np.ndarray:
+        return enc if self.decoder is None else self.decoder.apply(enc)
 
     # -- concepts --------------------------------------------------------------------
     async def write_at(self, point: np.ndarray, offset: int, data: bytes) -> None:

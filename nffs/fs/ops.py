@@ -712,10 +712,7 @@ class FieldOperations(pyfuse3.Operations):
 
     def _pages_of_points(self, points: np.ndarray) -> list[int]:
         entries, _ = hashgrid.corner_entries(self.layout, points)
-        row = self.layout.features * self.layout.itemsize
-        first = entries.astype(np.uint64) * np.uint64(row) // np.uint64(self.layout.page_size)
-        last = (entries.astype(np.uint64) * np.uint64(row) + np.uint64(row - 1)) // np.uint64(self.layout.page_size)
-        return np.unique(np.concatenate([first.ravel(), last.ravel()])).tolist()
+        return hashgrid.touched_pages(self.layout, entries).tolist()
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {
