@@ -117,6 +117,13 @@ def fsck(meta: MetaDB, tiers: list[Tier], page_size: int, repair: bool = False) 
                 report.repaired.append(f"page {row.page}: home rewritten from the memory copy")
                 continue
         meta.delete_page(row.page)
+        if home is not None and row.home_sum is not None:
+            bad = home.home_path(row.page, row.home_sum)
+            referenced[home.id].discard(rel(home, bad))
+            unlink_quietly(bad)
+        if mem is not None:
+            referenced[mem.id].discard(rel(mem, mem.mem_path(row.page)))
+            unlink_quietly(mem.mem_path(row.page))
         report.unrepaired.append(f"page {row.page}: no intact copy; reset to the implicit init (data lost)")
 
     for t in tiers:
