@@ -215,3 +215,25 @@ def test_tier_spec_errors_and_hardware_listing(tmp_path: Path) -> None:
     if os.path.isdir("/sys/devices/system/node/node0"):
         assert nodes and nodes[0]["node"] == 0 and nodes[0]["memory_bytes"] > 0
     assert isinstance(out["hardware"]["cxl_candidates"], list)
+
+
+def test_cxl_tier_bound_to_a_numa_node(mounts: Mounts, tmp_path: Path) -> None:
+    assert os.path.isdir("/sys/devices/system/node/node0"), "Linux always has NUMA node 0"
+    field = mounts.init("--levels", "4", "--log2-table-size", "12")
+    cxl = tmp_path / "cxl"
+    tiers = ["--tier", f"cxl={cxl},kind=cxl,numa=0,capacity=4M", "--tier", f"nvme={tmp_path}/nvme,kind=nvme"]
+    mnt = mounts.mount(field, *tiers, "--prefetch", "none")
+    size = (mnt / "params").stat().st_size
+    data = np.random.default_rng(4).integers(0, 256, size, dtype=np.uint8).tobytes()
+    (mnt / "params").write_bytes(data)
+    ts = tier_stats(mnt)
+    assert ts["cxl"]["kind"] == "cxl" and ts["cxl"]["numa"] == 0
+    assert ts["cxl"]["numa_binding"] in ("tmpfs", "mbind")
+    assert ts["cxl"]["pages"] > 0
+    mounts.umount(mnt)
+    assert not is_mounted(cxl)  # the bound tmpfs we mounted is gone with the daemon
+    mnt = mounts.mount(field, *tiers, "--prefetch", "none")
+    assert (mnt / "params").read_bytes() == data
+    res = nffs("init", str(tmp_path / "nonode"), "--tier", f"c={tmp_path}/c,kind=cxl,numa=999", "--tier", f"n={tmp_path}/n2")
+    res = nffs("mount", str(tmp_path / "nonode"), str(tmp_path), check=False)
+    assert res.returncode != 0 and "NUMA node 999" in res.stderr

@@ -68,6 +68,8 @@ def serve(field_dir: str, mountpoint: str, opts: MountOptions, on_ready: Callabl
         except Exception:
             log.exception("closing the FUSE session")
         opened.close()
+        for tier in opened.tiers:
+            tier.release_mount()
         _remove_default_memory_dirs(opened.tiers)
         log.info("daemon for %s exited cleanly", mountpoint)
 

@@ -44,12 +44,36 @@ class Tier:
         self.dirty = 0
         self.capacity: int | None = None
         self._fds: OrderedDict[int, int] = OrderedDict()
+        self.mounted_tmpfs = False  # we mounted a NUMA-bound tmpfs on root (unmounted on close)
+        self.mbind_node: int | None = None
         self._fd_limit = 256
 
     def open(self) -> None:
         """Create the directory layout and resolve the capacity (a percentage needs the path)."""
         os.makedirs(self.root, exist_ok=True)
+        if self.spec.kind == "cxl" and self.spec.numa is not None:
+            self._bind_to_node(self.spec.numa)
         self.capacity = self.spec.capacity_bytes()
+
+    def _bind_to_node(self, node: int) -> None:
+        """Pages of a cxl tier live on its NUMA node: a bound tmpfs if we can mount one, else mbind."""
+        from . import numa
+
+        if not numa.node_exists(node):
+            raise OSError(2, f"NUMA node {node} does not exist (see `nffs stat --hardware`)")
+        if numa.bound_tmpfs(self.root, node):
+            return
+        size = None
+        if self.spec.capacity is not None and not self.spec.capacity.endswith("%"):
+            size = self.spec.capacity_bytes()
+        info = numa.mount_info(self.root)
+        already_tmpfs_here = info is not None and info[0] == os.path.realpath(self.root) and info[1] == "tmpfs"
+        if not already_tmpfs_here and numa.mount_bound_tmpfs(self.root, node, size):
+            self.mounted_tmpfs = True
+            log.info("tier %s: mounted a tmpfs bound to NUMA node %d on %s", self.name, node, self.root)
+            return
+        self.mbind_node = node
+        log.info("tier %s: binding page files to NUMA node %d with mbind", self.name, node)
 
     @property
     def used_bytes(self) -> int:
@@ -114,6 +138,12 @@ class Tier:
     def mem_create(self, page: int, data: bytes | memoryview) -> None:
         fd = self._fd(page, create=True)
         os.ftruncate(fd, 0)
+        if self.mbind_node is not None:
+            from .numa import mbind_file
+
+            os.ftruncate(fd, len(data))
+            if not mbind_file(fd, len(data), self.mbind_node):
+                log.debug("mbind failed for page %d on tier %s", page, self.name)
         self.mem_write(page, 0, data)
 
     def mem_delete(self, page: int) -> None:
@@ -136,6 +166,14 @@ class Tier:
                 pass
         self._fds.clear()
 
+    def release_mount(self) -> None:
+        """Unmount the NUMA-bound tmpfs we mounted, once it holds no pages."""
+        if self.mounted_tmpfs and not any(files for _, _, files in os.walk(self.root)):
+            from .numa import unmount
+
+            unmount(self.root)
+            self.mounted_tmpfs = False
+
     def describe(self) -> dict:
         c = self.counters
         return {
@@ -148,6 +186,7 @@ class Tier:
             "pages": self.pages,
             "dirty_pages": self.dirty,
             "numa": self.spec.numa,
+            "numa_binding": "tmpfs" if self.mounted_tmpfs else ("mbind" if self.mbind_node is not None else None),
             "latency_s": self.latency,
             "reads": c.reads,
             "writes": c.writes,
