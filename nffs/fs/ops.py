@@ -564,7 +564,7 @@ class FieldOperations(pyfuse3.Operations):
                 h.request_error = None
                 h.answer = None
                 raise pyfuse3.FUSEError(error)
-            out = await self.field.infer(np.clip(points, 0.0, 1.0))
+            out = await self.field.infer(points)
             h.answer = np.ascontiguousarray(out, dtype="<f4").tobytes()
         return h.answer[off:off + size]
 
