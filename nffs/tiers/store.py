@@ -833,7 +833,7 @@ class PageStore:
 
     def stats(self) -> dict:
         return {
-            "materialised_pages": self.meta.count_pages(),
+            "materialised_pages": sum(t.pages for t in self.durable_tiers),  # every page has one home
             "dirty_pages": len(self.dirty),
             "page_cache_bytes": self._arrays_bytes,
             **self.counters,
