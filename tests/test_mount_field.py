@@ -235,3 +235,27 @@ def test_default_tiers_mount_and_daemon_survives_bad_requests(mounts: Mounts) ->
     shm = info["tiers"][0]["path"]
     mounts.umount(mnt)
     assert not os.path.exists(shm)  # a clean unmount leaves no RAM in use
+
+
+def test_read_only_mount_protects_the_field_but_answers_queries(mounts: Mounts) -> None:
+    field = mounts.init("--levels", "4", "--log2-table-size", "10")
+    mnt = mounts.mount(field, *mounts.tiers(field))
+    data = np.arange((mnt / "params").stat().st_size // 4, dtype="<f4")
+    (mnt / "params").write_bytes(data.tobytes())
+    (mnt / "concepts" / "c").touch()
+    mounts.umount(mnt)
+    mnt = mounts.mount(field, *mounts.tiers(field), "--read-only")
+    assert (mnt / "params").read_bytes() == data.tobytes()
+    for target in (mnt / "params", mnt / "levels" / "00", mnt / "concepts" / "c"):
+        with pytest.raises(OSError) as err:
+            with open(target, "r+b") as f:
+                f.write(b"\0\0\0\0")
+        assert err.value.errno == errno.EROFS
+    with pytest.raises(OSError):
+        (mnt / "concepts" / "new").touch()
+    fd = os.open(mnt / "query", os.O_RDWR)
+    try:
+        os.pwrite(fd, np.array([[0.5, 0.5, 0.5]], "<f4").tobytes(), 0)
+        assert len(os.pread(fd, 4096, 0)) == 8 * 4
+    finally:
+        os.close(fd)

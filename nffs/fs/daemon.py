@@ -50,8 +50,8 @@ def serve(field_dir: str, mountpoint: str, opts: MountOptions, on_ready: Callabl
     fuse_options.update({"fsname=nffs", "subtype=nffs"})
     if opts.allow_other:
         fuse_options.add("allow_other")
-    if opts.read_only:
-        fuse_options.add("ro")
+    # --read-only protects the field; it is enforced by the handlers (EROFS), not with the
+    # kernel's `ro`, so that the query protocol (write a request, read the answer) still works.
     try:
         pyfuse3.init(ops, mountpoint, fuse_options)
     except Exception:

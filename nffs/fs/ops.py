@@ -139,7 +139,7 @@ class FieldOperations(pyfuse3.Operations):
         if inode in (ino.STATS, ino.METRICS):
             return self._attr(inode, REG | 0o444, 0, timeout=0)
         if inode == ino.QUERY:
-            return self._attr(inode, REG | (0o444 if self.read_only else 0o666), 0, timeout=DYNAMIC_TIMEOUT)
+            return self._attr(inode, REG | 0o666, 0, timeout=DYNAMIC_TIMEOUT)
         if inode == ino.HINTS:
             return self._attr(inode, REG | 0o222, 0, timeout=DYNAMIC_TIMEOUT)
         if inode == ino.DECODER:
@@ -276,7 +276,7 @@ class FieldOperations(pyfuse3.Operations):
         self._getattr(inode)  # ENOENT for vanished concepts etc.
         accmode = flags & os.O_ACCMODE
         writable = accmode in (os.O_WRONLY, os.O_RDWR)
-        if writable and self.read_only:
+        if writable and self.read_only and inode not in (ino.QUERY, ino.HINTS):
             raise pyfuse3.FUSEError(errno.EROFS)
         if writable and inode in (ino.FIELD_JSON, ino.STATS, ino.METRICS) or (writable and ino.is_at(inode)):
             raise pyfuse3.FUSEError(errno.EACCES)
@@ -412,9 +412,9 @@ class FieldOperations(pyfuse3.Operations):
         h = self.handles.get(fh)
         if h is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        if self.read_only:
-            raise pyfuse3.FUSEError(errno.EROFS)
         inode = h.inode
+        if self.read_only and inode not in (ino.QUERY, ino.HINTS):
+            raise pyfuse3.FUSEError(errno.EROFS)
         if inode == ino.PARAMS:
             if off >= self.layout.params_bytes:
                 raise pyfuse3.FUSEError(errno.EFBIG)
