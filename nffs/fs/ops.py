@@ -434,6 +434,8 @@ class FieldOperations(pyfuse3.Operations):
             return self._query_write(h, off, buf)
         if ino.is_concept(inode):
             await self.field.write_at(self._concept_point(inode), off, bytes(buf))
+            # the changed pages are current in every cached view before write() returns
+            await self.flush_pending_refresh()
             return len(buf)
         if inode == ino.DECODER:
             assert h.buffer is not None
