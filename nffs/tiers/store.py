@@ -787,6 +787,8 @@ class PageStore:
 
     async def move_home(self, page: int, dest: Tier) -> bool:
         """Copy the home to another durable tier and record it; the old file goes at the next sync()."""
+        while self.demand_waiting > 0:  # migration backs off while demand reads wait on tiers
+            await trio.sleep(0.002)
         async with self._locked(page):
             row = self.lookup(page)
             if row is None or row.home_sum is None or row.home == dest.id:
