@@ -446,6 +446,9 @@ class PageStore:
     async def gather_rows(self, entries: np.ndarray) -> np.ndarray:
         """Rows (entries.shape + (F,)) of global entry indices; entries is (L, C, N) level-major.
 
+        Slice l normally holds level l's entries (corner_entries' output); any other
+        layout is still answered correctly, just without the per-level shortcut.
+
         With the resident table the steady state is one numpy take: a level whose pages
         are all resident needs no per-row page bookkeeping at all.
         """
@@ -455,24 +458,34 @@ class PageStore:
             return await self.gather(elements)
         row_bytes = feats * self.itemsize
         missing: list[np.ndarray] = []
-        for level in range(min(entries.shape[0], self.layout.n_levels)):
-            if self._level_ready[level]:
+        n_pages = self.layout.n_pages
+        for level in range(entries.shape[0]):
+            ent = entries[level].reshape(-1)
+            if level < self.layout.n_levels and ent.size:
+                info = self.layout.levels[level]
+                in_level = int(ent.min()) >= info.offset and int(ent.max()) < info.offset + info.entries
+            else:
+                in_level = False
+            if in_level and self._level_ready[level]:
                 continue
-            lo, hi = self._level_pages[level]
-            if self._resident_valid[lo:hi + 1].all():
-                self._level_ready[level] = True
-                continue
-            ent = entries[level].reshape(-1).astype(np.uint64)
-            first = ent * np.uint64(row_bytes) // np.uint64(self.page_size)
-            last = (ent * np.uint64(row_bytes) + np.uint64(row_bytes - 1)) // np.uint64(self.page_size)
-            mark = np.zeros(hi - lo + 1, dtype=bool)
-            mark[(first - np.uint64(lo)).astype(np.int64)] = True
-            mark[(last - np.uint64(lo)).astype(np.int64)] = True
-            need = np.flatnonzero(mark & ~self._resident_valid[lo:hi + 1]) + lo
+            if in_level:
+                lo, hi = self._level_pages[level]
+                if self._resident_valid[lo:hi + 1].all():
+                    self._level_ready[level] = True
+                    continue
+            ent = ent.astype(np.uint64)
+            if ent.size and int(ent.max()) >= self.layout.total_entries:
+                raise ValueError("entry index outside the parameter table")
+            first = (ent * np.uint64(row_bytes) // np.uint64(self.page_size)).astype(np.int64)
+            last = ((ent * np.uint64(row_bytes) + np.uint64(row_bytes - 1)) // np.uint64(self.page_size)).astype(np.int64)
+            mark = np.zeros(n_pages, dtype=bool)
+            mark[first] = True
+            mark[last] = True
+            need = np.flatnonzero(mark & ~self._resident_valid)
             if need.size:
                 missing.append(need)
         if missing:
-            await self._load_resident(np.concatenate(missing).astype(np.uint64))
+            await self._load_resident(np.unique(np.concatenate(missing)).astype(np.uint64))
         table = self._resident[: self.layout.params_bytes]
         idx = entries.view(np.int64) if entries.dtype == np.uint64 else entries.astype(np.int64)
         word = {2: np.uint16, 4: np.uint32, 8: np.uint64}.get(row_bytes)
