@@ -15,7 +15,7 @@ if grep -qs " $MNT " /proc/mounts; then "$NFFS" umount "$MNT"; fi
 "$NFFS" mount "$FIELD" "$MNT"
 echo "== ls $MNT"; ls "$MNT"
 echo "== field.json (head)"; head -c 400 "$MNT/field.json"; echo " ..."
-echo "== first values of params"; dd if="$MNT/params" bs=4k count=1 status=none | od -f | head -2
+echo "== first values of params"; dd if="$MNT/params" bs=32 count=1 status=none | od -f
 "$PY" scripts/demo.py "$MNT"
 "$NFFS" stat "$MNT"
 if [ "${1:-}" != "--keep" ]; then
