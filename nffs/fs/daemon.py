@@ -35,17 +35,17 @@ def serve(field_dir: str, mountpoint: str, opts: MountOptions, on_ready: Callabl
     opened = open_field(field_dir, opts.tiers or None, read_only=opts.read_only)
     fld = Field(opened.layout, opened.store, opened.field_dir)
     prefetcher = None
-    if opts.prefetch != "none":
-        from ..predictor.prefetch import Prefetcher
-
-        prefetcher = Prefetcher(opened.store, opened.layout, kind=opts.prefetch)
     ops = FieldOperations(
         fld,
         max_batch=opts.max_batch,
         read_only=opts.read_only,
         stats_extra=(lambda: {"mountpoint": os.path.abspath(mountpoint), "prefetch": prefetcher.stats() if prefetcher else {"predictor": "none"}}),
-        hint_sink=(prefetcher.hint if prefetcher else None),
     )
+    if opts.prefetch != "none":
+        from ..predictor.prefetch import Prefetcher
+
+        prefetcher = Prefetcher(opened.store, opened.layout, kind=opts.prefetch, push=ops.push_page, field=fld)
+        ops.hint_sink = prefetcher.hint
     fuse_options = set(pyfuse3.default_options)
     fuse_options.update({"fsname=nffs", "subtype=nffs"})
     if opts.allow_other:
