@@ -9,16 +9,21 @@ previous one, else ``other``. The model (Hoeffding tree or Markov) learns that l
 from the features of the history before the move (last labels, speed, turn, rigidity,
 each candidate's last error), and predicts the next one.
 
-The prediction is the last batch shifted by the predicted displacement. Its corner
-entries (``hashgrid.corner_entries``) name exactly the pages the next batch would
-gather (``hashgrid.touched_pages``). Only the levels whose cells are much larger than
-the error this motion class has been making (``err_factor`` times its running error)
-are prefetched: a fine level is worth fetching only if the prediction lands in the same
-cells. Work is capped: at most ``max_points`` points (an even subsample beyond that)
-and ``max_pages`` pages, coarse levels first.
+The prediction is the last batch shifted by the predicted displacement, for each of
+the next ``k`` batches (``k`` covers ``horizon_s`` seconds at the observed batch rate,
+at most ``max_steps``: a burst of new pages — the path crossing a coarse cell — is then
+fetched several batches ahead). Each batch computes steps 1, 2 and ``k`` only: the steps
+in between were the far end of the previous plans. Their corner entries (``hashgrid.corner_entries``) name
+exactly the pages those batches would gather (``hashgrid.touched_pages``). Only the
+levels whose cells are much larger than the error this motion class has been making
+(``err_factor`` × its running error × k) are prefetched: a fine level is worth fetching
+only if the prediction lands in the same cells. Work is capped: at most ``max_points``
+points over all the steps (an even subsample of the batch beyond that) and
+``max_pages`` pages, nearest step first and coarse levels first within a step.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,8 +36,8 @@ from .models import Predictor
 
 @dataclass
 class FieldPlan:
-    points: np.ndarray  # (n, D) float32, the predicted next batch (possibly subsampled)
-    levels: np.ndarray  # levels worth prefetching
+    #: the predicted next batches, nearest first: (points (n, D) float32, levels to fetch)
+    steps: list[tuple[np.ndarray, np.ndarray]]
     label: str
     conf: float
 
@@ -43,8 +48,10 @@ class FieldPredictor:
         model: Predictor,
         layout: FieldLayout,
         *,
-        max_points: int = 8192,
-        max_pages: int = 1024,
+        max_points: int = 16384,
+        max_pages: int = 256,
+        max_steps: int = 8,
+        horizon_s: float = 0.25,
         min_conf: float = 0.5,
         err_factor: float = 8.0,
         tol: float = 1e-2,
@@ -53,6 +60,8 @@ class FieldPredictor:
         self.layout = layout
         self.max_points = max_points
         self.max_pages = max_pages
+        self.max_steps = max_steps
+        self.horizon_s = horizon_s
         self.min_conf = min_conf
         self.err_factor = err_factor
         self.motion = MotionHistory(layout.dims, tol=tol)
@@ -60,11 +69,17 @@ class FieldPredictor:
         self.err = {m: 0.0 for m in MOTIONS}
         self.pending_x: dict | None = None
         self.predicted: str | None = None
-        self.counters = {"batches": 0, "predictions": 0, "correct": 0, "levels": 0}
+        self.interval = 0.0  # seconds between batches, EWMA
+        self._t_last = 0.0
+        self.counters = {"batches": 0, "predictions": 0, "correct": 0, "steps": 0}
 
-    def observe(self, points: np.ndarray) -> FieldPlan | None:
-        """Learn from a batch that is being gathered now; plan the next one."""
+    def observe(self, points: np.ndarray, now: float = 0.0) -> FieldPlan | None:
+        """Learn from a batch that is being gathered now; plan the next ones."""
         self.counters["batches"] += 1
+        if self._t_last and now > self._t_last:
+            dt = now - self._t_last
+            self.interval = dt if self.interval == 0.0 else 0.8 * self.interval + 0.2 * dt
+        self._t_last = now
         label, error = self.motion.observe(points)
         if label is not None:
             if self.pending_x is not None:
@@ -77,30 +92,53 @@ class FieldPredictor:
         self.pending_x = x
         label, p = self.model.best(x)
         self.predicted = label
-        cands = self.motion.candidates()
-        if label not in cands or p < self.min_conf or points.shape[0] == 0:
+        if label is None or label == OTHER or p < self.min_conf or points.shape[0] == 0:
+            return None
+        if self.motion.displacement(label, 1) is None:
             return None
         self.counters["predictions"] += 1
-        levels = np.flatnonzero(self.cell > self.err_factor * self.err[label])
-        if levels.size == 0:
-            return None
-        self.counters["levels"] = int(levels.size)
+        k_max = self.max_steps
+        if self.interval > 0.0:
+            k_max = max(1, min(self.max_steps, math.ceil(self.horizon_s / self.interval)))
         pts = np.asarray(points, dtype=np.float64)
-        if pts.shape[0] > self.max_points:
-            pts = pts[:: -(-pts.shape[0] // self.max_points)]
-        predicted = np.clip(pts + cands[label], 0.0, 1.0).astype(np.float32)
-        return FieldPlan(predicted, levels, label, p)
+        per_step = max(1, self.max_points // k_max)
+        if pts.shape[0] > per_step:
+            pts = pts[:: -(-pts.shape[0] // per_step)]
+        steps = []
+        # The batches in between were the far end of earlier plans: only the nearest ones
+        # (to correct them) and the new far end are computed each time.
+        for k in sorted({1, 2, k_max} if k_max > 2 else set(range(1, k_max + 1))):
+            levels = np.flatnonzero(self.cell > self.err_factor * self.err[label] * k)
+            if levels.size == 0:
+                break
+            d = self.motion.displacement(label, k)
+            steps.append((np.clip(pts + d, 0.0, 1.0).astype(np.float32), levels))
+        if not steps:
+            return None
+        self.counters["steps"] = len(steps)
+        return FieldPlan(steps, label, p)
 
     def pages(self, plan: FieldPlan) -> np.ndarray:
-        """Pages (uint64, sorted, capped) the planned batch touches; pure numpy, thread-safe."""
-        entries, _ = hashgrid.corner_entries(self.layout, plan.points)
-        if plan.levels.size < entries.shape[0]:
-            entries = entries[plan.levels]
-        pages = hashgrid.touched_pages(self.layout, np.ascontiguousarray(entries))
-        return pages[: self.max_pages]
+        """Pages the planned batches touch, nearest batch first (uint64, unique); pure numpy.
+
+        Not capped: the caller drops the pages that are already cheap (most of them: the
+        next batches overlap the last one) before taking at most ``max_pages``.
+        """
+        parts = []
+        for points, levels in plan.steps:
+            entries, _ = hashgrid.corner_entries(self.layout, points)
+            if levels.size < entries.shape[0]:
+                entries = entries[levels]
+            parts.append(hashgrid.touched_pages(self.layout, np.ascontiguousarray(entries)))
+        if len(parts) == 1:
+            return parts[0]
+        allp = np.concatenate(parts)
+        _, first = np.unique(allp, return_index=True)
+        return allp[np.sort(first)]
 
     def stats(self) -> dict:
         return {
             **self.counters,
+            "interval_ms": round(self.interval * 1e3, 3),
             "motion_error": {k: float(f"{v:.3g}") for k, v in self.err.items()},
         }

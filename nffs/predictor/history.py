@@ -15,8 +15,6 @@ Two histories:
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterable
-
 import numpy as np
 
 #: label of every delta outside the vocabulary (and of unexplained field-space moves)
@@ -208,6 +206,18 @@ class MotionHistory:
                 out["acc"] = 2 * v - v_prev
         return out
 
+    def displacement(self, label: str, k: int) -> np.ndarray | None:
+        """Displacement of the batch ``k`` steps ahead under a motion model (None if unknown)."""
+        if label == "still" and self.batches:
+            return np.zeros(self.dims)
+        if label == "vel" and len(self.batches) >= 2:
+            return k * (self.batches[-1][0] - self.batches[-2][0])
+        if label == "acc" and len(self.batches) >= 3:
+            v = self.batches[-1][0] - self.batches[-2][0]
+            a = v - (self.batches[-2][0] - self.batches[-3][0])
+            return k * v + (k * (k + 1) / 2) * a
+        return None
+
     def observe(self, points: np.ndarray) -> tuple[str | None, float]:
         """Record a batch; returns (label of the move that led to it, its error) or (None, 0)."""
         pts = np.asarray(points, dtype=np.float64)
@@ -259,7 +269,3 @@ class MotionHistory:
             x[f"e_{k}"] = float(np.log10(min(self.last_errors[k], 1.0) + 1e-12))
         return x
 
-
-def mean_of(values: Iterable[float]) -> float:
-    vals = list(values)
-    return sum(vals) / len(vals) if vals else 0.0

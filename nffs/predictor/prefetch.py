@@ -46,7 +46,7 @@ PushFn = Callable[[int, bytes], Awaitable[None]]
 
 
 class Entry:
-    __slots__ = ("space", "state", "push", "pushed", "conf", "t", "stream")
+    __slots__ = ("space", "state", "push", "pushed", "conf", "t", "stream", "boost")
 
     def __init__(self, space: str, push: bool, conf: float, t: float, stream: int) -> None:
         self.space = space
@@ -56,6 +56,7 @@ class Entry:
         self.conf = conf
         self.t = t
         self.stream = stream
+        self.boost = 0.0  # heat this prefetch added to the page in the store
 
 
 class Ledger:
@@ -70,9 +71,11 @@ class Ledger:
       to gather (evicted) before it was used.
     """
 
-    def __init__(self, capacity: int = 1 << 14, ttl_s: float = 30.0) -> None:
+    def __init__(self, capacity: int = 1 << 14, ttl_s: float = 30.0, release: Callable[[int, Entry], None] | None = None) -> None:
         self.capacity = capacity
         self.ttl_s = ttl_s
+        #: called with every started entry that leaves the ledger (used, wasted, failed)
+        self.release = release or (lambda page, e: None)
         self.entries: OrderedDict[int, Entry] = OrderedDict()
         self.counts = {s: {"issued": 0, "useful": 0, "inferred": 0, "late": 0, "wasted": 0, "pushed": 0, "cancelled": 0} for s in SPACES}
 
@@ -83,13 +86,14 @@ class Ledger:
         self.entries[page] = entry
         while len(self.entries) > self.capacity:
             old_page, old = self.entries.popitem(last=False)
-            self._retire(old)
+            self._retire(old_page, old)
 
-    def _retire(self, e: Entry) -> None:
+    def _retire(self, page: int, e: Entry) -> None:
         if e.state == QUEUED:
             self.counts[e.space]["cancelled"] += 1
         else:
             self.counts[e.space]["wasted"] += 1
+            self.release(page, e)
 
     def started(self, page: int, e: Entry) -> None:
         e.state = INFLIGHT
@@ -108,6 +112,7 @@ class Ledger:
         if inferred and not e.pushed:
             return
         del self.entries[page]
+        self.release(page, e)
         c = self.counts[e.space]
         c["useful"] += 1
         if inferred:
@@ -126,6 +131,7 @@ class Ledger:
         e = self.entries.pop(page, None)
         if e is not None and e.state != QUEUED:
             self.counts[e.space]["wasted"] += 1
+            self.release(page, e)
 
     def expire(self, now: float, still_cheap: Callable[[int], bool], budget: int = 512) -> None:
         """Retire entries older than the TTL, and field prefetches that lost their memory copy."""
@@ -134,9 +140,10 @@ class Ledger:
             if e.state == READY and e.space != "address" and not still_cheap(page):
                 del self.entries[page]
                 self.counts[e.space]["wasted"] += 1
+                self.release(page, e)
             elif now - e.t > self.ttl_s:
                 del self.entries[page]
-                self._retire(e)
+                self._retire(page, e)
 
     def pending(self, space: str) -> int:
         return sum(1 for e in self.entries.values() if e.space == space and e.state != QUEUED)
@@ -173,18 +180,23 @@ class Prefetcher:
         concurrency: int = 8,
         max_backlog: int = 256,
         repush_after_s: float = 120.0,
+        heat_boost: float = 4.0,
     ) -> None:
         self.store = store
         self.layout = layout
         self.kind = kind
         self.push = push
         self.concurrency = concurrency
+        # A fetched page must outlive, in the memory tier, the pages around it until it is
+        # used: it gets `heat_boost` x confidence accesses' worth of heat (a demand read
+        # gives one), so the store's coldest-first eviction takes other pages first.
+        self.heat_boost = heat_boost
         self.max_backlog = max_backlog
         self.address_model: Predictor = make_model(kind)
         self.field_model: Predictor = make_model(kind)
         self.address = AddressPredictor(self.address_model, layout.n_pages, layout.page_size)
         self.fieldp = FieldPredictor(self.field_model, layout)
-        self.ledger = Ledger()
+        self.ledger = Ledger(release=self._withdraw)
         self.recent = RecentPages(horizon_s=repush_after_s)
         self._reads: deque[tuple[int, int, float]] = deque(maxlen=4096)
         self._batches: deque[np.ndarray] = deque(maxlen=4)
@@ -235,6 +247,10 @@ class Prefetcher:
         if not pages:
             return
         now = time.monotonic()
+        if self._trace is not None:
+            st = [self.ledger.get(p) for p in pages]
+            self._t("access", caller, len(pages), "ready", sum(1 for e in st if e and e.state == READY),
+                    "inflight", sum(1 for e in st if e and e.state == INFLIGHT), "queued", sum(1 for e in st if e and e.state == QUEUED))
         for page in pages:
             self.ledger.used(page)
         if caller == "read":
@@ -249,7 +265,12 @@ class Prefetcher:
         else:
             self.counters["gathers_seen"] += 1
 
+
     def _on_points(self, points: np.ndarray) -> None:
+        if self._trace is not None:
+            ready = [p for p, e in self.ledger.entries.items() if e.state == READY and e.space == "field"]
+            self._t("batch", points.shape[0], "ready", len(ready), "evicted", sum(1 for p in ready if not self.store.is_fast(p)),
+                    "dram", [t.pages for t in self.store.memory_tiers])
         self.counters["batches_seen"] += 1
         if len(self._batches) == self._batches.maxlen:
             self.counters["batches_dropped"] += 1
@@ -302,7 +323,7 @@ class Prefetcher:
             points = self._batches.popleft()
             if self._batches:
                 # only the newest batch is worth predicting from; older ones still teach
-                self.fieldp.observe(points)
+                self.fieldp.observe(points, time.monotonic())
                 continue
             await self._observe_batch(points)
 
@@ -331,20 +352,30 @@ class Prefetcher:
             self._work.set()
 
     async def _observe_batch(self, points: np.ndarray) -> None:
-        plan = self.fieldp.observe(points)
+        plan = self.fieldp.observe(points, time.monotonic())
         if plan is None:
             return
         pages = await trio.to_thread.run_sync(self.fieldp.pages, plan)
+        valid = getattr(self.store, "_resident_valid", None)
+        if valid is not None and pages.size:
+            pages = pages[~valid[pages.astype(np.int64)]]  # already in the gather table
         now = time.monotonic()
-        ready = self._gather_ready
         wanted = 0
-        for page in pages.tolist():
-            if ready(page) or page in self.ledger.entries:
+        entries = self.ledger.entries
+        for i, page in enumerate(pages.tolist()):
+            if page in entries or self.store.is_fast(page):
                 continue
-            self._want(page, "field", False, plan.conf, now, -1)
+            self.ledger.add(page, Entry("field", False, plan.conf, now, -1))
+            self._queue.append(page)
             wanted += 1
+            if wanted >= self.fieldp.max_pages:
+                break
+            if i % 64 == 63:
+                self._work.set()
+                await trio.lowlevel.checkpoint()  # metadata look-ups: let demand run
         if wanted:
             self._work.set()
+        self._t("fplan", plan.label, len(plan.steps), "candidates", len(pages), "wanted", wanted, "queue", len(self._queue))
 
     def _gather_ready(self, page: int) -> bool:
         """True when a gather needs no slow-tier read for this page."""
@@ -393,7 +424,8 @@ class Prefetcher:
             self.ledger.started(page, e)
             writes = store.counters.get("writes", 0)
             slow = not store.is_fast(page)
-            store.raise_heat(page, e.conf)
+            e.boost = self.heat_boost * e.conf
+            store.raise_heat(page, e.boost)
             t0 = time.monotonic()
             if slow:
                 self._own_loading += 1
@@ -447,9 +479,16 @@ class Prefetcher:
             log.debug("push of page %d failed: %s", page, exc)
             return
         e.pushed = True
+        self._withdraw(page, e)  # the kernel cache has it now; the memory copy may go
         self._t("pushed", page, f"{time.monotonic() - t0:.4f}")
         self.recent.add(page, time.monotonic())
         self.ledger.counts[e.space]["pushed"] += 1
+
+    def _withdraw(self, page: int, e: Entry) -> None:
+        """Take back the heat a prefetch lent a page, once it is used, pushed or given up."""
+        if e.boost:
+            self.store.raise_heat(page, -e.boost)
+            e.boost = 0.0
 
     async def _housekeeping(self) -> None:
         tick = 0.25
