@@ -10,7 +10,7 @@ kernel page cache for the field — so ``none`` is not flattered by earlier runs
 
 Workloads (one reader, "think" time after each read = the work it does on the data):
 
-- ``scan``   — sequential 4 KiB preads over the whole ``params`` (38 MiB, 613 pages);
+- ``scan``   — sequential 4 KiB preads over the whole ``params`` (106 MiB, 1701 pages);
 - ``stride`` — 4 KiB preads every 2 pages (128 KiB), then the same shifted by 1 page;
 - ``camera`` — a camera path through ``query``: each frame is a batch of 256 points (an
   8x8x4 block of ray samples, 0.01 wide) whose centre moves smoothly along a curve
@@ -234,7 +234,7 @@ class Bench:
 
 
 CAMERA_INIT = ["--levels", "16", "--per-level-scale", "1.5", "--log2-table-size", "22", "--page-size", "64K"]
-SCAN_INIT = ["--levels", "12", "--page-size", "64K"]
+SCAN_INIT = ["--levels", "16", "--log2-table-size", "20", "--page-size", "64K"]
 
 
 def table(results: list[dict]) -> str:

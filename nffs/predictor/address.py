@@ -72,6 +72,7 @@ class Stream:
     roles: OrderedDict = field(default_factory=OrderedDict)
     ordinal: int = 0
     last_trip: int = 0
+    stray: int = 0  # reads in a row inside the window that were not planned steps
 
 
 @dataclass
@@ -102,6 +103,7 @@ class AddressPredictor:
         max_steps: int = 512,
         learn_cap: int = 4,
         max_model_calls: int = 64,
+        max_stray: int = 3,
     ) -> None:
         self.model = model
         self.n_pages = n_pages
@@ -115,12 +117,13 @@ class AddressPredictor:
         self.max_steps = max_steps
         self.learn_cap = learn_cap
         self.max_model_calls = max_model_calls
+        self.max_stray = max_stray
         self.vocab = DeltaVocabulary()
         self.streams: OrderedDict[int, Stream] = OrderedDict()
         self._next_sid = 0
         #: seconds a prefetch of a slow page takes (EWMA; the prefetcher updates it)
         self.latency_s = 0.005
-        self.counters = {"events": 0, "forks": 0, "continuations": 0, "implied": 0, "skipped": 0}
+        self.counters = {"events": 0, "forks": 0, "continuations": 0, "implied": 0, "skipped": 0, "stray": 0}
 
     # ------------------------------------------------------------------ streams
     def _new_stream(self, hist: StreamHistory) -> Stream:
@@ -161,9 +164,32 @@ class AddressPredictor:
                 j = i
         return j
 
+    def _stray(self, s: Stream, first: int, last: int) -> bool:
+        """A read between the planned steps of a confirmed stream, not one of them.
+
+        The kernel's own readahead (of partly cached pages around the stream) and other
+        readers produce such reads; up to ``max_stray`` in a row leave the stream, its
+        window and its model untouched. More than that means the pattern changed.
+        """
+        if not s.window or not s.hits or not s.hits[-1]:
+            return False
+        lp = s.hist.last_page
+        end = s.window[-1]
+        if end.delta > 0:
+            inside = lp < first and last <= end.hi
+        else:
+            inside = end.lo <= first and last < lp
+        if not inside or s.stray >= self.max_stray:
+            return False
+        s.stray += 1
+        self.counters["stray"] += 1
+        self.streams.move_to_end(s.sid)
+        return True
+
     def _consume(self, s: Stream, j: int, first: int, last: int, consumed: list[int]) -> int:
         """Steps 0..j of the window happened: history, learning, consumed pages; returns pages."""
         self.counters["continuations"] += 1
+        s.stray = 0
         done, s.window = s.window[: j + 1], s.window[j + 1:]
         learned = 0
         for i, st in enumerate(done):
@@ -220,6 +246,8 @@ class AddressPredictor:
             elif d < 0 and first < s.hist.last_page:
                 s.hist.last_page = first
         else:
+            if s is not None and not beyond and self._stray(s, first, last):
+                return None
             if beyond:
                 pages_done = self._consume(s, j, first, last, consumed)
             ref = s
@@ -260,8 +288,7 @@ class AddressPredictor:
                     self.model.learn_one(ref.pending_x, label)
                 hist = ref.hist.copy()
                 hist.push(delta, label, end, last - first + 1)
-                s = self._new_stream(hist)
-                s.t_last = now
+                s = self._new_stream(hist)  # t_last 0: no rate until its next read
         self.streams.move_to_end(s.sid)
         dt = max(now - s.t_last, 1e-4)
         if s.t_last:
