@@ -38,6 +38,8 @@ CREATE TABLE IF NOT EXISTS concepts(
 """
 
 _SIGN = 1 << 63
+_MISSING = object()
+ROW_CACHE_LIMIT = 1 << 16
 
 
 def to_signed64(value: int) -> int:
@@ -67,6 +69,9 @@ class MetaDB:
         self.conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         self.lock = threading.RLock()
         self._in_tx = False
+        # Write-through cache of page rows (None = not materialised): every row change goes
+        # through put_page/delete_page, so it is never stale. Bounded; cleared when full.
+        self._rows: dict[int, tuple | None] = {}
         self.conn.execute("PRAGMA busy_timeout=10000")
         if not read_only:
             self.conn.execute("PRAGMA journal_mode=WAL")
@@ -140,10 +145,21 @@ class MetaDB:
         return PageRow(r[0], r[1], None if r[2] is None else to_unsigned64(r[2]), r[3], bool(r[4]))
 
     def get_page(self, page: int) -> PageRow | None:
-        r = self.conn.execute("SELECT page, home, home_sum, mem, dirty FROM pages WHERE page=?", (page,)).fetchone()
-        return None if r is None else self._row(r)
+        cached = self._rows.get(page, _MISSING)
+        if cached is _MISSING:
+            r = self.conn.execute("SELECT page, home, home_sum, mem, dirty FROM pages WHERE page=?", (page,)).fetchone()
+            row = None if r is None else self._row(r)
+            self._remember(page, row)
+            return row
+        return None if cached is None else PageRow(page, *cached)
+
+    def _remember(self, page: int, row: PageRow | None) -> None:
+        if len(self._rows) >= ROW_CACHE_LIMIT:
+            self._rows.clear()
+        self._rows[page] = None if row is None else (row.home, row.home_sum, row.mem, row.dirty)
 
     def put_page(self, row: PageRow) -> None:
+        self._remember(row.page, row)
         with self.lock:
             self._begin()
             self.conn.execute(
@@ -152,6 +168,7 @@ class MetaDB:
             )
 
     def delete_page(self, page: int) -> None:
+        self._remember(page, None)
         with self.lock:
             self._begin()
             self.conn.execute("DELETE FROM pages WHERE page=?", (page,))
