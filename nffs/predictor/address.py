@@ -73,6 +73,7 @@ class Stream:
     ordinal: int = 0
     last_trip: int = 0
     stray: int = 0  # reads in a row inside the window that were not planned steps
+    streak: int = 0  # confirmed steps in a row
 
 
 @dataclass
@@ -204,6 +205,7 @@ class AddressPredictor:
             self.vocab.observe(st.delta)
             s.hist.push(st.delta, st.label, st.hi if st.delta > 0 else st.lo)
         s.hits.append(True)
+        s.streak += 1
         return sum(st.hi - st.lo + 1 for st in done)
 
     def _delta(self, hist: StreamHistory, first: int, last: int) -> tuple[int, int] | None:
@@ -275,10 +277,14 @@ class AddressPredictor:
                         self.model.learn_one(x, label)
                     predicted, _ = self.model.best(x)
                     s.hits[-1] = predicted == label
+                    if not s.hits[-1]:
+                        s.streak = 0
                 else:
                     if s.pending_x is not None:
                         self.model.learn_one(s.pending_x, label)
                     s.hits.append(s.predicted == label)
+                    if not s.hits[-1]:
+                        s.streak = 0
                     s.window = []
                 s.hist.push(delta, label, end, last - first + 1)
             else:
@@ -304,7 +310,10 @@ class AddressPredictor:
         return math.ceil(s.rate * (2.0 * self.latency_s + 0.003)) + 2
 
     def depth_pages(self, s: Stream) -> int:
-        return max(self.min_depth, min(self.max_depth_pages, 2 * self.lead_pages(s) + 1))
+        # like the kernel's readahead, a young stream starts small and doubles with every
+        # confirmed step: short runs waste little, long ones reach full depth quickly
+        ramp = 2 ** min(s.streak + 1, 20)
+        return min(ramp, max(self.min_depth, min(self.max_depth_pages, 3 * self.lead_pages(s) + 1)))
 
     def _predict(self, s: Stream, now: float) -> list[tuple[int, bool, float]]:
         x = s.hist.features()
@@ -340,7 +349,7 @@ class AddressPredictor:
             if len(pages) >= self.max_depth_pages:
                 break
         pages = pages[: self.max_depth_pages]
-        spacing = max(4, self.lead_pages(s))
+        spacing = max(4, 2 * self.lead_pages(s))
         roles = s.roles
         any_trip = False
         last_new = False

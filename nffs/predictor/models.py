@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 NOMINAL = ("c1", "c2", "c3", "c4")
 
@@ -25,6 +25,7 @@ class Predictor:
     """Common interface and timing; subclasses implement ``_learn`` and ``_proba``."""
 
     name = "base"
+    ready = True  # False while a lazily built model is not there yet
 
     def __init__(self) -> None:
         self.learns = 0
@@ -64,6 +65,7 @@ class Predictor:
     def stats(self) -> dict:
         return {
             "model": self.name,
+            "ready": self.ready,
             "model_bytes": self.model_bytes(),
             "learns": self.learns,
             "predicts": self.predicts,
@@ -113,11 +115,11 @@ class HoeffdingPredictor(Predictor):
         nominal: tuple[str, ...] = NOMINAL,
         seed: int = 0,
         size_refresh_s: float = 1.0,
+        lazy: bool = False,
     ) -> None:
         super().__init__()
-        from river import tree
-
-        common = dict(
+        self.adaptive = adaptive
+        self._params = dict(
             grace_period=grace_period,
             delta=delta,
             tau=tau,
@@ -127,24 +129,50 @@ class HoeffdingPredictor(Predictor):
             max_size=max_size_mib,
             memory_estimate_period=20000,
         )
-        if adaptive:
-            self.model = tree.HoeffdingAdaptiveTreeClassifier(**common, seed=seed)
-        else:
-            self.model = tree.HoeffdingTreeClassifier(**common)
-        self.name = type(self.model).__name__
+        self._seed = seed
+        self.name = "HoeffdingAdaptiveTreeClassifier" if adaptive else "HoeffdingTreeClassifier"
+        self.model = None
+        #: samples seen before the model exists (lazy: river takes seconds to import)
+        self._early: deque = deque(maxlen=512)
         self._size = 0
         self._size_at = -1e9
         self._size_refresh_s = size_refresh_s
+        if not lazy:
+            self.install(self.build())
+
+    def build(self):
+        """A new river tree (imports river; may run in a worker thread)."""
+        from river import tree
+
+        if self.adaptive:
+            return tree.HoeffdingAdaptiveTreeClassifier(**self._params, seed=self._seed)
+        return tree.HoeffdingTreeClassifier(**self._params)
+
+    def install(self, model) -> None:
+        """Start using ``model`` and teach it the samples seen while it was being built."""
+        self.model = model
+        while self._early:
+            x, y = self._early.popleft()
+            model.learn_one(x, y)
+
+    @property
+    def ready(self) -> bool:
+        return self.model is not None
 
     def _learn(self, x: dict, y: str) -> None:
+        if self.model is None:
+            self._early.append((x, y))
+            return
         self.model.learn_one(x, y)
 
     def _proba(self, x: dict) -> dict[str, float]:
-        if not self.learns:
+        if self.model is None or not self.learns:
             return {}
         return self.model.predict_proba_one(x)
 
     def model_bytes(self) -> int:
+        if self.model is None:
+            return 0
         now = time.monotonic()
         if now - self._size_at >= self._size_refresh_s:
             try:
@@ -166,13 +194,16 @@ class MarkovPredictor(Predictor):
 
     Contexts live in an LRU of at most ``max_contexts`` entries, each holding at most
     ``max_successors`` classes; a context's counts are halved once they sum past
-    ``halve_at`` so that it follows a changing pattern.
+    ``halve_at`` so that it follows a changing pattern. A context needs ``min_support``
+    observations before it speaks, and its probabilities are ``count / (total + 1)``,
+    so that sparse contexts (noise) are not mistaken for certainties.
     """
 
     name = "markov"
 
-    def __init__(self, *, max_contexts: int = 4096, max_successors: int = 8, halve_at: int = 256) -> None:
+    def __init__(self, *, max_contexts: int = 4096, max_successors: int = 8, halve_at: int = 256, min_support: float = 3.0) -> None:
         super().__init__()
+        self.min_support = min_support
         self.max_contexts = max_contexts
         self.max_successors = max_successors
         self.halve_at = halve_at
@@ -203,12 +234,14 @@ class MarkovPredictor(Predictor):
             self._bump(ctx, y)
 
     def _proba(self, x: dict) -> dict[str, float]:
+        # a context seen fewer than `min_support` times backs off to the shorter one; the
+        # probabilities keep one count of room for "something never seen here"
         for ctx in self._contexts(x):
             counts = self._table.get(ctx)
             if counts:
                 total = sum(counts.values())
-                if total >= 2.0 or ctx[0] == 1:
-                    return {k: v / total for k, v in counts.items()}
+                if total >= self.min_support:
+                    return {k: v / (total + 1.0) for k, v in counts.items()}
         return {}
 
     def model_bytes(self) -> int:
@@ -218,12 +251,16 @@ class MarkovPredictor(Predictor):
         return sum(per_context + per_successor * len(c) for c in self._table.values())
 
 
-def make_model(kind: str) -> Predictor:
-    """The predictor for ``--prefetch KIND``: hoeffding, hoeffding-adaptive, markov or none."""
+def make_model(kind: str, *, lazy: bool = False) -> Predictor:
+    """The predictor for ``--prefetch KIND``: hoeffding, hoeffding-adaptive, markov or none.
+
+    ``lazy``: a Hoeffding tree is built later (``build()`` in a thread, then ``install()``),
+    so that importing river does not delay the mount.
+    """
     if kind == "hoeffding":
-        return HoeffdingPredictor()
+        return HoeffdingPredictor(lazy=lazy)
     if kind in ("hoeffding-adaptive", "adaptive"):
-        return HoeffdingPredictor(adaptive=True)
+        return HoeffdingPredictor(adaptive=True, lazy=lazy)
     if kind == "markov":
         return MarkovPredictor()
     if kind == "none":

@@ -192,8 +192,8 @@ class Prefetcher:
         # gives one), so the store's coldest-first eviction takes other pages first.
         self.heat_boost = heat_boost
         self.max_backlog = max_backlog
-        self.address_model: Predictor = make_model(kind)
-        self.field_model: Predictor = make_model(kind)
+        self.address_model: Predictor = make_model(kind, lazy=True)
+        self.field_model: Predictor = make_model(kind, lazy=True)
         self.address = AddressPredictor(self.address_model, layout.n_pages, layout.page_size)
         self.fieldp = FieldPredictor(self.field_model, layout)
         self.ledger = Ledger(release=self._withdraw)
@@ -288,6 +288,7 @@ class Prefetcher:
             for _ in range(self.concurrency):
                 nursery.start_soon(self._worker)
             nursery.start_soon(self._housekeeping)
+            nursery.start_soon(self._build_models)
             task_status.started()
             while True:
                 await self._wake.wait()
@@ -296,6 +297,16 @@ class Prefetcher:
                     await self._drain()
                 except Exception:  # a bug here must never take the file system down
                     log.exception("prefetch prediction failed")
+
+    async def _build_models(self) -> None:
+        """River takes seconds to import: build the trees in a thread while the mount serves."""
+        for model in (self.address_model, self.field_model):
+            build = getattr(model, "build", None)
+            if build is not None and not model.ready:
+                try:
+                    model.install(await trio.to_thread.run_sync(build))
+                except Exception:
+                    log.exception("cannot build the %s model: prefetch stays off", self.kind)
 
     async def _drain(self) -> None:
         while self._hints:
@@ -520,6 +531,7 @@ class Prefetcher:
 
         return {
             "predictor": self.kind,
+            "ready": self.address_model.ready and self.field_model.ready,
             "issued": total["issued"],
             "useful": total["useful"],
             "late": total["late"],
