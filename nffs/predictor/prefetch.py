@@ -242,7 +242,12 @@ class Prefetcher:
         # The store calls listeners from read() (a params/levels read that reached the
         # daemon) and from its gathers (pages a query/at/concept batch needed). Only the
         # former are address-space history; both count as uses of prefetched pages.
-        caller = sys._getframe(1).f_code.co_name
+        try:
+            self._access(sys._getframe(1).f_code.co_name, pages)
+        except Exception:  # never fail the demand read that called us
+            log.exception("prefetch: access listener failed")
+
+    def _access(self, caller: str, pages) -> None:
         pages = list(pages)
         if not pages:
             return
@@ -254,7 +259,8 @@ class Prefetcher:
         for page in pages:
             self.ledger.used(page)
         if caller == "read":
-            self._t("read", min(pages), max(pages))
+            if self._trace is not None:
+                self._t("read", min(pages), max(pages))
             self.counters["reads_seen"] += 1
             for page in pages:
                 self.recent.add(page, now)
@@ -264,7 +270,6 @@ class Prefetcher:
             self._wake.set()
         else:
             self.counters["gathers_seen"] += 1
-
 
     def _on_points(self, points: np.ndarray) -> None:
         if self._trace is not None:
@@ -386,7 +391,8 @@ class Prefetcher:
                 await trio.lowlevel.checkpoint()  # metadata look-ups: let demand run
         if wanted:
             self._work.set()
-        self._t("fplan", plan.label, len(plan.steps), "candidates", len(pages), "wanted", wanted, "queue", len(self._queue))
+        if self._trace is not None:
+            self._t("fplan", plan.label, len(plan.steps), "candidates", len(pages), "wanted", wanted, "queue", len(self._queue))
 
     def _gather_ready(self, page: int) -> bool:
         """True when a gather needs no slow-tier read for this page."""
@@ -412,56 +418,65 @@ class Prefetcher:
 
     # ------------------------------------------------------------------ fetching
     async def _worker(self) -> None:
-        store = self.store
         while True:
             while not self._queue:
                 self._work = trio.Event() if self._work.is_set() else self._work
                 await self._work.wait()
             page = self._queue.popleft()
-            e = self.ledger.get(page)
-            if e is None:
-                continue
-            if e.state == READY:
-                if e.push and not e.pushed:
-                    await self._push_page(page, e, None)
-                continue
-            if e.state != QUEUED:
-                continue
-            # background priority: never take an I/O slot a queued demand read could use
-            while store.demand_waiting - self._own_loading > self._demand_room:
-                await trio.sleep(0.0005)
-            if self.ledger.get(page) is not e or e.state != QUEUED:
-                continue
-            self.ledger.started(page, e)
-            writes = store.counters.get("writes", 0)
-            slow = not store.is_fast(page)
-            e.boost = self.heat_boost * e.conf
-            store.raise_heat(page, e.boost)
-            t0 = time.monotonic()
-            if slow:
-                self._own_loading += 1
             try:
-                data = await store.page_bytes(page, promote=True)
-            except OSError as exc:
-                self.counters["errors"] += 1
-                log.debug("prefetch of page %d failed: %s", page, exc)
+                await self._fetch(page)
+            except Exception:  # a bug here must never take the file system down
+                log.exception("prefetch of page %d failed", page)
                 self.ledger.drop(page)
-                continue
-            finally:
-                if slow:
-                    self._own_loading -= 1
-            self._t("fetched", page, "slow" if slow else "cheap", f"{time.monotonic() - t0:.4f}")
+
+    async def _fetch(self, page: int) -> None:
+        """Fetch one queued page into the memory tier (and push it), at background priority."""
+        store = self.store
+        e = self.ledger.get(page)
+        if e is None:
+            return
+        if e.state == READY:
+            if e.push and not e.pushed:
+                await self._push_page(page, e, None)
+            return
+        if e.state != QUEUED:
+            return
+        # background priority: never take an I/O slot a queued demand read could use
+        while store.demand_waiting - self._own_loading > self._demand_room:
+            await trio.sleep(0.0005)
+        if self.ledger.get(page) is not e or e.state != QUEUED:
+            return
+        self.ledger.started(page, e)
+        writes = store.counters.get("writes", 0)
+        slow = not store.is_fast(page)
+        e.boost = self.heat_boost * e.conf
+        store.raise_heat(page, e.boost)
+        t0 = time.monotonic()
+        if slow:
+            self._own_loading += 1
+        try:
+            data = await store.page_bytes(page, promote=True)
+        except OSError as exc:
+            self.counters["errors"] += 1
+            log.debug("prefetch of page %d failed: %s", page, exc)
+            self.ledger.drop(page)
+            return
+        finally:
             if slow:
-                dt = time.monotonic() - t0
-                self.counters["slow_fetches"] += 1
-                self._fetch_s += dt
-                self.address.latency_s = 0.8 * self.address.latency_s + 0.2 * dt
-            else:
-                self.counters["cheap_fetches"] += 1
-            if self.ledger.get(page) is e:
-                e.state = READY
-            if e.push:
-                await self._push_page(page, e, data, writes)
+                self._own_loading -= 1
+        if self._trace is not None:
+            self._t("fetched", page, "slow" if slow else "cheap", f"{time.monotonic() - t0:.4f}")
+        if slow:
+            dt = time.monotonic() - t0
+            self.counters["slow_fetches"] += 1
+            self._fetch_s += dt
+            self.address.latency_s = 0.8 * self.address.latency_s + 0.2 * dt
+        else:
+            self.counters["cheap_fetches"] += 1
+        if self.ledger.get(page) is e:
+            e.state = READY
+        if e.push:
+            await self._push_page(page, e, data, writes)
 
     async def _push_page(self, page: int, e: Entry, data: bytes | None, writes: int | None = None) -> None:
         if self.push is None:
@@ -491,7 +506,8 @@ class Prefetcher:
             return
         e.pushed = True
         self._withdraw(page, e)  # the kernel cache has it now; the memory copy may go
-        self._t("pushed", page, f"{time.monotonic() - t0:.4f}")
+        if self._trace is not None:
+            self._t("pushed", page, f"{time.monotonic() - t0:.4f}")
         self.recent.add(page, time.monotonic())
         self.ledger.counts[e.space]["pushed"] += 1
 
@@ -510,7 +526,8 @@ class Prefetcher:
             lag = now - t - tick
             self.loop_lag_max = max(self.loop_lag_max, lag)
             if lag > 0.005:
-                self._t("lag", f"{lag:.4f}")
+                if self._trace is not None:
+                    self._t("lag", f"{lag:.4f}")
             self.ledger.expire(now, self._gather_ready)
 
     # ------------------------------------------------------------------ statistics
@@ -544,6 +561,7 @@ class Prefetcher:
             "prefetch_slow_reads": slow,
             "mean_fetch_ms": round(1e3 * self._fetch_s / slow, 3) if slow else None,
             "queue": len(self._queue),
+            "loop_lag_max_ms": round(self.loop_lag_max * 1e3, 3),
             "spaces": {s: ratios(counts[s]) for s in SPACES},
             "models": {"address": self.address_model.stats(), "field": self.field_model.stats()},
             "model_bytes": self.address_model.model_bytes() + self.field_model.model_bytes(),
