@@ -1,0 +1,231 @@
+#!/usr/bin/env python3
+"""SPEC 8 rows "inference" and "vectorisation": `query` points/s with batches of 64 Ki points.
+
+Setup (temp dirs, removed at the end): a default field (D=3 L=16 F=2 T=2^19, float32,
+linear), mounted with `nffs mount` (background mode) over a dram tier on tmpfs
+(/dev/shm) and an nvme home tier on disk; the whole of `params` is written with
+uniform random values in [-1, 1] and fsynced. No decoder: `query` answers the encoding.
+
+Each round sends one batch of fresh uniform random points through one open `query`
+handle (write N*D float32 at offset 0, read N*L*F float32 from offset 0) and times it
+end to end, as a client sees it. Against it:
+  * inference baseline: numpy's own gather of the same batch's corner entries from the
+    in-memory copy of the params (entries from nffs.encoding.hashgrid.corner_entries,
+    computed outside the timing; only the take is timed). Main figure:
+    np.take(params, elements) with the L*2^D*N*F int64 element indices (entry*F + f);
+    also shown: the F-float rows taken as one 8-byte word each (the fastest gather numpy
+    offers, what nffs itself uses), and np.take(rows, entries, axis=0).
+  * vectorisation baseline: a straightforward scalar per-point Python loop of the SPEC 2.1
+    encoding over the same params (Python floats, float32 rounding of the position as the
+    SPEC asks), timed on a sample of points and scaled to points/s; its output is checked
+    against the query answer.
+
+Ratios are computed per round and the median is reported.
+
+Usage: python scripts/bench_query.py [--quick] [--rounds N] [--batch N] [--scalar-sample N] [--prefetch none|hoeffding|markov]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import struct
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_common import (  # noqa: E402
+    NffsMount, Workspace, human_rate, init_field, median, print_machine, print_table, tier_args, verdict,
+)
+from nffs.encoding.hashgrid import corner_entries, entry_elements  # noqa: E402
+from nffs.encoding.layout import HASH_PRIMES, FieldConfig, FieldLayout  # noqa: E402
+
+TARGET_INFERENCE = 0.5
+TARGET_VECTORISATION = 20.0
+_F32 = struct.Struct("<f")
+
+
+def write_params(path: str, values: np.ndarray, chunk: int = 1 << 20) -> None:
+    raw = memoryview(np.ascontiguousarray(values, dtype="<f4")).cast("B")
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for off in range(0, len(raw), chunk):
+            os.pwrite(fd, raw[off:off + chunk], off)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def query(fd: int, points: np.ndarray, out_width: int) -> np.ndarray:
+    """One request on an open `query` handle: write the points at offset 0, read the whole answer."""
+    request = np.ascontiguousarray(points, dtype="<f4").tobytes()
+    view = memoryview(request)
+    off = 0
+    while off < len(view):
+        off += os.pwrite(fd, view[off:], off)
+    want = points.shape[0] * out_width * 4
+    answer = bytearray(want)
+    got = 0
+    while got < want:
+        n = os.preadv(fd, [memoryview(answer)[got:]], got)
+        if n == 0:
+            raise RuntimeError(f"query answer ended after {got} of {want} bytes")
+        got += n
+    return np.frombuffer(answer, dtype="<f4").reshape(points.shape[0], out_width)
+
+
+def scalar_encode(layout: FieldLayout, point, params) -> list[float]:
+    """SPEC 2.1 for one point, one Python operation at a time (the per-point loop baseline).
+
+    `params` indexes like a flat float list (a memoryview cast to 'f'). The position is
+    rounded to float32 once (scale*x is exact in a double, so this is the fused multiply-add
+    the SPEC asks for); weights and sums are Python floats.
+    """
+    dims, feats = layout.dims, layout.features
+    mask = (1 << 64) - 1 if layout.wide else (1 << 32) - 1
+    smooth = layout.cfg.interpolation == "smoothstep"
+    pack, unpack = _F32.pack, _F32.unpack
+    out: list[float] = []
+    for lv in layout.levels:
+        cells = []
+        fracs = []
+        for x in point:
+            pos = unpack(pack(lv.scale * x + 0.5))[0]
+            cell = math.floor(pos)
+            frac = pos - cell
+            if smooth:
+                frac = frac * frac * (3.0 - 2.0 * frac)
+            cells.append(cell)
+            fracs.append(frac)
+        acc = [0.0] * feats
+        for corner in range(1 << dims):
+            weight = 1.0
+            index = 0
+            stride = 1
+            for d in range(dims):
+                bit = (corner >> d) & 1
+                weight *= fracs[d] if bit else 1.0 - fracs[d]
+                coord = (cells[d] + bit) & mask
+                if lv.dense:
+                    index += coord * stride
+                    stride *= lv.resolution
+                else:
+                    index ^= (coord * HASH_PRIMES[d]) & mask
+            base = (lv.offset + (index & mask) % lv.entries) * feats
+            for f in range(feats):
+                acc[f] += weight * params[base + f]
+        out.extend(acc)
+    return out
+
+
+def best_time(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer rounds and a smaller scalar sample (about 30 s)")
+    p.add_argument("--rounds", type=int, default=None, help="timed batches (default 9, quick 3)")
+    p.add_argument("--batch", type=int, default=1 << 16, help="points per request (default 65536)")
+    p.add_argument("--scalar-sample", type=int, default=None, help="points per round for the scalar loop (default 128, quick 32)")
+    p.add_argument("--prefetch", default="none", choices=["none", "markov", "hoeffding"],
+                   help="prefetcher of the mount (default none; the field-space predictor watches every batch otherwise)")
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args()
+    rounds = args.rounds or (3 if args.quick else 9)
+    sample = args.scalar_sample or (32 if args.quick else 128)
+    rng = np.random.default_rng(args.seed)
+
+    print_machine()
+    layout = FieldLayout(FieldConfig())
+    with Workspace() as ws:
+        field = init_field(ws, "field")
+        nm = NffsMount(ws, field, *tier_args(ws, "field"), "--prefetch", args.prefetch)
+        params = rng.uniform(-1.0, 1.0, layout.n_params).astype(np.float32)
+        t = time.perf_counter()
+        write_params(nm.file("params"), params)
+        print(f"field: D={layout.dims} L={layout.n_levels} F={layout.features} T=2^{layout.cfg.log2_table_size} "
+              f"({layout.params_bytes / 2**20:.1f} MiB of params written in {time.perf_counter() - t:.2f} s); "
+              f"batch {args.batch:,} points; prefetch={args.prefetch}; scalar sample {sample} points/round")
+        width = layout.encoding_width
+        words = params.view(np.uint64) if layout.features * 4 == 8 else None
+        rows2d = params.reshape(-1, layout.features)
+        flat_params = memoryview(params).cast("B").cast("f")
+
+        fd = os.open(nm.file("query"), os.O_RDWR)
+        try:
+            # warm-up: the first batch loads the daemon's resident table from the dram tier
+            warm_points = rng.random((args.batch, layout.dims), dtype=np.float32)
+            t = time.perf_counter()
+            query(fd, warm_points, width)
+            first_batch = time.perf_counter() - t
+            query(fd, rng.random((args.batch, layout.dims), dtype=np.float32), width)
+
+            q_rate, take_rate, word_rate, rows_rate, scalar_rate = [], [], [], [], []
+            max_err = 0.0
+            for r in range(rounds):
+                points = rng.random((args.batch, layout.dims), dtype=np.float32)
+                t = time.perf_counter()
+                answer = query(fd, points, width)
+                q = time.perf_counter() - t
+                entries, _ = corner_entries(layout, points)
+                elements = entry_elements(layout, entries).reshape(-1).view(np.int64)
+                idx = entries.view(np.int64)
+                t_take = best_time(lambda: np.take(params, elements), 3)
+                t_word = best_time(lambda: np.take(words, idx), 3) if words is not None else float("nan")
+                t_rows = best_time(lambda: np.take(rows2d, idx, axis=0), 3)
+                del elements
+                pts = points[:sample].astype(np.float64).tolist()
+                t = time.perf_counter()
+                ref = [scalar_encode(layout, pt, flat_params) for pt in pts]
+                t_scalar = (time.perf_counter() - t) / len(pts)
+                max_err = max(max_err, float(np.abs(np.array(ref, dtype=np.float64) - answer[:sample]).max()))
+                n = args.batch
+                q_rate.append(n / q)
+                take_rate.append(n / t_take)
+                word_rate.append(n / t_word)
+                rows_rate.append(n / t_rows)
+                scalar_rate.append(1.0 / t_scalar)
+                print(f"round {r + 1}/{rounds}: query {q * 1e3:.0f} ms, take {t_take * 1e3:.0f} ms (words {t_word * 1e3:.0f} ms), "
+                      f"scalar {t_scalar * 1e6:.0f} us/point", flush=True)
+        finally:
+            os.close(fd)
+
+        def ratio(a, b):
+            return median(x / y for x, y in zip(a, b))
+
+        r_take, r_word, r_rows = ratio(q_rate, take_rate), ratio(q_rate, word_rate), ratio(q_rate, rows_rate)
+        r_scalar = ratio(q_rate, scalar_rate)
+        print()
+        print(f"medians over {rounds} batches of {args.batch:,} points; first (cold) batch took {first_batch * 1e3:.0f} ms; "
+              f"max |scalar loop - query| = {max_err:.2e}")
+        print_table(
+            ["SPEC 8 row", "query", "baseline", "ratio", "target", ""],
+            [
+                ["inference: query vs np.take(params, elements)", human_rate(median(q_rate), "pts/s"),
+                 human_rate(median(take_rate), "pts/s"), f"{r_take:.2f}x", f">= {TARGET_INFERENCE}x", verdict(r_take, TARGET_INFERENCE)],
+                ["  (stricter) vs row take as 8-byte words", "", human_rate(median(word_rate), "pts/s"), f"{r_word:.2f}x",
+                 f">= {TARGET_INFERENCE}x", verdict(r_word, TARGET_INFERENCE)],
+                ["  (other) vs np.take(rows, entries, axis=0)", "", human_rate(median(rows_rate), "pts/s"), f"{r_rows:.2f}x",
+                 f">= {TARGET_INFERENCE}x", verdict(r_rows, TARGET_INFERENCE)],
+                ["vectorisation: query vs scalar per-point loop", human_rate(median(q_rate), "pts/s"),
+                 human_rate(median(scalar_rate), "pts/s"), f"{r_scalar:,.0f}x", f">= {TARGET_VECTORISATION:g}x",
+                 verdict(r_scalar, TARGET_VECTORISATION)],
+            ],
+        )
+        if max_err > 1e-4:
+            print(f"WARNING: the scalar loop disagrees with query by {max_err:.2e}", file=sys.stderr)
+        nm.unmount()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
