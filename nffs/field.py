@@ -34,8 +34,6 @@ class Field:
         self.field_dir = field_dir
         self.decoder: Decoder | None = None
         self.decoder_bytes: bytes | None = None
-        #: called with the pages a field-space operation changed behind the kernel's back
-        self.change_listeners: list[Callable[[list[int]], None]] = []
         #: called with every batch of points read through query, at/ and concepts (field-space prefetch)
         self.point_listeners: list[Callable[[np.ndarray], None]] = []
         self._load_decoder()
@@ -108,8 +106,8 @@ class Field:
         return enc if self.decoder is None else self.decoder.apply(enc)
 
     # -- concepts --------------------------------------------------------------------
-    async def write_at(self, point: np.ndarray, offset: int, data: bytes) -> None:
-        """Set components [offset/4, ...) of the encoding at `point` (SPEC 2.4)."""
+    async def write_at(self, point: np.ndarray, offset: int, data: bytes) -> list[int]:
+        """Set components [offset/4, ...) of the encoding at `point` (SPEC 2.4); returns the changed pages."""
         width = self.layout.encoding_width * 4
         if offset % 4 or len(data) % 4 or offset < 0 or offset + len(data) > width:
             raise OSError(errno.EINVAL, "concept writes must be 4-byte aligned and inside the vector")
@@ -121,9 +119,6 @@ class Field:
         target = current.copy()
         target[offset // 4: offset // 4 + values.size] = values
         elements, deltas = hashgrid.concept_update(self.layout, pts[0], current, target)
-        keep = deltas != 0
-        if not np.any(keep):
-            return
-        changed = await self.store.add_to_elements(elements[keep], deltas[keep])
-        for listener in self.change_listeners:
-            listener(changed)
+        if elements.size == 0:
+            return []
+        return await self.store.add_to_elements(elements, deltas)

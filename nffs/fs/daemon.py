@@ -88,7 +88,6 @@ async def _run(ops: FieldOperations, store, prefetcher, opts: MountOptions, on_r
     async with trio.open_nursery() as nursery:
         if not opts.read_only:
             await nursery.start(store.run_background, opts.writeback_interval)
-        nursery.start_soon(ops.refresh_changed_pages)
         if prefetcher is not None:
             await nursery.start(prefetcher.run)
         nursery.start_soon(_terminate_on_signal)

@@ -75,9 +75,6 @@ class FieldOperations(pyfuse3.Operations):
         self._opened_views: set[int] = set()  # params/levels inodes the kernel may cache
         self.level_ranges = [self.layout.level_byte_range(l) for l in range(self.layout.n_levels)]
         self.field_json = (json.dumps(self._describe(), indent=2) + "\n").encode()
-        field.change_listeners.append(self._on_field_change)
-        self._pending_notifications: list[tuple[int, int, bytes]] = []
-        self._notify_wakeup: trio.Event | None = None
 
     def _describe(self) -> dict[str, Any]:
         d = self.layout.describe()
@@ -433,9 +430,9 @@ class FieldOperations(pyfuse3.Operations):
         if inode == ino.QUERY:
             return self._query_write(h, off, buf)
         if ino.is_concept(inode):
-            await self.field.write_at(self._concept_point(inode), off, bytes(buf))
+            changed = await self.field.write_at(self._concept_point(inode), off, bytes(buf))
             # the changed pages are current in every cached view before write() returns
-            await self.flush_pending_refresh()
+            await self._refresh_pages(changed)
             return len(buf)
         if inode == ino.DECODER:
             assert h.buffer is not None
@@ -468,7 +465,7 @@ class FieldOperations(pyfuse3.Operations):
             out.append((inode, a - lo, a - offset, b - offset))
         return out
 
-    async def _notify_aliases(self, offset: int, data: bytes, source: int) -> None:
+    async def _notify_aliases(self, offset: int, data: bytes | memoryview, source: int) -> None:
         targets = self._alias_targets(offset, len(data), source)
         if not targets:
             return
@@ -490,46 +487,13 @@ class FieldOperations(pyfuse3.Operations):
         The prefetcher's last step: the next read of these bytes never reaches the daemon.
         """
         lo, hi = self.layout.page_byte_range(page)
-        targets = [(ino.PARAMS, lo, 0, hi - lo)] + self._alias_targets(lo, hi - lo, ino.PARAMS)
-        view = memoryview(data)[: hi - lo]
+        await self._notify_aliases(lo, memoryview(data)[: hi - lo], source=-1)
 
-        def push() -> None:
-            for inode, file_off, a, b in targets:
-                try:
-                    pyfuse3.notify_store(inode, file_off, view[a:b])
-                except OSError as exc:
-                    if exc.errno != errno.ENOENT:
-                        log.debug("notify_store(%d): %s", inode, exc)
-
-        await trio.to_thread.run_sync(push)
-
-    def _on_field_change(self, pages: list[int]) -> None:
-        """Pages changed behind the kernel's back (concept writes): queue fresh data for its cache."""
+    async def _refresh_pages(self, pages: list[int]) -> None:
+        """Pages changed behind the kernel's back (concept writes): push their new bytes."""
         for page in pages:
             lo, hi = self.layout.page_byte_range(page)
-            self._pending_notifications.append((lo, hi - lo, b""))
-        if self._notify_wakeup is not None:
-            self._notify_wakeup.set()
-
-    async def refresh_changed_pages(self) -> None:
-        """Push the current bytes of changed pages to every cached view (runs in the nursery)."""
-        while True:
-            self._notify_wakeup = trio.Event()
-            if not self._pending_notifications:
-                await self._notify_wakeup.wait()
-            pending, self._pending_notifications = self._pending_notifications, []
-            for offset, length, _ in pending:
-                try:
-                    data = await self.store.read(offset, length)
-                    await self._notify_aliases(offset, data, source=-1)
-                except OSError as exc:
-                    log.warning("cannot refresh cached page at %d: %s", offset, exc)
-
-    async def flush_pending_refresh(self) -> None:
-        pending, self._pending_notifications = self._pending_notifications, []
-        for offset, length, _ in pending:
-            data = await self.store.read(offset, length)
-            await self._notify_aliases(offset, data, source=-1)
+            await self._notify_aliases(lo, await self.store.read(lo, hi - lo), source=-1)
 
     # ------------------------------------------------------------------ query
     def _query_write(self, h: Handle, off: int, buf: bytes) -> int:
