@@ -120,6 +120,10 @@ class Bench:
         drop_caches()
         nffs("mount", field, self.mnt, "--prefetch", kind, *self.tiers(name, self.args.latency, self.args.dram))
         try:
+            # river is imported in the background after mounting: start once the trees exist
+            deadline = time.monotonic() + 120
+            while not self.stats().get("prefetch", {}).get("ready", True) and time.monotonic() < deadline:
+                time.sleep(0.05)
             before = self.stats()
             t0 = time.perf_counter()
             lat = body(self.mnt)
@@ -251,19 +255,31 @@ def table(results: list[dict]) -> str:
 
 
 def ratios(results: list[dict]) -> list[dict]:
+    """none / predictor ratios of the medians over repeated runs (p99, demand slow reads)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["workload"], r["predictor"]), []).append(r)
+
+    def med(rs: list[dict], key: str) -> float | None:
+        vals = [r[key] for r in rs if r[key] is not None]
+        return float(np.median(vals)) if vals else None
+
     out = []
-    by = {(r["workload"], r["predictor"]): r for r in results}
-    for (workload, kind), r in by.items():
-        base = by.get((workload, "none"))
+    for (workload, kind), rs in groups.items():
+        base = groups.get((workload, "none"))
         if kind == "none" or base is None:
             continue
+        p99, p99_base = med(rs, "p99_ms"), med(base, "p99_ms")
         out.append({
             "workload": workload,
             "predictor": kind,
-            "p99_none_over_predictor": base["p99_ms"] / r["p99_ms"] if r["p99_ms"] else None,
-            "demand_slow_reads_none_over_predictor": base["demand_slow_reads"] / max(1, r["demand_slow_reads"]),
-            "accuracy": r["accuracy"],
-            "coverage": r["coverage"],
+            "runs": len(rs),
+            "p99_ms": p99,
+            "p99_none_ms": p99_base,
+            "p99_none_over_predictor": p99_base / p99 if p99 else None,
+            "demand_slow_reads_none_over_predictor": med(base, "demand_slow_reads") / max(1.0, med(rs, "demand_slow_reads")),
+            "accuracy": med(rs, "accuracy"),
+            "coverage": med(rs, "coverage"),
         })
     return out
 
@@ -280,8 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=10, help="camera: frames before measuring")
     ap.add_argument("--frame-ms", type=float, default=30.0, help="camera: work (rendering) after each frame")
     ap.add_argument("--trace", default=replay_trace.DEFAULT_TRACE)
-    ap.add_argument("--trace-limit", type=int, default=20000, help="trace: reads replayed")
-    ap.add_argument("--trace-think-us", type=float, default=100.0, help="trace: work after each read")
+    ap.add_argument("--trace-limit", type=int, default=10000, help="trace: reads replayed")
+    ap.add_argument("--trace-think-us", type=float, default=2000.0, help="trace: work after each read")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each (workload, predictor); ratios use medians")
     ap.add_argument("--workdir", default=os.environ.get("NFFS_BENCH_DIR", "/tmp"))
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--keep", action="store_true", help="keep the fields (in --workdir)")
@@ -303,11 +320,13 @@ def main(argv: list[str] | None = None) -> int:
             body = getattr(bench, workload)
             name = "camerafield" if workload == "camera" else "scanfield"
             field = fields["camera" if workload == "camera" else "scan"]
-            for kind in kinds:
-                r = bench.run(workload, field, name, kind, body)
-                results.append(r)
-                print(f"  {workload:7} {kind:10} p99 {r['p99_ms']:8.3f} ms  slow-tier reads {r['slow_tier_reads']:5d} "
-                      f"(demand {r['demand_slow_reads']})  accuracy {r['accuracy']}  coverage {r['coverage']}", flush=True)
+            for run in range(args.repeat):
+                for kind in kinds:  # interleaved, so that machine noise spreads over all of them
+                    r = bench.run(workload, field, name, kind, body)
+                    r["run"] = run
+                    results.append(r)
+                    print(f"  {workload:7} {kind:10} p99 {r['p99_ms']:8.3f} ms  slow-tier reads {r['slow_tier_reads']:5d} "
+                          f"(demand {r['demand_slow_reads']})  accuracy {r['accuracy']}  coverage {r['coverage']}", flush=True)
     finally:
         bench.close()
     print()
@@ -315,9 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for q in ratios(results):
         p99 = q["p99_none_over_predictor"]
-        print(f"{q['workload']:8} {q['predictor']:10} p99 none/{q['predictor']} = {p99:6.1f}x   "
+        print(f"{q['workload']:8} {q['predictor']:10} p99 none/{q['predictor']} = {p99:6.1f}x "
+              f"({q['p99_none_ms']:.3f} / {q['p99_ms']:.3f} ms)   "
               f"demand slow-tier reads none/{q['predictor']} = {q['demand_slow_reads_none_over_predictor']:6.1f}x   "
-              f"accuracy {q['accuracy']}  coverage {q['coverage']}")
+              f"accuracy {q['accuracy']}  coverage {q['coverage']}"
+              + (f"   [medians of {q['runs']} runs]" if q["runs"] > 1 else ""))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "results": results, "ratios": ratios(results)}, f, indent=2)

@@ -22,20 +22,24 @@ and accounting sound:
   are appended to the history with their planned classes — the model learns on the
   predicted-stream positions, at most ``learn_cap`` steps per read — and their pages
   are reported as *consumed* (inferred used).
-- *Tripwires*: every ``spacing``-th page a stream plans (``spacing`` = its current
-  ``lead``, at least 4) is fetched into the memory tier but not pushed, and a page keeps
-  the role it was first given. The reader's arrival at a tripwire is a (fast) daemon
-  read that reveals its position while up to ``lead`` pushed pages still lie ahead of
-  it — time enough to extend the window before it runs dry. (A tripwire only at the
-  end of the window would come too late: the kernel's own readahead, started by the
-  tripwire miss, would reach past the window into slow demand reads.)
+- *Tripwires*: a page every ``spacing`` pages a stream plans is fetched into the memory
+  tier but not pushed, and a page keeps the role it was first given. The reader's
+  arrival at a tripwire is a (fast) daemon read that reveals its position while
+  ``lead`` pushed pages still lie ahead of it — time enough to extend the window before
+  it runs dry. (A tripwire only at the end of the window would come too late: the
+  kernel's own readahead, started by the tripwire miss, would reach past the window
+  into slow demand reads.) A window with no tripwire ahead of the reader makes its new
+  last page one.
 
 Depth. ``lead`` covers the time to fetch an extension at the stream's observed rate:
-``lead = rate_pages_per_s × (2 × observed fetch latency + 3 ms) + 2``; the window holds
-``2 × lead + 1`` pages (at least ``min_depth``, at most ``max_depth_pages``) and grows
-only while the cumulative probability of the rolled-out steps stays above ``min_cum``.
-A stream prefetches only after its latest step was predicted correctly (so random
-reads, which fork or miss every time, prefetch nothing).
+``lead = rate_pages_per_s × (2 × observed fetch latency + 3 ms) + 2``; tripwires are
+``spacing = max(2 × lead, min_spacing)`` pages apart (each costs the reader one daemon
+round trip, so a strided reader must meet few), and the window holds
+``spacing + lead + 1`` pages (at most ``max_depth_pages``). Like the kernel's readahead,
+a young stream's window starts at 2 pages and doubles with every confirmed step, and it
+grows only while the cumulative probability of the rolled-out steps stays above
+``min_cum``. A stream prefetches only after its latest step was predicted correctly (so
+random reads, which fork or miss every time, prefetch nothing).
 """
 from __future__ import annotations
 
@@ -105,6 +109,7 @@ class AddressPredictor:
         learn_cap: int = 4,
         max_model_calls: int = 64,
         max_stray: int = 3,
+        min_spacing: int = 64,
     ) -> None:
         self.model = model
         self.n_pages = n_pages
@@ -119,6 +124,7 @@ class AddressPredictor:
         self.learn_cap = learn_cap
         self.max_model_calls = max_model_calls
         self.max_stray = max_stray
+        self.min_spacing = min_spacing
         self.vocab = DeltaVocabulary()
         self.streams: OrderedDict[int, Stream] = OrderedDict()
         self._next_sid = 0
@@ -309,11 +315,20 @@ class AddressPredictor:
         """Pages a stream consumes while an extension of its window is being fetched."""
         return math.ceil(s.rate * (2.0 * self.latency_s + 0.003)) + 2
 
+    def spacing(self, s: Stream) -> int:
+        """Pages between two tripwires: twice the lead, and at least ``min_spacing``.
+
+        Each tripwire is one (fast) daemon round trip for the reader; a strided reader
+        meets one every ``spacing`` reads, so they must stay rare.
+        """
+        return min(self.max_depth_pages // 2, max(self.min_spacing, 2 * self.lead_pages(s)))
+
     def depth_pages(self, s: Stream) -> int:
         # like the kernel's readahead, a young stream starts small and doubles with every
         # confirmed step: short runs waste little, long ones reach full depth quickly
         ramp = 2 ** min(s.streak + 1, 20)
-        return min(ramp, max(self.min_depth, min(self.max_depth_pages, 3 * self.lead_pages(s) + 1)))
+        full = self.spacing(s) + self.lead_pages(s) + 1
+        return min(ramp, max(self.min_depth, min(self.max_depth_pages, full)))
 
     def _predict(self, s: Stream, now: float) -> list[tuple[int, bool, float]]:
         x = s.hist.features()
@@ -349,7 +364,7 @@ class AddressPredictor:
             if len(pages) >= self.max_depth_pages:
                 break
         pages = pages[: self.max_depth_pages]
-        spacing = max(4, 2 * self.lead_pages(s))
+        spacing = self.spacing(s)
         roles = s.roles
         any_trip = False
         last_new = False

@@ -32,18 +32,24 @@ class Predictor:
         self.predicts = 0
         self._learn_s = 0.0
         self._predict_s = 0.0
+        self._learn_max = 0.0
+        self._predict_max = 0.0
 
     # -- interface -----------------------------------------------------------------
     def learn_one(self, x: dict, y: str) -> None:
         t = time.perf_counter()
         self._learn(x, y)
-        self._learn_s += time.perf_counter() - t
+        dt = time.perf_counter() - t
+        self._learn_s += dt
+        self._learn_max = max(self._learn_max, dt)
         self.learns += 1
 
     def predict_proba_one(self, x: dict) -> dict[str, float]:
         t = time.perf_counter()
         out = self._proba(x)
-        self._predict_s += time.perf_counter() - t
+        dt = time.perf_counter() - t
+        self._predict_s += dt
+        self._predict_max = max(self._predict_max, dt)
         self.predicts += 1
         return out
 
@@ -71,6 +77,8 @@ class Predictor:
             "predicts": self.predicts,
             "learn_us": round(1e6 * self._learn_s / self.learns, 2) if self.learns else 0.0,
             "predict_us": round(1e6 * self._predict_s / self.predicts, 2) if self.predicts else 0.0,
+            "learn_max_us": round(1e6 * self._learn_max, 1),
+            "predict_max_us": round(1e6 * self._predict_max, 1),
         }
 
     # -- to implement --------------------------------------------------------------
