@@ -10,10 +10,12 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
+import pytest
 
-from mounting import Mounts
+from mounting import Mounts, fuse_available
 
 PAGE = 64 << 10
 
@@ -69,8 +71,19 @@ def scan(mnt: Path, think_s: float = 0.0002) -> bytes:
 SCAN_FIELD = ("--levels", "10", "--log2-table-size", "17", "--page-size", "64K")
 
 
-def test_sequential_scan_over_a_slow_tier_is_prefetched(mounts: Mounts) -> None:
-    field, data = materialised_field(mounts, *SCAN_FIELD)
+@pytest.fixture(scope="module")
+def scan_field(tmp_path_factory) -> Iterator[tuple[Path, bytes]]:
+    """One materialised field for the read-only tests of this module (~7 MiB, 110 pages)."""
+    assert fuse_available()
+    m = Mounts(tmp_path_factory.mktemp("prefetch"))
+    try:
+        yield materialised_field(m, *SCAN_FIELD)
+    finally:
+        m.cleanup()
+
+
+def test_sequential_scan_over_a_slow_tier_is_prefetched(mounts: Mounts, scan_field: tuple[Path, bytes]) -> None:
+    field, data = scan_field
     pages = -(-len(data) // PAGE)
     mnt = mounts.mount(field, *slow_tiers(field), "--prefetch", "hoeffding")
     wait_until(lambda: read_stats(mnt)["prefetch"]["ready"], what="the Hoeffding trees")
@@ -93,8 +106,8 @@ def test_sequential_scan_over_a_slow_tier_is_prefetched(mounts: Mounts) -> None:
     assert metrics  # the same statistics render in the Prometheus exposition too
 
 
-def test_prefetch_none_issues_nothing(mounts: Mounts) -> None:
-    field, data = materialised_field(mounts, *SCAN_FIELD)
+def test_prefetch_none_issues_nothing(mounts: Mounts, scan_field: tuple[Path, bytes]) -> None:
+    field, data = scan_field
     pages = -(-len(data) // PAGE)
     mnt = mounts.mount(field, *slow_tiers(field), "--prefetch", "none")
     assert scan(mnt, think_s=0.0) == data
@@ -103,8 +116,8 @@ def test_prefetch_none_issues_nothing(mounts: Mounts) -> None:
     assert slow_tier_reads(st) >= pages  # every page came from the slow tier on demand
 
 
-def test_markov_prefetches_a_strided_scan(mounts: Mounts) -> None:
-    field, data = materialised_field(mounts, *SCAN_FIELD)
+def test_markov_prefetches_a_strided_scan(mounts: Mounts, scan_field: tuple[Path, bytes]) -> None:
+    field, data = scan_field
     mnt = mounts.mount(field, *slow_tiers(field), "--prefetch", "markov")
     fd = os.open(mnt / "params", os.O_RDONLY)
     try:
@@ -124,8 +137,8 @@ def test_markov_prefetches_a_strided_scan(mounts: Mounts) -> None:
     assert pf["wasted"] == 0, pf
 
 
-def test_hints_prefetch_and_push_a_range(mounts: Mounts) -> None:
-    field, data = materialised_field(mounts, *SCAN_FIELD)
+def test_hints_prefetch_and_push_a_range(mounts: Mounts, scan_field: tuple[Path, bytes]) -> None:
+    field, data = scan_field
     mnt = mounts.mount(field, *slow_tiers(field, dram="8M"), "--prefetch", "hoeffding")
     n = 32
     fd = os.open(mnt / "params", os.O_RDONLY)  # open first, so the hinted pages are pushed to it

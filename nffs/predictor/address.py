@@ -270,12 +270,18 @@ class AddressPredictor:
             moved = self._delta(ref.hist, first, last)
             if moved is None:
                 self.counters["skipped"] += 1
-                if s is not None:
-                    self.streams.move_to_end(s.sid)
-                return None
-            delta, end = moved
-            label = self.vocab.observe(delta)
-            if s is not None:
+                if s is None:
+                    return None
+                self.streams.move_to_end(s.sid)
+                if not beyond:
+                    return None
+                label = None  # the window was confirmed; the read itself adds nothing
+            else:
+                delta, end = moved
+                label = self.vocab.observe(delta)
+            if label is None:
+                pass
+            elif s is not None:
                 # near the stream (or just past its window), but not a planned step
                 if beyond:
                     x = s.hist.features()
