@@ -117,6 +117,28 @@ class NffsMount:
     def store_reads(self) -> int:
         return int(self.stats()["store"]["reads"])
 
+    def settle(self, timeout: float = 60.0) -> float:
+        """Wait until the prefetcher reports ready (when it reports it) and the RSS stops moving.
+
+        `nffs mount` returns before the predictor's libraries are loaded (in a worker thread),
+        so memory measured right after mounting would miss them. Returns seconds waited.
+        """
+        start = time.monotonic()
+        deadline = start + timeout
+        while time.monotonic() < deadline:
+            prefetch = self.stats().get("prefetch") or {}
+            if prefetch.get("ready", True):
+                break
+            time.sleep(0.1)
+        last = rss_bytes(self.pid)
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            now = rss_bytes(self.pid)
+            if abs(now - last) < 256 * 1024:
+                break
+            last = now
+        return time.monotonic() - start
+
     def unmount(self) -> None:
         if self in self.ws.mounts:
             self.ws.mounts.remove(self)

@@ -10,16 +10,20 @@ Setup (all in temp dirs, removed at the end):
     of the cold and sequential rows), same mount options and file flags as `params`;
   * a tmpfs file of the same size (the baseline of the hot row).
 
-Each round measures, alternating which side goes first:
+Each round measures the following; within a pass the reads alternate between nffs and its
+baseline in blocks (250 reads of 4 KiB, 8 of 1 MiB; each read timed on its own), so the
+load of other processes on a shared machine falls on both sides alike:
   hot        4 KiB random pread over the whole file, everything already in the kernel page
-             cache (the file is read once before; the daemon's read counter must not move)
+             cache (both files are read once before; the daemon's read counter must not move)
   cold       4 KiB pread at distinct random 4 KiB offsets after posix_fadvise(DONTNEED) on
              the file, POSIX_FADV_RANDOM on the reader (no read-ahead): every read reaches
              the daemon, which the daemons' read counters confirm (nffs: stats store.reads,
              minimal_fs: its stats file)
-  sequential the whole file in 1 MiB reads after DONTNEED (normal read-ahead)
+  sequential the whole file in 1 MiB reads from offset 0 after DONTNEED (normal read-ahead)
 
-Ratios are computed per round (nffs / baseline) and the median over rounds is reported.
+Throughput per pass is bytes (or reads) / summed read time; the ratio nffs / baseline is
+computed per round and the median over rounds is reported, with the median latency of
+single reads alongside.
 
 Usage: python scripts/bench_io.py [--quick] [--rounds N] [--reads N] [--prefetch none|markov|hoeffding]
 """
@@ -40,6 +44,8 @@ from bench_common import (  # noqa: E402
 
 KIB4 = 4096
 MIB = 1 << 20
+BLOCK_4K = 250  # 4 KiB reads per block when alternating sides
+BLOCK_1M = 8  # 1 MiB reads per block
 TARGETS = {"hot": 0.8, "cold": 0.7, "sequential": 0.7}
 
 
@@ -70,30 +76,6 @@ def read_all(path: str, chunk: int = MIB) -> int:
         os.close(fd)
 
 
-def random_reads(path: str, offsets: list[int], *, advise_random: bool) -> float:
-    """Seconds for one 4 KiB pread at each offset, in order, on one descriptor."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if advise_random:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-        pread = os.pread
-        start = time.perf_counter()
-        for off in offsets:
-            pread(fd, KIB4, off)
-        return time.perf_counter() - start
-    finally:
-        os.close(fd)
-
-
-def sequential_read(path: str, size: int) -> float:
-    start = time.perf_counter()
-    got = read_all(path)
-    elapsed = time.perf_counter() - start
-    if got != size:
-        raise RuntimeError(f"{path}: read {got} bytes, expected {size}")
-    return elapsed
-
-
 class Side:
     """One file under test plus a way to count the reads that reached its daemon (None: tmpfs)."""
 
@@ -106,49 +88,94 @@ class Side:
         return self.mount.store_reads() if self.mount is not None else 0
 
 
-def hot_pass(side: Side, size: int, n: int, rng: random.Random) -> float:
-    read_all(side.path)  # into the page cache
-    offsets = [rng.randrange(size // KIB4) * KIB4 for _ in range(n)]
-    before = side.daemon_reads()
-    elapsed = random_reads(side.path, offsets, advise_random=False)
-    reached = side.daemon_reads() - before
-    if reached:
-        raise RuntimeError(f"hot pass on {side.name}: {reached} reads reached the daemon (page cache not warm)")
-    return n / elapsed
+def interleaved(a: Side, b: Side, offsets_a: list[int], offsets_b: list[int], length: int, block: int, *,
+                advise_random: bool, flip: bool) -> tuple[list[int], list[int]]:
+    """pread `length` bytes at offsets_a[i] on a and offsets_b[i] on b, each read timed (ns),
+    in alternating blocks of `block` reads (b's block first when flip).
+
+    Alternating blocks make the load of other processes fall on both sides alike, while
+    each daemon still serves runs of consecutive requests (alternating read by read would
+    add a cold wake-up of the other daemon to every read, which flatters the slower side).
+    """
+    fa = os.open(a.path, os.O_RDONLY)
+    fb = os.open(b.path, os.O_RDONLY)
+    try:
+        if advise_random:
+            os.posix_fadvise(fa, 0, 0, os.POSIX_FADV_RANDOM)
+            os.posix_fadvise(fb, 0, 0, os.POSIX_FADV_RANDOM)
+        pread, clock = os.pread, time.perf_counter_ns
+        ta: list[int] = []
+        tb: list[int] = []
+        order = ((fb, offsets_b, tb), (fa, offsets_a, ta)) if flip else ((fa, offsets_a, ta), (fb, offsets_b, tb))
+        for lo in range(0, len(offsets_a), block):
+            for fd, offs, times in order:
+                for off in offs[lo:lo + block]:
+                    t0 = clock()
+                    got = len(pread(fd, length, off))
+                    times.append(clock() - t0)
+                    if got == 0:
+                        raise RuntimeError("unexpected end of file")
+        return ta, tb
+    finally:
+        os.close(fa)
+        os.close(fb)
 
 
-def cold_pass(side: Side, size: int, n: int, rng: random.Random, strict: bool = True) -> tuple[float, float]:
-    """(reads/s, fraction of the reads that reached the daemon)."""
-    offsets = [b * KIB4 for b in rng.sample(range(size // KIB4), n)]
-    drop_file_cache(side.path)
-    before = side.daemon_reads()
-    elapsed = random_reads(side.path, offsets, advise_random=True)
-    reached = side.daemon_reads() - before
-    if strict and reached != n:
-        raise RuntimeError(f"cold pass on {side.name}: {reached} of {n} reads reached the daemon")
-    return n / elapsed, reached / n
+def counted(sides: tuple[Side, Side], fn):
+    """Run fn(); return (its result, reads that reached each side's daemon meanwhile)."""
+    before = [s.daemon_reads() for s in sides]
+    out = fn()
+    return out, [s.daemon_reads() - x for s, x in zip(sides, before)]
 
 
-def sequential_pass(side: Side, size: int) -> float:
-    drop_file_cache(side.path)
-    before = side.daemon_reads()
-    elapsed = sequential_read(side.path, size)
-    if side.daemon_reads() - before < size // (4 * MIB):
-        raise RuntimeError(f"sequential pass on {side.name}: the daemon saw too few reads; was the cache dropped?")
-    return size / elapsed
+def hot_pass(a: Side, b: Side, size: int, n: int, rng: random.Random, flip: bool) -> tuple[list[int], list[int]]:
+    read_all(a.path)  # into the page cache
+    read_all(b.path)
+    offs = [rng.randrange(size // KIB4) * KIB4 for _ in range(n)]
+    (ta, tb), reached = counted((a, b), lambda: interleaved(a, b, offs, offs, KIB4, BLOCK_4K, advise_random=False, flip=flip))
+    if reached[0]:
+        raise RuntimeError(f"hot pass on {a.name}: {reached[0]} reads reached the daemon (page cache not warm)")
+    return ta, tb
+
+
+def cold_pass(a: Side, b: Side, size: int, n: int, rng: random.Random, flip: bool, strict_a: bool = True):
+    """Distinct random 4 KiB offsets after DONTNEED; (times a, times b, fraction of a's reads that reached its daemon)."""
+    offs_a = [k * KIB4 for k in rng.sample(range(size // KIB4), n)]
+    offs_b = [k * KIB4 for k in rng.sample(range(size // KIB4), n)]
+    drop_file_cache(a.path)
+    drop_file_cache(b.path)
+    (ta, tb), reached = counted((a, b), lambda: interleaved(a, b, offs_a, offs_b, KIB4, BLOCK_4K, advise_random=True, flip=flip))
+    if reached[1] != n or (strict_a and reached[0] != n):
+        raise RuntimeError(f"cold pass: {reached[0]} ({a.name}) and {reached[1]} ({b.name}) of {n} reads reached the daemons")
+    return ta, tb, reached[0] / n
+
+
+def sequential_pass(a: Side, b: Side, size: int, flip: bool) -> tuple[list[int], list[int]]:
+    """Both whole files in 1 MiB reads from offset 0 up, chunk by chunk alternately, cold cache."""
+    offs = list(range(0, size, MIB))
+    drop_file_cache(a.path)
+    drop_file_cache(b.path)
+    (ta, tb), reached = counted((a, b), lambda: interleaved(a, b, offs, offs, MIB, BLOCK_1M, advise_random=False, flip=flip))
+    if min(reached) < size // (4 * MIB):
+        raise RuntimeError(f"sequential pass: the daemons saw only {reached} reads; was the cache dropped?")
+    return ta, tb
 
 
 def main() -> int:
+    global BLOCK_4K
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer rounds and reads (about 30 s)")
-    p.add_argument("--rounds", type=int, default=None, help="rounds (default 7, quick 3)")
+    p.add_argument("--rounds", type=int, default=None, help="rounds (default 9, quick 3)")
     p.add_argument("--reads", type=int, default=None, help="random reads per pass (default 4000, quick 1500)")
     p.add_argument("--prefetch", default="none", choices=["none", "markov", "hoeffding"],
                    help="prefetcher of the measured mount (default none: the serving path alone)")
+    p.add_argument("--block", type=int, default=BLOCK_4K, help=f"4 KiB reads per block when alternating sides (default {BLOCK_4K})")
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args()
-    rounds = args.rounds or (3 if args.quick else 7)
+    BLOCK_4K = args.block
+    rounds = args.rounds or (3 if args.quick else 9)
     n_reads = args.reads or (1500 if args.quick else 4000)
+    seq_passes = 1 if args.quick else 3
     rng = random.Random(args.seed)
 
     print_machine()
@@ -178,28 +205,27 @@ def main() -> int:
         minimal_side = Side("minimal_fs data", mm.file(), mm)
         tmpfs_side = Side("tmpfs file", tmpfs_file)
 
-        results: dict[str, list[tuple[float, float]]] = {"hot": [], "cold": [], "sequential": []}
+        # per row: per-round (nffs rate, baseline rate) and every single read's latency (ns)
+        rates: dict[str, list[tuple[float, float]]] = {"hot": [], "cold": [], "sequential": []}
+        lat: dict[str, tuple[list[int], list[int]]] = {k: ([], []) for k in rates}
         reached_fraction: list[float] = []
+
+        def record(key: str, ta: list[int], tb: list[int], unit_bytes: int) -> None:
+            rates[key].append((len(ta) * unit_bytes / (sum(ta) * 1e-9), len(tb) * unit_bytes / (sum(tb) * 1e-9)))
+            lat[key][0].extend(ta)
+            lat[key][1].extend(tb)
+
+        strict = args.prefetch == "none"
         for r in range(rounds):
             flip = r % 2 == 1
-
-            def pair(fn, a: Side, b: Side):
-                if flip:
-                    vb = fn(b)
-                    va = fn(a)
-                else:
-                    va = fn(a)
-                    vb = fn(b)
-                return va, vb
-
-            results["hot"].append(pair(lambda s: hot_pass(s, size, n_reads, rng), nffs_side, tmpfs_side))
-            strict = args.prefetch == "none"
-            cold = pair(lambda s: cold_pass(s, size, n_reads, rng, strict=strict or s is minimal_side), nffs_side, minimal_side)
-            results["cold"].append((cold[0][0], cold[1][0]))
-            reached_fraction.append(cold[0][1])
-            results["sequential"].append(pair(lambda s: sequential_pass(s, size), nffs_side, minimal_side))
-            h, c, s = results["hot"][-1], results["cold"][-1], results["sequential"][-1]
-            print(f"round {r + 1}/{rounds}: hot {h[0] / h[1]:.2f}x  cold {c[0] / c[1]:.2f}x  sequential {s[0] / s[1]:.2f}x",
+            record("hot", *hot_pass(nffs_side, tmpfs_side, size, n_reads, rng, flip), 1)
+            ta, tb, frac = cold_pass(nffs_side, minimal_side, size, n_reads, rng, flip, strict_a=strict)
+            record("cold", ta, tb, 1)
+            reached_fraction.append(frac)
+            for k in range(seq_passes):
+                record("sequential", *sequential_pass(nffs_side, minimal_side, size, flip ^ (k % 2 == 1)), MIB)
+            last = {k: v[-1][0] / v[-1][1] for k, v in rates.items()}
+            print(f"round {r + 1}/{rounds}: hot {last['hot']:.2f}x  cold {last['cold']:.2f}x  sequential {last['sequential']:.2f}x",
                   flush=True)
 
         rows = []
@@ -208,16 +234,17 @@ def main() -> int:
             "cold": ("cold reads: 4 KiB random pread from the dram tier", "minimal_fs", "reads/s"),
             "sequential": ("sequential: 1 MiB reads, cold cache", "minimal_fs", "B/s"),
         }
-        summary = {}
         for key, (label, base_name, unit) in spec.items():
-            pairs = results[key]
+            pairs = rates[key]
             ratio = median(a / b for a, b in pairs)
-            summary[key] = ratio
+            p50a, p50b = median(lat[key][0]), median(lat[key][1])
             rows.append([label, human_rate(median(a for a, _ in pairs), unit), f"{base_name} {human_rate(median(b for _, b in pairs), unit)}",
-                         f"{ratio:.2f}x", f">= {TARGETS[key]}x", verdict(ratio, TARGETS[key])])
+                         f"{ratio:.2f}x", f">= {TARGETS[key]}x", verdict(ratio, TARGETS[key]),
+                         f"{p50a / 1e3:.1f} / {p50b / 1e3:.1f} us ({p50b / p50a:.2f}x)"])
         print()
-        print(f"medians over {rounds} rounds, {n_reads} random reads per pass, file {size / MIB:.1f} MiB")
-        print_table(["SPEC 8 row", "nffs", "baseline", "ratio", "target", ""], rows)
+        print(f"medians over {rounds} rounds; per round {n_reads} random reads per side (hot, cold) and {seq_passes} passes over "
+              f"the {size / MIB:.1f} MiB file (sequential); reads alternate between the two sides in blocks of {BLOCK_4K} (4 KiB) / {BLOCK_1M} (1 MiB)")
+        print_table(["SPEC 8 row", "nffs", "baseline", "ratio", "target", "", "p50 latency nffs / baseline (ratio)"], rows)
         if args.prefetch != "none":
             print(f"cold passes: median {100 * median(reached_fraction):.1f}% of the reads reached the daemon "
                   f"(the rest were served from pages the prefetcher pushed)")
