@@ -242,7 +242,7 @@ def test_field_space_predicts_the_pages_of_a_camera_path(kind: str) -> None:
         seen |= pages
         plan = fp.observe(pts, now=0.03 * k)
         if plan is not None:
-            candidates = [p for p in fp.pages(plan).tolist() if p not in seen and p not in fetched]
+            candidates = [p for p in fp.pages(plan)[0].tolist() if p not in seen and p not in fetched]
             fetched.update(candidates[: fp.max_pages])
             if k < 80:
                 early.update(candidates[: fp.max_pages])

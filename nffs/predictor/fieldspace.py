@@ -118,8 +118,9 @@ class FieldPredictor:
         self.counters["steps"] = len(steps)
         return FieldPlan(steps, label, p)
 
-    def pages(self, plan: FieldPlan) -> np.ndarray:
-        """Pages the planned batches touch, nearest batch first (uint64, unique); pure numpy.
+    def pages(self, plan: FieldPlan) -> tuple[np.ndarray, int]:
+        """Pages the planned batches touch, nearest batch first (uint64, unique), and how
+        many of them the very next batch touches (they come first); pure numpy.
 
         Not capped: the caller drops the pages that are already cheap (most of them: the
         next batches overlap the last one) before taking at most ``max_pages``.
@@ -131,10 +132,10 @@ class FieldPredictor:
                 entries = entries[levels]
             parts.append(hashgrid.touched_pages(self.layout, np.ascontiguousarray(entries)))
         if len(parts) == 1:
-            return parts[0]
+            return parts[0], len(parts[0])
         allp = np.concatenate(parts)
         _, first = np.unique(allp, return_index=True)
-        return allp[np.sort(first)]
+        return allp[np.sort(first)], len(parts[0])
 
     def stats(self) -> dict:
         return {

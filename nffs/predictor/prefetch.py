@@ -371,24 +371,31 @@ class Prefetcher:
         plan = self.fieldp.observe(points, time.monotonic())
         if plan is None:
             return
-        pages = await trio.to_thread.run_sync(self.fieldp.pages, plan)
+        pages, n_next = await trio.to_thread.run_sync(self.fieldp.pages, plan)
         valid = getattr(self.store, "_resident_valid", None)
         if valid is not None and pages.size:
-            pages = pages[~valid[pages.astype(np.int64)]]  # already in the gather table
+            keep = ~valid[pages.astype(np.int64)]  # not yet in the gather table
+            n_next = int(keep[:n_next].sum())
+            pages = pages[keep]
         now = time.monotonic()
         wanted = 0
+        urgent: list[int] = []
         entries = self.ledger.entries
         for i, page in enumerate(pages.tolist()):
             if page in entries or self.store.is_fast(page):
                 continue
             self.ledger.add(page, Entry("field", False, plan.conf, now, -1))
-            self._queue.append(page)
+            if i < n_next:
+                urgent.append(page)  # the very next batch needs it: ahead of older plans
+            else:
+                self._queue.append(page)
             wanted += 1
             if wanted >= self.fieldp.max_pages:
                 break
             if i % 64 == 63:
                 self._work.set()
                 await trio.lowlevel.checkpoint()  # metadata look-ups: let demand run
+        self._queue.extendleft(reversed(urgent))
         if wanted:
             self._work.set()
         if self._trace is not None:
