@@ -33,8 +33,9 @@ and accounting sound:
 
 Depth. ``lead`` covers the time to fetch an extension at the stream's observed rate:
 ``lead = rate_pages_per_s × (2 × observed fetch latency + 3 ms) + 2``; tripwires are
-``spacing = max(2 × lead, min_spacing)`` pages apart (each costs the reader one daemon
-round trip, so a strided reader must meet few), and the window holds
+``spacing = max(2 × lead, min_spacing)`` planned pages apart (64; 256 for a strided
+stream, which makes about one read per planned page: each tripwire costs the reader
+one daemon round trip, so it must meet few), and the window holds
 ``spacing + lead + 1`` pages (at most ``max_depth_pages``). Like the kernel's readahead,
 a young stream's window starts at 2 pages and doubles with every confirmed step, and it
 grows only while the cumulative probability of the rolled-out steps stays above
@@ -110,6 +111,7 @@ class AddressPredictor:
         max_model_calls: int = 64,
         max_stray: int = 3,
         min_spacing: int = 64,
+        min_spacing_strided: int = 256,
     ) -> None:
         self.model = model
         self.n_pages = n_pages
@@ -125,6 +127,7 @@ class AddressPredictor:
         self.max_model_calls = max_model_calls
         self.max_stray = max_stray
         self.min_spacing = min_spacing
+        self.min_spacing_strided = min_spacing_strided
         self.vocab = DeltaVocabulary()
         self.streams: OrderedDict[int, Stream] = OrderedDict()
         self._next_sid = 0
@@ -322,12 +325,16 @@ class AddressPredictor:
         return math.ceil(s.rate * (2.0 * self.latency_s + 0.003)) + 2
 
     def spacing(self, s: Stream) -> int:
-        """Pages between two tripwires: twice the lead, and at least ``min_spacing``.
+        """Planned pages between two tripwires: twice the lead, and at least ``min_spacing``.
 
-        Each tripwire is one (fast) daemon round trip for the reader; a strided reader
-        meets one every ``spacing`` reads, so they must stay rare.
+        Each tripwire is one (fast) daemon round trip for the reader. A sequential reader
+        makes many reads per page and meets one every ``spacing`` pages' worth of reads;
+        a strided one (steps of more than one page) makes about one read per planned page,
+        so its tripwires are ``min_spacing_strided`` apart to stay as rare.
         """
-        return min(self.max_depth_pages // 2, max(self.min_spacing, 2 * self.lead_pages(s)))
+        strided = any(abs(d) > 1 for d in s.hist.deltas)
+        floor = self.min_spacing_strided if strided else self.min_spacing
+        return min(self.max_depth_pages // 2, max(floor, 2 * self.lead_pages(s)))
 
     def depth_pages(self, s: Stream) -> int:
         # like the kernel's readahead, a young stream starts small and doubles with every
