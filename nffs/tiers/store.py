@@ -306,25 +306,48 @@ class PageStore:
         row.mem = tier.id
         self.meta.put_page(row)
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> bytes | bytearray:
+        """Bytes [offset, offset+size) clipped to params; any buffer type pyfuse3 accepts.
+
+        A read spanning pages is assembled in one preallocated buffer: memory-tier parts are
+        read straight into it, so the data is copied once, as in the simplest file system.
+        """
         size = max(0, min(size, self.layout.params_bytes - offset))
         if size == 0:
             return b""
         self.counters["reads"] += 1
-        parts = []
-        pos = offset
-        end = offset + size
-        touched = []
-        while pos < end:
-            page = pos // self.page_size
-            start = pos - page * self.page_size
-            length = min(self.page_size - start, end - pos)
-            parts.append(await self._read_part(page, start, length))
-            touched.append(page)
-            pos += length
+        first = offset // self.page_size
+        last = (offset + size - 1) // self.page_size
+        if first == last:
+            data = await self._read_part(first, offset - first * self.page_size, size)
+        else:
+            data = bytearray(size)
+            view = memoryview(data)
+            pos = offset
+            end = offset + size
+            while pos < end:
+                page = pos // self.page_size
+                start = pos - page * self.page_size
+                length = min(self.page_size - start, end - pos)
+                out = view[pos - offset:pos - offset + length]
+                if not self._read_mem_into(page, start, out):
+                    out[:] = await self._read_part(page, start, length)
+                pos += length
         for listener in self.access_listeners:
-            listener(touched)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+            listener(list(range(first, last + 1)))
+        return data
+
+    def _read_mem_into(self, page: int, start: int, out: memoryview) -> bool:
+        """Fast path: copy a memory-tier page range straight into `out`; False if not in memory."""
+        row = self.lookup(page)
+        if row is None or row.mem is None:
+            return False
+        tier = self.tier_by_id.get(row.mem)
+        if tier is None:
+            return False
+        self._touch(page)
+        tier.mem_read_into(page, start, out)
+        return True
 
     async def _read_part(self, page: int, start: int, length: int) -> bytes:
         self._touch(page)

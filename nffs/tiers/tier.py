@@ -128,6 +128,12 @@ class Tier:
         self.counters.reads += 1
         return os.pread(self._fd(page), length, offset)
 
+    def mem_read_into(self, page: int, offset: int, out: memoryview) -> None:
+        self.counters.reads += 1
+        n = os.preadv(self._fd(page), [out], offset)
+        if n < len(out):
+            raise OSError(5, f"short page file for page {page} in tier {self.name}")
+
     def mem_write(self, page: int, offset: int, data: bytes | memoryview) -> None:
         self.counters.writes += 1
         fd = self._fd(page, create=True)
