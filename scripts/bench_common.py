@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Callable, Iterable, Sequence
 
@@ -49,6 +51,9 @@ class Workspace:
     """A temp dir on disk (fields, durable tiers, mount points) and one in /dev/shm (dram tiers)."""
 
     def __init__(self, prefix: str = "nffs-bench-") -> None:
+        # SIGTERM becomes SystemExit, so that `with Workspace()` still unmounts and cleans up.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
         self.disk = tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("NFFS_BENCH_DIR", "/tmp"))
         self.shm = tempfile.mkdtemp(prefix=prefix, dir="/dev/shm")
         self.mounts: list[Any] = []
