@@ -36,6 +36,7 @@ LOW_WATERMARK = 0.80
 HEAT_HALF_LIFE_S = 30.0
 #: decayed access count above which a page's home moves up to a faster durable tier
 PROMOTE_HEAT = 4.0
+WRITEBACK_WORKERS = 64
 DENSE_PAGE_INDEX_LIMIT = 1 << 26
 #: fields up to this size keep an in-process table for gathers (a cache: never the only copy)
 DEFAULT_RESIDENT_BYTES = int(os.environ.get("NFFS_RESIDENT_BYTES", 1 << 30))
@@ -722,9 +723,16 @@ class PageStore:
                 except OSError as exc:
                     failures.append(exc)
 
+            # A fixed pool of workers over one iterator: concurrency without a task per page.
+            pages_iter = iter(todo)
+
+            async def worker() -> None:
+                for page in pages_iter:
+                    await one(page)
+
             async with trio.open_nursery() as nursery:
-                for page in todo:
-                    nursery.start_soon(one, page)
+                for _ in range(min(WRITEBACK_WORKERS, len(todo))):
+                    nursery.start_soon(worker)
             self.counters["writebacks"] += written
             if failures:
                 raise failures[0]

@@ -46,7 +46,7 @@ class Tier:
         self._fds: OrderedDict[int, int] = OrderedDict()
         self.mounted_tmpfs = False  # we mounted a NUMA-bound tmpfs on root (unmounted on close)
         self.mbind_node: int | None = None
-        self._fd_limit = 256
+        self._fd_limit = fd_cache_size()
 
     def open(self) -> None:
         """Create the directory layout and resolve the capacity (a percentage needs the path)."""
@@ -201,6 +201,24 @@ class Tier:
             "checksum_failures": c.checksum_failures,
             "io_errors": c.io_errors,
         }
+
+
+def fd_cache_size() -> int:
+    """Open page files kept per memory tier: half the (raised) descriptor limit, at most 64 Ki.
+
+    Re-opening a page file for every read costs more than the read itself.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return max(64, min(1 << 16, soft // 4))
 
 
 # -- durable-tier I/O (worker threads only) --------------------------------------------
