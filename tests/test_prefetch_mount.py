@@ -94,11 +94,13 @@ def test_sequential_scan_over_a_slow_tier_is_prefetched(mounts: Mounts, scan_fie
     pf = st["prefetch"]
     assert pf["predictor"] == "hoeffding"
     assert pf["issued"] >= pages // 2, pf
-    # A short scan ends with one prefetched window nobody reads; its depth grows with the
-    # observed latency, so on a loaded machine (CI) a larger share of a short scan is that
-    # tail. Most prefetches are still used; the >= 90 % target is a benchmark figure.
-    assert pf["useful"] >= 0.6 * pf["issued"], pf
-    assert pf["accuracy"] >= 0.6 and pf["coverage"] >= 0.5, pf
+    # The window the reader went through after the last read the daemon saw is never
+    # confirmed: it stays "pending" (accuracy counts it as not useful). Its depth grows
+    # with the observed fetch latency, so on a loaded machine it is a large share of this
+    # short (110-page) scan; nothing may be wasted, though. The >= 90 % accuracy target is
+    # a benchmark figure (docs/prefetch.md).
+    assert pf["useful"] + pf["pending"] >= 0.9 * pf["issued"] and pf["wasted"] == 0, pf
+    assert pf["accuracy"] >= 0.5 and pf["coverage"] >= 0.5, pf
     assert pf["spaces"]["address"]["pushed"] > 0
     demand = slow_tier_reads(st) - slow_tier_reads(before) - pf["prefetch_slow_reads"]
     assert demand <= pages // 2, (demand, pages)
