@@ -185,6 +185,8 @@ def test_query_camera_path_is_prefetched_in_field_space(mounts: Mounts) -> None:
     pf = read_stats(mnt)["prefetch"]
     f = pf["spaces"]["field"]
     assert pf["batches_seen"] == 60
-    assert f["issued"] > 0 and f["useful"] >= 0.8 * f["issued"], f
+    # pages fetched for the frames after the last one are still pending at the end
+    assert f["issued"] > 0 and f["useful"] >= 0.5 * f["issued"], f
+    assert f["wasted"] <= 0.1 * f["issued"], f
     assert f["pushed"] == 0  # gathers go through the store: nothing to push
     assert pf["field"]["predictions"] >= 40
