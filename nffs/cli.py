@@ -359,7 +359,7 @@ def field_summary(field_dir: str) -> dict[str, Any]:
     try:
         layout = FieldLayout(cfg)
         names = meta.tier_names()
-        by_home = dict(meta.conn.execute("SELECT home, COUNT(*) FROM pages GROUP BY home"))
+        by_home = meta.count_by_home()
         by_mem = meta.count_by_mem()
         dirty = int(meta.conn.execute("SELECT COUNT(*) FROM pages WHERE dirty=1").fetchone()[0])
         tiers = []

@@ -178,21 +178,12 @@ class MetaDB:
         for r in cur:
             yield self._row(r)
 
-    def pages_in_memory(self, tier: int) -> list[PageRow]:
-        cur = self.conn.execute("SELECT page, home, home_sum, mem, dirty FROM pages WHERE mem=?", (tier,))
-        return [self._row(r) for r in cur]
-
-    def dirty_pages(self) -> list[int]:
-        return [r[0] for r in self.conn.execute("SELECT page FROM pages WHERE dirty=1")]
-
     def count_by_home(self) -> dict[int, int]:
-        return dict(self.conn.execute("SELECT home, COUNT(*) FROM pages WHERE home_sum IS NOT NULL GROUP BY home"))
+        """Pages per home tier, written back or not: each counts against its home's capacity."""
+        return dict(self.conn.execute("SELECT home, COUNT(*) FROM pages GROUP BY home"))
 
     def count_by_mem(self) -> dict[int, int]:
         return dict(self.conn.execute("SELECT mem, COUNT(*) FROM pages WHERE mem IS NOT NULL GROUP BY mem"))
-
-    def count_pages(self) -> int:
-        return int(self.conn.execute("SELECT COUNT(*) FROM pages").fetchone()[0])
 
     def homes_on(self, tier: int, limit: int) -> list[PageRow]:
         cur = self.conn.execute(

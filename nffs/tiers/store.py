@@ -134,10 +134,8 @@ class PageStore:
     def recover(self) -> None:
         """Reconcile metadata with what survived in memory tiers (after a crash, or a reboot)."""
         known = set(self.tier_by_id)
-        home_counts: dict[int, int] = {}
+        home_counts = self.meta.count_by_home()
         lost = reverted = 0
-        for tier_id, count in self.meta.conn.execute("SELECT home, COUNT(*) FROM pages GROUP BY home"):
-            home_counts[tier_id] = count
         mem_rows = self.meta.conn.execute("SELECT page, home, home_sum, mem, dirty FROM pages WHERE mem IS NOT NULL").fetchall()
         for r in mem_rows:
             row = self.meta._row(r)
@@ -451,16 +449,6 @@ class PageStore:
             table = np.concatenate(arrays)
             values = table[inverse * self.elems_per_page + within]
         return values.astype(np.float32, copy=False).reshape(elements.shape)
-
-    async def prefetch_page(self, page: int, confidence: float = 1.0) -> bytes:
-        """Bring a page to the fastest memory tier ahead of demand and return its bytes.
-
-        Runs at background priority: it waits while demand reads are queued on slow tiers.
-        """
-        while self.demand_waiting > 0:
-            await trio.sleep(0.0005)
-        self.raise_heat(page, confidence)
-        return await self.page_bytes(page, promote=True)
 
     def is_fast(self, page: int) -> bool:
         """True when reading the page costs no slow-tier I/O (memory copy or never written)."""
