@@ -1,0 +1,76 @@
+"""The typed port between the page store and the prefetcher (brief: "through a typed port
+into the store, never its private state").
+
+The store publishes `AccessEvent`s to its listeners and implements `PrefetchPort`;
+the predictor package depends on this module only, never on the store's internals.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+
+
+class Priority(enum.IntEnum):
+    """I/O classes of the scheduler, most urgent first. Demand never queues behind the others."""
+
+    DEMAND = 0
+    PREFETCH = 1
+    BACKGROUND = 2
+
+
+class AccessKind(enum.Enum):
+    READ = "read"  # a read of params/levels that reached the daemon (a kernel page-cache miss)
+    GATHER = "gather"  # pages gathered for query/at/concept reads
+    WRITE = "write"
+
+
+@dataclass(frozen=True)
+class AccessEvent:
+    kind: AccessKind
+    pages: np.ndarray  # int64 page numbers in access order (unique for GATHER)
+    slow: np.ndarray  # bool per page: the demand had to wait on a non-memory tier (a miss)
+    offset: int = 0  # READ: byte offset and size of the request within params
+    size: int = 0
+    time: float = 0.0  # time.monotonic() of the request
+
+
+AccessListener = Callable[[AccessEvent], None]
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    page: int
+    data: bytes | None  # the page's bytes (for a push into the kernel cache), None if failed
+    version: int  # page_version() at the time `data` was read
+    from_slow_tier: bool  # it really came from a durable tier (not already in memory)
+    joined: bool  # a demand fetch of the same page was already in flight
+
+
+class PrefetchPort(Protocol):
+    page_size: int
+    n_pages: int
+
+    def add_listener(self, listener: AccessListener) -> None: ...
+
+    def is_cheap(self, page: int) -> bool:
+        """True when reading the page costs no slow-tier I/O (memory copy, or never written)."""
+
+    def cheap_mask(self, pages: np.ndarray) -> np.ndarray: ...
+
+    async def fetch(self, page: int, priority: Priority = Priority.PREFETCH) -> FetchResult:
+        """Bring the page to the fastest memory tier (bounded concurrency, yields to demand)."""
+
+    def page_version(self, page: int) -> int:
+        """Changes whenever the page's content changes (writes, concept updates)."""
+
+    def lend_heat(self, page: int, amount: float) -> None:
+        """Raise a page's hotness by the predictor's confidence (negative to take it back)."""
+
+    def demand_waiting(self) -> int:
+        """Demand reads currently waiting on a slow tier."""
+
+    def slow_tier_reads(self) -> int:
+        """Page reads served by durable tiers so far (demand + prefetch), for honest coverage."""
