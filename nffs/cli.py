@@ -348,30 +348,32 @@ def hardware_info() -> dict[str, Any]:
 
 
 def field_summary(field_dir: str) -> dict[str, Any]:
-    from .tiers.fielddir import load_config, tiers_for_check, FieldError
-    from .tiers.meta import MetaDB
+    from .tiers.fielddir import FieldError, load_config, open_meta, tiers_for_check
+    from .tiers.pagetable import PageTable
 
     try:
         cfg = load_config(field_dir)
-        meta = MetaDB(field_dir, read_only=True)
-    except (FieldError, FileNotFoundError) as exc:
+        meta = open_meta(field_dir, read_only=True)
+    except FieldError as exc:
         raise CliError(str(exc)) from None
     try:
         layout = FieldLayout(cfg)
         names = meta.tier_names()
-        by_home = meta.count_by_home()
-        by_mem = meta.count_by_mem()
-        dirty = int(meta.conn.execute("SELECT COUNT(*) FROM pages WHERE dirty=1").fetchone()[0])
+        table = PageTable(meta.path, 0, dense_limit=0, row_cache=1, read_only=True)
+        try:
+            by_home = table.count_by_tier()
+        finally:
+            table.close()
         tiers = []
-        specs = tiers_for_check(meta, field_dir)
-        for spec in specs:
+        for spec in tiers_for_check(meta, field_dir):
             tid = next((i for i, n in names.items() if n == spec.name), None)
-            tiers.append({**spec.to_dict(), "home_pages": by_home.get(tid, 0), "memory_pages": by_mem.get(tid, 0)})
+            tiers.append({**spec.to_dict(), "home_pages": by_home.get(tid, 0)})
+        concepts = int(meta.conn.execute("SELECT COUNT(*) FROM concepts").fetchone()[0])
         return {"field_dir": os.path.abspath(field_dir), "settings": cfg.to_dict(), "params_bytes": layout.params_bytes,
-                "n_pages": layout.n_pages, "materialised_pages": sum(by_home.values()), "dirty_pages": dirty,
-                "concepts": len(meta.concept_list()), "tiers": tiers}
+                "n_pages": layout.n_pages, "materialised_pages": sum(by_home.values()), "dirty_pages": 0,
+                "concepts": concepts, "tiers": tiers}
     finally:
-        meta.conn.close()
+        meta.close()
 
 
 def cmd_stat(args: argparse.Namespace) -> int:
@@ -431,39 +433,28 @@ def _print_human(info: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------------- fsck
 def cmd_fsck(args: argparse.Namespace) -> int:
-    from .tiers.fielddir import FieldError, load_config, tiers_for_check, LOCK_NAME
+    from .tiers.fielddir import FieldError, load_config, lock_field
     from .tiers.fsck import fsck
-    from .tiers.meta import MetaDB
-    from .tiers.tier import Tier
-    import fcntl
 
     field_dir = os.path.abspath(args.field_dir)
     try:
-        cfg = load_config(field_dir)
+        load_config(field_dir)
+        try:
+            lock_fd = lock_field(field_dir)
+        except FieldError:
+            raise CliError(f"{field_dir} is mounted; unmount it before fsck") from None
+        try:
+            report = fsck(field_dir, repair=args.repair)
+        finally:
+            os.close(lock_fd)
     except FieldError as exc:
         raise CliError(str(exc)) from None
-    lock_fd = os.open(os.path.join(field_dir, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CliError(f"{field_dir} is mounted; unmount it before fsck") from None
-        meta = MetaDB(field_dir)
-        try:
-            tiers = []
-            for spec in tiers_for_check(meta, field_dir):
-                t = Tier(spec, meta.tier_id(spec.name), cfg.page_size)
-                t.root = spec.path
-                tiers.append(t)
-            report = fsck(meta, tiers, cfg.page_size, repair=args.repair)
-        finally:
-            meta.close()
-    finally:
-        os.close(lock_fd)
     for line in report.problems:
         print(f"problem: {line}")
     for line in report.repaired:
         print(f"repaired: {line}")
+    for line in report.notes:
+        print(f"note: {line}")
     if args.repair:
         for line in report.unrepaired:
             print(f"not repaired: {line}")
