@@ -255,7 +255,7 @@ def main() -> int:
             print(f"cold passes: median {100 * median(reached_fraction):.1f}% of the reads reached the daemon "
                   f"(any others were served from pages the prefetcher had pushed)")
         st = nm.stats()["store"]
-        print(f"nffs store counters: reads={st['reads']} implicit_page_reads={st['implicit_page_reads']} "
+        print(f"nffs store counters: reads={st['reads']} implicit_reads={st.get('implicit_reads')} "
               f"checksum_failures={st['checksum_failures']} io_errors={st['io_errors']}")
         mm.unmount()
         nm.unmount()

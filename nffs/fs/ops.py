@@ -378,12 +378,12 @@ class FieldOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         inode = h.inode
         if inode == ino.PARAMS:
-            return await self.store.read(off, size)
+            return await self.store.read(off, size, zero_copy=True)
         if ino.is_level(inode):
             start, end = self.level_ranges[inode - ino.LEVEL_BASE]
             if off >= end - start:
                 return b""
-            return await self.store.read(start + off, min(size, end - start - off))
+            return await self.store.read(start + off, min(size, end - start - off), zero_copy=True)
         if inode == ino.FIELD_JSON:
             return self.field_json[off:off + size]
         if h.snapshot is not None:

@@ -38,8 +38,10 @@ class MemoryArena:
         self.root = root
         self.n_slots = n_slots
         self.page_size = page_size
-        self.chunk = min(chunk_bytes, page_size)
+        # at most 64 chunks per page, so a page's chunk masks fit one 64-bit integer
+        self.chunk = min(max(chunk_bytes, page_size // 64), page_size)
         self.chunks_per_page = page_size // self.chunk
+        self.full_mask = (1 << self.chunks_per_page) - 1
         size = n_slots * page_size
         self.fd = -1
         if root is None:
@@ -56,6 +58,12 @@ class MemoryArena:
         self.view = memoryview(self._mm)
         self.bytes = np.frombuffer(self._mm, dtype=np.uint8)
         self.sums = np.zeros((n_slots, self.chunks_per_page), dtype=np.uint64)
+        #: chunks whose bytes in the slot are meaningful (checksummed); the others are the
+        #: implicit init, computed only when something reads them
+        self.valid = np.zeros(n_slots, dtype=np.uint64)
+        #: chunks that belong to the stored page (written at some time): only these are
+        #: written home; the rest of a home is the implicit init too
+        self.stored = np.zeros(n_slots, dtype=np.uint64)
         self.lock = threading.Lock()
         self._free: list[int] = []
         self._fresh = 0  # slots >= this were never handed out
@@ -86,19 +94,48 @@ class MemoryArena:
     def _base(self, slot: int) -> int:
         return slot * self.page_size
 
-    def install(self, slot: int, data: bytes | bytearray | memoryview | np.ndarray) -> None:
-        """A whole page into a slot, with fresh checksums."""
+    def range_mask(self, offset: int, length: int) -> int:
+        first, last = offset // self.chunk, (offset + length - 1) // self.chunk + 1
+        return ((1 << (last - first)) - 1) << first
+
+    def missing(self, slot: int, offset: int, length: int) -> int:
+        """Chunks of [offset, offset+length) whose bytes are not in the slot yet (implicit)."""
+        return self.range_mask(offset, length) & ~int(self.valid[slot])
+
+    def install(self, slot: int, data: bytes | bytearray | memoryview | np.ndarray, *, stored: int) -> None:
+        """A whole page into a slot, with fresh checksums; `stored` chunks belong to the page."""
         base = self._base(slot)
         mv = memoryview(data).cast("B")
         with self.lock:
             self.view[base:base + self.page_size] = mv
             self._rehash(slot, 0, self.chunks_per_page)
+            self.valid[slot] = self.full_mask
+            self.stored[slot] = stored
+
+    def install_empty(self, slot: int) -> None:
+        """A page that is all implicit init so far: nothing is copied or computed."""
+        self.valid[slot] = 0
+        self.stored[slot] = 0
+
+    def fill(self, slot: int, first_chunk: int, data: bytes) -> None:
+        """Implicit-init bytes for chunks that were not valid (they stay not stored)."""
+        c = self.chunk
+        n = len(data) // c
+        base = self._base(slot) + first_chunk * c
+        with self.lock:
+            self.view[base:base + n * c] = data
+            self._rehash(slot, first_chunk, first_chunk + n)
+            self.valid[slot] = int(self.valid[slot]) | (((1 << n) - 1) << first_chunk)
 
     def write(self, slot: int, offset: int, data: memoryview) -> None:
+        """Patch a slot; chunks only partly covered must be valid already (the caller fills them)."""
         base = self._base(slot)
+        mask = self.range_mask(offset, len(data))
         with self.lock:
             self.view[base + offset:base + offset + len(data)] = data
             self._rehash(slot, offset // self.chunk, (offset + len(data) - 1) // self.chunk + 1)
+            self.valid[slot] = int(self.valid[slot]) | mask
+            self.stored[slot] = int(self.stored[slot]) | mask
 
     def _rehash(self, slot: int, first: int, last: int) -> None:
         base = self._base(slot)
@@ -109,18 +146,30 @@ class MemoryArena:
             sums[i] = _h(view[base + i * c:base + (i + 1) * c])
 
     def verify(self, slot: int, offset: int = 0, length: int | None = None) -> bool:
+        """Do the (valid) chunks of the range still match their checksums?"""
         if length is None:
-            length = self.page_size
+            offset, length = 0, self.page_size
         if length <= 0:
             return True
         base = self._base(slot)
         c = self.chunk
-        sums = self.sums[slot]
+        first, last = offset // c, (offset + length - 1) // c + 1
         view = self.view
-        for i in range(offset // c, (offset + length - 1) // c + 1):
-            if _h(view[base + i * c:base + (i + 1) * c]) != int(sums[i]):
-                return False
-        return True
+        if last - first == 1:
+            return _h(view[base + first * c:base + last * c]) == int(self.sums[slot, first])
+        return [_h(view[base + i * c:base + (i + 1) * c]) for i in range(first, last)] == self.sums[slot, first:last].tolist()
+
+    def verify_valid(self, slot: int) -> bool:
+        valid = int(self.valid[slot])
+        if valid == self.full_mask:
+            return self.verify(slot)
+        c = self.chunk
+        base = self._base(slot)
+        sums = self.sums[slot]
+        return all(
+            _h(self.view[base + i * c:base + (i + 1) * c]) == int(sums[i])
+            for i in range(self.chunks_per_page) if valid >> i & 1
+        )
 
     def read_into(self, slot: int, offset: int, out: memoryview) -> None:
         if not self.verify(slot, offset, len(out)):
@@ -134,15 +183,25 @@ class MemoryArena:
         base = self._base(slot) + offset
         return self.view[base:base + length].tobytes()
 
-    def snapshot(self, slot: int) -> bytes:
-        """A consistent, verified copy of a whole slot (for write-back, from any thread)."""
+    def snapshot(self, slot: int) -> tuple[bytes, int]:
+        """A consistent, verified copy of a slot and its stored-chunk mask (write-back, any thread)."""
         base = self._base(slot)
         with self.lock:
             data = self.view[base:base + self.page_size].tobytes()
-            ok = self.verify(slot)
+            stored = int(self.stored[slot])
+            ok = self.verify_valid(slot)
         if not ok:
             raise ChecksumMismatch(f"memory copy in slot {slot} fails its checksum")
-        return data
+        return data, stored
+
+    def copy_from(self, slot: int, other: "MemoryArena", other_slot: int) -> None:
+        """Move a copy between memory tiers with its masks."""
+        base = self._base(slot)
+        with self.lock:
+            self.view[base:base + self.page_size] = other.page_view(other_slot)
+            self.sums[slot] = other.sums[other_slot]
+            self.valid[slot] = other.valid[other_slot]
+            self.stored[slot] = other.stored[other_slot]
 
     def page_view(self, slot: int) -> memoryview:
         base = self._base(slot)

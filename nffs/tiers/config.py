@@ -18,9 +18,6 @@ class StoreConfig:
     heat_half_life_s: float = 30.0
     #: a home on a slower durable tier whose decayed access count reaches this moves up
     promote_heat: float = 4.0
-    #: bytes covered by one checksum of a memory copy: a 4 KiB read verifies one chunk,
-    #: not the whole page (memory copies are verified on every read)
-    mem_chunk_bytes: int = 4096
     #: a durable tier's pages live in slab files of this many bytes at most (at least
     #: `min_slots_per_slab` slots), so 10^6 pages need a handful of files, not 10^6
     slab_bytes: int = 1 << 30
@@ -33,6 +30,10 @@ class StoreConfig:
     prefetch_yield_demand: int = 2
     #: threads for write-back and migration
     background_threads: int = 2
+    #: dirty bytes in memory tiers that start a write-back before the interval is up (like the
+    #: kernel's dirty_background_bytes): a long copy drains to disk while it runs, so the
+    #: final fsync has little left to do
+    dirty_background_bytes: int = 32 << 20
     #: a write-back batch writes at most this many bytes before its group commit
     writeback_batch_bytes: int = 64 << 20
     #: bytes gathered into one pwritev when consecutive slots are written

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from ..encoding.layout import FieldConfig, FieldLayout
 from .arena import MemoryArena
 from .config import DEFAULT, StoreConfig
-from .homes import SlabHomes
+from .homes import SlabHomes, chunk_size
 from .meta import IncompatibleField, MetaDB
 from .pagetable import PageTable, create_schema
 from .spec import TierSpec, TierSpecError, check_tier_paths, check_tier_set, default_tiers
@@ -248,7 +248,7 @@ def _memory_tier(spec: TierSpec, tier_id: int, field_id: str, layout: FieldLayou
         cap_pages = max(1, capacity // layout.page_size)
         direct = cap_pages >= layout.n_pages and layout.n_pages <= cfg.dense_index_pages
         n_slots = layout.n_pages if direct else cap_pages
-        arena = MemoryArena(root, n_slots, layout.page_size, cfg.mem_chunk_bytes, numa_node)
+        arena = MemoryArena(root, n_slots, layout.page_size, chunk_size(layout.page_size), numa_node)
     except BaseException:
         root.remove_private()
         raise
@@ -284,7 +284,7 @@ def _anonymous_tier(layout: FieldLayout, cfg: StoreConfig, table: PageTable) -> 
     cap_pages = max(1, cfg.anonymous_arena_bytes // layout.page_size)
     direct = cap_pages >= layout.n_pages and layout.n_pages <= cfg.dense_index_pages
     n_slots = layout.n_pages if direct else cap_pages
-    arena = MemoryArena(None, n_slots, layout.page_size, cfg.mem_chunk_bytes)
+    arena = MemoryArena(None, n_slots, layout.page_size, chunk_size(layout.page_size))
     tier = Tier(spec, -1, None, n_slots * layout.page_size, layout.page_size)
     tier.arena = arena
     tier.mem = table.add_mem_tier(arena, direct)

@@ -15,11 +15,9 @@ import stat
 from dataclasses import dataclass, field
 from typing import Callable
 
-import xxhash
-
 from .fielddir import FieldError, _prepare_durable_root, load_config, open_meta, tiers_for_check
 from .config import DEFAULT
-from .homes import SlabHomes, parse_slab_name
+from .homes import SlabHomes, chunk_size, parse_slab_name, stored_checksum
 from .pagetable import PageTable
 from .tierroot import MARKER, TierRootError
 
@@ -48,6 +46,8 @@ def fsck(field_dir: str, repair: bool = False, progress: Callable[[int, int], No
     table = PageTable(meta.path, 0, dense_limit=0, row_cache=1, read_only=False)
     homes: dict[int, SlabHomes] = {}
     try:
+        chunk = chunk_size(cfg.page_size)
+        n_chunks = cfg.page_size // chunk
         names = meta.tier_names()
         by_name = {n: i for i, n in names.items()}
         field_id = meta.get_meta("field_id") or "unknown"
@@ -97,7 +97,7 @@ def fsck(field_dir: str, repair: bool = False, progress: Callable[[int, int], No
                 report.problems.append(f"page {page}: {exc}")
                 lost.append(page)
                 continue
-            if xxhash.xxh3_64_intdigest(data) != home.checksum:
+            if stored_checksum(data, home.mask, chunk, n_chunks) != home.checksum:
                 report.problems.append(f"page {page}: home copy on tier {names.get(home.tier)} fails its checksum")
                 lost.append(page)
         if progress is not None:

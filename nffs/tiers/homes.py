@@ -20,11 +20,48 @@ import threading
 from collections import Counter
 
 import numpy as np
+import xxhash
 
 from ..errors import PageIOError
 from .tierroot import TierRoot
 
 log = logging.getLogger(__name__)
+
+
+def chunk_size(page_size: int) -> int:
+    """Bytes per chunk: the unit of checksums in memory and of what a home stores.
+
+    At most 64 chunks per page, so a page's chunk mask is one 64-bit integer; a fixed
+    function of the page size, because homes record masks in these units.
+    """
+    return min(page_size, max(4096, page_size // 64))
+
+
+def mask_runs(mask: int, n_chunks: int) -> list[tuple[int, int]]:
+    """Runs [first, last) of set bits: the stored chunks of a page, as contiguous ranges."""
+    runs = []
+    i = 0
+    while i < n_chunks:
+        if mask >> i & 1:
+            j = i
+            while j < n_chunks and mask >> j & 1:
+                j += 1
+            runs.append((i, j))
+            i = j
+        else:
+            i += 1
+    return runs
+
+
+def stored_checksum(data: bytes | memoryview, mask: int, chunk: int, n_chunks: int) -> int:
+    """xxh3 of the stored chunks of a page, in order (of the whole page when all are stored)."""
+    if mask == (1 << n_chunks) - 1:
+        return xxhash.xxh3_64_intdigest(data)
+    h = xxhash.xxh3_64()
+    view = memoryview(data)
+    for a, b in mask_runs(mask, n_chunks):
+        h.update(view[a * chunk:b * chunk])
+    return h.intdigest()
 
 
 def slab_name(index: int) -> str:
@@ -128,8 +165,24 @@ class SlabHomes:
         fd, _ = self._fd(slab, create=False)
         data = os.pread(fd, self.page_size, index * self.page_size)
         if len(data) != self.page_size:
-            raise PageIOError(f"{self.root.path}/{slab_name(slab)}: slot {index} is short ({len(data)} bytes)")
+            # chunks a home does not store may lie past the end of the slab file; whatever
+            # is missing there is checked by the page's checksum, not by the length
+            data += bytes(self.page_size - len(data))
         return data
+
+    def write_partial(self, slot: int, data: bytes, mask: int, chunk: int, n_chunks: int) -> int:
+        """Write only the stored chunks of a page into its slot; returns the slab touched."""
+        slab, index = divmod(slot, self.slots_per_slab)
+        fd, created = self._fd(slab, create=True)
+        if created:
+            self.root.fsync()
+        view = memoryview(data)
+        base = index * self.page_size
+        for a, b in mask_runs(mask, n_chunks):
+            n = os.pwrite(fd, view[a * chunk:b * chunk], base + a * chunk)
+            if n != (b - a) * chunk:
+                raise OSError(28, f"short write to {slab_name(slab)}")
+        return slab
 
     def write_many(self, items: list[tuple[int, bytes]], coalesce_bytes: int) -> set[int]:
         """Write (slot, page) pairs, consecutive slots in one pwritev; returns the slabs touched."""

@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS homes(
     page INTEGER PRIMARY KEY,
     tier INTEGER NOT NULL,
     slot INTEGER NOT NULL,
-    sum INTEGER NOT NULL
+    sum INTEGER NOT NULL,
+    mask INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS homes_tier_slot ON homes(tier, slot);
 """
@@ -57,7 +58,8 @@ def to_unsigned64(value: int) -> int:
 class Home:
     tier: int  # durable tier id (stable across mounts, from the tiers table)
     slot: int
-    checksum: int
+    checksum: int  # xxh3 of the stored chunks, in order
+    mask: int  # stored chunks (bit i = chunk i); the others are the implicit init
 
 
 _NO_ROW = object()
@@ -85,8 +87,8 @@ class MemTier:
         self.home_tier = np.full(n, -1, dtype=np.int32)  # durable tier id of the (reserved) home
         self.has_home = np.zeros(n, dtype=bool)
         self.pins = np.zeros(n, dtype=np.int32)
+        #: decayed access count: +1 per access, the whole array decays in the background tick
         self.heat = np.zeros(n, dtype=np.float32)
-        self.heat_at = np.zeros(n, dtype=np.float64)
         self.dirty = 0
         self.resident = 0
 
@@ -122,8 +124,8 @@ class PageTable:
     def home(self, page: int) -> Home | None:
         cached = self._rows.get(page, _NO_ROW)
         if cached is _NO_ROW:
-            r = self._reader.execute("SELECT tier, slot, sum FROM homes WHERE page=?", (page,)).fetchone()
-            cached = None if r is None else Home(r[0], r[1], to_unsigned64(r[2]))
+            r = self._reader.execute("SELECT tier, slot, sum, mask FROM homes WHERE page=?", (page,)).fetchone()
+            cached = None if r is None else Home(r[0], r[1], to_unsigned64(r[2]), to_unsigned64(r[3]))
             if len(self._rows) >= self._row_limit:
                 self._rows.clear()
             self._rows[page] = cached
@@ -136,8 +138,8 @@ class PageTable:
             self._writer.execute("BEGIN IMMEDIATE")
             try:
                 self._writer.executemany(
-                    "INSERT OR REPLACE INTO homes(page, tier, slot, sum) VALUES (?, ?, ?, ?)",
-                    [(p, h.tier, h.slot, to_signed64(h.checksum)) for p, h in rows],
+                    "INSERT OR REPLACE INTO homes(page, tier, slot, sum, mask) VALUES (?, ?, ?, ?, ?)",
+                    [(p, h.tier, h.slot, to_signed64(h.checksum), to_signed64(h.mask)) for p, h in rows],
                 )
                 self._writer.execute("COMMIT")
             except BaseException:
@@ -173,13 +175,13 @@ class PageTable:
         return dict(self._reader.execute("SELECT tier, COUNT(*) FROM homes GROUP BY tier"))
 
     def iter_homes(self, tier_id: int | None = None):
-        q = "SELECT page, tier, slot, sum FROM homes" + (" WHERE tier=?" if tier_id is not None else "") + " ORDER BY page"
+        q = "SELECT page, tier, slot, sum, mask FROM homes" + (" WHERE tier=?" if tier_id is not None else "") + " ORDER BY page"
         for r in self._reader.execute(q, () if tier_id is None else (tier_id,)):
-            yield r[0], Home(r[1], r[2], to_unsigned64(r[3]))
+            yield r[0], Home(r[1], r[2], to_unsigned64(r[3]), to_unsigned64(r[4]))
 
     def homes_on(self, tier_id: int, limit: int) -> list[tuple[int, Home]]:
-        cur = self._reader.execute("SELECT page, tier, slot, sum FROM homes WHERE tier=? LIMIT ?", (tier_id, limit))
-        return [(r[0], Home(r[1], r[2], to_unsigned64(r[3]))) for r in cur]
+        cur = self._reader.execute("SELECT page, tier, slot, sum, mask FROM homes WHERE tier=? LIMIT ?", (tier_id, limit))
+        return [(r[0], Home(r[1], r[2], to_unsigned64(r[3]), to_unsigned64(r[4]))) for r in cur]
 
     # -- memory copies ------------------------------------------------------------------------
     def add_mem_tier(self, arena: MemoryArena, direct: bool) -> MemTier:
@@ -200,7 +202,7 @@ class PageTable:
         """Vectorised lookup (dense index only): packed codes, -1 where not in memory."""
         return self._dense_index[pages]
 
-    def set_mem(self, page: int, mt: MemTier, slot: int, *, dirty_gen: int, home_tier: int, has_home: bool, now: float) -> None:
+    def set_mem(self, page: int, mt: MemTier, slot: int, *, dirty_gen: int, home_tier: int, has_home: bool) -> None:
         code = (mt.index << 40) | slot
         if self.dense:
             self._dense_index[page] = code
@@ -213,7 +215,6 @@ class PageTable:
         mt.home_tier[slot] = home_tier
         mt.has_home[slot] = has_home
         mt.heat[slot] = 1.0
-        mt.heat_at[slot] = now
         mt.resident += 1
 
     def clear_mem(self, page: int, mt: MemTier, slot: int) -> None:

@@ -34,6 +34,7 @@ from ..errors import ChecksumMismatch, InvalidInput, NoSpace, NffsError, PageIOE
 from .config import StoreConfig
 from .pagetable import Home, MemTier, PageTable
 from .port import AccessEvent, AccessKind, AccessListener, FetchResult, Priority
+from .homes import chunk_size, mask_runs, stored_checksum
 from .scheduler import IOScheduler
 from .tier import Tier
 
@@ -62,6 +63,9 @@ class PageStore:
         self.itemsize = layout.itemsize
         self.elems_per_page = self.page_size // self.itemsize
         self.n_pages = layout.n_pages
+        self.chunk = chunk_size(self.page_size)
+        self.n_chunks = self.page_size // self.chunk
+        self.full_mask = (1 << self.n_chunks) - 1
         self.memory_tiers = [t for t in tiers if t.mem is not None]
         self.durable_tiers = [t for t in tiers if not t.volatile]
         self.tier_by_id = {t.id: t for t in tiers}
@@ -70,6 +74,8 @@ class PageStore:
         self._version = {mt.index: np.zeros(mt.arena.n_slots, dtype=np.int64) for mt in table.mem_tiers}
         self._inflight: dict[int, _InFlight] = {}
         self._wb_lock = trio.Lock()
+        self._wb_kick = trio.Event()
+        self._dirty_kick_pages = max(1, cfg.dirty_background_bytes // self.page_size)
         self._last_writeback = time.monotonic()
         self._gathers_active = 0
         self._home_heat: dict[int, tuple[float, float]] = {}
@@ -122,10 +128,14 @@ class PageStore:
         return self.implicit_bytes(page, 0, self.page_size)
 
     def _touch(self, mt: MemTier, slot: int, boost: float = 1.0) -> None:
-        now = time.monotonic()
-        dt = now - mt.heat_at[slot]
-        mt.heat[slot] = mt.heat[slot] * math.exp2(-dt / self.cfg.heat_half_life_s) + boost
-        mt.heat_at[slot] = now
+        mt.heat[slot] += boost
+
+    def _decay_heat(self, elapsed: float) -> None:
+        """Hotness is a decayed access count: the decay is applied to whole arrays, not per access."""
+        factor = math.exp2(-elapsed / self.cfg.heat_half_life_s)
+        for t in self.memory_tiers:
+            if t.mem is not None:
+                t.mem.heat *= factor
 
     def _touch_home(self, page: int, boost: float = 1.0) -> None:
         now = time.monotonic()
@@ -201,8 +211,7 @@ class PageStore:
             slots = slots[mt.dirty_gen[slots] == 0]
         if slots.size == 0 or count <= 0:
             return slots[:0]
-        now = time.monotonic()
-        heat = mt.heat[slots] * np.exp2(-(now - mt.heat_at[slots]) / self.cfg.heat_half_life_s)
+        heat = mt.heat[slots]
         if count < slots.size:
             order = np.argpartition(heat, count)[:count]
             return slots[order]
@@ -243,11 +252,11 @@ class PageStore:
             if got is None:
                 return False
             dslot = got
-        dmt.arena.install(dslot, mt.arena.page_view(slot))
+        dmt.arena.copy_from(dslot, mt.arena, slot)
         gen, home_tier, has_home = int(mt.dirty_gen[slot]), int(mt.home_tier[slot]), bool(mt.has_home[slot])
         version = int(self._version[mt.index][slot])
         self._drop_copy(page, mt, slot, counted=False)
-        self.table.set_mem(page, dmt, dslot, dirty_gen=gen, home_tier=home_tier, has_home=has_home, now=time.monotonic())
+        self.table.set_mem(page, dmt, dslot, dirty_gen=gen, home_tier=home_tier, has_home=has_home)
         self._version[dmt.index][dslot] = version
         self.memory_tiers[mt.index].counters.demotions += 1
         return True
@@ -262,15 +271,41 @@ class PageStore:
         if mt.direct:
             self._level_ready = [False] * self.layout.n_levels
 
-    def _install(self, page: int, data: bytes | bytearray | memoryview, *, has_home: bool, home_tier: int) -> tuple[MemTier, int] | None:
+    def _install(self, page: int, data: bytes | bytearray | memoryview | None, *, has_home: bool, home_tier: int,
+                 stored: int) -> tuple[MemTier, int] | None:
+        """A copy of the page in memory: `data` is the whole page (None: all implicit so far);
+        `stored` are the chunks that belong to the stored page."""
         loc = self._alloc_slot(page)
         if loc is None:
             return None
         mt, slot = loc
-        mt.arena.install(slot, data)
-        self.table.set_mem(page, mt, slot, dirty_gen=0, home_tier=home_tier, has_home=has_home, now=time.monotonic())
+        if data is None:
+            mt.arena.install_empty(slot)
+        else:
+            mt.arena.install(slot, data, stored=stored)
+        self.table.set_mem(page, mt, slot, dirty_gen=0, home_tier=home_tier, has_home=has_home)
         self._version[mt.index][slot] = self._next_gen()
         return loc
+
+    def _fill_implicit(self, page: int, mt: MemTier, slot: int, offset: int = 0, length: int | None = None) -> None:
+        """Give chunks of a memory copy that are still implicit their init bytes (computed now)."""
+        if length is None:
+            offset, length = 0, self.page_size
+        missing = mt.arena.missing(slot, offset, length)
+        if missing:
+            c = self.chunk
+            for a, b in mask_runs(missing, self.n_chunks):
+                mt.arena.fill(slot, a, self.implicit_bytes(page, a * c, (b - a) * c))
+
+    def _complete_page(self, page: int, data: bytes, mask: int) -> bytes:
+        """A home's bytes with its unstored chunks replaced by the implicit init (any thread)."""
+        if mask == self.full_mask:
+            return data
+        out = bytearray(data)
+        c = self.chunk
+        for a, b in mask_runs(~mask & self.full_mask, self.n_chunks):
+            out[a * c:b * c] = self.implicit_bytes(page, a * c, (b - a) * c)
+        return bytes(out)
 
     # ================================================================== slow fetches
     async def _read_home(self, page: int, home: Home, priority: Priority) -> bytes:
@@ -289,9 +324,9 @@ class PageStore:
 
         def read_verified() -> bytes:
             data = homes.read(home.slot)
-            if _h(data) != home.checksum:
+            if stored_checksum(data, home.mask, self.chunk, self.n_chunks) != home.checksum:
                 raise ChecksumMismatch(f"page {page}: tier {tier.name} slot {home.slot} fails its checksum")
-            return data
+            return self._complete_page(page, data, home.mask)
 
         try:
             data = await self.io.run(priority, read_verified, latency=tier.latency)
@@ -335,7 +370,7 @@ class PageStore:
             flight.data = data
             # re-check: a write may have installed a newer copy while we waited
             if self.table.mem(page) is None and self.table.home(page) == home:
-                loc = self._install(page, data, has_home=True, home_tier=home.tier)
+                loc = self._install(page, data, has_home=True, home_tier=home.tier, stored=home.mask)
                 if loc is not None:
                     self.memory_tiers[loc[0].index].counters.promotions += 1
             return data, True
@@ -347,18 +382,51 @@ class PageStore:
             flight.done.set()
 
     # ================================================================== reading
-    async def read(self, offset: int, size: int) -> bytes | bytearray:
-        """Bytes [offset, offset+size) clipped to params."""
+    async def read(self, offset: int, size: int, *, zero_copy: bool = False) -> bytes | bytearray | memoryview:
+        """Bytes [offset, offset+size) clipped to params.
+
+        With `zero_copy` the answer may be a view into a memory tier's mapping, valid only
+        until the caller next awaits: exactly what a FUSE read reply needs (pyfuse3 copies
+        it into the reply before anything else runs on the trio thread).
+        """
         size = max(0, min(size, self.layout.params_bytes - offset))
         if size <= 0:
             return b""
         self.counters["reads"] += 1
         ps = self.page_size
         first = offset // ps
+        start = offset - first * ps
         last = (offset + size - 1) // ps
+        loc = self.table.mem(first)
+        if loc is not None and (first == last or (loc[0].direct and self._direct_resident(loc[0], first, last))):
+            mt, slot = loc
+            arena = mt.arena
+            if first == last:
+                self._fill_implicit(first, mt, slot, start, size)
+                intact = arena.verify(slot, start, size)
+            else:
+                end = start + size
+                parts = [(slot + i, max(0, start - i * ps), min(ps, end - i * ps) - max(0, start - i * ps))
+                         for i in range(last - first + 1)]
+                for i, (sl, a, n) in enumerate(parts):
+                    self._fill_implicit(first + i, mt, sl, a, n)
+                intact = all(arena.verify(sl, a, n) for sl, a, n in parts)
+            if intact:
+                heat = mt.heat
+                heat[slot:slot + last - first + 1] += 1.0
+                c = self.memory_tiers[mt.index].counters
+                c.reads += last - first + 1
+                c.hits += last - first + 1
+                if self._listeners:
+                    self._emit(AccessKind.READ, list(range(first, last + 1)), [False] * (last - first + 1), offset, size)
+                base = slot * ps + start
+                view = arena.view[base:base + size]
+                return view if zero_copy else view.tobytes()
+            if first == last:
+                self._bad_memory_copy(first, mt, slot)
         if first == last:
             out = bytearray(size)
-            slow = await self._read_page_into(first, offset - first * ps, memoryview(out))
+            slow = await self._read_page_into(first, start, memoryview(out))
             self._emit(AccessKind.READ, [first], [slow], offset, size)
             return out
         out = bytearray(size)
@@ -375,6 +443,11 @@ class PageStore:
         self._emit(AccessKind.READ, pages, slows, offset, size)
         return out
 
+    @staticmethod
+    def _direct_resident(mt: MemTier, first: int, last: int) -> bool:
+        """Pages first..last all resident in a direct-mapped arena: one contiguous range of it."""
+        return bool((mt.slot_page[first:last + 1] >= 0).all())
+
     async def _read_page_into(self, page: int, start: int, out: memoryview) -> bool:
         """Fill `out` from the page; True when the read had to wait on a slow tier."""
         for _ in range(3):
@@ -382,6 +455,7 @@ class PageStore:
             if loc is not None:
                 mt, slot = loc
                 try:
+                    self._fill_implicit(page, mt, slot, start, len(out))
                     mt.arena.read_into(slot, start, out)
                 except ChecksumMismatch:
                     self._bad_memory_copy(page, mt, slot)
@@ -435,30 +509,34 @@ class PageStore:
             await self._write_page(page, start, view[pos:pos + length])
             pos += length
 
-    async def _writable_copy(self, page: int, full: bool) -> tuple[MemTier, int]:
-        """The page's memory copy, fetched or materialised, ready to be patched."""
+    async def _writable_copy(self, page: int, full: memoryview | None) -> tuple[tuple[MemTier, int], bool]:
+        """The page's memory copy, fetched or materialised, ready to be patched.
+
+        `full` is the new content of a whole-page write: a page not in memory is then
+        installed with it directly (no old content to read); the flag says so.
+        """
         for _ in range(4):
             loc = self.table.mem(page)
             if loc is not None:
-                return loc
+                return loc, False
             home = self.table.home(page)
             if home is not None:
-                if full:
-                    loc = await self._install_for_write(page, bytes(self.page_size), has_home=True, home_tier=home.tier)
+                if full is not None:
+                    loc = await self._install_for_write(page, full, has_home=True, home_tier=home.tier, stored=self.full_mask)
                     if loc is not None:
-                        return loc
+                        return loc, True
                     continue
                 data, _ = await self._fetch(page, Priority.DEMAND)
                 if data is not None and self.table.mem(page) is None:
-                    loc = await self._install_for_write(page, data, has_home=True, home_tier=home.tier)
+                    loc = await self._install_for_write(page, data, has_home=True, home_tier=home.tier, stored=home.mask)
                     if loc is not None:
-                        return loc
+                        return loc, False
                 continue
             # never written: materialise, reserving room for its home now (ENOSPC to the writer)
             home_tier = self._reserve_home()
             try:
-                content = bytes(self.page_size) if full else self.implicit_page(page)
-                loc = await self._install_for_write(page, content, has_home=False, home_tier=home_tier.id)
+                loc = await self._install_for_write(page, full, has_home=False, home_tier=home_tier.id,
+                                                    stored=self.full_mask if full is not None else 0)
             except BaseException:
                 home_tier.reserved -= 1
                 raise
@@ -466,19 +544,22 @@ class PageStore:
                 home_tier.reserved -= 1
                 continue
             self.counters["pages_materialised"] += 1
-            return loc
+            return loc, full is not None
         raise PageIOError(f"page {page}: could not obtain a memory slot for a write")
 
-    async def _install_for_write(self, page: int, data: bytes, *, has_home: bool, home_tier: int) -> tuple[MemTier, int] | None:
+    async def _install_for_write(self, page: int, data: bytes | memoryview | None, *, has_home: bool, home_tier: int,
+                                 stored: int) -> tuple[MemTier, int] | None:
+        """Install `data` as the page's copy; None when it was not installed (no room, or the
+        page became resident while we waited): the caller then looks again."""
         if self.table.mem(page) is not None:
-            return self.table.mem(page)
-        loc = self._install(page, data, has_home=has_home, home_tier=home_tier)
+            return None
+        loc = self._install(page, data, has_home=has_home, home_tier=home_tier, stored=stored)
         if loc is None:
             # every memory slot holds a dirty copy: write the coldest back, then retry
             await self._make_room_by_writeback()
             if self.table.mem(page) is not None:
-                return self.table.mem(page)
-            loc = self._install(page, data, has_home=has_home, home_tier=home_tier)
+                return None
+            loc = self._install(page, data, has_home=has_home, home_tier=home_tier, stored=stored)
         return loc
 
     async def _make_room_by_writeback(self) -> None:
@@ -504,18 +585,26 @@ class PageStore:
     async def _write_page(self, page: int, start: int, chunk: memoryview) -> None:
         full = start == 0 and len(chunk) == self.page_size
         for _ in range(3):
-            mt, slot = await self._writable_copy(page, full)
+            (mt, slot), written = await self._writable_copy(page, chunk if full else None)
             arena = mt.arena
             if not full:
-                # a partial write must not launder a corrupted chunk into a fresh checksum
+                # chunks only partly covered keep their other bytes: implicit ones get their
+                # init first, and a corrupted one must not be laundered into a fresh checksum
                 c = arena.chunk
-                lo, hi = start - start % c, min(self.page_size, -(-(start + len(chunk)) // c) * c)
-                if not (arena.verify(slot, lo, start - lo) and arena.verify(slot, start + len(chunk), hi - start - len(chunk))):
+                end = start + len(chunk)
+                edges = {start - start % c, end - 1 - (end - 1) % c}
+                partial = [e for e in edges if e < start or e + c > end]
+                for e in partial:
+                    self._fill_implicit(page, mt, slot, e, c)
+                if not all(arena.verify(slot, e, c) for e in partial):
                     self._bad_memory_copy(page, mt, slot)
                     continue
-            arena.write(slot, start, chunk)
+            if not written:
+                arena.write(slot, start, chunk)
             gen = self._next_gen()
             self.table.mark_dirty(mt, slot, gen)
+            if mt.dirty >= self._dirty_kick_pages and not self._wb_lock.locked():
+                self._wb_kick.set()
             self._version[mt.index][slot] = gen
             self._touch(mt, slot)
             self.memory_tiers[mt.index].counters.writes += 1
@@ -606,24 +695,21 @@ class PageStore:
             mt.pins[slot] += 1
 
         def work() -> tuple[list[tuple[int, Home]], list[tuple[int, BaseException]]]:
-            by_tier: dict[int, list[tuple[int, bytes]]] = {}
+            by_tier: dict[int, list[tuple[int, bytes, int]]] = {}
             rows: list[tuple[int, Home]] = []
             bad: list[tuple[int, BaseException]] = []
             tiers: dict[int, Tier] = {}
             for mt, slot, page, _gen, tier, new_slot, _old in plan:
                 try:
-                    data = mt.arena.snapshot(slot)
+                    data, mask = mt.arena.snapshot(slot)
                 except ChecksumMismatch as exc:
                     bad.append((page, exc))
                     continue
-                by_tier.setdefault(tier.id, []).append((new_slot, data))
+                by_tier.setdefault(tier.id, []).append((new_slot, data, mask))
                 tiers[tier.id] = tier
-                rows.append((page, Home(tier.id, new_slot, _h(data))))
+                rows.append((page, Home(tier.id, new_slot, stored_checksum(data, mask, self.chunk, self.n_chunks), mask)))
             for tid, writes in by_tier.items():
-                homes = tiers[tid].homes
-                assert homes is not None
-                slabs = homes.write_many(writes, self.cfg.coalesce_bytes)
-                homes.sync(slabs)
+                self._write_slots(tiers[tid], writes)
             if rows:
                 self.table.commit_homes(rows)
             return rows, bad
@@ -674,6 +760,17 @@ class PageStore:
             raise TierUnavailable(f"tier(s) {names} unavailable: dirty pages kept in memory")
         return len(row_by_page)
 
+    def _write_slots(self, tier: Tier, writes: list[tuple[int, bytes, int]]) -> None:
+        """Worker thread: pages into free slots of a durable tier, only their stored chunks, then fsync."""
+        homes = tier.homes
+        assert homes is not None
+        whole = [(slot, data) for slot, data, mask in writes if mask == self.full_mask]
+        slabs = homes.write_many(whole, self.cfg.coalesce_bytes) if whole else set()
+        for slot, data, mask in writes:
+            if mask != self.full_mask:
+                slabs.add(homes.write_partial(slot, data, mask, self.chunk, self.n_chunks))
+        homes.sync(slabs)
+
     # ================================================================== gathers
     async def gather_rows(self, entries: np.ndarray) -> np.ndarray:
         """Rows (entries.shape + (F,)) of global entry indices, as float32-compatible values.
@@ -703,7 +800,7 @@ class PageStore:
                 data, was_slow = await self._fetch(page, Priority.DEMAND)
                 slow[i] = was_slow
                 if data is None and install_implicit and self.table.mem(page) is None and self.table.home(page) is None:
-                    self._install(page, self.implicit_page(page), has_home=False, home_tier=-1)
+                    self._install(page, self.implicit_page(page), has_home=False, home_tier=-1, stored=0)
             except NffsError as exc:
                 errors.append(exc)
 
@@ -748,6 +845,8 @@ class PageStore:
         else:
             raise PageIOError("pages needed by the batch could not be kept in memory")
         arena = mt.arena
+        for p in pages[arena.valid[pages] != np.uint64(arena.full_mask)].tolist():
+            self._fill_implicit(p, mt, p)
         word = {2: np.uint16, 4: np.uint32, 8: np.uint64}.get(row_bytes)
         dtype = self.layout.dtype
 
@@ -791,6 +890,7 @@ class PageStore:
             loc = self.table.mem(page)
             if loc is not None:
                 mt, slot = loc
+                self._fill_implicit(page, mt, slot)
                 mt.pins[slot] += 1
                 pinned.append(loc)
                 parts.append(np.frombuffer(mt.arena.page_view(slot), dtype=self.layout.dtype))
@@ -804,6 +904,7 @@ class PageStore:
                     got = self.table.mem(page)
                     if got is None:
                         raise PageIOError(f"page {page}: could not be read for a gather")
+                    self._fill_implicit(page, *got)
                     data = got[0].arena.read(got[1], 0, self.page_size)
                 parts.append(np.frombuffer(data, dtype=self.layout.dtype))
         dtype = self.layout.dtype
@@ -836,11 +937,19 @@ class PageStore:
         task_status.started()
         tick = max(0.05, min(writeback_interval / 2, self.cfg.background_tick_s))
         reported: str | None = None
+        last = time.monotonic()
         while True:
-            await trio.sleep(tick)
+            with trio.move_on_after(tick):
+                await self._wb_kick.wait()
+            kicked = self._wb_kick.is_set()
+            self._wb_kick = trio.Event()
+            now = time.monotonic()
+            self._decay_heat(now - last)
+            last = now
             try:
                 await self._maintain_memory()
-                if time.monotonic() - self._last_writeback >= writeback_interval and any(t.dirty for t in self.memory_tiers):
+                due = time.monotonic() - self._last_writeback >= writeback_interval
+                if (kicked or due) and any(t.dirty for t in self.memory_tiers):
                     await self._writeback(None)
                 await self._maintain_durable()
                 reported = None
@@ -919,12 +1028,11 @@ class PageStore:
                 writes, out = [], []
                 for page, home, src, new_slot in plan:
                     data = src.homes.read(home.slot)
-                    if _h(data) != home.checksum:
+                    if stored_checksum(data, home.mask, self.chunk, self.n_chunks) != home.checksum:
                         continue
-                    writes.append((new_slot, data))
-                    out.append((page, Home(dest.id, new_slot, home.checksum)))
-                slabs = dest.homes.write_many(writes, self.cfg.coalesce_bytes)
-                dest.homes.sync(slabs)
+                    writes.append((new_slot, data, home.mask))
+                    out.append((page, Home(dest.id, new_slot, home.checksum, home.mask)))
+                self._write_slots(dest, writes)
                 if out:
                     self.table.commit_homes(out)
                 return out
@@ -946,7 +1054,7 @@ class PageStore:
                 src.homes.retire(home.slot)
                 src.homes.committed -= 1
                 dest.homes.committed += 1
-                self.table.remember(page, Home(dest.id, new_slot, home.checksum))
+                self.table.remember(page, Home(dest.id, new_slot, home.checksum, home.mask))
                 loc = self.table.mem(page)
                 if loc is not None:
                     loc[0].home_tier[loc[1]] = dest.id
@@ -1037,6 +1145,7 @@ class StorePort:
         if loc is not None:
             mt, slot = loc
             try:
+                s._fill_implicit(page, mt, slot)
                 data = mt.arena.read(slot, 0, s.page_size)
             except ChecksumMismatch:
                 return FetchResult(page, None, -1, slow, joined)

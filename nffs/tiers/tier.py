@@ -63,8 +63,9 @@ class Tier:
 
     def capacity_pages(self) -> int | None:
         if self.mem is not None:
+            # a direct-mapped arena has one slot per page of the field, fewer than the capacity
             cap = self.mem.arena.n_slots
-            return cap if self.capacity is None else min(cap, max(1, self.capacity // self.page_size))
+            return cap if self.capacity is None else max(1, self.capacity // self.page_size)
         return None if self.capacity is None else max(1, self.capacity // self.page_size)
 
     def has_room(self, extra: int = 1) -> bool:
