@@ -865,6 +865,21 @@ class PageStore:
                     self._drop_mem_copy(tier, page)
         self.meta.commit()
 
+    def materialised_pages(self) -> int:
+        """Pages with a home (every materialised page has exactly one). Shim for the FUSE layer."""
+        return sum(t.pages for t in self.durable_tiers)
+
+    def describe_tiers(self) -> list[dict]:
+        """Each tier, fastest first, as field.json shows it (plus its fill, for statfs).
+
+        Shim for the FUSE layer, which must not reach into tier objects.
+        """
+        return [
+            {"name": t.name, "path": t.root, "kind": t.spec.kind, "capacity": t.capacity, "numa": t.spec.numa,
+             "latency_s": t.latency, "volatile": t.volatile, "used_bytes": t.used_bytes}
+            for t in self.tiers
+        ]
+
     def stats(self) -> dict:
         return {
             "materialised_pages": sum(t.pages for t in self.durable_tiers),  # every page has one home
