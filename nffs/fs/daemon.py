@@ -61,7 +61,6 @@ def check_mount_location(mountpoint: str, places: list[tuple[str, str]]) -> None
 
 def serve(field_dir: str, mountpoint: str, opts: MountOptions, on_ready: Callable[[], None] | None = None) -> None:
     """Open the field, mount, serve until unmounted or signalled, then flush and clean up."""
-    check_mount_location(mountpoint, [("the field directory", field_dir)])
     opened = open_field(field_dir, opts.tiers or None, read_only=opts.read_only)
     catalog: ConceptCatalog | None = None
     try:
