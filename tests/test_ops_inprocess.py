@@ -283,6 +283,12 @@ async def test_decoder_create_install_reject_remove(env: Env) -> None:
     assert await errno_of(ops.flush(fh)) == errno.EINVAL
     await ops.release(fh)
     assert env.field.decoder.out_width == 3  # the bad file changed nothing
+    # written front to back only: a gap is refused without allocating it
+    fh = (await ops.open(ino.DECODER, os.O_WRONLY | os.O_TRUNC, None)).fh
+    assert await errno_of(ops.write(fh, 256 << 20, b"PK")) == errno.EINVAL
+    assert len(ops.handles[fh].buffer) == 0
+    await ops.release(fh)
+    assert env.field.decoder.out_width == 3
     await ops.unlink(ino.ROOT, b"decoder.npz", None)
     assert env.field.decoder is None
     assert await errno_of(ops.unlink(ino.ROOT, b"decoder.npz", None)) == errno.ENOENT

@@ -3,7 +3,9 @@
 Each open handle edits a private copy of the file; on flush (close) a changed copy
 is validated and installed atomically by the field, or refused with EINVAL and the
 installed decoder kept. The buffer is bounded: a decoder may hold at most
-`MAX_DECODER_VALUES` values, so its file cannot legitimately be much larger.
+`MAX_DECODER_VALUES` values, so its file cannot legitimately be much larger; and, as
+for `query`, a write that would leave a gap is refused rather than zero-filled (a
+file is written front to back; a gap would only make the daemon allocate memory).
 """
 from __future__ import annotations
 
@@ -80,7 +82,7 @@ class DecoderNode(Node):
         if off + len(buf) > MAX_DECODER_FILE:
             raise fs_error(errno.EFBIG, f"a decoder file is at most {MAX_DECODER_FILE} bytes")
         if off > len(handle.buffer):
-            handle.buffer.extend(bytes(off - len(handle.buffer)))
+            raise InvalidInput(f"decoder.npz written with a gap (offset {off}, {len(handle.buffer)} bytes so far)")
         handle.buffer[off:off + len(buf)] = buf
         handle.dirty = True
         return len(buf)
