@@ -68,7 +68,10 @@ class ConceptCatalog:
         path = os.path.join(field_dir, CATALOG_NAME)
         if read_only:
             if not os.path.exists(path):
-                return cls.in_memory(read_only=True)
+                # never written by this version: show what an older field holds, in memory
+                catalog = cls.in_memory(read_only=True)
+                catalog._import_legacy(os.path.join(field_dir, LEGACY_META_NAME))
+                return catalog
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
             return cls(conn, read_only=True)
         fresh = not os.path.exists(path)

@@ -14,11 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Iterator
-
-import pytest
 
 NFFS = [sys.executable, "-m", "nffs.cli"]
 LOG_NAME = "nffs.log"

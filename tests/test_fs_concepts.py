@@ -54,8 +54,11 @@ def test_pages_after_an_id_persistence_and_private_file(tmp_path: Path) -> None:
     again = ConceptCatalog.open(str(tmp_path))
     try:
         assert again.count == 49 and again.by_name(b"n49").id == ids[-1]
-        mode = again._conn.execute("PRAGMA journal_mode").fetchone()[0]  # noqa: SLF001 - checking the storage contract
-        assert mode == "wal"
+        probe = sqlite3.connect(path)  # WAL is a property of the file: any connection sees it
+        try:
+            assert probe.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        finally:
+            probe.close()
     finally:
         again.close()
 
@@ -84,6 +87,9 @@ def test_concepts_of_an_older_field_are_imported_once(tmp_path: Path) -> None:
     meta.executemany("INSERT INTO concepts VALUES (?, ?, ?)", [(3, b"old", None), (7, b"pinned", "0.1 0.2 0.3")])
     meta.commit()
     meta.close()
+    ro = ConceptCatalog.open(str(tmp_path), read_only=True)  # a read-only mount shows them, writes nothing
+    assert ro.count == 2 and not (tmp_path / CATALOG_NAME).exists()
+    ro.close()
     cat = ConceptCatalog.open(str(tmp_path))
     try:
         assert cat.count == 2

@@ -170,7 +170,7 @@ async def test_writes_through_one_view_are_pushed_to_the_others(env: Env) -> Non
 
 
 async def test_concepts_lifecycle_xattrs_and_cache_refresh(env: Env) -> None:
-    ops, layout = env.ops, env.field.layout
+    ops = env.ops
     fi, attr = await ops.create(ino.CONCEPTS_DIR, b"cat", 0o644, os.O_RDWR | os.O_CREAT, None)
     assert attr.st_size == WIDTH * 4 and attr.st_ino >= ino.CONCEPT_BASE
     await ops.open(ino.PARAMS, os.O_RDONLY, None)  # a cached view exists: concept writes must refresh it
@@ -447,3 +447,21 @@ async def test_big_batches_leave_the_trio_thread_small_ones_stay(env: Env, monke
     hops.clear()
     await env.field.encode(pts[:1])
     assert hops == []
+
+
+async def test_concurrent_reads_of_one_query_handle_share_one_answer(env: Env) -> None:
+    ops = env.ops
+    fh = await open_path(ops, "query", os.O_RDWR)
+    pts = np.random.default_rng(5).random((MAX_BATCH, DIMS), dtype=np.float32).astype("<f4")
+    expect = np.asarray(await env.field.infer(pts), dtype="<f4").tobytes()
+    await ops.write(fh, 0, pts.tobytes())
+    half = len(expect) // 2
+    got: dict[int, bytes] = {}
+
+    async def read(off: int, size: int) -> None:
+        got[off] = await ops.read(fh, off, size)
+
+    async with trio.open_nursery() as nursery:  # like a big pread the kernel split in two
+        nursery.start_soon(read, 0, half)
+        nursery.start_soon(read, half, len(expect) - half)
+    assert got[0] + got[half] == expect

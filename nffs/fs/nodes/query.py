@@ -13,6 +13,7 @@ import stat
 
 import numpy as np
 import pyfuse3
+import trio
 
 from ...errors import InvalidInput
 from .. import inodes as ino
@@ -21,10 +22,13 @@ from .base import DYNAMIC_TIMEOUT, Handle, MountContext, Node, make_attr
 
 
 class QueryHandle(Handle):
-    __slots__ = ("request", "answer", "error")
+    __slots__ = ("request", "answer", "error", "computing")
 
     def __init__(self, node: Node, flags: int) -> None:
         super().__init__(node, flags)
+        #: one answer computation at a time: a read arriving while the answer is being
+        #: computed (a big pread split by the kernel) waits for it instead of starting over
+        self.computing = trio.Lock()
         self.request = bytearray()
         #: the answer of the last request, until the next write
         self.answer: bytes | None = None
@@ -80,16 +84,17 @@ class QueryNode(Node):
 
     async def read(self, handle: Handle, off: int, size: int) -> bytes:
         assert isinstance(handle, QueryHandle)
-        if handle.answer is None:
-            error, request = handle.error, bytes(handle.request)
-            handle.restart()
-            if error is not None:
-                raise InvalidInput(error)
-            points = self.parse(request)
-            with store_errors():
-                out = await self.ctx.field.infer(points)
-            handle.answer = np.ascontiguousarray(out, dtype="<f4").tobytes()
-        return handle.answer[off:off + size]
+        async with handle.computing:
+            if handle.answer is None:
+                error, request = handle.error, bytes(handle.request)
+                handle.restart()
+                if error is not None:
+                    raise InvalidInput(error)
+                points = self.parse(request)
+                with store_errors():
+                    out = await self.ctx.field.infer(points)
+                handle.answer = np.ascontiguousarray(out, dtype="<f4").tobytes()
+            return handle.answer[off:off + size]
 
     def parse(self, request: bytes) -> np.ndarray:
         if len(request) % self.row_bytes:

@@ -133,9 +133,6 @@ class ByteView(Node):
         await self.ctx.cache.notify_aliases(self.start + off, buf, source=self.inode)
         return len(buf)
 
-    async def flush(self, handle: Handle) -> None:
-        return None
-
 
 class ParamsNode(ByteView):
     """`params`: the whole flat parameter array (SPEC 2.2)."""
