@@ -114,7 +114,7 @@ class Field:
         parts = []
         for start in range(0, points.shape[0], INFER_CHUNK):
             parts.append(await self._run(points[start:start + INFER_CHUNK], decoder))
-        return np.concatenate(parts)
+        return await trio.to_thread.run_sync(np.concatenate, parts)
 
     async def _run(self, points: np.ndarray, decoder: Decoder | None, *, observe: bool = True) -> np.ndarray:
         """Corners -> gather -> interpolate (-> decoder), off the trio thread for big batches."""

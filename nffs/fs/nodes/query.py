@@ -16,9 +16,14 @@ import pyfuse3
 import trio
 
 from ...errors import InvalidInput
+from ...field import INLINE_POINTS
 from .. import inodes as ino
 from ..errors import store_errors
 from .base import DYNAMIC_TIMEOUT, Handle, MountContext, Node, make_attr
+
+
+def _answer_bytes(out: np.ndarray) -> bytes:
+    return np.ascontiguousarray(out, dtype="<f4").tobytes()
 
 
 class QueryHandle(Handle):
@@ -93,7 +98,10 @@ class QueryNode(Node):
                 points = self.parse(request)
                 with store_errors():
                     out = await self.ctx.field.infer(points)
-                handle.answer = np.ascontiguousarray(out, dtype="<f4").tobytes()
+                if points.shape[0] > INLINE_POINTS:  # tens of MiB to copy: not on the trio thread
+                    handle.answer = await trio.to_thread.run_sync(_answer_bytes, out)
+                else:
+                    handle.answer = _answer_bytes(out)
             return handle.answer[off:off + size]
 
     def parse(self, request: bytes) -> np.ndarray:
