@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field as dc_field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pyfuse3
@@ -47,8 +47,8 @@ class MountContext:
     cache: "PageCacheSync"
     read_only: bool
     max_batch: int
-    uid: int = field(default_factory=os.geteuid)
-    gid: int = field(default_factory=os.getegid)
+    uid: int = dc_field(default_factory=os.geteuid)
+    gid: int = dc_field(default_factory=os.getegid)
     mount_time_ns: int = 0
     #: the live statistics (filled in by the dispatcher, which owns the counters)
     stats: Callable[[], dict[str, Any]] = lambda: {}
