@@ -10,8 +10,10 @@ from typing import Callable
 import pyfuse3
 import trio
 
+from ..concepts import ConceptCatalog
+from ..errors import InvalidInput
 from ..field import Field
-from ..tiers.fielddir import open_field
+from ..tiers.fielddir import OpenField, open_field
 from ..tiers.spec import TierSpec
 from .mounts import is_mounted
 from .ops import FieldOperations
@@ -29,32 +31,66 @@ class MountOptions:
     writeback_interval: float = 5.0
 
 
+class UnsafeMountPoint(InvalidInput, ValueError):
+    """The mount point overlaps the field's own storage (a ValueError too, for the CLI)."""
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def check_mount_location(mountpoint: str, places: list[tuple[str, str]]) -> None:
+    """Refuse a mount point that is, or is inside, the field directory or a tier, or holds one.
+
+    The daemon reads and writes its pages through those paths: if they lead into its own
+    mount, every page access waits on a FUSE request that only the waiting thread could
+    answer (a deadlock of the whole mount). `places` are (label, path) pairs; paths are
+    compared after resolving symlinks.
+    """
+    mnt = os.path.realpath(mountpoint)
+    for label, path in places:
+        real = os.path.realpath(path)
+        if _inside(mnt, real):
+            raise UnsafeMountPoint(f"cannot mount on {mountpoint}: it is inside {label} {real} "
+                                   "(the daemon would wait on its own mount); choose a mount point outside it")
+        if _inside(real, mnt):
+            raise UnsafeMountPoint(f"cannot mount on {mountpoint}: {label} {real} is inside it "
+                                   "(the daemon would wait on its own mount); choose a mount point elsewhere")
+
+
 def serve(field_dir: str, mountpoint: str, opts: MountOptions, on_ready: Callable[[], None] | None = None) -> None:
     """Open the field, mount, serve until unmounted or signalled, then flush and clean up."""
     opened = open_field(field_dir, opts.tiers or None, read_only=opts.read_only)
-    fld = Field(opened.layout, opened.store, opened.field_dir)
-    prefetcher = None
-    ops = FieldOperations(
-        fld,
-        max_batch=opts.max_batch,
-        read_only=opts.read_only,
-        stats_extra=(lambda: {"mountpoint": os.path.abspath(mountpoint), "prefetch": prefetcher.stats() if prefetcher else {"predictor": "none"}}),
-    )
-    if opts.prefetch != "none" and False:  # TEMP: predictor moves to the store port
-        from ..predictor.prefetch import Prefetcher
-
-        prefetcher = Prefetcher(opened.store, opened.layout, kind=opts.prefetch, push=ops.push_page, field=fld)
-        ops.hint_sink = prefetcher.hint
-    fuse_options = set(pyfuse3.default_options)
-    fuse_options.update({"fsname=nffs", "subtype=nffs"})
-    if opts.allow_other:
-        fuse_options.add("allow_other")
-    # --read-only protects the field; it is enforced by the handlers (EROFS), not with the
-    # kernel's `ro`, so that the query protocol (write a request, read the answer) still works.
+    catalog: ConceptCatalog | None = None
     try:
+        check_mount_location(mountpoint, [("the field directory", opened.field_dir)]
+                             + [(f"tier {t['name']}", t["path"]) for t in opened.store.describe_tiers()])
+        catalog = ConceptCatalog.open(opened.field_dir, read_only=opts.read_only)
+        fld = Field(opened.layout, opened.store, opened.field_dir)
+        prefetcher = None
+        ops = FieldOperations(
+            fld,
+            catalog,
+            max_batch=opts.max_batch,
+            read_only=opts.read_only,
+            stats_extra=(lambda: {"mountpoint": os.path.abspath(mountpoint), "prefetch": prefetcher.stats() if prefetcher else {"predictor": "none"}}),
+        )
+        if opts.prefetch != "none" and False:  # TEMP: predictor moves to the store port
+            from ..predictor.prefetch import Prefetcher
+
+            prefetcher = Prefetcher(opened.store, opened.layout, kind=opts.prefetch, push=ops.push_page, field=fld)
+            ops.hint_sink = prefetcher.hint
+        fuse_options = set(pyfuse3.default_options)
+        fuse_options.update({"fsname=nffs", "subtype=nffs"})
+        if opts.allow_other:
+            fuse_options.add("allow_other")
+        # --read-only protects the field; it is enforced by the handlers (EROFS), not with the
+        # kernel's `ro`, so that the query protocol (write a request, read the answer) still works.
         pyfuse3.init(ops, mountpoint, fuse_options)
-    except Exception:
-        opened.close()
+    except BaseException:
+        if catalog is not None:
+            catalog.close()
+        _close_field(opened)
         raise
     unmount = True
     try:
@@ -66,8 +102,14 @@ def serve(field_dir: str, mountpoint: str, opts: MountOptions, on_ready: Callabl
             pyfuse3.close(unmount=unmount)
         except Exception:
             log.exception("closing the FUSE session")
-        opened.close()
+        catalog.close()
+        _close_field(opened)
         log.info("daemon for %s exited cleanly", mountpoint)
+
+
+def _close_field(opened: OpenField) -> None:
+    """After the final flush: the field's own close removes its private memory tiers."""
+    opened.close()
 
 
 async def _run(ops: FieldOperations, store, prefetcher, opts: MountOptions, on_ready) -> None:

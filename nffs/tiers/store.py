@@ -1094,8 +1094,10 @@ class PageStore:
         return free
 
     def describe_tiers(self) -> list[dict]:
+        """Each tier, fastest first, as field.json shows it (plus its fill)."""
         return [
-            {"name": t.name, "path": t.path, "kind": t.spec.kind, "capacity": t.capacity, "numa": t.spec.numa, "latency_s": t.latency}
+            {"name": t.name, "path": t.path, "kind": t.spec.kind, "capacity": t.capacity, "numa": t.spec.numa,
+             "latency_s": t.latency, "volatile": t.volatile, "used_bytes": t.pages * self.page_size}
             for t in self.tiers
         ]
 
