@@ -80,7 +80,10 @@ class PageStore:
         self._gathers_active = 0
         self._home_heat: dict[int, tuple[float, float]] = {}
         self._listeners: list[AccessListener] = []
-        self._level_first_page = [lo // self.page_size for lo, _ in (layout.level_byte_range(l) for l in range(layout.n_levels))]
+        #: pages [first, last] of each level, and whether all of them sit complete in the
+        #: direct-mapped arena (then a gather needs no per-entry page bookkeeping for it)
+        self._level_pages = [(lo // self.page_size, (hi - 1) // self.page_size)
+                             for lo, hi in (layout.level_byte_range(l) for l in range(layout.n_levels))]
         self._level_ready = [False] * layout.n_levels
         first = self.memory_tiers[0] if self.memory_tiers else None
         self._direct = first is not None and first.mem is not None and first.mem.direct and table.dense
@@ -281,6 +284,8 @@ class PageStore:
         mt, slot = loc
         if data is None:
             mt.arena.install_empty(slot)
+            if mt.direct:
+                self._level_ready = [False] * self.layout.n_levels
         else:
             mt.arena.install(slot, data, stored=stored)
         self.table.set_mem(page, mt, slot, dirty_gen=0, home_tier=home_tier, has_home=has_home)
@@ -780,14 +785,18 @@ class PageStore:
         """
         feats = self.layout.features
         row_bytes = feats * self.itemsize
-        ent = np.ascontiguousarray(entries).astype(np.int64, copy=False)
-        if ent.size and (int(ent.min()) < 0 or int(ent.max()) >= self.layout.total_entries):
-            raise InvalidInput("entry index outside the parameter table")
+        ent = np.ascontiguousarray(entries)
+        ent = ent.view(np.int64) if ent.dtype == np.uint64 else ent.astype(np.int64, copy=False)
         if self._direct and self.page_size % row_bytes == 0:
             return await self._gather_direct(ent, feats, row_bytes)
+        self._check_entries(ent)
         elements = ent[..., None] * feats + np.arange(feats, dtype=np.int64)
         values = await self._gather_elements(elements)
         return values
+
+    def _check_entries(self, ent: np.ndarray) -> None:
+        if ent.size and (int(ent.min()) < 0 or int(ent.max()) >= self.layout.total_entries):
+            raise InvalidInput("entry index outside the parameter table")
 
     async def _ensure_pages(self, pages: np.ndarray, *, install_implicit: bool) -> list[bool]:
         """Bring pages into memory concurrently (demand class); returns which were slow."""
@@ -826,20 +835,41 @@ class PageStore:
         rows_per_page = self.page_size // row_bytes
         shift = rows_per_page.bit_length() - 1
 
-        def touched_pages() -> np.ndarray:
-            mark = np.zeros(self.n_pages, dtype=bool)
-            mark[ent.reshape(-1) >> shift] = True
-            return np.flatnonzero(mark)
+        n_levels = self.layout.n_levels
+        by_level = ent.ndim >= 2 and ent.shape[0] == n_levels and ent.size > 4096
+        pending = [l for l in range(n_levels) if not self._level_ready[l]] if by_level else []
 
-        pages = await self.io.cpu(touched_pages) if ent.size > 4096 else touched_pages()
+        def touched_pages() -> tuple[np.ndarray, np.ndarray]:
+            """(pages to have in memory and verify, pages whose entries were looked at exactly)."""
+            mark = np.zeros(self.n_pages, dtype=bool)
+            if not by_level:
+                self._check_entries(ent)
+                mark[ent.reshape(-1) >> shift] = True
+                exact = np.flatnonzero(mark)
+                return exact, exact
+            exact_mark = np.zeros(self.n_pages, dtype=bool)
+            for l in range(n_levels):
+                part = ent[l]
+                lo_e, hi_e = int(part.min()), int(part.max())
+                if lo_e < 0 or hi_e >= self.layout.total_entries:
+                    raise InvalidInput("entry index outside the parameter table")
+                info = self.layout.levels[l]
+                inside = lo_e >= info.offset and hi_e < info.offset + info.entries
+                if inside and l not in pending:  # a complete level: all its pages, verified below
+                    lo, hi = self._level_pages[l]
+                    mark[lo:hi + 1] = True
+                else:
+                    exact_mark[part.reshape(-1) >> shift] = True
+            mark |= exact_mark
+            return np.flatnonzero(mark), np.flatnonzero(exact_mark)
+
+        pages, exact = await self.io.cpu(touched_pages) if ent.size > 4096 else touched_pages()
         for _ in range(3):
             missing = pages[mt.slot_page[pages] < 0]
             slow = await self._ensure_pages(missing, install_implicit=True)
             if self._listeners:
-                flags = np.zeros(pages.size, dtype=bool)
-                if missing.size:
-                    flags[np.searchsorted(pages, missing)] = slow
-                self._emit(AccessKind.GATHER, pages.tolist(), flags.tolist())
+                slow_pages = {p for p, was_slow in zip(missing.tolist(), slow) if was_slow}
+                self._emit(AccessKind.GATHER, exact.tolist(), [p in slow_pages for p in exact.tolist()])
             if (mt.slot_page[pages] >= 0).all():
                 break
         else:
@@ -847,6 +877,10 @@ class PageStore:
         arena = mt.arena
         for p in pages[arena.valid[pages] != np.uint64(arena.full_mask)].tolist():
             self._fill_implicit(p, mt, p)
+        for l in pending:
+            lo, hi = self._level_pages[l]
+            if (mt.slot_page[lo:hi + 1] >= 0).all() and (arena.valid[lo:hi + 1] == np.uint64(arena.full_mask)).all():
+                self._level_ready[l] = True
         word = {2: np.uint16, 4: np.uint32, 8: np.uint64}.get(row_bytes)
         dtype = self.layout.dtype
 
