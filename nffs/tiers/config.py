@@ -44,7 +44,7 @@ class StoreConfig:
     row_cache_entries: int = 1 << 16
     #: a field whose pages fit in the first memory tier maps page p to slot p there, so a
     #: gather is one numpy take; below this page count the page->slot index is a dense array
-    dense_index_pages: int = 1 << 24
+    dense_index_pages: int = 1 << 20
     #: memory given to an in-process arena when no memory tier is configured
     anonymous_arena_bytes: int = 64 << 20
     #: how long a verified tier-root identity is trusted before it is checked again (seconds)
