@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -19,6 +20,9 @@ from .mounts import is_mounted
 from .ops import FieldOperations
 
 log = logging.getLogger(__name__)
+
+#: how long a thread may hold the GIL before the interpreter hands it over (seconds)
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass
@@ -60,6 +64,9 @@ def check_mount_location(mountpoint: str, places: list[tuple[str, str]]) -> None
 
 def serve(field_dir: str, mountpoint: str, opts: MountOptions, on_ready: Callable[[], None] | None = None) -> None:
     """Open the field, mount, serve until unmounted or signalled, then flush and clean up."""
+    # Worker threads run numpy and checksums in many short calls that hold the GIL; the
+    # trio thread must get it back within a fraction of a millisecond, not the default 5 ms.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     opened = open_field(field_dir, opts.tiers or None, read_only=opts.read_only)
     catalog: ConceptCatalog | None = None
     try:
