@@ -33,6 +33,9 @@ class MountOptions:
     allow_other: bool = False
     max_batch: int = 1 << 20
     writeback_interval: float = 5.0
+    #: a read-only mount loads the writer's newest published generation this often
+    #: (seconds; 0: only on `nffs refresh`, i.e. SIGUSR1)
+    refresh_interval: float = 5.0
 
 
 class UnsafeMountPoint(InvalidInput, ValueError):
@@ -123,6 +126,13 @@ async def _run(ops: FieldOperations, store, prefetcher, opts: MountOptions, on_r
     async with trio.open_nursery() as nursery:
         if not opts.read_only:
             await nursery.start(store.run_background, opts.writeback_interval)
+        else:
+            async def refresh_caches(pages: list[int]) -> None:
+                await ops.ctx.cache.refresh_pages(pages, store.read)
+
+            store.on_pages_changed = refresh_caches
+            await nursery.start(store.run_reader, opts.refresh_interval)
+            nursery.start_soon(_refresh_on_signal, store)
         if prefetcher is not None:
             await nursery.start(prefetcher.run)
         nursery.start_soon(_terminate_on_signal)
@@ -134,6 +144,13 @@ async def _run(ops: FieldOperations, store, prefetcher, opts: MountOptions, on_r
     with trio.CancelScope(shield=True):
         if not opts.read_only:
             await store.shutdown()
+
+
+async def _refresh_on_signal(store) -> None:
+    """`nffs refresh MOUNTPOINT` sends SIGUSR1: load the writer's newest generation now."""
+    with trio.open_signal_receiver(signal.SIGUSR1) as signals:
+        async for _ in signals:
+            store.request_refresh()
 
 
 async def _terminate_on_signal() -> None:

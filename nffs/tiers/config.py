@@ -49,8 +49,13 @@ class StoreConfig:
     anonymous_arena_bytes: int = 64 << 20
     #: how long a verified tier-root identity is trusted before it is checked again (seconds)
     root_check_interval_s: float = 1.0
-    #: batches up to this many points are encoded inline on the trio thread (fast path)
-    inline_points: int = 64
+    #: the writer publishes the page table for readers on other machines (docs/sharing.md)
+    #: at every fsync and, after background write-backs, at most this often (seconds)
+    publish_interval_s: float = 2.0
+    #: while a reader's lease is younger than `reader_lease_fresh_s`, freed slots stay out
+    #: of use this long, so a reader of the previous generation never reads a reused slot
+    reader_retain_s: float = 30.0
+    reader_lease_fresh_s: float = 120.0
 
 
 DEFAULT = StoreConfig()

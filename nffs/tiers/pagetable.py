@@ -94,12 +94,16 @@ class MemTier:
 
 
 class PageTable:
-    def __init__(self, db_path: str, n_pages: int, *, dense_limit: int, row_cache: int, read_only: bool) -> None:
+    def __init__(self, db_path: str, n_pages: int, *, dense_limit: int, row_cache: int, read_only: bool,
+                 immutable: bool = False) -> None:
         self.db_path = db_path
         self.read_only = read_only
         self.n_pages = n_pages
+        #: a reader's homes: a published generation (generations.py) instead of the live database
+        self._generation: np.ndarray | None = None
         if read_only:
-            uri = f"file:{db_path}?mode=ro"
+            # a reader mount: immutable, no lock and no -wal/-shm files in a field dir we must not touch
+            uri = f"file:{db_path}?mode=ro" + ("&immutable=1" if immutable else "")
             self._reader = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             self._writer = None
         else:
@@ -121,8 +125,52 @@ class PageTable:
         self.mem_tiers: list[MemTier] = []
 
     # -- homes ------------------------------------------------------------------------------
+    def use_generation(self, rows: np.ndarray) -> None:
+        """A reader switches to a published generation (rows sorted by page)."""
+        self._generation = rows
+        self._rows.clear()
+
+    def _generation_home(self, page: int) -> Home | None:
+        rows = self._generation
+        assert rows is not None
+        i = int(np.searchsorted(rows["page"], page))
+        if i < rows.size and int(rows["page"][i]) == page:
+            r = rows[i]
+            return Home(int(r["tier"]), int(r["slot"]), int(r["sum"]), int(r["mask"]))
+        return None
+
+    def generation_rows(self):
+        """A reader's current rows (the generation in use, or the database it started from)."""
+        return self._generation if self._generation is not None else self.export_rows()
+
+    def export_rows(self):
+        """Every home, sorted by page, as generations.ROW (worker thread; its own connection)."""
+        from .generations import ROW
+
+        conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
+        try:
+            cur = conn.execute("SELECT page, tier, slot, sum, mask FROM homes ORDER BY page")
+            parts = []
+            while True:
+                chunk = cur.fetchmany(1 << 16)
+                if not chunk:
+                    break
+                arr = np.array(chunk, dtype=np.int64)
+                part = np.empty(len(chunk), dtype=ROW)
+                part["page"], part["tier"], part["slot"] = arr[:, 0], arr[:, 1], arr[:, 2]
+                part["sum"], part["mask"] = arr[:, 3].view(np.uint64), arr[:, 4].view(np.uint64)
+                parts.append(part)
+        finally:
+            conn.close()
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=ROW)
+
     def home(self, page: int) -> Home | None:
         cached = self._rows.get(page, _NO_ROW)
+        if cached is _NO_ROW and self._generation is not None:
+            cached = self._generation_home(page)
+            if len(self._rows) >= self._row_limit:
+                self._rows.clear()
+            self._rows[page] = cached
         if cached is _NO_ROW:
             r = self._reader.execute("SELECT tier, slot, sum, mask FROM homes WHERE page=?", (page,)).fetchone()
             cached = None if r is None else Home(r[0], r[1], to_unsigned64(r[2]), to_unsigned64(r[3]))
@@ -162,6 +210,9 @@ class PageTable:
         self._rows[page] = home
 
     def used_slots(self, tier_id: int) -> np.ndarray:
+        if self._generation is not None:
+            rows = self._generation
+            return rows["slot"][rows["tier"] == tier_id].astype(np.int64)
         cur = self._reader.execute("SELECT slot FROM homes WHERE tier=?", (tier_id,))
         out = []
         while True:
@@ -172,6 +223,9 @@ class PageTable:
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
     def count_by_tier(self) -> dict[int, int]:
+        if self._generation is not None:
+            tiers, counts = np.unique(self._generation["tier"], return_counts=True)
+            return {int(t): int(c) for t, c in zip(tiers, counts)}
         return dict(self._reader.execute("SELECT tier, COUNT(*) FROM homes GROUP BY tier"))
 
     def iter_homes(self, tier_id: int | None = None):

@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Awaitable, Callable, Iterable
 
 import numpy as np
 import trio
@@ -34,6 +34,7 @@ from ..errors import ChecksumMismatch, InvalidInput, NoSpace, NffsError, PageIOE
 from .config import StoreConfig
 from .pagetable import Home, MemTier, PageTable
 from .port import AccessEvent, AccessKind, AccessListener, FetchResult, Priority
+from . import generations
 from .homes import chunk_size, mask_runs, stored_checksum
 from .scheduler import IOScheduler
 from .tier import Tier
@@ -53,8 +54,10 @@ class _InFlight:
 
 
 class PageStore:
-    def __init__(self, layout: FieldLayout, table: PageTable, tiers: list[Tier], cfg: StoreConfig, *, read_only: bool = False) -> None:
+    def __init__(self, layout: FieldLayout, table: PageTable, tiers: list[Tier], cfg: StoreConfig, *, read_only: bool = False,
+                 field_dir: str | None = None) -> None:
         self.layout = layout
+        self.field_dir = field_dir
         self.table = table
         self.tiers = tiers
         self.cfg = cfg
@@ -101,6 +104,13 @@ class PageStore:
             "late_joins": 0,
             "migrations": 0,
         }
+        #: published generation (writer) or the one in use (reader); docs/sharing.md
+        self.generation = 0
+        self._unpublished = True
+        self._last_publish = 0.0
+        self._refresh_kick = trio.Event()
+        #: awaited with the pages a reader's refresh changed (the FUSE layer refreshes its caches)
+        self.on_pages_changed: Callable[[list[int]], Awaitable[None]] | None = None
         self.port = StorePort(self)
 
     # ================================================================== start-up
@@ -109,6 +119,15 @@ class PageStore:
         for t in self.durable_tiers:
             if t.homes is not None:
                 t.homes.load_used(self.table.used_slots(t.id))
+        if self.field_dir is not None:
+            if self.read_only:
+                gen = generations.load_current(self.field_dir)
+                if gen is not None:
+                    self.table.use_generation(gen.rows)
+                    self.generation = gen.number
+                    generations.renew_lease(self.field_dir, gen.number)
+            else:
+                self.generation = generations.current_number(self.field_dir)
 
     # ================================================================== helpers
     def _check_range(self, offset: int, size: int) -> None:
@@ -455,6 +474,7 @@ class PageStore:
 
     async def _read_page_into(self, page: int, start: int, out: memoryview) -> bool:
         """Fill `out` from the page; True when the read had to wait on a slow tier."""
+        refreshed = False
         for _ in range(3):
             loc = self.table.mem(page)
             if loc is not None:
@@ -470,7 +490,15 @@ class PageStore:
                 tier.counters.reads += 1
                 tier.counters.hits += 1
                 return False
-            data, slow = await self._fetch(page, Priority.DEMAND)
+            try:
+                data, slow = await self._fetch(page, Priority.DEMAND)
+            except ChecksumMismatch:
+                if not self.read_only or refreshed:
+                    raise
+                # a reader on an old generation whose slot the writer reused: load the newest
+                refreshed = True
+                await self.refresh()
+                continue
             if data is not None:
                 out[:] = data[start:start + len(out)]
                 return slow
@@ -655,6 +683,82 @@ class PageStore:
         if self.read_only:
             return
         await self._writeback(None)
+        await self.publish()
+
+    async def publish(self) -> None:
+        """Publish the page table as a new generation for readers (after homes are durable)."""
+        if self.read_only or self.field_dir is None or not self._unpublished:
+            return
+        number = self.generation + 1
+        field_dir = self.field_dir
+        self._unpublished = False
+
+        def work() -> bool:
+            generations.publish(field_dir, number, self.table.export_rows())
+            return self._readers_active()
+
+        try:
+            readers = await self.io.run(Priority.BACKGROUND, work)
+        except OSError as exc:
+            self._unpublished = True
+            log.error("could not publish generation %d for readers: %s", number, exc)
+            return
+        self.generation = number
+        self._last_publish = time.monotonic()
+        self._retain_for_readers(readers)
+
+    def _readers_active(self) -> bool:
+        """Worker thread: do readers on other machines hold fresh leases on our generations?"""
+        return self.field_dir is not None and generations.readers_active(self.field_dir, self.cfg.reader_lease_fresh_s)
+
+    def _retain_for_readers(self, readers: bool) -> None:
+        """Freed slots stay out of use while readers may still read the generation naming them."""
+        for t in self.durable_tiers:
+            if t.homes is not None:
+                t.homes.retain_s = self.cfg.reader_retain_s if readers else 0.0
+
+    # ------------------------------------------------------------------ readers
+    async def refresh(self) -> int:
+        """A reader loads the newest published generation; returns the generation in use."""
+        if not self.read_only or self.field_dir is None:
+            return self.generation
+        field_dir = self.field_dir
+        try:
+            gen = await trio.to_thread.run_sync(generations.load_current, field_dir)
+        except generations.GenerationError as exc:
+            log.error("refresh: keeping generation %d: %s", self.generation, exc)
+            return self.generation
+        if gen is None or gen.number <= self.generation:
+            await trio.to_thread.run_sync(generations.renew_lease, field_dir, self.generation)
+            return self.generation
+        old = self.table.generation_rows()
+        changed = await trio.to_thread.run_sync(generations.changed_pages, old, gen.rows)
+        self.table.use_generation(gen.rows)
+        self.generation = gen.number
+        for page in changed.tolist():
+            loc = self.table.mem(page)
+            if loc is not None:
+                self._drop_copy(page, *loc, counted=False)
+        await trio.to_thread.run_sync(generations.renew_lease, field_dir, gen.number)
+        log.info("now serving generation %d (%d pages changed)", gen.number, changed.size)
+        if changed.size and self.on_pages_changed is not None:
+            await self.on_pages_changed(changed.tolist())
+        return self.generation
+
+    def request_refresh(self) -> None:
+        self._refresh_kick.set()
+
+    async def run_reader(self, refresh_interval: float, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """A read-only mount: refresh on an interval (0: only on request) and on request."""
+        task_status.started()
+        while True:
+            with trio.move_on_after(refresh_interval if refresh_interval > 0 else math.inf):
+                await self._refresh_kick.wait()
+            self._refresh_kick = trio.Event()
+            try:
+                await self.refresh()
+            except NffsError as exc:
+                log.error("refresh failed: %s", exc)
 
     async def _writeback(self, only: list[tuple[MemTier, int]] | None) -> int:
         async with self._wb_lock:
@@ -699,7 +803,7 @@ class PageStore:
         for mt, slot, *_ in plan:
             mt.pins[slot] += 1
 
-        def work() -> tuple[list[tuple[int, Home]], list[tuple[int, BaseException]]]:
+        def work() -> tuple[list[tuple[int, Home]], list[tuple[int, BaseException]], bool]:
             by_tier: dict[int, list[tuple[int, bytes, int]]] = {}
             rows: list[tuple[int, Home]] = []
             bad: list[tuple[int, BaseException]] = []
@@ -717,10 +821,10 @@ class PageStore:
                 self._write_slots(tiers[tid], writes)
             if rows:
                 self.table.commit_homes(rows)
-            return rows, bad
+            return rows, bad, self._readers_active()
 
         try:
-            rows, bad = await self.io.run(Priority.BACKGROUND, work)
+            rows, bad, readers = await self.io.run(Priority.BACKGROUND, work)
         except BaseException as exc:
             for mt, slot, page, _gen, tier, new_slot, _old in plan:
                 mt.pins[slot] -= 1
@@ -728,6 +832,7 @@ class PageStore:
             if plan and isinstance(exc, (OSError, NffsError)):
                 raise self._tier_error(plan[0][4], exc, plan[0][2]) from None
             raise
+        self._retain_for_readers(readers)
         row_by_page = dict(rows)
         for mt, slot, page, gen, tier, new_slot, old in plan:
             mt.pins[slot] -= 1
@@ -758,6 +863,8 @@ class PageStore:
                 except ChecksumMismatch:
                     pass
         self.counters["writeback_batches"] += 1
+        if row_by_page:
+            self._unpublished = True
         if bad:
             raise ChecksumMismatch(f"{len(bad)} dirty memory copies failed their checksum; their unsynced data is lost")
         if unavailable:
@@ -985,6 +1092,8 @@ class PageStore:
                 due = time.monotonic() - self._last_writeback >= writeback_interval
                 if (kicked or due) and any(t.dirty for t in self.memory_tiers):
                     await self._writeback(None)
+                if self._unpublished and time.monotonic() - self._last_publish >= self.cfg.publish_interval_s:
+                    await self.publish()
                 await self._maintain_durable()
                 reported = None
             except NffsError as exc:
@@ -1058,7 +1167,7 @@ class PageStore:
                 return 0
             epochs = [(src.homes, src.homes.begin_read()) for _, _, src, _ in plan]
 
-            def work() -> list[tuple[int, Home]]:
+            def work() -> tuple[list[tuple[int, Home]], bool]:
                 writes, out = [], []
                 for page, home, src, new_slot in plan:
                     data = src.homes.read(home.slot)
@@ -1069,10 +1178,10 @@ class PageStore:
                 self._write_slots(dest, writes)
                 if out:
                     self.table.commit_homes(out)
-                return out
+                return out, self._readers_active()
 
             try:
-                done = await self.io.run(Priority.BACKGROUND, work)
+                done, readers = await self.io.run(Priority.BACKGROUND, work)
             except BaseException:
                 for _, _, _, new_slot in plan:
                     dest.homes.unalloc(new_slot)
@@ -1080,6 +1189,7 @@ class PageStore:
             finally:
                 for homes, e in epochs:
                     homes.end_read(e)
+            self._retain_for_readers(readers)
             moved = {p for p, _ in done}
             for page, home, src, new_slot in plan:
                 if page not in moved:
@@ -1097,6 +1207,8 @@ class PageStore:
                 else:
                     dest.counters.promotions += 1
             self.counters["migrations"] += len(moved)
+            if moved:
+                self._unpublished = True
             return len(moved)
 
     async def shutdown(self) -> None:
@@ -1137,6 +1249,7 @@ class PageStore:
 
     def stats(self) -> dict:
         return {
+            "generation": self.generation,
             "materialised_pages": self.materialised_pages(),
             "dirty_pages": sum(t.dirty for t in self.memory_tiers),
             **self.counters,
