@@ -420,8 +420,19 @@ class PageStore:
         ps = self.page_size
         first = offset // ps
         start = offset - first * ps
-        last = (offset + size - 1) // ps
         loc = self.table.mem(first)
+        if loc is not None and start + size <= ps:  # the common case: one page, in memory
+            mt, slot = loc
+            view = mt.arena.checked_view(slot, start, size)
+            if view is not None:
+                mt.heat[slot] += 1.0
+                c = self.memory_tiers[mt.index].counters
+                c.reads += 1
+                c.hits += 1
+                if self._listeners:
+                    self._emit(AccessKind.READ, [first], [False], offset, size)
+                return view if zero_copy else view.tobytes()
+        last = (offset + size - 1) // ps
         if loc is not None and (first == last or (loc[0].direct and self._direct_resident(loc[0], first, last))):
             mt, slot = loc
             arena = mt.arena

@@ -118,10 +118,11 @@ class ByteView(Node):
         return Handle(self, flags)
 
     async def read(self, handle: Handle, off: int, size: int) -> bytes:
-        if off >= self.size:
+        size_left = self.end - self.start - off
+        if size_left <= 0:
             return b""
-        with store_errors():
-            return await self.ctx.store.read(self.start + off, min(size, self.size - off), zero_copy=True)
+        # the store raises domain errors itself; the hot path needs no translation
+        return await self.ctx.store.read(self.start + off, min(size, size_left), zero_copy=True)
 
     async def write(self, handle: Handle, off: int, buf: bytes) -> int:
         self.ctx.check_writable()
