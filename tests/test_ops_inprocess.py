@@ -323,7 +323,7 @@ async def test_domain_errors_keep_their_errno_and_are_not_bugs(env: Env, monkeyp
     fh = await open_path(ops, "params")
 
     async def failing_read(offset: int, size: int, **_: object) -> bytes:
-        raise OSError(errno.EIO, "page 0: its home tier is not mounted")  # today's store raises OSError
+        raise PageIOError("page 0: its home tier is not available")  # the store raises domain errors
 
     monkeypatch.setattr(env.field.store, "read", failing_read)
     with caplog.at_level(logging.DEBUG, logger="nffs.fs.errors"):
