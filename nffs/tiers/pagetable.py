@@ -116,6 +116,11 @@ class PageTable:
         self._reader.execute("PRAGMA busy_timeout=10000")
         self._reader.execute("PRAGMA cache_size=-8192")
         self._write_lock = threading.Lock()
+        #: which pages have a home at all: a sorted array loaded once (8 B per page) plus the
+        #: pages committed since, so the common "never written" answer costs no SQL
+        self._homed = np.zeros(0, dtype=np.int64)
+        self._homed_recent: set[int] = set()
+        self._homed_loaded = False
         self._rows: dict[int, object] = {}
         self._row_limit = row_cache
         # memory index: page -> (mem tier index << 40) | slot, or -1
@@ -129,6 +134,8 @@ class PageTable:
         """A reader switches to a published generation (rows sorted by page)."""
         self._generation = rows
         self._rows.clear()
+        if self._homed_loaded:
+            self.load_homed()
 
     def _generation_home(self, page: int) -> Home | None:
         rows = self._generation
@@ -164,8 +171,33 @@ class PageTable:
             conn.close()
         return np.concatenate(parts) if parts else np.zeros(0, dtype=ROW)
 
+    def load_homed(self) -> None:
+        """At mount: the set of pages with homes (one scan; the rows themselves stay in SQLite)."""
+        if self._generation is not None:
+            self._homed = np.asarray(self._generation["page"], dtype=np.int64)
+        else:
+            cur = self._reader.execute("SELECT page FROM homes ORDER BY page")
+            parts = []
+            while True:
+                chunk = cur.fetchmany(1 << 16)
+                if not chunk:
+                    break
+                parts.append(np.fromiter((r[0] for r in chunk), dtype=np.int64, count=len(chunk)))
+            self._homed = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        self._homed_recent.clear()
+        self._homed_loaded = True
+
+    def _maybe_homed(self, page: int) -> bool:
+        if not self._homed_loaded or page in self._homed_recent:
+            return True
+        homed = self._homed
+        i = int(np.searchsorted(homed, page))
+        return i < homed.size and int(homed[i]) == page
+
     def home(self, page: int) -> Home | None:
         cached = self._rows.get(page, _NO_ROW)
+        if cached is _NO_ROW and not self._maybe_homed(page):
+            return None
         if cached is _NO_ROW and self._generation is not None:
             cached = self._generation_home(page)
             if len(self._rows) >= self._row_limit:
@@ -208,6 +240,11 @@ class PageTable:
         if len(self._rows) >= self._row_limit:
             self._rows.clear()
         self._rows[page] = home
+        if home is not None and self._homed_loaded:
+            self._homed_recent.add(page)
+            if len(self._homed_recent) >= self._row_limit:
+                self._homed = np.union1d(self._homed, np.fromiter(self._homed_recent, dtype=np.int64))
+                self._homed_recent.clear()
 
     def used_slots(self, tier_id: int) -> np.ndarray:
         if self._generation is not None:

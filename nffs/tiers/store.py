@@ -128,6 +128,7 @@ class PageStore:
                     generations.renew_lease(self.field_dir, gen.number)
             else:
                 self.generation = generations.current_number(self.field_dir)
+        self.table.load_homed()
 
     # ================================================================== helpers
     def _check_range(self, offset: int, size: int) -> None:
@@ -798,12 +799,14 @@ class PageStore:
         # plan: (mt, slot, page, gen, tier, new_slot, old_home)
         plan = []
         unavailable: list[Tier] = []
+        # every root is checked against the directory we hold, once per batch
+        present = {t.id for t in self.durable_tiers if t.homes is not None and t.root is not None and t.root.still_here(force=True)}
         for mt, slot in items:
             page = int(mt.slot_page[slot])
             if page < 0 or not mt.dirty_gen[slot]:
                 continue
             tier = self.tier_by_id.get(int(mt.home_tier[slot]))
-            if tier is None or tier.homes is None or tier.root is None or not tier.root.still_here(force=True):
+            if tier is None or tier.id not in present:
                 if tier is not None:
                     unavailable.append(tier)
                 else:

@@ -48,6 +48,8 @@ class PageCacheSync:
 
     def alias_targets(self, offset: int, length: int, source: int) -> list[tuple[int, int, int, int]]:
         """(inode, file offset, slice start, slice end) of every other opened view of these bytes."""
+        if not self.opened_views or self.opened_views == {source}:
+            return []  # nothing else can cache these bytes
         out = []
         end = offset + length
         if source != ino.PARAMS and ino.PARAMS in self.opened_views:
