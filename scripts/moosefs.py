@@ -590,10 +590,151 @@ def cluster(chunkservers: int = 2, clients: int = 0) -> Iterator[Cluster]:
 
 # ---------------------------------------------------------------- benchmark
 
+def _nffs_cmd() -> list[str]:
+    script = Path(sys.executable).parent / "nffs"
+    return [str(script)] if os.access(script, os.X_OK) else [sys.executable, "-m", "nffs.cli"]
+
+
+def _nffs(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    res = subprocess.run([*_nffs_cmd(), *args], capture_output=True, text=True, timeout=timeout)
+    if res.returncode != 0:
+        raise RuntimeError(f"nffs {' '.join(args)} failed: {res.stderr.strip()} {res.stdout.strip()}")
+    return res
+
+
+def _fadvise_dontneed(paths: list[Path]) -> None:
+    for p in paths:
+        with contextlib.suppress(OSError):
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+def _read_pass(path: Path, kind: str, n_random: int, seed: int) -> dict:
+    """4 KiB random or 1 MiB sequential preads of the whole file; per-read latencies."""
+    import random
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDONLY)
+    lat: list[float] = []
+    try:
+        if kind == "seq1m":
+            offs = list(range(0, size, 1 << 20))
+            n = 1 << 20
+        else:
+            rng = random.Random(seed)
+            offs = [rng.randrange(0, size // 4096) * 4096 for _ in range(n_random)]
+            n = 4096
+        t0 = time.perf_counter()
+        total = 0
+        for off in offs:
+            t = time.perf_counter()
+            total += len(os.pread(fd, n, off))
+            lat.append(time.perf_counter() - t)
+        wall = time.perf_counter() - t0
+    finally:
+        os.close(fd)
+    return {"reads": len(offs), "bytes": total, "seconds": wall, "MiB_s": total / wall / 2**20,
+            "p50_ms": _pct(lat, 0.5) * 1e3, "p99_ms": _pct(lat, 0.99) * 1e3}
+
+
 def bench(args: argparse.Namespace) -> int:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from moosefs_bench import main as bench_main  # noqa: E402
-    return bench_main(args)
+    """Reads of `params` with the field's only durable tier on MooseFS, under a local DRAM tier.
+
+    For each workload (1 MiB sequential, 4 KiB random) and predictor (default, none): a
+    fresh nffs mount (empty DRAM tier, empty kernel cache for `params`) after the home
+    files and the chunkservers' chunk files are evicted from the page cache (fadvise
+    DONTNEED, no global drop), so every first touch of a page is a network round trip
+    (nffs -> mfsmount -> chunkserver).  Baseline: the same reads of a plain file of the
+    same size on the same MooseFS mount.
+    """
+    import shutil as _sh
+    size = _parse_size(args.size)
+    results: list[dict] = []
+    with cluster(chunkservers=2) as c:
+        mnt = c.mount("root")
+        work = c.base / "bench"
+        work.mkdir()
+        shm = Path(f"/dev/shm/nffs-moosefs-bench-{c.run_id}")
+        field = work / "field"
+        try:
+            # 16 levels of 2^19 x 2 float32 entries: ~60 MiB of params; fewer levels for smaller sizes
+            levels = max(1, min(16, size // (4 << 20)))
+            _nffs("init", str(field), "--levels", str(levels), "--log2-table-size", "19", "--page-size", "64K")
+            tiers = ["--tier", f"dram={shm},kind=dram,capacity=1G", "--tier", f"far={mnt}/far,kind=hdd"]
+            m = work / "m"
+            m.mkdir()
+            _nffs("mount", str(field), str(m), *tiers, "--prefetch", "none")
+            psize = (m / "params").stat().st_size
+            blob = os.urandom(psize)
+            with open(m / "params", "r+b") as f:
+                for off in range(0, psize, 1 << 20):
+                    f.write(blob[off:off + (1 << 20)])
+                f.flush()
+                os.fsync(f.fileno())
+            _nffs("umount", str(m))
+            plain = mnt / "plain.bin"
+            with open(plain, "wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+            del blob
+            chunk_files = [p for i in range(c.chunkservers) for p in (c.base / f"cs{i}" / "chunks").rglob("*.mfs")]
+            homes = [p for p in (mnt / "far").rglob("*") if p.is_file()]
+            log(f"bench: params {psize / 2**20:.1f} MiB in {len(homes)} home files on MooseFS")
+            for rnd in range(args.rounds):
+                for kind in ("seq1m", "rand4k"):
+                    _fadvise_dontneed([*chunk_files, plain])
+                    r = _read_pass(plain, kind, args.reads, seed=rnd)
+                    results.append({"round": rnd, "workload": kind, "config": "plain MooseFS file", **r})
+                    for pred in ("hoeffding", "none"):
+                        _fadvise_dontneed([*chunk_files, *homes])
+                        _nffs("mount", str(field), str(m), *tiers, "--prefetch", pred)
+                        try:
+                            _fadvise_dontneed([m / "params"])
+                            r = _read_pass(m / "params", kind, args.reads, seed=rnd)
+                            st = json.loads((m / "stats").read_text())
+                            far = next(t for t in st["store"]["tiers"] if t["name"] == "far")
+                            r["far_reads"] = far.get("reads")
+                        finally:
+                            _nffs("umount", str(m))
+                        label = "nffs default (hoeffding)" if pred == "hoeffding" else "nffs --prefetch none"
+                        results.append({"round": rnd, "workload": kind, "config": label, **r})
+                        log(f"bench: {kind} {label}: {r['MiB_s']:.1f} MiB/s p99 {r['p99_ms']:.2f} ms")
+        finally:
+            for mp, _ in mounts_under(work):
+                run("umount", "-l", mp, check=False)
+            _sh.rmtree(shm, ignore_errors=True)
+    print(_bench_table(results, psize, args))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"params_bytes": psize, "results": results}, indent=1))
+    return 0
+
+
+def _bench_table(results: list[dict], psize: int, args: argparse.Namespace) -> str:
+    rows = ["| workload | configuration | MiB/s | p50 ms | p99 ms | reads | far-tier page reads |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    by: dict[tuple[str, str], list[dict]] = {}
+    for r in results:
+        by.setdefault((r["workload"], r["config"]), []).append(r)
+    for (w, cfg), rs in by.items():
+        med = sorted(rs, key=lambda r: r["seconds"])[len(rs) // 2]
+        name = {"seq1m": "1 MiB sequential", "rand4k": f"4 KiB random ({args.reads} reads)"}[w]
+        rows.append(f"| {name} | {cfg} | {med['MiB_s']:.1f} | {med['p50_ms']:.3f} | {med['p99_ms']:.2f} | "
+                    f"{med['reads']} | {med.get('far_reads', '-')} |")
+    return f"params: {psize / 2**20:.1f} MiB, medians of {args.rounds} round(s)\n" + "\n".join(rows)
+
+
+def _parse_size(text: str) -> int:
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().rstrip("B").rstrip("I")
+    return int(float(t[:-1]) * mult[t[-1]]) if t[-1] in mult else int(t)
 
 
 def main(argv: list[str] | None = None) -> int:
