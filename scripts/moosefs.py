@@ -655,6 +655,14 @@ def bench(args: argparse.Namespace) -> int:
     same size on the same MooseFS mount.
     """
     import shutil as _sh
+    if args.prefetch_workloads:
+        with cluster(chunkservers=2) as c:
+            mnt = c.mount("root")
+            cmd = [sys.executable, str(Path(__file__).resolve().parent / "bench_prefetch.py"),
+                   "--workloads", args.prefetch_workloads, "--predictors", args.predictors, "--latency", "",
+                   "--workdir", str(mnt)] + (["--json", args.json] if args.json else [])
+            log("bench: " + " ".join(cmd))
+            return subprocess.run(cmd).returncode
     size = _parse_size(args.size)
     results: list[dict] = []
     with cluster(chunkservers=2) as c:
@@ -754,6 +762,10 @@ def main(argv: list[str] | None = None) -> int:
     pb.add_argument("--size", default="64M", help="bytes of params written and read back")
     pb.add_argument("--reads", type=int, default=2000, help="random 4 KiB reads per pass")
     pb.add_argument("--rounds", type=int, default=1)
+    pb.add_argument("--prefetch-workloads", default="",
+                    help="instead: run scripts/bench_prefetch.py with these workloads (e.g. scan,stride) and its "
+                         "slow tier (and field directory) on MooseFS, no emulated latency")
+    pb.add_argument("--predictors", default="hoeffding,none", help="with --prefetch-workloads")
     a = ap.parse_args(argv)
     if a.cmd == "up":
         c = Cluster(chunkservers=a.chunkservers).up(clients=a.clients)
