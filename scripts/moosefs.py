@@ -474,6 +474,7 @@ class Cluster:
         ROOT.mkdir(parents=True, exist_ok=True)
         os.chmod(ROOT, 0o700)
         self.base.mkdir(parents=True)
+        self.save()            # owner recorded first: a concurrent `down` leaves a live run alone
         try:
             self._network_up()
             self._write_configs()
