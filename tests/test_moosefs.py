@@ -9,18 +9,28 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
-from moosefs_fixture import CLIENT, Mfs, mfs, mfs_cluster, mfs_mounts, moosefs  # noqa: F401 (fixtures)
 from mounting import NFFS, Mounts, is_mounted, nffs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import moosefs  # noqa: E402  (scripts/moosefs.py, the harness)
+
+if TYPE_CHECKING:
+    from moosefs_fixture import Mfs
+
+pytest_plugins = ["moosefs_fixture"]   # fixtures mfs_cluster, mfs, mfs_mounts
+CLIENT = "r1"                          # the client namespace of the fixture's cluster
 
 PAGE = 16384
 SMALL = ("--levels", "8", "--log2-table-size", "14", "--page-size", "16K")   # 58 pages of 16 KiB
@@ -136,7 +146,6 @@ def test_kill_9_loses_no_fsynced_byte_with_the_home_on_moosefs(mfs: Mfs, mfs_mou
     finally:
         os.close(fd)
     kill9(mfs_mounts, mnt)
-    import shutil
     shutil.rmtree(tmp_path / "dram", ignore_errors=True)      # every volatile copy lost
     res = nffs("fsck", str(field), check=False)
     assert res.returncode == 0, res.stdout + res.stderr
