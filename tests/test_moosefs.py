@@ -334,6 +334,26 @@ def _reader_mount(mfs: Mfs, mounts: Mounts, field_r: Path, tiers_r: list[str]) -
     return mnt
 
 
+def test_another_machine_reads_the_field_read_only_after_the_writer_left(mfs: Mfs, mfs_mounts: Mounts, tmp_path: Path) -> None:
+    """Field directory and home on MooseFS; the reader in namespace r1, through its own mfsmount."""
+    field_w = mfs.dir / "field"
+    nffs("init", str(field_w), *SMALL)
+    tiers_w = ["--tier", f"dram={tmp_path}/dram-w,kind=dram,capacity=4M", "--tier", f"far={mfs.dir}/far,kind=hdd"]
+    writer = mfs_mounts.mount(field_w, *tiers_w, "--prefetch", "none")
+    size = (writer / "params").stat().st_size
+    gen1 = random_bytes(size, 19)
+    write_params(writer, gen1)
+    mfs_mounts.umount(writer)
+    rdir = mfs.client_dir()
+    tiers_r = ["--tier", f"dram={tmp_path}/dram-r,kind=dram,capacity=4M", "--tier", f"far={rdir}/far,kind=hdd"]
+    reader = _reader_mount(mfs, mfs_mounts, rdir / "field", tiers_r)
+    pid = stats(reader)["pid"]
+    assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")     # really "elsewhere"
+    assert os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt")     # mount visible here
+    assert (reader / "params").read_bytes() == gen1
+    mfs_mounts.umount(reader)
+
+
 @pytest.mark.xfail(strict=False, reason="storage core: a --read-only mount takes the writer's exclusive flock on the "
                    "field directory (MooseFS enforces it across machines), so it cannot mount next to a writer")
 def test_read_only_mount_from_another_machine_reads_what_was_fsynced(mfs: Mfs, mfs_mounts: Mounts, tmp_path: Path) -> None:
