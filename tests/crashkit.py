@@ -446,8 +446,10 @@ def recover_and_check(rig: Rig, model: ByteModel, tally: Tally, when: str) -> No
     if not np.array_equal(observed, again):
         bad = np.nonzero(observed != again)[0]
         tally.flips += 1
+        i = int(bad[0])
         raise Loss(f"{when}: data changed without a write between the first read after recovery and the read "
-                   f"after a clean umount/mount: {describe(bad, again, observed, rig.page_size)}")
+                   f"after a clean umount/mount: {len(bad)} byte(s) on page(s) {sorted({int(b) // rig.page_size for b in bad})[:10]}; "
+                   f"first at {i}: first read {observed[i]:#04x}, after umount/mount {again[i]:#04x}")
     model.accept(again)
 
 
