@@ -108,6 +108,8 @@ def main() -> int:
                     tally.losses += 1
             tally.problem(kind, str(exc).splitlines()[0][:400])
             print(f"round {i} ({kind}): {exc}", flush=True)
+            if rig is not None:
+                rig.cleanup()
             rig = model = None  # the field's state is unknown now: start a new one
         except (OSError, AssertionError) as exc:
             dead = rig is not None and rig.pid is not None and not process_alive(rig.pid)
@@ -118,6 +120,8 @@ def main() -> int:
             tally.problem(kind, f"{type(exc).__name__}: {exc}"[:400])
             print(f"round {i} ({kind}): unexpected {type(exc).__name__}: {exc}", flush=True)
             traceback.print_exc()
+            if rig is not None:
+                rig.cleanup()
             rig = model = None
         if (i + 1) % 10 == 0:
             print(f"[{i + 1}/{args.rounds} {time.monotonic() - started:.0f}s] {tally.summary()} errors={errors}", flush=True)

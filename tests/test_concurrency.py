@@ -83,3 +83,34 @@ def test_concurrent_same_page_writers(tmp_path: Path) -> None:
         assert np.array_equal(rig.read_all(), model.latest), "lost after a clean remount"
     finally:
         rig.cleanup()
+
+
+def test_many_concepts_list_and_stats_scale_linearly(tmp_path: Path) -> None:
+    """Issue 9: `ls concepts/` took quadratic time; stats and statfs were O(n) in concepts."""
+    import json
+    import time
+
+    rig = Rig(tmp_path / "many", init_args=("--dims", "2", "--levels", "2", "--log2-table-size", "10", "--page-size", "4K"))
+    try:
+        rig.mount()
+        timings = {}
+        made = 0
+        for n in (1000, 4000):
+            while made < n:
+                os.close(os.open(rig.mnt / "concepts" / f"k{made}", os.O_WRONLY | os.O_CREAT, 0o644))
+                made += 1
+            t = time.perf_counter()
+            with rig.watchdog("ls concepts", 120):
+                names = os.listdir(rig.mnt / "concepts")
+            timings[n] = time.perf_counter() - t
+            assert len(names) == n
+            t = time.perf_counter()
+            for _ in range(20):
+                json.loads((rig.mnt / "stats").read_bytes())
+                os.statvfs(rig.mnt)
+            timings[f"stats{n}"] = time.perf_counter() - t
+        # 4x the concepts: linear is ~4x; quadratic ~16x. Allow noise on a shared machine.
+        assert timings[4000] < 8 * max(timings[1000], 0.01), f"ls concepts/ grows faster than linear: {timings}"
+        assert timings["stats4000"] < 3 * max(timings["stats1000"], 0.02), f"stats/statfs grow with concepts: {timings}"
+    finally:
+        rig.cleanup()

@@ -305,3 +305,40 @@ def test_failing_durable_tier(tmp_path: Path) -> None:
             assert not leftovers, f"temporary files left on the tier: {leftovers[:5]}"
         finally:
             rig.cleanup()
+
+
+# --------------------------------------------------------------------------- issue 9: bad input as a new user
+@pytest.mark.parametrize("where", ["dram", "nvme", "field"])
+def test_mount_on_own_tier_or_field_dir_refused(tmp_path: Path, where: str) -> None:
+    """Mounting on the field's own memory tier, durable tier or field directory must be refused
+    (accepted today, the first write deadlocks the daemon). Nothing is written if it is accepted,
+    so the deadlock cannot wedge the test run."""
+    rig = Rig(tmp_path / "own", init_args=FIELD)
+    rig.mount()
+    rig.umount()  # the tier dirs exist now
+    target = {"dram": rig.dram, "nvme": rig.nvme, "field": rig.field}[where]
+    res = subprocess.run([sys.executable, "-m", "nffs.cli", "mount", str(rig.field), str(target), *rig.tiers,
+                          "--prefetch", "none"], capture_output=True, text=True, timeout=60)
+    if res.returncode == 0:
+        from crashkit import find_daemon_pid
+        import signal
+
+        pid = find_daemon_pid(target)
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+        lazy_unmount(target)
+    assert res.returncode != 0, f"mounting on the field's own {where} directory was accepted"
+    assert res.stderr.strip(), "refused without a message"
+
+
+@pytest.mark.parametrize("bad", ["regular-file", "proc"])
+def test_init_refuses_impossible_tier_paths(tmp_path: Path, bad: str) -> None:
+    path = {"regular-file": tmp_path / "afile", "proc": Path("/proc/self/nffs-tier")}[bad]
+    if bad == "regular-file":
+        path.write_text("not a directory")
+    field = tmp_path / "f"
+    res = subprocess.run([sys.executable, "-m", "nffs.cli", "init", str(field), "--tier", f"nvme={path},kind=nvme"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0, f"init accepted a tier at {path}"
+    assert res.stderr.strip(), "refused without a message"
+    assert not field.exists(), "a refused init created the field directory"

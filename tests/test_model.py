@@ -167,3 +167,25 @@ class FieldMachine(RuleBasedStateMachine):
 FieldMachine.TestCase.settings = settings(max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
                                           suppress_health_check=list(HealthCheck), derandomize=False)
 TestFieldModel = FieldMachine.TestCase
+
+
+def test_concept_write_ignores_nan_in_unrelated_levels(tmp_path: Path) -> None:
+    """Issue 9: a concept write failed with EINVAL when an unrelated level held a NaN. Level 2 is
+    all NaN; writing only level 0's components of a concept must work and read back."""
+    rig = Rig(tmp_path / "nan", init_args=FIELD)
+    try:
+        rig.mount()
+        F = int(rig.layout["features"])
+        lo, n = rig.level_span(2)
+        rig.pwrite("params", lo, np.full(n // 4, np.nan, dtype="<f4").tobytes())
+        path = rig.mnt / "concepts" / "near-origin"
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o644))
+        os.setxattr(path, "user.nffs.point", b"0.1 0.1")
+        target = np.asarray([0.25, -0.5][:F], dtype="<f4")
+        with open(path, "r+b", buffering=0) as f:
+            f.write(target.tobytes())  # offset 0: level 0's F components only
+        got = rig.concept_read("near-origin")
+        assert np.allclose(got[:F], target, atol=2e-3), got
+        assert np.isnan(got[2 * F:3 * F]).all(), "level 2 should still read NaN"
+    finally:
+        rig.cleanup()
