@@ -521,6 +521,35 @@ def random_op(rig: Rig, model: ByteModel, rng: random.Random, allow_unsynced_mma
     return "sleep"
 
 
+def kill_during_fsync(rig: Rig, delay: float, tally: Tally | None = None) -> bool:
+    """Start an fsync of params in a thread, kill -9 the daemon `delay` s later; True if the
+    fsync returned success (then everything before it must be durable)."""
+    done = threading.Event()
+    result: dict = {}
+
+    def do_fsync() -> None:
+        try:
+            fd = os.open(rig.mnt / "params", os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                result["ok"] = True
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            result["err"] = exc
+        done.set()
+
+    t = threading.Thread(target=do_fsync, daemon=True)
+    t.start()
+    time.sleep(delay)
+    rig.kill9()
+    if not done.wait(OP_TIMEOUT):
+        if tally is not None:
+            tally.hangs += 1
+        raise Loss("hang: fsync did not return after the daemon was killed")
+    return bool(result.get("ok"))
+
+
 def crash_round(rig: Rig, model: ByteModel, rng: random.Random, tally: Tally, ops: int = 8) -> None:
     """Random operations, then kill -9 at a random moment (after the ops, during a sleep that
     spans write-back, or during an fsync), maybe losing the volatile tier; then recover and check."""
@@ -538,29 +567,8 @@ def crash_round(rig: Rig, model: ByteModel, rng: random.Random, tally: Tally, op
         data = _rand_bytes(rng, length)
         model.write(off, data, "pwrite", "params")
         rig.pwrite("params", off, data)
-        done = threading.Event()
-        result: dict = {}
-
-        def do_fsync() -> None:
-            try:
-                fd = os.open(rig.mnt / "params", os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                    result["ok"] = True
-                finally:
-                    os.close(fd)
-            except OSError as exc:
-                result["err"] = exc
-            done.set()
-
-        t = threading.Thread(target=do_fsync, daemon=True)
-        t.start()
-        time.sleep(rng.uniform(0, 0.02))
-        rig.kill9()
-        if not done.wait(OP_TIMEOUT):
-            tally.hangs += 1
-            raise Loss("hang: fsync did not return after the daemon was killed")
-        if result.get("ok"):
+        ok = kill_during_fsync(rig, rng.uniform(0, 0.02), tally)
+        if ok:
             model.synced("params")
         tally.operations += 1
     else:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from crashkit import (Loss, Rig, ByteModel, Tally, check_init_oracle, crash_loop, crashmonkey_workloads, drop_caches,
-                      recover_and_check, run_crashmonkey, spec_init_bytes, verify)
+                      kill_during_fsync, recover_and_check, run_crashmonkey, spec_init_bytes, verify)
 from mounting import fuse_available
 
 ROUNDS = int(os.environ.get("NFFS_CRASH_ROUNDS", "4"))
@@ -172,7 +172,7 @@ def test_crash_leftovers_reclaimed(rig: Rig) -> None:
     model = ByteModel(spec_init_bytes(rig.cfg, rig.size))
     tally = Tally()
     rng = random.Random(1)
-    for rnd in range(3):
+    for rnd in range(4):
         for i in range(rig.size // rig.page_size):
             data = bytes([0x20 + rnd]) * rig.page_size
             model.write(i * rig.page_size, data[: rig.size - i * rig.page_size])
@@ -183,8 +183,11 @@ def test_crash_leftovers_reclaimed(rig: Rig) -> None:
             data = bytes([0x30 + rnd]) * 1000
             model.write(i * rig.page_size + 7, data)
             rig.pwrite("params", i * rig.page_size + 7, data)
-        time.sleep(rng.uniform(0.15, 0.35))  # in the middle of write-back
-        rig.kill9()
+        if rnd % 2 == 0:
+            time.sleep(rng.uniform(0.15, 0.35))  # in the middle of write-back
+            rig.kill9()
+        elif kill_during_fsync(rig, rng.uniform(0, 0.01), tally):  # in the middle of an fsync
+            model.synced()
         if rnd == 1:
             rig.wipe_volatile()
         recover_and_check(rig, model, tally, f"leftovers round {rnd}")  # includes fsck after a clean umount
