@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,10 @@ class FieldMachine(RuleBasedStateMachine):
     def fsync(self, path: str) -> None:
         self.rig.fsync(path)
         self.model.synced("params")
+
+    @rule()
+    def wait_for_writeback(self) -> None:
+        time.sleep(0.4)  # twice --writeback-interval: dirty copies are now clean, homes written
 
     @rule()
     def remount(self) -> None:
