@@ -581,9 +581,11 @@ def crash_round(rig: Rig, model: ByteModel, rng: random.Random, tally: Tally, op
     tally.rounds += 1
 
 
-def crash_loop(base: Path, rounds: int, seed: int, tally: Tally, ops: int = 8) -> None:
+def crash_loop(base: Path, rounds: int, seed: int, tally: Tally, ops: int = 8, memory: str = "8M") -> None:
+    """`memory` small (e.g. 16K: four 4 KiB pages) makes pages migrate between the tiers while
+    the writes and kills happen."""
     rng = random.Random(seed)
-    rig = Rig(base)
+    rig = Rig(base, memory=memory)
     try:
         rig.mount()
         model = ByteModel(spec_init_bytes(rig.cfg, rig.size))

@@ -57,13 +57,15 @@ def test_fresh_field_reads_spec_init(tmp_path: Path, args: tuple[str, ...]) -> N
 
 
 # --------------------------------------------------------------------------- random crashes
-def test_random_crashes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("memory", ["8M", "16K"], ids=["roomy-dram", "migrating-16K-dram"])
+def test_random_crashes(tmp_path: Path, memory: str) -> None:
     """Random pwrite/level/mmap/concept/fsync/sleep sequences, kill -9 after them, during
-    write-back or during an fsync, sometimes wiping the dram tier; after each: recovery,
-    model check, clean umount, fsck exit 0, remount, nothing flipped."""
+    write-back or during an fsync (with a 16K dram tier also during migrations), sometimes
+    wiping the dram tier; after each: recovery, model check, clean umount, fsck exit 0,
+    remount, nothing flipped."""
     tally = Tally()
     try:
-        crash_loop(tmp_path / "loop", ROUNDS, SEED, tally)
+        crash_loop(tmp_path / "loop", ROUNDS, SEED, tally, memory=memory)
     except Loss as exc:
         raise AssertionError(f"seed {SEED} (rerun with NFFS_CRASH_SEED={SEED}): {exc}\n{tally.summary()}") from None
     assert tally.rounds == ROUNDS and tally.bytes_verified > 0, tally.summary()
