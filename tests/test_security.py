@@ -395,45 +395,51 @@ def test_hints_buffer_bounded(pub) -> None:
     json.loads((rig.mnt / "stats").read_bytes())  # still serving
 
 
-def test_query_buffer_bounded(pub) -> None:
-    rig = make_rig(pub, mount_args=("--prefetch", "none", "--max-batch", "1000"))
+@pytest.mark.parametrize("max_batch", [None, "1000"], ids=["default-max-batch", "max-batch-1000"])
+def test_query_buffer_bounded(pub, max_batch: str | None) -> None:
+    """A query written with a gap is EINVAL and buffers nothing (issue 9: it buffered up to the
+    whole max request); a request beyond --max-batch is EINVAL and not buffered past the bound."""
+    extra = ("--max-batch", max_batch) if max_batch else ()
+    rig = make_rig(pub, mount_args=("--prefetch", "none", *extra))
     rig.mount()
     before = _rss(rig.pid)
     fd = os.open(rig.mnt / "query", os.O_RDWR)
     try:
-        # A gap: 8 bytes at 0, then 8 bytes at 12 MiB.
+        # A gap: 8 bytes at 0, then 8 bytes at 6 MiB (inside the default bound of 1 Mi 2-D points = 8 MiB).
         os.pwrite(fd, np.zeros(2, "<f4").tobytes(), 0)
         err = None
         try:
-            os.pwrite(fd, np.zeros(2, "<f4").tobytes(), 12 << 20)
+            os.pwrite(fd, np.zeros(2, "<f4").tobytes(), 6 << 20)
             os.pread(fd, 16, 0)
         except OSError as exc:
             err = exc.errno
-        assert err == errno.EINVAL, f"a query written with a gap gave {err}, not EINVAL"
         grown_gap = _rss(rig.pid) - before
-        # Far more than --max-batch points, in order: rejected, not buffered.
-        chunk = np.full(1 << 18, 0.5, "<f4").tobytes()  # 1 MiB
-        err = None
-        for i in range(32):
-            try:
-                os.pwrite(fd, chunk, i * len(chunk))
-            except OSError as exc:
-                err = exc.errno
-                break
-        if err is None:
-            try:
-                os.pread(fd, 16, 0)
-            except OSError as exc:
-                err = exc.errno
-        assert err == errno.EINVAL, f"a request beyond --max-batch gave {err}"
-        grown = _rss(rig.pid) - before
+        assert err == errno.EINVAL and grown_gap < 2 << 20, (
+            f"a query written with a gap gave {errno.errorcode.get(err, err)} (want EINVAL) and grew the daemon by "
+            f"{grown_gap / 2**20:.1f} MiB (want < 2)")
+        if max_batch:
+            # Far more than --max-batch points, in order: rejected, not buffered.
+            chunk = np.full(1 << 18, 0.5, "<f4").tobytes()  # 1 MiB
+            err = None
+            for i in range(32):
+                try:
+                    os.pwrite(fd, chunk, i * len(chunk))
+                except OSError as exc:
+                    err = exc.errno
+                    break
+            if err is None:
+                try:
+                    os.pread(fd, 16, 0)
+                except OSError as exc:
+                    err = exc.errno
+            assert err == errno.EINVAL, f"a request beyond --max-batch gave {err}"
+            grown = _rss(rig.pid) - before
+            assert grown < 8 << 20, f"a request beyond --max-batch (1000 points = 8 KB) grew the daemon by {grown >> 20} MiB"
         # the handle stays usable
         os.pwrite(fd, np.zeros(2, "<f4").tobytes(), 0)
         assert len(os.pread(fd, 1 << 12, 0)) == rig.layout["encoding_width"] * 4
     finally:
         os.close(fd)
-    assert grown_gap < 4 << 20, f"a query gap grew the daemon by {grown_gap >> 20} MiB"
-    assert grown < 8 << 20, f"a request beyond --max-batch (1000 points = 8 KB) grew the daemon by {grown >> 20} MiB"
 
 
 def test_concept_names_never_host_paths(pub) -> None:
