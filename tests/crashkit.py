@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import itertools
 import json
 import mmap
@@ -27,7 +26,6 @@ import os
 import random
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import threading

@@ -12,7 +12,6 @@ import random
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from crashkit import (Loss, Rig, ByteModel, Tally, check_init_oracle, crash_loop, crashmonkey_workloads, drop_caches,

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from crashkit import ByteModel, Loss, Rig, Tally, spec_init_bytes, verify
+from crashkit import ByteModel, Rig, Tally, spec_init_bytes, verify
 
 EXAMPLES = int(os.environ.get("NFFS_MODEL_EXAMPLES", "3"))
 STEPS = int(os.environ.get("NFFS_MODEL_STEPS", "25"))
