@@ -416,7 +416,7 @@ def verify(rig: Rig, model: ByteModel, tally: Tally, when: str) -> np.ndarray:
     tally.bytes_verified += len(observed)
     if len(settled_bad):
         tally.losses += 1
-        raise Loss(f"{when}: fsynced/settled bytes changed: {describe(settled_bad, observed, model.base, rig.page_size)}")
+        raise Loss(f"{when}: fsynced bytes (or bytes an earlier recovery showed) changed: {describe(settled_bad, observed, model.base, rig.page_size)}")
     if len(pending_bad):
         tally.losses += 1
         raise Loss(f"{when}: unsynced bytes hold a value never written: "
