@@ -99,16 +99,20 @@ def test_many_concepts_list_and_stats_scale_linearly(tmp_path: Path) -> None:
             while made < n:
                 os.close(os.open(rig.mnt / "concepts" / f"k{made}", os.O_WRONLY | os.O_CREAT, 0o644))
                 made += 1
-            t = time.perf_counter()
-            with rig.watchdog("ls concepts", 120):
-                names = os.listdir(rig.mnt / "concepts")
-            timings[n] = time.perf_counter() - t
-            assert len(names) == n
-            t = time.perf_counter()
-            for _ in range(20):
-                json.loads((rig.mnt / "stats").read_bytes())
-                os.statvfs(rig.mnt)
-            timings[f"stats{n}"] = time.perf_counter() - t
+            best_ls = best_stats = float("inf")
+            for _ in range(3):  # best of three: a shared machine adds noise, never removes it
+                t = time.perf_counter()
+                with rig.watchdog("ls concepts", 120):
+                    names = os.listdir(rig.mnt / "concepts")
+                best_ls = min(best_ls, time.perf_counter() - t)
+                assert len(names) == n
+                t = time.perf_counter()
+                for _ in range(20):
+                    json.loads((rig.mnt / "stats").read_bytes())
+                    os.statvfs(rig.mnt)
+                best_stats = min(best_stats, time.perf_counter() - t)
+            timings[n] = best_ls
+            timings[f"stats{n}"] = best_stats
         # 4x the concepts: linear is ~4x; quadratic ~16x. Allow noise on a shared machine.
         assert timings[4000] < 8 * max(timings[1000], 0.01), f"ls concepts/ grows faster than linear: {timings}"
         assert timings["stats4000"] < 3 * max(timings["stats1000"], 0.02), f"stats/statfs grow with concepts: {timings}"
