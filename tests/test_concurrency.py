@@ -95,7 +95,7 @@ def test_many_concepts_list_and_stats_scale_linearly(tmp_path: Path) -> None:
         rig.mount()
         timings = {}
         made = 0
-        for n in (1000, 4000):
+        for n in (2000, 16000):
             while made < n:
                 os.close(os.open(rig.mnt / "concepts" / f"k{made}", os.O_WRONLY | os.O_CREAT, 0o644))
                 made += 1
@@ -113,8 +113,9 @@ def test_many_concepts_list_and_stats_scale_linearly(tmp_path: Path) -> None:
                 best_stats = min(best_stats, time.perf_counter() - t)
             timings[n] = best_ls
             timings[f"stats{n}"] = best_stats
-        # 4x the concepts: linear is ~4x; quadratic ~16x. Allow noise on a shared machine.
-        assert timings[4000] < 8 * max(timings[1000], 0.01), f"ls concepts/ grows faster than linear: {timings}"
-        assert timings["stats4000"] < 3 * max(timings["stats1000"], 0.02), f"stats/statfs grow with concepts: {timings}"
+        # 8x the concepts: linear is <= 8x (measured 20-28x on the quadratic listing); allow 14x for noise.
+        assert timings[16000] < 14 * max(timings[2000], 0.005), f"ls concepts/ grows faster than linear: {timings}"
+        # stats and statfs should not depend on the number of concepts at all; allow 3x.
+        assert timings["stats16000"] < 3 * max(timings["stats2000"], 0.02), f"stats/statfs grow with concepts: {timings}"
     finally:
         rig.cleanup()
