@@ -167,34 +167,42 @@ def test_corrupted_memory_copy_after_crash(rig: Rig) -> None:
     _read_eio_or(rig, want)
 
 
-def test_crash_leftovers_reclaimed(rig: Rig) -> None:
-    """Issue 7: after crashes during write-back + recovery + clean umount, fsck exits 0."""
-    rig.mount()
-    model = ByteModel(spec_init_bytes(rig.cfg, rig.size))
-    tally = Tally()
-    rng = random.Random(1)
-    for rnd in range(4):
-        for i in range(rig.size // rig.page_size):
-            data = bytes([0x20 + rnd]) * rig.page_size
-            model.write(i * rig.page_size, data[: rig.size - i * rig.page_size])
-            rig.pwrite("params", i * rig.page_size, data[: rig.size - i * rig.page_size])
-        rig.fsync()
-        model.synced()
-        for i in range(rig.size // rig.page_size):
-            data = bytes([0x30 + rnd]) * 1000
-            model.write(i * rig.page_size + 7, data)
-            rig.pwrite("params", i * rig.page_size + 7, data)
-        if rnd % 2 == 0:
-            time.sleep(rng.uniform(0.15, 0.35))  # in the middle of write-back
-            rig.kill9()
-        elif kill_during_fsync(rig, rng.uniform(0, 0.01), tally):  # in the middle of an fsync
+def test_crash_leftovers_reclaimed(tmp_path: Path) -> None:
+    """Issue 7: after crashes during write-back and during fsync + recovery + clean umount,
+    fsck exits 0 (superseded homes and temporary files are reclaimed). 42 pages of 4 KiB, so
+    each fsync has many pages in flight when the kill lands."""
+    rig = Rig(tmp_path / "left", init_args=("--dims", "2", "--levels", "4", "--log2-table-size", "14", "--page-size", "4K"))
+    try:
+        rig.mount()
+        model = ByteModel(spec_init_bytes(rig.cfg, rig.size))
+        tally = Tally()
+        rng = random.Random(1)
+        pages = rig.size // rig.page_size
+        for rnd in range(6):
+            for i in range(pages):
+                data = bytes([0x20 + rnd]) * rig.page_size
+                model.write(i * rig.page_size, data)
+                rig.pwrite("params", i * rig.page_size, data)
+            rig.fsync()
             model.synced()
-        if rnd == 1:
-            rig.wipe_volatile()
-        recover_and_check(rig, model, tally, f"leftovers round {rnd}")  # includes fsck after a clean umount
-    rig.umount()
-    res = rig.fsck()
-    assert res.returncode == 0, f"fsck after crashes + recovery + clean umount: {res.stdout}{res.stderr}"
+            time.sleep(0.3)
+            for i in range(pages):
+                data = bytes([0x30 + rnd]) * 1000
+                model.write(i * rig.page_size + 7, data)
+                rig.pwrite("params", i * rig.page_size + 7, data)
+            if rnd % 3 == 0:
+                time.sleep(rng.uniform(0.15, 0.35))  # in the middle of write-back
+                rig.kill9()
+            elif kill_during_fsync(rig, 0.002 * rnd, tally):  # in the middle of an fsync
+                model.synced()
+            if rnd == 2:
+                rig.wipe_volatile()
+            recover_and_check(rig, model, tally, f"leftovers round {rnd}")  # includes fsck after a clean umount
+        rig.umount()
+        res = rig.fsck()
+        assert res.returncode == 0, f"fsck after crashes + recovery + clean umount: {res.stdout}{res.stderr}"
+    finally:
+        rig.cleanup()
 
 
 def test_recovered_data_survives_a_second_crash(rig: Rig) -> None:
