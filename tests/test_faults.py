@@ -279,20 +279,21 @@ def test_failing_durable_tier(tmp_path: Path) -> None:
             assert any(v == errno.EIO for v in got.values()), "no EIO although the tier fails every read"
             assert any(v != errno.EIO for v in got.values()), "pages in the memory tier must keep working"
             assert_daemon_serves(rig, query=False)
-            control.write_text("write fsync")
-            err = None
-            try:
-                rig.pwrite("params", 0, page_data(0, 5))
-                rig.fsync()
-            except OSError as exc:
-                err = exc.errno
-            assert err == errno.EIO, f"fsync onto a tier failing writes gave {err}, not EIO"
-            control.write_text("")
-            drop_caches()
-            got = read_pages(rig, range(1, n))
-            for p, v in got.items():
-                assert v == page_data(p), f"page {p} did not recover once the fault cleared"
-            write_pages(rig, range(n), salt=7)  # writes work again
+            for cycle in range(3):  # fail, clear, recover: three times, each may leave something behind
+                control.write_text("write fsync")
+                err = None
+                try:
+                    rig.pwrite("params", 0, page_data(0, 5 + cycle))
+                    rig.fsync()
+                except OSError as exc:
+                    err = exc.errno
+                assert err == errno.EIO, f"fsync onto a tier failing writes gave {err}, not EIO"
+                control.write_text("")
+                drop_caches()
+                got = read_pages(rig, range(1, n))
+                for p, v in got.items():
+                    assert v == page_data(p, 7 if cycle else 0), f"page {p} did not recover once the fault cleared"
+                write_pages(rig, range(n), salt=7)  # writes work again
             rig.umount()
             rig.mount()
             got = read_pages(rig, range(n))
