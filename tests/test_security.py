@@ -239,6 +239,7 @@ def test_default_memory_tier_planted_by_other_user(pub, other_user) -> None:
     nffs("init", str(field), *SMALL)
     mnt = d / "defmnt"
     mnt.mkdir()
+    shm: Path | None = None
     try:
         nffs("mount", str(field), str(mnt), "--prefetch", "none")
         layout = json.loads((mnt / "field.json").read_text())
@@ -268,9 +269,12 @@ def test_default_memory_tier_planted_by_other_user(pub, other_user) -> None:
     finally:
         if is_mounted(mnt):
             subprocess.run(["umount", "-l", str(mnt)])
-        for p in Path("/dev/shm").iterdir():
-            if p.is_symlink() or (p.is_dir() and p.stat().st_uid != 0 and p.name.startswith("nffs")):
-                shutil.rmtree(p, ignore_errors=True) if not p.is_symlink() else p.unlink()
+        # Remove only what this test planted (never follow the planted links).
+        if shm is not None and os.path.lexists(shm):
+            if shm.is_symlink():
+                shm.unlink()
+            elif os.lstat(shm).st_uid != 0:
+                shutil.rmtree(shm, ignore_errors=True)  # rmtree does not follow symlinks inside
 
 
 @pytest.mark.parametrize("how", ["symlink", "foreign-dir"])
