@@ -155,6 +155,11 @@ class SlabHomes:
                 fd = self.root.open_file(slab_name(slab), flags)
             except FileNotFoundError:
                 raise PageIOError(f"{self.root.path}: {slab_name(slab)} is missing") from None
+            # Slots are read whole and one at a time, and what we read lands in a memory tier:
+            # no read-ahead, and no second copy in the kernel's page cache (which would also
+            # answer for a tier that is in fact unreachable).
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             self._fds[slab] = fd
             return fd, create
 
@@ -162,6 +167,7 @@ class SlabHomes:
         slab, index = divmod(slot, self.slots_per_slab)
         fd, _ = self._fd(slab, create=False)
         data = os.pread(fd, self.page_size, index * self.page_size)
+        os.posix_fadvise(fd, index * self.page_size, self.page_size, os.POSIX_FADV_DONTNEED)
         if len(data) != self.page_size:
             # chunks a home does not store may lie past the end of the slab file; whatever
             # is missing there is checked by the page's checksum, not by the length
@@ -215,6 +221,7 @@ class SlabHomes:
         for slab in slabs:
             fd, _ = self._fd(slab, create=False)
             os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # the copies are in a memory tier
 
     def slab_files(self) -> list[str]:
         return [n for n in self.root.listdir() if parse_slab_name(n) is not None]

@@ -30,7 +30,7 @@ import xxhash
 
 from ..encoding.init import implicit_values
 from ..encoding.layout import FieldLayout
-from ..errors import ChecksumMismatch, InvalidInput, NoSpace, NffsError, PageIOError, ReadOnly, TierUnavailable
+from ..errors import ChecksumMismatch, InvalidInput, NoSpace, NffsError, PageIOError, ReadOnly, TierTimeout, TierUnavailable
 from .config import StoreConfig
 from .pagetable import Home, MemTier, PageTable
 from .port import AccessEvent, AccessKind, AccessListener, FetchResult, Priority
@@ -833,16 +833,21 @@ class PageStore:
                 rows.append((page, Home(tier.id, new_slot, stored_checksum(data, mask, self.chunk, self.n_chunks), mask)))
             for tid, writes in by_tier.items():
                 self._write_slots(tiers[tid], writes)
-            if rows:
-                self.table.commit_homes(rows)
+            if rows and not self.table.commit_homes(rows, abandoned=lambda: gave_up):
+                return [], bad, False
             return rows, bad, self._readers_active()
 
+        gave_up = False
         try:
             rows, bad, readers = await self.io.run(Priority.BACKGROUND, work)
         except BaseException as exc:
+            gave_up = True
             for mt, slot, page, _gen, tier, new_slot, _old in plan:
                 mt.pins[slot] -= 1
-                tier.homes.unalloc(new_slot)  # type: ignore[union-attr]
+                if not isinstance(exc, TierTimeout):
+                    # an abandoned worker may still write (even commit) these slots: they stay
+                    # allocated until the next mount, where unreferenced slots are free again
+                    tier.homes.unalloc(new_slot)  # type: ignore[union-attr]
             if plan and isinstance(exc, (OSError, NffsError)):
                 raise self._tier_error(plan[0][4], exc, plan[0][2]) from None
             raise
@@ -1190,15 +1195,18 @@ class PageStore:
                     writes.append((new_slot, data, home.mask))
                     out.append((page, Home(dest.id, new_slot, home.checksum, home.mask)))
                 self._write_slots(dest, writes)
-                if out:
-                    self.table.commit_homes(out)
+                if out and not self.table.commit_homes(out, abandoned=lambda: gave_up):
+                    return [], False
                 return out, self._readers_active()
 
+            gave_up = False
             try:
                 done, readers = await self.io.run(Priority.BACKGROUND, work)
-            except BaseException:
-                for _, _, _, new_slot in plan:
-                    dest.homes.unalloc(new_slot)
+            except BaseException as exc:
+                gave_up = True
+                if not isinstance(exc, TierTimeout):
+                    for _, _, _, new_slot in plan:
+                        dest.homes.unalloc(new_slot)
                 raise
             finally:
                 for homes, e in epochs:
