@@ -30,6 +30,9 @@ from .tierroot import TierRoot
 
 log = logging.getLogger(__name__)
 
+#: buffers one pwritev may take (Linux: 1024); more is EINVAL
+IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+
 
 def chunk_size(page_size: int) -> int:
     """Bytes per chunk: the unit of checksums in memory and of what a home stores.
@@ -223,6 +226,7 @@ class SlabHomes:
                 and items[j][0] == items[j - 1][0] + 1
                 and items[j][0] // self.slots_per_slab == slab
                 and (j - i) * self.page_size < coalesce_bytes
+                and j - i < IOV_MAX
             ):
                 bufs.append(items[j][1])
                 j += 1

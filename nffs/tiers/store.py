@@ -77,6 +77,7 @@ class PageStore:
         self._version = {mt.index: np.zeros(mt.arena.n_slots, dtype=np.int64) for mt in table.mem_tiers}
         self._inflight: dict[int, _InFlight] = {}
         self._wb_lock = trio.Lock()
+        self._publish_lock = trio.Lock()
         self._wb_kick = trio.Event()
         self._dirty_kick_pages = max(1, cfg.dirty_background_bytes // self.page_size)
         self._last_writeback = time.monotonic()
@@ -720,10 +721,15 @@ class PageStore:
 
     async def publish(self) -> None:
         """Publish the page table as a new generation for readers (after homes are durable)."""
-        if self.read_only or self.field_dir is None or not self._unpublished:
+        if self.read_only or self.field_dir is None:
+            return
+        async with self._publish_lock:
+            await self._publish_locked(self.field_dir)
+
+    async def _publish_locked(self, field_dir: str) -> None:
+        if not self._unpublished:
             return
         number = self.generation + 1
-        field_dir = self.field_dir
         self._unpublished = False
 
         def work() -> bool:
