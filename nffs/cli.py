@@ -22,6 +22,11 @@ log = logging.getLogger("nffs")
 
 LOG_NAME = "nffs.log"
 
+try:
+    _EXCEPTION_GROUP: type = BaseExceptionGroup  # Python >= 3.11
+except NameError:  # 3.10: trio depends on the backport
+    from exceptiongroup import BaseExceptionGroup as _EXCEPTION_GROUP
+
 
 class CliError(Exception):
     """A problem the user can fix; printed as one line, exit status 1 (2 for usage errors)."""
@@ -220,6 +225,22 @@ def _mount_options(args: argparse.Namespace):
                         metrics_listen=args.metrics_listen)
 
 
+def _check_listen(listen: str) -> None:
+    """Fail before mounting when the metrics address cannot be bound (port in use, no such address)."""
+    import socket
+
+    from .ui.metrics_http import parse_listen
+
+    host, port = parse_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise CliError(f"cannot listen for metrics on {listen}: {exc.strerror or exc}") from None
+
+
 def _wait_for_field_lock(field_dir: str, timeout: float) -> None:
     """Wait while a previous daemon of this field still holds its lock.
 
@@ -270,6 +291,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     _check_mountpoint(mountpoint)
     opts = _mount_options(args)
+    if args.metrics_listen and args.ready_fd is None:
+        _check_listen(args.metrics_listen)
     _wait_for_field_lock(field_dir, args.lock_wait)
     if args.foreground:
         return _serve_foreground(field_dir, mountpoint, opts, args.ready_fd)
@@ -287,7 +310,12 @@ def _serve_foreground(field_dir: str, mountpoint: str, opts, ready_fd: int | Non
             os.close(ready_fd)
 
     try:
-        serve(field_dir, mountpoint, opts, on_ready=ready)
+        try:
+            serve(field_dir, mountpoint, opts, on_ready=ready)
+        except _EXCEPTION_GROUP as group:  # a trio nursery wraps a start-up failure
+            if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
+                raise group.exceptions[0] from None
+            raise
     except (FieldError, TierSpecError, ValueError, OSError, RuntimeError) as exc:
         message = str(exc) or exc.__class__.__name__
         if isinstance(exc, RuntimeError) and "mount" in message:

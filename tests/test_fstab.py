@@ -1,0 +1,153 @@
+"""Mounting the usual way: `mount -t fuse.nffs -o ...`, an fstab line, plain `umount`.
+
+mount(8) runs mount.fuse3, which runs `nffs FIELD_DIR MOUNTPOINT -o OPTS` with its own
+PATH (/usr/local/bin first), so these tests need /usr/local/bin/nffs to be this
+checkout's entry point: scripts/setup.sh links it; `system_nffs` re-links it when
+another checkout on the machine took the link.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mounting import Mounts, is_mounted, nffs
+from nffs.ui.mountopts import MountOptionError, options_to_args, rewrite_argv, split_options
+
+COMMANDS = {"init", "mount", "umount", "stat", "fsck", "top", "warmup", "bench"}
+
+
+# ---------------------------------------------------------------------- option parsing (no mount)
+def test_tier_specs_keep_their_commas() -> None:
+    opts = "rw,prefetch=markov,tier=dram=/x,kind=dram,capacity=8M,tier=home=/y,kind=nvme,latency=5ms,allow_other,dev,suid"
+    assert split_options(opts) == ["rw", "prefetch=markov", "tier=dram=/x,kind=dram,capacity=8M",
+                                   "tier=home=/y,kind=nvme,latency=5ms", "allow_other", "dev", "suid"]
+
+
+def test_every_mount_flag_has_an_o_form() -> None:
+    g, m = options_to_args(["prefetch=none,read_only,allow-other,max_batch=64,writeback_interval=2.5,"
+                            "metrics_listen=127.0.0.1:9100,foreground,log_level=DEBUG,tier=a=/a,kind=dram"])
+    assert g == ["--log-level", "DEBUG"]
+    assert m == ["--prefetch", "none", "--read-only", "--allow-other", "--max-batch", "64", "--writeback-interval", "2.5",
+                 "--metrics-listen", "127.0.0.1:9100", "--foreground", "--tier", "a=/a,kind=dram"]
+    assert options_to_args(["ro"])[1] == ["--read-only"]
+
+
+def test_generic_options_are_ignored_and_unknown_ones_refused() -> None:
+    assert options_to_args(["rw,dev,suid,nodev,nosuid,exec,noexec,auto,noauto,user,_netdev,nofail,defaults,"
+                            "x-systemd.automount,noatime,comment=x"]) == ([], [])
+    with pytest.raises(MountOptionError, match="unknown mount option 'prefetsh=none'"):
+        options_to_args(["prefetsh=none"])
+    with pytest.raises(MountOptionError, match="needs a value"):
+        options_to_args(["prefetch"])
+
+
+def test_mount_fuse3_call_form_becomes_nffs_mount() -> None:
+    assert rewrite_argv(["/f", "/m", "-o", "rw,prefetch=markov,dev,suid"], COMMANDS) == \
+        ["mount", "/f", "/m", "--prefetch", "markov"]
+    assert rewrite_argv(["mount", "/f", "/m", "-oallow_other"], COMMANDS) == ["mount", "/f", "/m", "--allow-other"]
+    assert rewrite_argv(["stat", "/m"], COMMANDS) == ["stat", "/m"]
+    assert rewrite_argv(["--log-level", "DEBUG", "/f", "/m", "-o", "ro"], COMMANDS) == \
+        ["--log-level", "DEBUG", "mount", "/f", "/m", "--read-only"]
+
+
+def test_bad_option_is_a_clear_error() -> None:
+    res = nffs("/nonexistent/f", "/nonexistent/m", "-o", "bogus=1", check=False)
+    assert res.returncode == 2
+    assert "unknown mount option 'bogus=1'" in res.stderr
+
+
+# ---------------------------------------------------------------------- real mounts
+def system_nffs() -> str:
+    """Make `nffs` on mount.fuse3's PATH this checkout's (as scripts/setup.sh does)."""
+    target = Path(sys.executable).parent / "nffs"
+    assert target.exists(), f"{target} missing: run scripts/setup.sh"
+    link = Path("/usr/local/bin/nffs")
+    if os.path.realpath(link) != os.path.realpath(target):
+        assert os.geteuid() == 0, "mount -t fuse.nffs tests need root (mount(8) runs the helper)"
+        subprocess.run(["ln", "-sfn", str(target), str(link)], check=True)
+    assert shutil.which("mount.fuse3") or shutil.which("mount.fuse"), "fuse3 (mount.fuse3) is not installed"
+    return str(link)
+
+
+def _write_and_check(mnt: Path) -> bytes:
+    data = os.urandom(3 * 65536 + 100)
+    fd = os.open(mnt / "params", os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, 12345)  # no fsync: the unmount must make it durable
+    finally:
+        os.close(fd)
+    return data
+
+
+def _read_back(mounts: Mounts, field: Path, tiers: list[str], data: bytes) -> None:
+    """Remount (waiting for the previous daemon's lock if needed), with the volatile tier wiped."""
+    dram = Path(f"{field}-dram")
+    if dram.exists():
+        for entry in dram.iterdir():
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    mnt = mounts.mount(field, *tiers, "--prefetch", "none")
+    with open(mnt / "params", "rb") as f:
+        f.seek(12345)
+        assert f.read(len(data)) == data
+    mounts.umount(mnt)
+
+
+def _spec_opts(tiers: list[str]) -> str:
+    return ",".join(f"tier={spec}" for flag, spec in zip(tiers[::2], tiers[1::2]))
+
+
+@pytest.mark.mount
+@pytest.mark.parametrize("how", ["plain umount", "nffs umount"])
+def test_mount_t_fuse_nffs_and_durable_unmount(mounts: Mounts, tmp_path: Path, how: str) -> None:
+    system_nffs()
+    field = mounts.init("--log2-table-size", "14")
+    tiers = mounts.tiers(field)
+    mnt = tmp_path / "fstab-mnt"
+    mnt.mkdir()
+    opts = f"prefetch=none,{_spec_opts(tiers)},writeback_interval=600"
+    res = subprocess.run(["mount", "-t", "fuse.nffs", "-o", opts, str(field), str(mnt)], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr + res.stdout
+    mounts.mounted.append(mnt)
+    assert is_mounted(mnt)
+    stats = nffs("stat", str(mnt), "--json").stdout
+    assert '"predictor": "none"' in stats
+    data = _write_and_check(mnt)
+    if how == "plain umount":
+        res = subprocess.run(["umount", str(mnt)], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        mounts.mounted.remove(mnt)
+    else:
+        mounts.umount(mnt)
+    assert not is_mounted(mnt)
+    # mounting again at once must wait for the old daemon's flush, not fail on its lock
+    _read_back(mounts, field, tiers, data)
+
+
+@pytest.mark.mount
+def test_fstab_line(mounts: Mounts, tmp_path: Path) -> None:
+    """An fstab line of type fuse.nffs (in a private fstab file: /etc/fstab stays untouched)."""
+    system_nffs()
+    field = mounts.init("--log2-table-size", "14")
+    tiers = mounts.tiers(field)
+    mnt = tmp_path / "fstab-line-mnt"
+    mnt.mkdir()
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"{field}  {mnt}  fuse.nffs  noauto,_netdev,nofail,prefetch=markov,allow_other,{_spec_opts(tiers)}  0 0\n")
+    res = subprocess.run(["mount", "--fstab", str(fstab), str(mnt)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr + res.stdout
+    mounts.mounted.append(mnt)
+    assert '"predictor": "markov"' in nffs("stat", str(mnt), "--json").stdout
+    data = _write_and_check(mnt)
+    res = subprocess.run(["umount", str(mnt)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    mounts.mounted.remove(mnt)
+    _read_back(mounts, field, tiers, data)
