@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .view import DASH, View, bar, count, extract, human_bytes, pct, rate, seconds
+from .view import DASH, View, bar, count, extract, human_bytes, pct, plural, rate, seconds
 
 
 def field_line(v: View) -> str:
@@ -16,7 +16,7 @@ def field_line(v: View) -> str:
     dtype = f" {f.dtype}" if f.dtype else ""
     return (f"field  D={count(f.dims)} L={count(f.levels)} F={count(f.features)} T={t}{dtype}  "
             f"virtual {human_bytes(f.params_bytes)} in {count(f.n_pages)} pages of {human_bytes(f.page_size)}, "
-            f"materialised {human_bytes(f.materialised_bytes)} ({count(f.materialised_pages)} pages, "
+            f"materialised {human_bytes(f.materialised_bytes)} ({plural(f.materialised_pages, 'page')}, "
             f"{count(f.dirty_pages)} dirty)")
 
 
@@ -34,7 +34,7 @@ def tier_lines(v: View, ascii_only: bool = False) -> list[str]:
         hit_label = "hit rate" if t.hit_rate is not None else "of reads"
         lines.append(
             f"  {t.name:<{name_w}} {t.kind or DASH:<{kind_w}} {bar(t.fill, 20, ascii_only)} "
-            f"{human_bytes(t.used_bytes)} / {cap}  {count(t.pages)} pages, {count(t.dirty_pages)} dirty, "
+            f"{human_bytes(t.used_bytes)} / {cap}  {plural(t.pages, 'page')}, {count(t.dirty_pages)} dirty, "
             f"{count(t.reads)} reads, {hit} {hit_label}"
         )
         lines.append(f"  {'':<{name_w}} {t.path or DASH}")
@@ -51,7 +51,7 @@ def _resting_tier_lines(v: View, ascii_only: bool) -> list[str]:
     for t in v.tiers:
         cap = "unbounded" if t.capacity is None else human_bytes(t.capacity)
         lines.append(f"  {t.name:<{name_w}} {t.kind or DASH:<{kind_w}} {bar(t.fill, 20, ascii_only)} "
-                     f"{human_bytes(t.used_bytes)} / {cap}  {count(t.pages)} pages  {t.path or DASH}")
+                     f"{human_bytes(t.used_bytes)} / {cap}  {plural(t.pages, 'page')}  {t.path or DASH}")
     return lines
 
 
@@ -110,7 +110,7 @@ def render_status(stats: Mapping[str, Any], ascii_only: bool = False) -> str:
         head = f"nffs {where} (not mounted)"
     lines = [head, field_line(v)]
     if v.field.concepts is not None:
-        lines[-1] += f", {count(v.field.concepts)} concepts"
+        lines[-1] += f", {plural(v.field.concepts, 'concept')}"
     lines += tier_lines(v, ascii_only)
     if v.mounted:
         lines += read_lines(v)

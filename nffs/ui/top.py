@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .source import MountUnavailable, read_stats
-from .view import DASH, View, bar, count, extract, human_bytes, pct, rate, seconds
+from .view import DASH, View, bar, count, extract, human_bytes, pct, plural, rate, seconds
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def render_frame(mountpoint: str, cur: Sample, prev: Sample | None, width: int =
     t = DASH if f.log2_table_size is None else f"2^{int(f.log2_table_size)}"
     lines.append(f"field D={count(f.dims)} L={count(f.levels)} F={count(f.features)} T={t}  virtual "
                  f"{human_bytes(f.params_bytes)}  materialised {human_bytes(f.materialised_bytes)} "
-                 f"({count(f.materialised_pages)} pages, {count(f.dirty_pages)} dirty)")
+                 f"({plural(f.materialised_pages, 'page')}, {count(f.dirty_pages)} dirty)")
     lines.append("")
 
     # tiers

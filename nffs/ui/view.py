@@ -416,6 +416,11 @@ def count(n: float | None) -> str:
     return f"{n:,.1f}"
 
 
+def plural(n: float | None, word: str) -> str:
+    """'1 page', '3 pages', '— pages'."""
+    return f"{count(n)} {word}" + ("" if n == 1 else "s")
+
+
 def pct(x: float | None) -> str:
     return DASH if x is None else f"{100 * x:.1f}%"
 
