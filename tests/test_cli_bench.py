@@ -1,0 +1,74 @@
+"""`nffs bench` without running the benchmarks: the table, the rows it collects, the plots it draws."""
+from __future__ import annotations
+
+import pytest
+
+from mounting import nffs
+from nffs.ui.bench import collect_rows, render_table
+
+
+def fake_results() -> dict:
+    rows = [
+        {"key": "hot", "row": "hot reads", "nffs": 4e5, "baseline": 3e5, "unit": "reads/s", "ratio": 1.3, "target": 0.8,
+         "higher_is_better": True, "meets": True},
+        {"key": "single_point", "row": "single point", "nffs": 2e-3, "baseline": 5e-5, "unit": "s", "ratio": 40.0,
+         "target": 3.0, "higher_is_better": False, "meets": False},
+    ]
+    return {
+        "io": {"json": {"rows": rows[:1]}},
+        "query": {"json": {"rows": rows[1:], "sweep": [
+            {"batch": b, "query_points_per_s": 1e5 * (1 + i), "take_points_per_s": 3e5 * (1 + i)}
+            for i, b in enumerate((1, 16, 256, 4096))]}},
+        "prefetch": {"json": {"ratios": [{"workload": "scan", "predictor": "hoeffding", "p99_ms": 0.5, "p99_none_ms": 6.0,
+                                          "p99_none_over_predictor": 12.0, "accuracy": 0.95, "coverage": 0.85}]},
+                     "latencies": [{"workload": "scan", "predictor": p, "lat_ms": [0.1 * k for k in range(1, 200)]}
+                                   for p in ("hoeffding", "none")]},
+        "occupancy": {"occupancy": {"workload": "test", "samples": [
+            {"t": 0.1 * i, "tiers": {"dram": {"used_bytes": i * 65536, "pages": i, "dirty_pages": i // 2,
+                                              "capacity": 16 << 20},
+                                     "nvme": {"used_bytes": i * 32768, "pages": i // 2, "dirty_pages": 0, "capacity": None}}}
+            for i in range(1, 50)]}},
+    }
+
+
+def test_table_has_every_row_with_target_and_verdict() -> None:
+    rows = collect_rows(fake_results())
+    keys = [r["key"] for r in rows]
+    assert keys[:2] == ["hot", "single_point"]
+    assert "prefetch_scan_hoeffding_p99" in keys and "prefetch_scan_hoeffding_coverage" in keys
+    text = render_table(rows)
+    assert "1.30x" in text and ">= 0.8x" in text and "meets" in text
+    assert "40.00x" in text and "<= 3x" in text and "MISSES" in text
+    assert "12.00x" in text and ">= 5x" in text  # scan prefetch target
+    assert "85.0%" in text and ">= 90%" in text
+    assert "isolation" in text and "not measured" in text
+
+
+def test_plots_have_titles_axes_and_legends(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("matplotlib", reason="the plot extra (scripts/setup.sh installs it)")
+    import matplotlib.figure
+
+    from nffs.ui.plots import write_plots
+
+    seen = []
+    real = matplotlib.figure.Figure.savefig
+
+    def spy(self, path, *a, **k):
+        for ax in self.axes:
+            seen.append((str(path), ax.get_title(), ax.get_xlabel(), ax.get_ylabel(),
+                         ax.get_legend() is not None and len(ax.get_legend().get_texts()) > 0))
+        return real(self, path, *a, **k)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    written = write_plots(fake_results(), str(tmp_path))
+    assert sorted(p.rsplit("/", 1)[1] for p in written) == ["query_throughput.png", "read_latency_cdf.png",
+                                                           "tier_occupancy.png"]
+    for path in written:
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert seen and all(title and xlabel and ylabel and legend for _, title, xlabel, ylabel, legend in seen), seen
+
+
+def test_unknown_benchmark_is_a_clear_error() -> None:
+    res = nffs("bench", "--only", "nonsense", check=False)
+    assert res.returncode == 1 and "unknown benchmark(s) nonsense" in res.stderr
