@@ -40,8 +40,9 @@ def latency_cdf(latencies: list[dict[str, Any]], path: str) -> str | None:
             p99 = float(np.percentile(v, 99))
             ax.step(v, y, where="post", label=f"{pred} (p99 {p99:.2f} ms, n={len(v)})")
         ax.set_xscale("log")
-        ax.set_xlabel("read latency (ms, log scale)")
-        ax.set_ylabel("fraction of reads at or below")
+        ax.set_xlabel("query request latency, write + read (ms, log scale)" if workload == "camera"
+                      else "read latency (ms, log scale)")
+        ax.set_ylabel("fraction of requests at or below" if workload == "camera" else "fraction of reads at or below")
         ax.set_title(f"{workload}: read latency CDF per predictor")
         ax.axhline(0.99, color="grey", lw=0.6, ls=":")
         ax.grid(True, which="both", alpha=0.3)
