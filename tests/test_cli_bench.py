@@ -13,6 +13,8 @@ def fake_results() -> dict:
          "higher_is_better": True, "meets": True},
         {"key": "single_point", "row": "single point", "nffs": 2e-3, "baseline": 5e-5, "unit": "s", "ratio": 40.0,
          "target": 3.0, "higher_is_better": False, "meets": False},
+        {"key": "isolation", "row": "isolation", "nffs": 3e-3, "baseline": 1e-3, "unit": "s", "ratio": 3e-3,
+         "target": 5e-3, "higher_is_better": False, "meets": True, "absolute": True},
     ]
     return {
         "io": {"json": {"rows": rows[:1]}},
@@ -34,14 +36,15 @@ def fake_results() -> dict:
 def test_table_has_every_row_with_target_and_verdict() -> None:
     rows = collect_rows(fake_results())
     keys = [r["key"] for r in rows]
-    assert keys[:2] == ["hot", "single_point"]
+    assert keys[:3] == ["hot", "single_point", "isolation"]
+    assert "3.00 ms" in render_table(rows) and "<= 5.00 ms" in render_table(rows)
     assert "prefetch_scan_hoeffding_p99" in keys and "prefetch_scan_hoeffding_coverage" in keys
     text = render_table(rows)
     assert "1.30x" in text and ">= 0.8x" in text and "meets" in text
     assert "40.00x" in text and "<= 3x" in text and "MISSES" in text
     assert "12.00x" in text and ">= 5x" in text  # scan prefetch target
     assert "85.0%" in text and ">= 90%" in text
-    assert "isolation" in text and "not measured" in text
+    assert "do no harm" in text and "not measured" in text
 
 
 def test_plots_have_titles_axes_and_legends(tmp_path, monkeypatch) -> None:
