@@ -650,7 +650,7 @@ def _fsck_with_progress(fsck, meta, tiers, page_size: int, repair: bool):
             result["error"] = exc
 
     bar.total = None
-    bar.note = f"checking {total:,} pages" if total is not None else "checking pages"
+    bar.note = f"checking {total:,} page{'' if total == 1 else 's'}" if total is not None else "checking pages"
     with bar:
         t = threading.Thread(target=work, daemon=True)
         t.start()

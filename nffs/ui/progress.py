@@ -74,7 +74,8 @@ class Progress:
                     + (f" eta {eta:.0f}s" if 0 < frac < 1 else ""))
         else:
             spin = "|/-\\"[int(elapsed * 4) % 4]
-            text = f"{self.label} {spin} {self._amount(self.done)} {elapsed:.0f}s"
+            amount = f" {self._amount(self.done)}" if self.done else ""
+            text = f"{self.label} {spin}{amount} {elapsed:.0f}s"
         if self.note:
             text += f"  {self.note}"
         return text[: width - 1]
@@ -89,6 +90,8 @@ class Progress:
         try:
             width = os.get_terminal_size(self.stream.fileno()).columns
         except (OSError, ValueError, AttributeError):
+            width = 80
+        if width < 20:  # a pty without a size (script, some CI runners) reports 0
             width = 80
         self.stream.write("\r\x1b[K" + self.line(width))
         self.stream.flush()

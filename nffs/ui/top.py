@@ -123,6 +123,15 @@ def render_frame(mountpoint: str, cur: Sample, prev: Sample | None, width: int =
     return "\n".join(line[:width] for line in lines) + "\n"
 
 
+def _columns(out) -> int:
+    """Terminal width; a pty without a size (script(1), some CI runners) reports 0."""
+    try:
+        cols = os.get_terminal_size(out.fileno()).columns
+    except (OSError, ValueError):
+        cols = 0
+    return cols if cols >= 20 else 120
+
+
 def _sample(mountpoint: str) -> Sample:
     return Sample(time.time(), extract(read_stats(mountpoint, timeout=5.0)))
 
@@ -145,7 +154,7 @@ def run_top(mountpoint: str, interval: float = 1.0, once: bool = False, ascii_on
         ascii_only = True
     if once:
         time.sleep(interval)
-        width = os.get_terminal_size(out.fileno()).columns if out.isatty() else 200
+        width = _columns(out) if out.isatty() else 200
         out.write(render_frame(mountpoint, _sample(mountpoint), prev, width=width, ascii_only=ascii_only))
         return 0
     if not tty:
@@ -189,8 +198,7 @@ def _tty_loop(mountpoint: str, prev: Sample, interval: float, ascii_only: bool) 
                     status = 1
                     message = f"nffs top: {exc}"
                     break
-                size = os.get_terminal_size(out.fileno())
-                frame = render_frame(mountpoint, cur, prev if cur is not prev else None, width=size.columns,
+                frame = render_frame(mountpoint, cur, prev if cur is not prev else None, width=_columns(out),
                                      ascii_only=ascii_only, color=True)
                 out.write(CLEAR + frame)
                 out.flush()
