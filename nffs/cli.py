@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="serve Prometheus metrics at http://ADDR:PORT/metrics (loopback when only a port is given)")
     pm.add_argument("--lock-wait", type=_float, default=float(os.environ.get("NFFS_LOCK_WAIT", "30")), metavar="S",
                     help="seconds to wait for a previous daemon of the same field to finish flushing (default 30)")
+    pm.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
+                    help="mount options as mount(8) and /etc/fstab give them: every flag above as name[=value] "
+                         "(prefetch=markov, tier=SPEC, allow_other, ro, max_batch=N, writeback_interval=S, "
+                         "metrics_listen=PORT); generic ones (rw, dev, suid, _netdev, ...) are ignored")
     pm.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
 
     pu = sub.add_parser("umount", help="flush, unmount and wait for the daemon to exit")

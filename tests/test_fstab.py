@@ -37,6 +37,18 @@ def test_every_mount_flag_has_an_o_form() -> None:
     assert options_to_args(["ro"])[1] == ["--read-only"]
 
 
+def test_the_parser_has_no_flag_without_an_o_form() -> None:
+    import argparse
+
+    from nffs.cli import build_parser
+    from nffs.ui.mountopts import FLAGS, VALUED
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["mount"]
+    flags = {s for a in sub._actions for s in a.option_strings if s.startswith("--")} - {"--help", "--ready-fd"}
+    assert flags == set(FLAGS.values()) | set(VALUED.values())
+
+
 def test_generic_options_are_ignored_and_unknown_ones_refused() -> None:
     assert options_to_args(["rw,dev,suid,nodev,nosuid,exec,noexec,auto,noauto,user,_netdev,nofail,defaults,"
                             "x-systemd.automount,noatime,comment=x"]) == ([], [])
@@ -151,3 +163,30 @@ def test_fstab_line(mounts: Mounts, tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     mounts.mounted.remove(mnt)
     _read_back(mounts, field, tiers, data)
+
+
+@pytest.mark.mount
+def test_mount_waits_for_the_previous_daemons_lock(mounts: Mounts, tmp_path: Path) -> None:
+    """A daemon still flushing after a plain umount holds the field's lock: a new mount waits for it."""
+    import fcntl
+    import threading
+    import time
+
+    field = mounts.init("--log2-table-size", "14")
+    fd = os.open(field / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        mnt = tmp_path / "late-mnt"
+        mnt.mkdir()
+        res = nffs("mount", str(field), str(mnt), *mounts.tiers(field), "--lock-wait", "0.5", check=False)
+        assert res.returncode == 1 and "in use by another nffs process" in res.stderr and "waited 0.5s" in res.stderr
+        threading.Timer(1.5, lambda: os.close(fd)).start()
+        start = time.monotonic()
+        mounted = mounts.mount(field, *mounts.tiers(field), "--prefetch", "none")
+        assert time.monotonic() - start >= 1.0
+        assert is_mounted(mounted)
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
