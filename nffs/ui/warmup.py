@@ -24,7 +24,7 @@ from typing import Iterable
 
 from .progress import Progress
 from .source import MountUnavailable, read_field_json, read_stats
-from .view import count, extract, human_bytes
+from .view import count, extract, human_bytes, plural
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +224,9 @@ def run_warmup(mountpoint: str, ranges: list[tuple[int, int]] | None = None, lev
         parts.append(f"{len(concepts)} concept(s)")
     if n_points:
         parts.append(f"{n_points:,} points")
+    note = ""
+    if after is not None and before is not None and after <= before:
+        note = " (pages never written are computed on read and take no tier space; a full tier keeps what it has)"
     print(f"warmed up {', '.join(parts)} in {time.monotonic() - start:.1f}s; tier {tier} holds "
-          f"{count(after)} pages (was {count(before)})")
+          f"{plural(after, 'page')} (was {count(before)}){note}")
     return 0
