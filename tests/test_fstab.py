@@ -63,6 +63,8 @@ def test_mount_fuse3_call_form_becomes_nffs_mount() -> None:
         ["mount", "/f", "/m", "--prefetch", "markov"]
     assert rewrite_argv(["mount", "/f", "/m", "-oallow_other"], COMMANDS) == ["mount", "/f", "/m", "--allow-other"]
     assert rewrite_argv(["stat", "/m"], COMMANDS) == ["stat", "/m"]
+    assert rewrite_argv(["/f", "/m"], COMMANDS) == ["mount", "/f", "/m"]
+    assert rewrite_argv(["mout", "/f", "/m"], COMMANDS) == ["mout", "/f", "/m"]  # a typo stays a typo
     assert rewrite_argv(["--log-level", "DEBUG", "/f", "/m", "-o", "ro"], COMMANDS) == \
         ["--log-level", "DEBUG", "mount", "/f", "/m", "--read-only"]
 

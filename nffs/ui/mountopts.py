@@ -110,7 +110,8 @@ def rewrite_argv(argv: list[str], commands: set[str]) -> list[str]:
     rest = argv[i:]
     if not rest:
         return argv
-    if rest[0] not in commands and not rest[0].startswith("-") and len(rest) >= 2 and not rest[1].startswith("-"):
+    positional = next((k for k, w in enumerate(rest) if w.startswith("-")), len(rest))
+    if rest[0] not in commands and positional == 2:  # exactly FIELD_DIR MOUNTPOINT, then options
         rest = ["mount", *rest]
     if rest[0] != "mount":
         return argv
