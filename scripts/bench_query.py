@@ -51,7 +51,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_common import (  # noqa: E402
-    MinimalMount, NffsMount, Workspace, drop_file_cache, human_rate, init_field, median, print_machine, print_table,
+    MinimalMount, NffsMount, Workspace, human_rate, init_field, median, print_machine, print_table,
     result_row, tier_args, verdict, write_json,
 )
 from nffs.encoding.hashgrid import corner_entries, entry_elements  # noqa: E402

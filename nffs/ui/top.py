@@ -14,7 +14,6 @@ import select
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
 
 from .source import MountUnavailable, read_stats
 from .view import DASH, View, bar, count, extract, human_bytes, pct, plural, rate, seconds

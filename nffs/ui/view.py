@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 DASH = "—"
 
@@ -452,7 +452,3 @@ def bar(fraction: float | None, width: int = 20, ascii_only: bool = False) -> st
     f = min(1.0, max(0.0, fraction))
     n = int(round(f * width))
     return "[" + full * n + empty * (width - n) + "]"
-
-
-def nonnull(values: Iterable[float | None]) -> list[float]:
-    return [v for v in values if v is not None]
