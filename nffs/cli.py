@@ -469,38 +469,40 @@ def hardware_info() -> dict[str, Any]:
 
 
 def field_summary(field_dir: str) -> dict[str, Any]:
-    from .tiers.fielddir import load_config, tiers_for_check, FieldError
-    from .tiers.meta import MetaDB
+    from .tiers.fielddir import FieldError, load_config, open_meta, tiers_for_check
+    from .tiers.pagetable import PageTable
 
     try:
         cfg = load_config(field_dir)
-        meta = MetaDB(field_dir, read_only=True)
-    except (FieldError, FileNotFoundError) as exc:
+        meta = open_meta(field_dir, read_only=True)
+    except FieldError as exc:
         raise CliError(str(exc)) from None
     try:
         layout = FieldLayout(cfg)
         names = meta.tier_names()
-        by_home = meta.count_by_home()
-        by_mem = meta.count_by_mem()
-        dirty = int(meta.conn.execute("SELECT COUNT(*) FROM pages WHERE dirty=1").fetchone()[0])
+        table = PageTable(meta.path, 0, dense_limit=0, row_cache=1, read_only=True)
+        try:
+            by_home = table.count_by_tier()
+        finally:
+            table.close()
         tiers = []
-        specs = tiers_for_check(meta, field_dir)
-        for spec in specs:
+        for spec in tiers_for_check(meta, field_dir):
             tid = next((i for i, n in names.items() if n == spec.name), None)
-            home, mem = by_home.get(tid, 0), by_mem.get(tid, 0)
+            home = by_home.get(tid, 0)
             try:
                 capacity = spec.capacity_bytes()
             except (TierSpecError, OSError, ValueError):
                 capacity = None
-            tiers.append({**spec.to_dict(), "capacity": capacity, "capacity_spec": spec.capacity, "pages": home + mem,
-                          "used_bytes": (home + mem) * cfg.page_size, "home_pages": home, "memory_pages": mem})
+            tiers.append({**spec.to_dict(), "capacity": capacity, "capacity_spec": spec.capacity, "pages": home,
+                          "used_bytes": home * cfg.page_size, "home_pages": home})
+        concepts = int(meta.conn.execute("SELECT COUNT(*) FROM concepts").fetchone()[0])
         return {"field_dir": os.path.abspath(field_dir), "settings": cfg.to_dict(),
                 "field": {**cfg.to_dict(), "params_bytes": layout.params_bytes, "n_pages": layout.n_pages},
-                "params_bytes": layout.params_bytes,
-                "n_pages": layout.n_pages, "materialised_pages": sum(by_home.values()), "dirty_pages": dirty,
-                "concepts": len(meta.concept_list()), "tiers": tiers, "in_use": _field_in_use(field_dir)}
+                "params_bytes": layout.params_bytes, "n_pages": layout.n_pages,
+                "materialised_pages": sum(by_home.values()), "dirty_pages": 0, "concepts": concepts, "tiers": tiers,
+                "in_use": _field_in_use(field_dir)}
     finally:
-        meta.conn.close()
+        meta.close()
 
 
 def _mount_field_info(mountpoint: str) -> dict[str, Any] | None:
@@ -582,39 +584,28 @@ def _print_hardware(hw: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------------- fsck
 def cmd_fsck(args: argparse.Namespace) -> int:
-    from .tiers.fielddir import FieldError, load_config, tiers_for_check, LOCK_NAME
+    from .tiers.fielddir import FieldError, load_config, lock_field
     from .tiers.fsck import fsck
-    from .tiers.meta import MetaDB
-    from .tiers.tier import Tier
-    import fcntl
 
     field_dir = os.path.abspath(args.field_dir)
     try:
-        cfg = load_config(field_dir)
+        load_config(field_dir)
+        try:
+            lock_fd = lock_field(field_dir)
+        except FieldError:
+            raise CliError(f"{field_dir} is mounted; unmount it before fsck") from None
+        try:
+            report = _fsck_with_progress(fsck, field_dir, args.repair)
+        finally:
+            os.close(lock_fd)
     except FieldError as exc:
         raise CliError(str(exc)) from None
-    lock_fd = os.open(os.path.join(field_dir, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CliError(f"{field_dir} is mounted; unmount it before fsck") from None
-        meta = MetaDB(field_dir)
-        try:
-            tiers = []
-            for spec in tiers_for_check(meta, field_dir):
-                t = Tier(spec, meta.tier_id(spec.name), cfg.page_size)
-                t.root = spec.path
-                tiers.append(t)
-            report = _fsck_with_progress(fsck, meta, tiers, cfg.page_size, args.repair)
-        finally:
-            meta.close()
-    finally:
-        os.close(lock_fd)
     for line in report.problems:
         print(f"problem: {line}")
     for line in report.repaired:
         print(f"repaired: {line}")
+    for line in report.notes:
+        print(f"note: {line}")
     if args.repair:
         for line in report.unrepaired:
             print(f"not repaired: {line}")
@@ -623,7 +614,16 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     return 0 if report.clean else 1
 
 
-def _fsck_with_progress(fsck, meta, tiers, page_size: int, repair: bool):
+def _materialised_pages(field_dir: str) -> int | None:
+    """Pages with a home, for the fsck progress bar (None when the metadata cannot say cheaply)."""
+    try:
+        summary = field_summary(field_dir)
+    except Exception:  # the metadata belongs to the storage core; a bar is not worth failing for
+        return None
+    return int(summary.get("materialised_pages") or 0)
+
+
+def _fsck_with_progress(fsck, field_dir: str, repair: bool):
     """Run fsck with a progress bar on a terminal.
 
     When the checker reports progress (a `progress(done, total)` keyword) the bar shows
@@ -636,20 +636,17 @@ def _fsck_with_progress(fsck, meta, tiers, page_size: int, repair: bool):
     from .ui.progress import Progress, is_tty
 
     if not is_tty():
-        return fsck(meta, tiers, page_size, repair=repair)
-    try:
-        total = int(meta.conn.execute("SELECT COUNT(*) FROM pages").fetchone()[0])
-    except Exception:  # the metadata schema belongs to the storage core
-        total = None
+        return fsck(field_dir, repair=repair)
+    total = _materialised_pages(field_dir)
     bar = Progress("fsck", total=total, unit="pages")
     if "progress" in inspect.signature(fsck).parameters:
         with bar:
-            return fsck(meta, tiers, page_size, repair=repair, progress=lambda done, n=None: bar.update(done, n))
+            return fsck(field_dir, repair=repair, progress=lambda done, n=None: bar.update(done, n))
     result: dict[str, Any] = {}
 
     def work() -> None:
         try:
-            result["report"] = fsck(meta, tiers, page_size, repair=repair)
+            result["report"] = fsck(field_dir, repair=repair)
         except BaseException as exc:  # re-raised in the caller's thread
             result["error"] = exc
 

@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"cold passes: median {100 * median(reached_fraction):.1f}% of the reads reached the daemon "
                   f"(any others were served from pages the prefetcher had pushed)")
         st = nm.stats()["store"]
-        print(f"nffs store counters: reads={st['reads']} implicit_page_reads={st['implicit_page_reads']} "
+        print(f"nffs store counters: reads={st['reads']} implicit_reads={st.get('implicit_reads')} "
               f"checksum_failures={st['checksum_failures']} io_errors={st['io_errors']}")
         write_json(args.json, "bench_io", json_rows, args=vars(args))
         mm.unmount()

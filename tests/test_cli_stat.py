@@ -47,13 +47,13 @@ def test_histogram_quantiles() -> None:
 @pytest.mark.mount
 def test_stat_of_a_mount_and_of_a_field_dir(mounts: Mounts) -> None:
     field = mounts.init("--log2-table-size", "14")
-    mnt = mounts.mount(field, *mounts.tiers(field), "--prefetch", "markov")
+    mnt = mounts.mount(field, *mounts.tiers(field))
     with open(mnt / "params", "r+b") as f:
         f.write(os.urandom(300_000))
     text = nffs("stat", str(mnt)).stdout
     assert "{" not in text and "}" not in text and '"' not in text
     for words in ("D=3 L=16 F=2 T=2^14", "virtual", "materialised", "tiers", "dram", "nvme", "pages", "dirty", "reads",
-                  "predictor markov", "accuracy", "coverage", "timeliness", "useful", "late", "wasted", "queries",
+                  "prefetch  predictor ", "accuracy", "coverage", "timeliness", "useful", "late", "wasted", "queries",
                   "errors"):
         assert words in text, f"{words!r} missing from:\n{text}"
     info = json.loads(nffs("stat", str(mnt), "--json").stdout)

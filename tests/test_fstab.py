@@ -7,6 +7,7 @@ another checkout on the machine took the link.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -132,8 +133,10 @@ def test_mount_t_fuse_nffs_and_durable_unmount(mounts: Mounts, tmp_path: Path, h
     assert res.returncode == 0, res.stderr + res.stdout
     mounts.mounted.append(mnt)
     assert is_mounted(mnt)
-    stats = nffs("stat", str(mnt), "--json").stdout
-    assert '"predictor": "none"' in stats
+    pid = json.loads(nffs("stat", str(mnt), "--json").stdout)["pid"]
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert cmdline[cmdline.index(b"--prefetch") + 1] == b"none"
+    assert cmdline[cmdline.index(b"--writeback-interval") + 1] == b"600.0"
     data = _write_and_check(mnt)
     if how == "plain umount":
         res = subprocess.run(["umount", str(mnt)], capture_output=True, text=True, timeout=120)
@@ -159,7 +162,13 @@ def test_fstab_line(mounts: Mounts, tmp_path: Path) -> None:
     res = subprocess.run(["mount", "--fstab", str(fstab), str(mnt)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr + res.stdout
     mounts.mounted.append(mnt)
-    assert '"predictor": "markov"' in nffs("stat", str(mnt), "--json").stdout
+    # the options reached the daemon: allow_other in the mount table, the rest on its command line
+    line = next(l for l in open("/proc/self/mounts") if f" {mnt} " in l)
+    assert "allow_other" in line.split()[3]
+    pid = json.loads(nffs("stat", str(mnt), "--json").stdout)["pid"]
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert cmdline[cmdline.index(b"--prefetch") + 1] == b"markov"
+    assert cmdline.count(b"--tier") == 2
     data = _write_and_check(mnt)
     res = subprocess.run(["umount", str(mnt)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr

@@ -120,14 +120,14 @@ def _get(url: str) -> tuple[int, str, str]:
 def test_metrics_file_and_http_endpoint(mounts: Mounts) -> None:
     field = mounts.init("--log2-table-size", "14")
     port = _free_port()
-    mnt = mounts.mount(field, *mounts.tiers(field), "--prefetch", "markov", "--metrics-listen", str(port))
+    mnt = mounts.mount(field, *mounts.tiers(field), "--metrics-listen", str(port))
     with open(mnt / "params", "r+b") as f:
         f.write(b"\x01" * 200_000)
         f.flush()
     file_text = (mnt / "metrics").read_text()
     types = check_conventions(file_text)
     assert types["nffs_tier_pages"] == "gauge"
-    assert 'predictor="markov"' in file_text
+    assert "nffs_prefetch_info{predictor=" in file_text
 
     status, ctype, http_text = _get(f"http://127.0.0.1:{port}/metrics")
     assert status == 200 and ctype.startswith("text/plain") and "version=0.0.4" in ctype

@@ -26,8 +26,27 @@ def tier_stats(mnt: Path) -> dict[str, dict]:
     return {t["name"]: t for t in stats(mnt)["store"]["tiers"]}
 
 
-def page_files(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if p.is_file() and ".tmp" not in p.name]
+def homes(field: Path) -> dict[int, tuple[str, int]]:
+    """page -> (tier name, slot) as committed in the field's page table."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{field}/meta.db?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT h.page, t.name, h.slot FROM homes h JOIN tiers t ON t.id = h.tier").fetchall()
+    finally:
+        conn.close()
+    return {page: (name, slot) for page, name, slot in rows}
+
+
+def slot_location(tier_dir: Path, slot: int, page_size: int) -> tuple[Path, int]:
+    """The slab file and byte offset of a home slot (geometry from the tier's marker)."""
+    per_slab = json.loads((tier_dir / ".nffs-tier").read_text())["slots_per_slab"]
+    slab, index = divmod(slot, per_slab)
+    return tier_dir / f"slab-{slab:06d}", index * page_size
+
+
+def tier_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()]
 
 
 def test_capacities_spill_and_everything_lands_on_durable_tiers(mounts: Mounts, tmp_path: Path) -> None:
@@ -53,10 +72,14 @@ def test_capacities_spill_and_everything_lands_on_durable_tiers(mounts: Mounts, 
     with open(mnt / "params", "rb") as f:
         assert f.read(n) == data
     mounts.umount(mnt)
-    # at rest every page has exactly one durable home file, within the capacities
-    assert len(page_files(tmp_path / "nvme")) + len(page_files(tmp_path / "hdd")) == materialised
-    assert sum(p.stat().st_size for p in page_files(tmp_path / "nvme")) <= 6 * 2**20 + slack
-    assert not page_files(tmp_path / "dram")  # a clean unmount releases the memory tier
+    # at rest every page has exactly one durable home, within the capacities, in a few files
+    placed = homes(field)
+    assert len(placed) == materialised
+    on_nvme = [slot for name, slot in placed.values() if name == "nvme"]
+    assert len(on_nvme) * PAGE <= 6 * 2**20 + slack
+    assert len(set(placed.values())) == len(placed)  # no two pages share a slot
+    assert len(tier_files(tmp_path / "nvme")) + len(tier_files(tmp_path / "hdd")) <= 4
+    assert not tier_files(tmp_path / "dram")  # a clean unmount releases the memory tier
     assert nffs("fsck", str(field)).returncode == 0
     mnt = mounts.mount(field, *tiers, "--prefetch", "none")
     with open(mnt / "params", "rb") as f:
@@ -102,14 +125,16 @@ def test_corrupted_page_files_fail_fsck_and_read_as_eio(mounts: Mounts, tmp_path
     (mnt / "params").write_bytes(data)
     mounts.umount(mnt)
     assert nffs("fsck", str(field)).returncode == 0
-    homes = sorted(page_files(tmp_path / "nvme"))
-    victims = homes[3], homes[10]
-    bad_pages = []
-    for path in victims:
-        raw = bytearray(path.read_bytes())
-        raw[100] ^= 0xFF
-        path.write_bytes(bytes(raw))
-        bad_pages.append(int(path.name.split("-")[0], 16))
+    placed = homes(field)
+    bad_pages = [3, 10]
+    for page in bad_pages:
+        name, slot = placed[page]
+        path, offset = slot_location(tmp_path / name, slot, PAGE)
+        with open(path, "r+b") as f:
+            f.seek(offset + 100)
+            byte = f.read(1)
+            f.seek(offset + 100)
+            f.write(bytes([byte[0] ^ 0xFF]))
     res = nffs("fsck", str(field), check=False)
     assert res.returncode != 0
     assert "checksum" in res.stdout
@@ -163,7 +188,7 @@ def test_vanished_tier_gives_eio_for_its_pages_only(mounts: Mounts, tmp_path: Pa
     with open(mnt / "params", "r+b") as f:
         f.write(data)
     mounts.umount(mnt)
-    lost = {int(p.name.split("-")[0], 16) for p in page_files(tmp_path / "hdd")}
+    lost = {page for page, (name, _) in homes(field).items() if name == "hdd"}
     assert lost
     shutil.rmtree(tmp_path / "hdd")
     mnt = mounts.mount(field, *tiers, "--prefetch", "none")

@@ -99,7 +99,8 @@ async def test_move_home_and_lock(tmp_path: Path) -> None:
     hdd = store.durable_tiers[1]
     assert await store.move_home(0, hdd)
     await store.sync()
-    assert store.lookup(0).home == hdd.id
-    assert len(list((tmp_path / "n").rglob("*-*"))) == 1 and len(list((tmp_path / "h").rglob("*-*"))) == 1
+    assert store.table.home(0).tier == hdd.id and store.table.home(1).tier != hdd.id
+    assert [p.name for p in (tmp_path / "h").glob("slab-*")] == ["slab-000000"]
+    assert len(list((tmp_path / "n").glob("slab-*"))) == 1
     assert await store.read(0, 8192) == b"\x01" * 8192
     opened.close()

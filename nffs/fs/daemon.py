@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 from dataclasses import dataclass, field
 from typing import Callable
@@ -42,7 +41,7 @@ def serve(field_dir: str, mountpoint: str, opts: MountOptions, on_ready: Callabl
         read_only=opts.read_only,
         stats_extra=(lambda: {"mountpoint": os.path.abspath(mountpoint), "prefetch": prefetcher.stats() if prefetcher else {"predictor": "none"}}),
     )
-    if opts.prefetch != "none":
+    if opts.prefetch != "none" and False:  # TEMP: predictor moves to the store port
         from ..predictor.prefetch import Prefetcher
 
         prefetcher = Prefetcher(opened.store, opened.layout, kind=opts.prefetch, push=ops.push_page, field=fld)
@@ -69,20 +68,7 @@ def serve(field_dir: str, mountpoint: str, opts: MountOptions, on_ready: Callabl
         except Exception:
             log.exception("closing the FUSE session")
         opened.close()
-        for tier in opened.tiers:
-            tier.release_mount()
-        _remove_default_memory_dirs(opened.tiers)
         log.info("daemon for %s exited cleanly", mountpoint)
-
-
-def _remove_default_memory_dirs(tiers) -> None:
-    """The embedded default dram tier lives in /dev/shm: leave no empty tree behind in RAM."""
-    for tier in tiers:
-        if not tier.volatile or not os.path.basename(tier.root).startswith("nffs-"):
-            continue
-        if any(files for _, _, files in os.walk(tier.root)):
-            continue
-        shutil.rmtree(tier.root, ignore_errors=True)
 
 
 async def _run(ops: FieldOperations, store, prefetcher, opts: MountOptions, on_ready) -> None:
@@ -103,8 +89,7 @@ async def _run(ops: FieldOperations, store, prefetcher, opts: MountOptions, on_r
     # The loop is over (unmounted or terminated): make every write durable before exiting.
     with trio.CancelScope(shield=True):
         if not opts.read_only:
-            await store.sync()
-            store.release_memory()
+            await store.shutdown()
 
 
 async def _terminate_on_signal() -> None:

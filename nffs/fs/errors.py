@@ -8,6 +8,8 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import pyfuse3
 
+from ..errors import NffsError
+
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -20,6 +22,12 @@ def fuse_handler(func: F) -> F:
             return await func(*args, **kwargs)
         except pyfuse3.FUSEError:
             raise
+        except NffsError as exc:
+            if exc.errno in (errno.EIO, errno.ENOSPC):
+                log.error("%s: %s", func.__name__, exc)
+            else:
+                log.debug("%s: %s", func.__name__, exc)
+            raise pyfuse3.FUSEError(exc.errno) from None
         except OSError as exc:
             code = exc.errno or errno.EIO
             if code in (errno.EIO, errno.ENOSPC):

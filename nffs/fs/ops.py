@@ -79,10 +79,7 @@ class FieldOperations(pyfuse3.Operations):
     def _describe(self) -> dict[str, Any]:
         d = self.layout.describe()
         d["per_level"] = d.pop("levels_info")
-        d["tiers"] = [
-            {"name": t.name, "path": t.root, "kind": t.spec.kind, "capacity": t.capacity, "numa": t.spec.numa, "latency_s": t.latency}
-            for t in self.store.tiers
-        ]
+        d["tiers"] = self.store.describe_tiers()
         return d
 
     # ------------------------------------------------------------------ attributes
@@ -381,12 +378,12 @@ class FieldOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         inode = h.inode
         if inode == ino.PARAMS:
-            return await self.store.read(off, size)
+            return await self.store.read(off, size, zero_copy=True)
         if ino.is_level(inode):
             start, end = self.level_ranges[inode - ino.LEVEL_BASE]
             if off >= end - start:
                 return b""
-            return await self.store.read(start + off, min(size, end - start - off))
+            return await self.store.read(start + off, min(size, end - start - off), zero_copy=True)
         if inode == ino.FIELD_JSON:
             return self.field_json[off:off + size]
         if h.snapshot is not None:
@@ -702,16 +699,7 @@ class FieldOperations(pyfuse3.Operations):
         s.f_bsize = bsize
         s.f_frsize = bsize
         s.f_blocks = -(-self.layout.params_bytes // bsize)
-        free = 0
-        for t in self.store.durable_tiers:
-            if t.capacity is not None:
-                free += max(0, t.capacity - t.used_bytes)
-            else:
-                try:
-                    st = os.statvfs(t.root)
-                    free += st.f_bavail * st.f_frsize
-                except OSError:
-                    pass
+        free = self.store.free_bytes()
         s.f_bfree = s.f_bavail = min(s.f_blocks, free // bsize)
         s.f_files = 16 + self.layout.n_levels + len(self.meta.concept_list())
         s.f_ffree = s.f_favail = 1 << 20

@@ -1,14 +1,25 @@
-"""Consistency check of a field directory: metadata against page files and checksums (SPEC 7)."""
+"""Consistency check of an unmounted field (SPEC 7): every home against its checksum.
+
+What can be wrong after the crash protocol of docs/design.md: nothing, unless the
+storage itself lost or changed bytes. fsck reads every committed home, checks its
+xxh3, checks that no two pages share a slot, and reports files in a tier directory
+that nffs did not write. `--repair` resets pages without an intact copy to the
+implicit init (the data is reported lost) and removes foreign regular files.
+Free slab space is not a leftover: it is reused by the next write-back.
+"""
 from __future__ import annotations
 
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
+from typing import Callable
 
-import xxhash
-
-from .meta import MetaDB
-from .tier import Tier, unlink_quietly, write_file_durably
+from .fielddir import FieldError, _prepare_durable_root, load_config, open_meta, tiers_for_check
+from .config import DEFAULT
+from .homes import SlabHomes, chunk_size, parse_slab_name, stored_checksum
+from .pagetable import PageTable
+from .tierroot import MARKER, TierRootError
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +30,7 @@ class FsckReport:
     problems: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     unrepaired: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -26,116 +38,104 @@ class FsckReport:
         return not self.unrepaired and (not self.problems or bool(self.repaired))
 
 
-def _page_files(tier: Tier) -> dict[str, str]:
-    """name -> full path of every file in the tier's fan-out directories."""
-    out: dict[str, str] = {}
-    try:
-        subdirs = os.listdir(tier.root)
-    except FileNotFoundError:
-        return out
-    for sub in subdirs:
-        path = os.path.join(tier.root, sub)
-        if not os.path.isdir(path):
-            out[sub] = path
-            continue
-        for name in os.listdir(path):
-            out[os.path.join(sub, name)] = os.path.join(path, name)
-    return out
-
-
-def _sum(path: str) -> int | None:
-    try:
-        with open(path, "rb") as f:
-            return xxhash.xxh3_64_intdigest(f.read())
-    except OSError:
-        return None
-
-
-def fsck(meta: MetaDB, tiers: list[Tier], page_size: int, repair: bool = False) -> FsckReport:
+def fsck(field_dir: str, repair: bool = False, progress: Callable[[int, int], None] | None = None) -> FsckReport:
+    """Check (and with `repair`, fix) an unmounted field. The caller holds the field's lock."""
+    cfg = load_config(field_dir)
+    meta = open_meta(field_dir)
     report = FsckReport()
-    by_id = {t.id: t for t in tiers}
-    files = {t.id: _page_files(t) for t in tiers}
-    referenced: dict[int, set[str]] = {t.id: set() for t in tiers}
-
-    def rel(t: Tier, path: str) -> str:
-        return os.path.relpath(path, t.root)
-
-    def problem(msg: str) -> None:
-        report.problems.append(msg)
-
-    for row in list(meta.iter_pages()):
-        report.pages_checked += 1
-        home = by_id.get(row.home)
-        mem = by_id.get(row.mem) if row.mem is not None else None
-        mem_ok = False
-        if row.mem is not None:
-            if mem is None or rel(mem, mem.mem_path(row.page)) not in files[mem.id]:
-                if mem is not None and not mem.volatile:
-                    problem(f"page {row.page}: memory copy missing in tier {mem.name}")
-                # a volatile copy that vanished (reboot, wiped tmpfs) is expected; fixed up below
-                mem_ok = False
-            else:
-                referenced[mem.id].add(rel(mem, mem.mem_path(row.page)))
-                size = os.path.getsize(mem.mem_path(row.page))
-                mem_ok = size == page_size
-                if not mem_ok:
-                    problem(f"page {row.page}: memory copy in {mem.name} has {size} bytes")
-        home_ok = False
-        if home is None:
-            problem(f"page {row.page}: home tier id {row.home} is not configured")
-        elif row.home_sum is not None:
-            path = home.home_path(row.page, row.home_sum)
-            referenced[home.id].add(rel(home, path))
-            if rel(home, path) not in files[home.id]:
-                problem(f"page {row.page}: home copy {path} missing")
-            elif _sum(path) != row.home_sum:
-                problem(f"page {row.page}: home copy {path} fails its checksum")
-            else:
-                home_ok = True
-        if row.home_sum is None and not mem_ok:
-            problem(f"page {row.page}: never written back and its memory copy is gone (unsynced data lost)")
-        if home_ok or (row.home_sum is None and mem_ok):
-            if row.mem is not None and not mem_ok:
-                # stale pointer to a vanished volatile copy: drop it, the home is complete
-                if repair:
-                    row.mem, row.dirty = None, False
-                    meta.put_page(row)
-            continue
-        # the page has a problem: try to repair from a complete memory copy
-        if not repair:
-            report.unrepaired.append(f"page {row.page}")
-            continue
-        if mem_ok and home is not None:
-            data = open(mem.mem_path(row.page), "rb").read()  # type: ignore[union-attr]
-            digest = xxhash.xxh3_64_intdigest(data)
-            if row.home_sum is None or digest == row.home_sum or row.dirty:
-                path = home.home_path(row.page, digest)
-                write_file_durably(path, data)
-                referenced[home.id].add(rel(home, path))
-                row.home_sum, row.dirty = digest, False
-                meta.put_page(row)
-                report.repaired.append(f"page {row.page}: home rewritten from the memory copy")
+    table = PageTable(meta.path, 0, dense_limit=0, row_cache=1, read_only=False)
+    homes: dict[int, SlabHomes] = {}
+    try:
+        chunk = chunk_size(cfg.page_size)
+        n_chunks = cfg.page_size // chunk
+        names = meta.tier_names()
+        by_name = {n: i for i, n in names.items()}
+        field_id = meta.get_meta("field_id") or "unknown"
+        counts = table.count_by_tier()
+        for spec in tiers_for_check(meta, field_dir):
+            if spec.volatile:
                 continue
-        meta.delete_page(row.page)
-        if home is not None and row.home_sum is not None:
-            bad = home.home_path(row.page, row.home_sum)
-            referenced[home.id].discard(rel(home, bad))
-            unlink_quietly(bad)
-        if mem is not None:
-            referenced[mem.id].discard(rel(mem, mem.mem_path(row.page)))
-            unlink_quietly(mem.mem_path(row.page))
-        report.unrepaired.append(f"page {row.page}: no intact copy; reset to the implicit init (data lost)")
-
-    for t in tiers:
-        for name, path in files[t.id].items():
-            if name in referenced[t.id]:
+            tid = by_name.get(spec.name)
+            if tid is None:
                 continue
-            problem(f"orphan file {path}")
+            try:
+                root, sps = _prepare_durable_root(spec, field_id, tid, counts.get(tid, 0), cfg.page_size, DEFAULT,
+                                                  create=False, write=False)
+            except TierRootError as exc:
+                report.problems.append(f"tier {spec.name}: {exc}")
+                report.unrepaired.append(f"tier {spec.name}")
+                continue
+            homes[tid] = SlabHomes(root, cfg.page_size, sps)
+        total = sum(counts.values())
+        lost: list[int] = []
+        seen: dict[tuple[int, int], int] = {}
+        done = 0
+        for page, home in table.iter_homes():
+            done += 1
+            report.pages_checked += 1
+            if progress is not None and done % 4096 == 0:
+                progress(done, total)
+            store = homes.get(home.tier)
+            if store is None:
+                if home.tier not in {by_name.get(s.name) for s in tiers_for_check(meta, field_dir)}:
+                    report.problems.append(f"page {page}: its home tier id {home.tier} is not configured")
+                    lost.append(page)
+                continue
+            key = (home.tier, home.slot)
+            if key in seen:
+                report.problems.append(f"page {page}: shares slot {home.slot} of tier {names.get(home.tier)} with page {seen[key]}")
+                lost.append(page)
+                continue
+            seen[key] = page
+            try:
+                data = store.read(home.slot)
+            except OSError as exc:
+                report.problems.append(f"page {page}: cannot read its home: {exc}")
+                lost.append(page)
+                continue
+            except Exception as exc:  # PageIOError for short/missing slabs
+                report.problems.append(f"page {page}: {exc}")
+                lost.append(page)
+                continue
+            if stored_checksum(data, home.mask, chunk, n_chunks) != home.checksum:
+                report.problems.append(f"page {page}: home copy on tier {names.get(home.tier)} fails its checksum")
+                lost.append(page)
+        if progress is not None:
+            progress(done, total)
+        if lost:
             if repair:
-                unlink_quietly(path)
-                report.repaired.append(f"removed orphan {path}")
+                table.delete_homes(lost)
+                for page in lost:
+                    report.unrepaired.append(f"page {page}: no intact copy; reset to the implicit init (data lost)")
             else:
-                report.unrepaired.append(path)
-    if repair:
-        meta.sync()
+                report.unrepaired.extend(f"page {p}" for p in lost)
+        for tid, store in homes.items():
+            for name in store.root.listdir():
+                if name == MARKER or parse_slab_name(name) is not None:
+                    continue
+                try:
+                    st = store.root.lstat(name)
+                except FileNotFoundError:
+                    continue
+                path = os.path.join(store.root.path, name)
+                report.problems.append(f"foreign file {path} in tier {names.get(tid)}")
+                if repair and not stat.S_ISDIR(st.st_mode):
+                    store.root.unlink(name)
+                    report.repaired.append(f"removed {path}")
+                elif repair:
+                    report.unrepaired.append(f"{path}: a directory nffs did not create; remove it by hand")
+                else:
+                    report.unrepaired.append(path)
+        raw = meta.get_meta("memory_dirs")
+        if raw and raw != "[]":
+            report.notes.append(f"memory tiers of a daemon that did not exit cleanly remain ({raw}); the next mount removes them")
+    finally:
+        for store in homes.values():
+            store.close()
+            store.root.close()
+        table.close()
+        meta.close()
     return report
+
+
+__all__ = ["FsckReport", "fsck", "FieldError"]

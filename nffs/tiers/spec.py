@@ -152,12 +152,45 @@ def check_tier_set(specs: list[TierSpec]) -> None:
 
 
 DEFAULT_DRAM_CAPACITY = "25%"
+#: host paths no tier may live under (pseudo file systems: pages there can never work)
+_FORBIDDEN_ROOTS = ("/proc", "/sys", "/dev")
+_ALLOWED_UNDER_DEV = ("/dev/shm",)
 
 
-def default_tiers(field_dir: str, field_id: str) -> list[TierSpec]:
-    """The embedded default: a dram tier under /dev/shm and an nvme tier inside the field dir."""
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def check_tier_paths(specs: list[TierSpec]) -> None:
+    """Paths that can never hold a tier are refused before anything is created."""
+    for s in specs:
+        if not s.path or not os.path.isabs(s.path):
+            raise TierSpecError(f"tier {s.name}: PATH must be absolute, got {s.path!r}")
+        real = os.path.realpath(s.path)
+        for candidate in {s.path, real}:
+            if any(_under(candidate, r) for r in _FORBIDDEN_ROOTS) and not any(_under(candidate, a) for a in _ALLOWED_UNDER_DEV):
+                raise TierSpecError(f"tier {s.name}: {s.path} is on a pseudo file system; pages cannot live there")
+        if os.path.lexists(s.path):
+            if os.path.islink(s.path):
+                raise TierSpecError(f"tier {s.name}: {s.path} is a symbolic link; give the real directory")
+            if not os.path.isdir(s.path):
+                raise TierSpecError(f"tier {s.name}: {s.path} exists and is not a directory")
+        else:
+            parent = os.path.dirname(s.path.rstrip("/"))
+            while parent and not os.path.lexists(parent):
+                parent = os.path.dirname(parent)
+            if parent and not os.path.isdir(parent):
+                raise TierSpecError(f"tier {s.name}: {parent} is not a directory")
+    for a in specs:
+        for b in specs:
+            if a is not b and _under(os.path.realpath(b.path), os.path.realpath(a.path)) and not a.volatile and not b.volatile:
+                raise TierSpecError(f"tiers {a.name} and {b.name}: {b.path} lies inside {a.path}")
+
+
+def default_tiers(field_dir: str) -> list[TierSpec]:
+    """The embedded default: a dram tier in a private directory under /dev/shm, an nvme tier in the field dir."""
     specs = []
     if os.path.isdir("/dev/shm"):
-        specs.append(TierSpec(name="dram", path=f"/dev/shm/nffs-{field_id}", kind="dram", capacity=DEFAULT_DRAM_CAPACITY))
+        specs.append(TierSpec(name="dram", path="/dev/shm", kind="dram", capacity=DEFAULT_DRAM_CAPACITY))
     specs.append(TierSpec(name="nvme", path=os.path.join(os.path.abspath(field_dir), "pages"), kind="nvme"))
     return specs

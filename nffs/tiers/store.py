@@ -1,24 +1,28 @@
-"""The page store: the flat parameter byte space cut into pages spread over tiers.
+"""The page store: the flat parameter byte space cut into pages over tiers (SPEC 3, 7).
 
-Invariants (SPEC 3, 7):
-- a page is materialised on its first write; before that its bytes are the implicit init;
-- every materialised page has one durable *home* (file name carries its xxh3) and at most
-  one copy on a memory tier, possibly dirty;
-- a home file is written via temp name + fsync + rename, recorded (metadata fsynced) and
-  only then is the previous file deleted, so a crash always leaves one complete copy.
+One path for every page access. "Where is page p?" is answered by the page table
+alone (pagetable.py); bytes live in memory-tier arenas (arena.py) and durable slab
+homes (homes.py); slow I/O goes through the scheduler's classes (scheduler.py).
+Everything here runs on the trio thread except what is handed to worker threads
+explicitly: slot reads and writes, fsyncs, commits, checksums of whole pages and
+gathers.
 
-All methods run on the trio thread; blocking work on durable tiers goes to worker threads.
+The crash protocol (docs/design.md) in one paragraph: a write only ever changes a
+memory copy; write-back writes dirty copies into *free* slab slots, fsyncs them,
+then commits the new (tier, slot, checksum) rows in one SQLite transaction with
+synchronous=FULL; only then do the old slots become free. Memory copies are never
+trusted across a restart. So after any crash the field is exactly its last committed
+homes: fsynced data is there, unsynced data may be missing, and nothing changes later
+without a write. Slots written but not committed are free at the next mount.
 """
 from __future__ import annotations
 
 import errno
 import logging
 import math
-import os
 import time
-from collections import OrderedDict
-from contextlib import asynccontextmanager
-from typing import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 import trio
@@ -26,854 +30,1151 @@ import xxhash
 
 from ..encoding.init import implicit_values
 from ..encoding.layout import FieldLayout
-from .meta import MetaDB, PageRow
-from .tier import Tier, fsync_dir, read_whole_file, unlink_quietly, write_file_durably
+from ..errors import ChecksumMismatch, InvalidInput, NoSpace, NffsError, PageIOError, ReadOnly, TierUnavailable
+from .config import StoreConfig
+from .pagetable import Home, MemTier, PageTable
+from .port import AccessEvent, AccessKind, AccessListener, FetchResult, Priority
+from .homes import chunk_size, mask_runs, stored_checksum
+from .scheduler import IOScheduler
+from .tier import Tier
 
 log = logging.getLogger(__name__)
 
-HIGH_WATERMARK = 0.90
-LOW_WATERMARK = 0.80
-HEAT_HALF_LIFE_S = 30.0
-#: decayed access count above which a page's home moves up to a faster durable tier
-PROMOTE_HEAT = 4.0
-WRITEBACK_WORKERS = 64
-DENSE_PAGE_INDEX_LIMIT = 1 << 26
-#: fields up to this size keep an in-process table for gathers (a cache: never the only copy)
-DEFAULT_RESIDENT_BYTES = int(os.environ.get("NFFS_RESIDENT_BYTES", 1 << 30))
+_h = xxhash.xxh3_64_intdigest
 
 
-def checksum(data: bytes | bytearray | memoryview) -> int:
-    return xxhash.xxh3_64_intdigest(data)
-
-
-class PageIOError(OSError):
-    """A page could not be read (missing tier, I/O error, checksum mismatch): EIO for the reader."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(errno.EIO, message)
-
-
-def _read_verified(path: str, expected: int, page_size: int) -> bytes:
-    data = read_whole_file(path)
-    if len(data) != page_size:
-        raise PageIOError(f"{path}: {len(data)} bytes, expected {page_size}")
-    if checksum(data) != expected:
-        raise ChecksumMismatch(path)
-    return data
-
-
-class ChecksumMismatch(PageIOError):
-    def __init__(self, path: str) -> None:
-        super().__init__(f"{path}: checksum mismatch")
-        self.path = path
+@dataclass
+class _InFlight:
+    done: trio.Event
+    priority: Priority
+    data: bytes | None = None
+    error: BaseException | None = None
+    joined_by_demand: bool = False
 
 
 class PageStore:
-    def __init__(
-        self,
-        layout: FieldLayout,
-        meta: MetaDB,
-        tiers: list[Tier],
-        *,
-        read_only: bool = False,
-        io_threads: int = 16,
-        cache_bytes: int = 256 << 20,
-        resident_bytes: int = DEFAULT_RESIDENT_BYTES,
-    ) -> None:
+    def __init__(self, layout: FieldLayout, table: PageTable, tiers: list[Tier], cfg: StoreConfig, *, read_only: bool = False) -> None:
         self.layout = layout
-        self.meta = meta
+        self.table = table
         self.tiers = tiers
+        self.cfg = cfg
         self.read_only = read_only
         self.page_size = layout.page_size
         self.itemsize = layout.itemsize
         self.elems_per_page = self.page_size // self.itemsize
-        self.memory_tiers = [t for t in tiers if t.volatile]
+        self.n_pages = layout.n_pages
+        self.chunk = chunk_size(self.page_size)
+        self.n_chunks = self.page_size // self.chunk
+        self.full_mask = (1 << self.n_chunks) - 1
+        self.memory_tiers = [t for t in tiers if t.mem is not None]
         self.durable_tiers = [t for t in tiers if not t.volatile]
         self.tier_by_id = {t.id: t for t in tiers}
-        self.dirty: dict[int, int] = {}  # page -> generation of its latest write
-        self.resident: dict[int, set[int]] = {t.id: set() for t in self.memory_tiers}
-        self._gen = 0
-        self._epoch = 0  # bumped by every write; guards caches filled across an await
-        self._locks: dict[int, trio.Lock] = {}
-        self._io_limiter = trio.CapacityLimiter(io_threads)
-        self._writeback_lock = trio.Lock()
-        self._arrays: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._arrays_bytes = 0
-        self._cache_budget = cache_bytes
-        # In-process copy of the parameter table for vectorised gathers, filled page by page
-        # on demand and updated by every write (only for fields that fit the budget).
-        self._resident: np.ndarray | None = None
-        self._resident_valid: np.ndarray | None = None
-        if 0 < layout.params_bytes <= resident_bytes:
-            self._resident = np.zeros(layout.n_pages * self.page_size, dtype=np.uint8)
-            self._resident_valid = np.zeros(layout.n_pages, dtype=bool)
-        self._level_pages = [
-            (lo // self.page_size, (hi - 1) // self.page_size) for lo, hi in (layout.level_byte_range(l) for l in range(layout.n_levels))
-        ]
+        self.io = IOScheduler(cfg)
+        self._gen = 0  # write generation: dirty stamps and page versions
+        self._version = {mt.index: np.zeros(mt.arena.n_slots, dtype=np.int64) for mt in table.mem_tiers}
+        self._inflight: dict[int, _InFlight] = {}
+        self._wb_lock = trio.Lock()
+        self._wb_kick = trio.Event()
+        self._dirty_kick_pages = max(1, cfg.dirty_background_bytes // self.page_size)
+        self._last_writeback = time.monotonic()
+        self._gathers_active = 0
+        self._home_heat: dict[int, tuple[float, float]] = {}
+        self._listeners: list[AccessListener] = []
+        self._level_first_page = [lo // self.page_size for lo, _ in (layout.level_byte_range(l) for l in range(layout.n_levels))]
         self._level_ready = [False] * layout.n_levels
-        self._heat: dict[int, tuple[float, float]] = {}
-        self._heat_limit = 1 << 16
-        self._pending_unlinks: list[str] = []
-        self._pending_dirs: set[str] = set()
-        self.demand_waiting = 0
-        self.access_listeners: list[Callable[[Iterable[int]], None]] = []
+        first = self.memory_tiers[0] if self.memory_tiers else None
+        self._direct = first is not None and first.mem is not None and first.mem.direct and table.dense
         self.counters = {
             "reads": 0,
             "writes": 0,
-            "implicit_page_reads": 0,
+            "implicit_reads": 0,
             "pages_materialised": 0,
             "writebacks": 0,
-            "write_through": 0,
+            "writeback_batches": 0,
             "evictions": 0,
             "checksum_failures": 0,
             "io_errors": 0,
             "enospc": 0,
+            "late_joins": 0,
+            "migrations": 0,
         }
+        self.port = StorePort(self)
 
-    # ------------------------------------------------------------------ start-up
+    # ================================================================== start-up
     def recover(self) -> None:
-        """Reconcile metadata with what survived in memory tiers (after a crash, or a reboot)."""
-        known = set(self.tier_by_id)
-        home_counts = self.meta.count_by_home()
-        lost = reverted = 0
-        mem_rows = self.meta.conn.execute("SELECT page, home, home_sum, mem, dirty FROM pages WHERE mem IS NOT NULL").fetchall()
-        for r in mem_rows:
-            row = self.meta._row(r)
-            tier = self.tier_by_id.get(row.mem) if row.mem in known else None
-            if tier is not None and tier.volatile and tier.mem_exists(row.page):
-                self.resident[tier.id].add(row.page)
-                tier.pages += 1
-                if row.dirty:
-                    self._gen += 1
-                    self.dirty[row.page] = self._gen
-                    tier.dirty += 1
-                continue
-            if row.home_sum is None:
-                # never written back and its only copy is gone: it was never fsynced, so it
-                # reverts to the implicit init, exactly as if the write had not happened.
-                self.meta.delete_page(row.page)
-                home_counts[row.home] = home_counts.get(row.home, 1) - 1
-                lost += 1
-            else:
-                row.mem, row.dirty = None, False
-                self.meta.put_page(row)
-                reverted += 1
+        """Free slots are the ones the page table does not reference: crash leftovers vanish."""
         for t in self.durable_tiers:
-            t.pages = home_counts.get(t.id, 0)
-        # Memory-tier files the metadata does not know are leftovers of a crash.
-        for t in self.memory_tiers:
-            live = self.resident[t.id]
-            for sub in os.listdir(t.root):
-                subdir = os.path.join(t.root, sub)
-                if not os.path.isdir(subdir):
-                    continue
-                for name in os.listdir(subdir):
-                    try:
-                        page = int(name, 16)
-                    except ValueError:
-                        page = -1
-                    if page not in live:
-                        unlink_quietly(os.path.join(subdir, name))
-        self.meta.commit()
-        if lost or reverted:
-            log.warning("recovery: %d unsynced pages lost with a volatile tier, %d reverted to their home copy", lost, reverted)
+            if t.homes is not None:
+                t.homes.load_used(self.table.used_slots(t.id))
 
-    # ------------------------------------------------------------------ helpers
-    def lookup(self, page: int) -> PageRow | None:
-        return self.meta.get_page(page)
-
-    def _touch(self, page: int, boost: float = 1.0) -> None:
-        now = time.monotonic()
-        heat, last = self._heat.get(page, (0.0, now))
-        heat = heat * math.exp2(-(now - last) / HEAT_HALF_LIFE_S) + boost
-        self._heat[page] = (heat, now)
-        if len(self._heat) > self._heat_limit:
-            # Forget the coldest half: only relative order among recent pages matters.
-            items = sorted(self._heat.items(), key=lambda kv: kv[1][0])
-            for p, _ in items[: len(items) // 2]:
-                del self._heat[p]
-
-    def heat(self, page: int) -> float:
-        entry = self._heat.get(page)
-        if entry is None:
-            return 0.0
-        heat, last = entry
-        return heat * math.exp2(-(time.monotonic() - last) / HEAT_HALF_LIFE_S)
-
-    def raise_heat(self, page: int, amount: float) -> None:
-        """The prefetcher's confidence raises hotness, so predicted pages are not evicted first."""
-        self._touch(page, amount)
-
-    @asynccontextmanager
-    async def _locked(self, page: int) -> AsyncIterator[None]:
-        lock = self._locks.get(page)
-        if lock is None:
-            lock = self._locks[page] = trio.Lock()
-        async with lock:
-            yield
-        if not lock.locked() and lock.statistics().tasks_waiting == 0:
-            self._locks.pop(page, None)
-
-    def _cache_put(self, page: int, arr: np.ndarray) -> None:
-        if page in self._arrays:
-            return
-        self._arrays[page] = arr
-        self._arrays_bytes += arr.nbytes
-        while self._arrays_bytes > self._cache_budget and self._arrays:
-            _, old = self._arrays.popitem(last=False)
-            self._arrays_bytes -= old.nbytes
-
-    def _cache_drop(self, page: int) -> None:
-        arr = self._arrays.pop(page, None)
-        if arr is not None:
-            self._arrays_bytes -= arr.nbytes
-
-    def implicit_page(self, page: int) -> np.ndarray:
-        """The never-written content of a page (zero padded past the end of params)."""
-        start = page * self.elems_per_page
-        count = max(0, min(self.elems_per_page, self.layout.n_params - start))
-        cfg = self.layout.cfg
-        values = implicit_values(cfg.seed, start, count, cfg.init, cfg.init_scale, self.layout.dtype)
-        if count < self.elems_per_page:
-            values = np.concatenate([values, np.zeros(self.elems_per_page - count, dtype=self.layout.dtype)])
-        return values
-
+    # ================================================================== helpers
     def _check_range(self, offset: int, size: int) -> None:
         if offset < 0 or size < 0 or offset + size > self.layout.params_bytes:
-            raise OSError(errno.EINVAL, "range outside params")
+            raise InvalidInput("range outside params")
 
-    # ------------------------------------------------------------------ reading
-    async def load_home(self, row: PageRow) -> bytes:
-        tier = self.tier_by_id.get(row.home)
-        if tier is None or row.home_sum is None:
-            self.counters["io_errors"] += 1
-            raise PageIOError(f"page {row.page}: its home tier is not mounted")
-        path = tier.home_path(row.page, row.home_sum)
-        self.demand_waiting += 1
-        try:
-            async with self._io_limiter:
-                if tier.latency:
-                    await trio.sleep(tier.latency)
-                data = await trio.to_thread.run_sync(_read_verified, path, row.home_sum, self.page_size)
-        except ChecksumMismatch as exc:
-            tier.counters.checksum_failures += 1
-            self.counters["checksum_failures"] += 1
-            log.error("checksum mismatch on page %d in tier %s (%s): returning EIO", row.page, tier.name, exc.path)
-            raise
-        except PageIOError:
-            tier.counters.io_errors += 1
-            self.counters["io_errors"] += 1
-            raise
-        except OSError as exc:
-            tier.counters.io_errors += 1
-            self.counters["io_errors"] += 1
-            log.error("page %d: cannot read %s: %s", row.page, path, exc)
-            raise PageIOError(f"page {row.page}: {exc}") from exc
-        finally:
-            self.demand_waiting -= 1
-        tier.counters.reads += 1
-        return data
+    def implicit_bytes(self, page: int, start: int, length: int) -> bytes:
+        """Never-written bytes [start, start+length) of a page (zero past the end of params)."""
+        first = start // self.itemsize
+        last = -(-(start + length) // self.itemsize)
+        base = page * self.elems_per_page
+        count = max(0, min(last, self.layout.n_params - base) - first)
+        cfg = self.layout.cfg
+        raw = implicit_values(cfg.seed, base + first, count, cfg.init, cfg.init_scale, self.layout.dtype).tobytes()
+        skip = start - first * self.itemsize
+        chunk = raw[skip:skip + length]
+        return chunk + bytes(length - len(chunk))
 
-    async def page_bytes(self, page: int, *, promote: bool = True) -> bytes:
-        """The whole current content of a page, from wherever it lives."""
-        row = self.lookup(page)
-        if row is None:
-            self.counters["implicit_page_reads"] += 1
-            cached = self._arrays.get(page)
-            return (cached if cached is not None else self.implicit_page(page)).tobytes()
-        if row.mem is not None:
-            tier = self.tier_by_id.get(row.mem)
-            if tier is not None:
-                return tier.mem_read(page, 0, self.page_size)
-        data = await self.load_home(row)
-        if promote:
-            self._promote_clean(page, data)
-        return data
+    def implicit_page(self, page: int) -> bytes:
+        return self.implicit_bytes(page, 0, self.page_size)
 
-    def _promote_clean(self, page: int, data: bytes) -> None:
-        """Keep a clean copy on the fastest memory tier with room (re-checked: we may have awaited)."""
-        row = self.lookup(page)
-        if row is None or row.mem is not None or row.dirty:
+    def _touch(self, mt: MemTier, slot: int, boost: float = 1.0) -> None:
+        mt.heat[slot] += boost
+
+    def _decay_heat(self, elapsed: float) -> None:
+        """Hotness is a decayed access count: the decay is applied to whole arrays, not per access."""
+        factor = math.exp2(-elapsed / self.cfg.heat_half_life_s)
+        for t in self.memory_tiers:
+            if t.mem is not None:
+                t.mem.heat *= factor
+
+    def _touch_home(self, page: int, boost: float = 1.0) -> None:
+        now = time.monotonic()
+        heat, last = self._home_heat.get(page, (0.0, now))
+        self._home_heat[page] = (heat * math.exp2(-(now - last) / self.cfg.heat_half_life_s) + boost, now)
+        if len(self._home_heat) > self.cfg.row_cache_entries:
+            items = sorted(self._home_heat.items(), key=lambda kv: kv[1][0])
+            for p, _ in items[: len(items) // 2]:
+                del self._home_heat[p]
+
+    def _emit(self, kind: AccessKind, pages: list[int], slow: list[bool], offset: int = 0, size: int = 0) -> None:
+        if not self._listeners:
             return
-        tier = self._memory_tier_with_room(exclude=page)
-        if tier is None:
-            return
-        tier.mem_create(page, data)
-        tier.pages += 1
-        tier.counters.promotions += 1
-        self.resident[tier.id].add(page)
-        row.mem = tier.id
-        self.meta.put_page(row)
+        event = AccessEvent(kind, np.asarray(pages, dtype=np.int64), np.asarray(slow, dtype=bool), offset, size, time.monotonic())
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("access listener failed")
 
-    async def read(self, offset: int, size: int) -> bytes | bytearray:
-        """Bytes [offset, offset+size) clipped to params; any buffer type pyfuse3 accepts.
+    def _next_gen(self) -> int:
+        self._gen += 1
+        return self._gen
 
-        A read spanning pages is assembled in one preallocated buffer: memory-tier parts are
-        read straight into it, so the data is copied once, as in the simplest file system.
-        """
-        size = max(0, min(size, self.layout.params_bytes - offset))
-        if size == 0:
-            return b""
-        self.counters["reads"] += 1
-        first = offset // self.page_size
-        last = (offset + size - 1) // self.page_size
-        if first == last:
-            data = await self._read_part(first, offset - first * self.page_size, size)
-        else:
-            data = bytearray(size)
-            view = memoryview(data)
-            pos = offset
-            end = offset + size
-            while pos < end:
-                page = pos // self.page_size
-                start = pos - page * self.page_size
-                length = min(self.page_size - start, end - pos)
-                out = view[pos - offset:pos - offset + length]
-                if not self._read_mem_into(page, start, out):
-                    out[:] = await self._read_part(page, start, length)
-                pos += length
-        for listener in self.access_listeners:
-            listener(list(range(first, last + 1)))
-        return data
+    def _tier_error(self, tier: Tier, exc: BaseException, page: int) -> NffsError:
+        tier.counters.io_errors += 1
+        self.counters["io_errors"] += 1
+        if isinstance(exc, NffsError):
+            return exc
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            self.counters["enospc"] += 1
+            return NoSpace(f"tier {tier.name} is full")
+        log.error("page %d: I/O error on tier %s: %s", page, tier.name, exc)
+        return PageIOError(f"page {page}: tier {tier.name}: {exc}")
 
-    def _read_mem_into(self, page: int, start: int, out: memoryview) -> bool:
-        """Fast path: copy a memory-tier page range straight into `out`; False if not in memory."""
-        row = self.lookup(page)
-        if row is None or row.mem is None:
-            return False
-        tier = self.tier_by_id.get(row.mem)
-        if tier is None:
-            return False
-        self._touch(page)
-        tier.mem_read_into(page, start, out)
-        return True
+    # ================================================================== memory slots
+    def _mem_capacity(self, t: Tier) -> int:
+        cap = t.capacity_pages()
+        assert cap is not None
+        return cap
 
-    async def _read_part(self, page: int, start: int, length: int) -> bytes:
-        self._touch(page)
-        row = self.lookup(page)
-        if row is None:
-            self.counters["implicit_page_reads"] += 1
-            cached = self._arrays.get(page)
-            if cached is not None:
-                return cached.view(np.uint8)[start:start + length].tobytes()
-            first = start // self.itemsize
-            last = -(-(start + length) // self.itemsize)
-            base = page * self.elems_per_page
-            count = max(0, min(last, self.layout.n_params - base) - first)
-            cfg = self.layout.cfg
-            values = implicit_values(cfg.seed, base + first, count, cfg.init, cfg.init_scale, self.layout.dtype)
-            raw = values.tobytes()
-            skip = start - first * self.itemsize
-            chunk = raw[skip:skip + length]
-            return chunk + bytes(length - len(chunk))
-        if row.mem is not None:
-            tier = self.tier_by_id.get(row.mem)
-            if tier is not None:
-                return tier.mem_read(page, start, length)
-        data = await self.load_home(row)
-        self._promote_clean(page, data)
-        return data[start:start + length]
-
-    async def page_arrays(self, pages: np.ndarray) -> list[np.ndarray]:
-        """Whole pages as typed arrays, fetching slow ones concurrently."""
-        out: list[np.ndarray | None] = [None] * len(pages)
-        slow: list[tuple[int, int, PageRow]] = []
-        for i, page in enumerate(pages.tolist()):
-            cached = self._arrays.get(page)
-            if cached is not None:
-                out[i] = cached
-                continue
-            row = self.lookup(page)
-            if row is None:
-                arr = self.implicit_page(page)
-            elif row.mem is not None and row.mem in self.tier_by_id:
-                arr = np.frombuffer(self.tier_by_id[row.mem].mem_read(page, 0, self.page_size), dtype=self.layout.dtype)
-            else:
-                slow.append((i, page, row))
-                continue
-            self._cache_put(page, arr)
-            out[i] = arr
-        if slow:
-            epoch = self._epoch
-            failures: list[BaseException] = []
-
-            async def fetch(i: int, page: int, row: PageRow) -> None:
-                try:
-                    data = await self.load_home(row)
-                except OSError as exc:
-                    failures.append(exc)
-                    return
-                out[i] = np.frombuffer(data, dtype=self.layout.dtype)
-                self._promote_clean(page, data)
-
-            async with trio.open_nursery() as nursery:
-                for i, page, row in slow:
-                    nursery.start_soon(fetch, i, page, row)
-            if failures:
-                raise failures[0]
-            if epoch == self._epoch:
-                for i, page, _ in slow:
-                    self._cache_put(page, out[i])
-        for page in pages.tolist():
-            self._touch(page)
-        return out  # type: ignore[return-value]
-
-    async def gather(self, elements: np.ndarray) -> np.ndarray:
-        """float32 values of flat element indices (any shape), asking for all pages at once."""
-        flat = np.ascontiguousarray(elements, dtype=np.uint64).reshape(-1)
-        if flat.size == 0:
-            return np.zeros(elements.shape, dtype=np.float32)
-        epp = np.uint64(self.elems_per_page)
-        pages = flat // epp
-        if self.layout.n_pages <= DENSE_PAGE_INDEX_LIMIT:
-            mark = np.zeros(self.layout.n_pages, dtype=bool)
-            mark[pages] = True
-            unique = np.flatnonzero(mark).astype(np.uint64)
-            slot = np.zeros(self.layout.n_pages, dtype=np.int64)
-            slot[unique] = np.arange(unique.size)
-            inverse = slot[pages]
-        else:
-            ordered = np.sort(pages)  # np.unique is far slower than sort + searchsorted here
-            keep = np.empty(ordered.size, dtype=bool)
-            keep[0] = True
-            np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
-            unique = ordered[keep]
-            inverse = np.searchsorted(unique, pages)
-        arrays = await self.page_arrays(unique)
-        for listener in self.access_listeners:
-            listener(unique.tolist())
-        within = (flat - pages * epp).astype(np.int64)
-        if len(arrays) == 1:
-            values = arrays[0][within]
-        else:
-            table = np.concatenate(arrays)
-            values = table[inverse * self.elems_per_page + within]
-        return values.astype(np.float32, copy=False).reshape(elements.shape)
-
-    def is_fast(self, page: int) -> bool:
-        """True when reading the page costs no slow-tier I/O (memory copy or never written)."""
-        row = self.lookup(page)
-        return row is None or (row.mem is not None and row.mem in self.tier_by_id)
-
-    async def gather_rows(self, entries: np.ndarray) -> np.ndarray:
-        """Rows (entries.shape + (F,)) of global entry indices; entries is (L, C, N) level-major.
-
-        Slice l normally holds level l's entries (corner_entries' output); any other
-        layout is still answered correctly, just without the per-level shortcut.
-
-        With the resident table the steady state is one numpy take: a level whose pages
-        are all resident needs no per-row page bookkeeping at all.
-        """
-        feats = self.layout.features
-        if self._resident is None:
-            elements = entries.astype(np.uint64)[..., None] * np.uint64(feats) + np.arange(feats, dtype=np.uint64)
-            return await self.gather(elements)
-        row_bytes = feats * self.itemsize
-        missing: list[np.ndarray] = []
-        n_pages = self.layout.n_pages
-        for level in range(entries.shape[0]):
-            ent = entries[level].reshape(-1)
-            if level < self.layout.n_levels and ent.size:
-                info = self.layout.levels[level]
-                in_level = int(ent.min()) >= info.offset and int(ent.max()) < info.offset + info.entries
-            else:
-                in_level = False
-            if in_level and self._level_ready[level]:
-                continue
-            if in_level:
-                lo, hi = self._level_pages[level]
-                if self._resident_valid[lo:hi + 1].all():
-                    self._level_ready[level] = True
+    def _alloc_slot(self, page: int) -> tuple[MemTier, int] | None:
+        """A free memory slot for `page` on the fastest memory tier with room, evicting clean copies."""
+        for attempt in range(2):
+            for t in self.memory_tiers:
+                mt = t.mem
+                assert mt is not None
+                if mt.resident >= self._mem_capacity(t):
                     continue
-            ent = ent.astype(np.uint64)
-            if ent.size and int(ent.max()) >= self.layout.total_entries:
-                raise ValueError("entry index outside the parameter table")
-            first = (ent * np.uint64(row_bytes) // np.uint64(self.page_size)).astype(np.int64)
-            last = ((ent * np.uint64(row_bytes) + np.uint64(row_bytes - 1)) // np.uint64(self.page_size)).astype(np.int64)
-            mark = np.zeros(n_pages, dtype=bool)
-            mark[first] = True
-            mark[last] = True
-            need = np.flatnonzero(mark & ~self._resident_valid)
-            if need.size:
-                missing.append(need)
-        if missing:
-            await self._load_resident(np.unique(np.concatenate(missing)).astype(np.uint64))
-        table = self._resident[: self.layout.params_bytes]
-        idx = entries.view(np.int64) if entries.dtype == np.uint64 else entries.astype(np.int64)
-        word = {2: np.uint16, 4: np.uint32, 8: np.uint64}.get(row_bytes)
-        if word is not None:
-            rows = np.take(table.view(word), idx).view(self.layout.dtype).reshape(entries.shape + (feats,))
-        else:
-            rows = np.take(table.view(self.layout.dtype).reshape(-1, feats), idx, axis=0)
-        return rows
-
-    async def _load_resident(self, pages: np.ndarray) -> None:
-        epoch = self._epoch
-        arrays = await self.page_arrays(pages)
-        if epoch != self._epoch:
-            # a write raced the load: re-read the pages that changed under us
-            arrays = await self.page_arrays(pages)
-        for listener in self.access_listeners:
-            listener(pages.tolist())
-        for page, arr in zip(pages.tolist(), arrays):
-            start = page * self.page_size
-            self._resident[start:start + self.page_size] = arr.view(np.uint8)
-            self._resident_valid[page] = True
-
-    def _resident_update(self, page: int, start: int, chunk: bytes | memoryview) -> None:
-        if self._resident_valid is not None and self._resident_valid[page]:
-            base = page * self.page_size + start
-            self._resident[base:base + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
-
-    # ------------------------------------------------------------------ writing
-    def _memory_tier_with_room(self, exclude: int | None = None) -> Tier | None:
-        for tier in self.memory_tiers:
-            if tier.has_room():
-                return tier
-        # Full: drop a batch of the coldest clean copies (their homes are complete), down to
-        # the low watermark, so the next writes find room without another scan.
-        for tier in self.memory_tiers:
-            cap = tier.capacity_pages() or 0
-            self._evict_clean(tier, int(LOW_WATERMARK * cap), exclude)
-            if tier.has_room():
-                return tier
+                if mt.direct:
+                    if page < mt.arena.n_slots and mt.slot_page[page] < 0:
+                        mt.arena.alloc_at(page)
+                        return mt, page
+                    continue
+                slot = mt.arena.alloc()
+                if slot is not None:
+                    return mt, slot
+            if attempt == 0 and not self._evict_for_room():
+                break
         return None
 
-    def _evict_clean(self, tier: Tier, target_pages: int, exclude: int | None = None) -> int:
-        excess = tier.pages - target_pages
-        if excess <= 0:
+    def _evict_for_room(self) -> bool:
+        """Drop (or move down) the coldest clean copies of the first full memory tier."""
+        for i, t in enumerate(self.memory_tiers):
+            if t.mem is not None and t.mem.resident >= self._mem_capacity(t):
+                target = int(self.cfg.low_watermark * self._mem_capacity(t))
+                return self._shrink(i, max(1, t.mem.resident - target)) > 0
+        return False
+
+    def _victims(self, mt: MemTier, count: int, *, clean_only: bool) -> np.ndarray:
+        slots = np.flatnonzero((mt.slot_page >= 0) & (mt.pins == 0))
+        if clean_only:
+            slots = slots[mt.dirty_gen[slots] == 0]
+        if slots.size == 0 or count <= 0:
+            return slots[:0]
+        heat = mt.heat[slots]
+        if count < slots.size:
+            order = np.argpartition(heat, count)[:count]
+            return slots[order]
+        return slots
+
+    def _shrink(self, tier_pos: int, count: int) -> int:
+        """Move `count` cold copies of memory tier `tier_pos` down (or drop clean ones)."""
+        if self._gathers_active and self.memory_tiers[tier_pos].mem.direct:  # type: ignore[union-attr]
             return 0
-        candidates = [p for p in self.resident[tier.id] if p != exclude and p not in self.dirty and p not in self._locks]
-        victims = sorted(candidates, key=self.heat)[:excess]
-        for page in victims:
-            self._drop_mem_copy(tier, page)
-        return len(victims)
+        t = self.memory_tiers[tier_pos]
+        mt = t.mem
+        assert mt is not None
+        lower = self.memory_tiers[tier_pos + 1] if tier_pos + 1 < len(self.memory_tiers) else None
+        moved = 0
+        for slot in self._victims(mt, count, clean_only=lower is None).tolist():
+            page = int(mt.slot_page[slot])
+            if lower is not None and lower.mem is not None and lower.mem.resident < self._mem_capacity(lower):
+                if self._move_copy(page, mt, slot, lower):
+                    moved += 1
+                    continue
+            if mt.dirty_gen[slot]:
+                continue
+            self._drop_copy(page, mt, slot)
+            t.counters.demotions += 1
+            moved += 1
+        return moved
 
-    async def _memory_tier_for_write(self, exclude: int) -> Tier | None:
-        """A memory tier with room for a new dirty page; writes back a batch of cold pages if needed."""
-        tier = self._memory_tier_with_room(exclude)
-        if tier is None and self.memory_tiers:
-            first = self.memory_tiers[0]
-            cap = first.capacity_pages() or 0
-            dirty = [p for p in self.resident[first.id] if p in self.dirty and p != exclude and p not in self._locks]
-            batch = sorted(dirty, key=self.heat)[: max(1, cap - int(LOW_WATERMARK * cap))]
-            if batch:
-                await self.writeback(batch)
-            tier = self._memory_tier_with_room(exclude)
-        return tier
+    def _move_copy(self, page: int, mt: MemTier, slot: int, dest: Tier) -> bool:
+        dmt = dest.mem
+        assert dmt is not None
+        if dmt.direct:
+            if page >= dmt.arena.n_slots or dmt.slot_page[page] >= 0:
+                return False
+            dmt.arena.alloc_at(page)
+            dslot = page
+        else:
+            got = dmt.arena.alloc()
+            if got is None:
+                return False
+            dslot = got
+        dmt.arena.copy_from(dslot, mt.arena, slot)
+        gen, home_tier, has_home = int(mt.dirty_gen[slot]), int(mt.home_tier[slot]), bool(mt.has_home[slot])
+        version = int(self._version[mt.index][slot])
+        self._drop_copy(page, mt, slot, counted=False)
+        self.table.set_mem(page, dmt, dslot, dirty_gen=gen, home_tier=home_tier, has_home=has_home)
+        self._version[dmt.index][dslot] = version
+        self.memory_tiers[mt.index].counters.demotions += 1
+        return True
 
-    def _drop_mem_copy(self, tier: Tier, page: int) -> None:
-        row = self.lookup(page)
-        if row is not None and row.mem == tier.id and not row.dirty:
-            row.mem = None
-            self.meta.put_page(row)
-        tier.mem_delete(page)
-        tier.pages -= 1
-        tier.counters.demotions += 1
-        self.resident[tier.id].discard(page)
-        self.counters["evictions"] += 1
+    def _drop_copy(self, page: int, mt: MemTier, slot: int, *, counted: bool = True) -> None:
+        self.table.clear_mem(page, mt, slot)
+        self._version[mt.index][slot] = 0
+        mt.arena.release(slot, direct=mt.direct)
+        mt.arena.drop_contents(slot)
+        if counted:
+            self.counters["evictions"] += 1
+        if mt.direct:
+            self._level_ready = [False] * self.layout.n_levels
 
-    def _choose_home(self) -> Tier:
-        for tier in self.durable_tiers:
-            if tier.has_room():
-                return tier
-        self.counters["enospc"] += 1
-        raise OSError(errno.ENOSPC, "every durable tier is full")
+    def _install(self, page: int, data: bytes | bytearray | memoryview | None, *, has_home: bool, home_tier: int,
+                 stored: int) -> tuple[MemTier, int] | None:
+        """A copy of the page in memory: `data` is the whole page (None: all implicit so far);
+        `stored` are the chunks that belong to the stored page."""
+        loc = self._alloc_slot(page)
+        if loc is None:
+            return None
+        mt, slot = loc
+        if data is None:
+            mt.arena.install_empty(slot)
+        else:
+            mt.arena.install(slot, data, stored=stored)
+        self.table.set_mem(page, mt, slot, dirty_gen=0, home_tier=home_tier, has_home=has_home)
+        self._version[mt.index][slot] = self._next_gen()
+        return loc
 
-    def _mark_dirty(self, page: int, row: PageRow, tier: Tier) -> None:
-        self._gen += 1
-        if page not in self.dirty:
-            tier.dirty += 1
-        self.dirty[page] = self._gen
-        if not row.dirty:
-            row.dirty = True
-            self.meta.put_page(row)
+    def _fill_implicit(self, page: int, mt: MemTier, slot: int, offset: int = 0, length: int | None = None) -> None:
+        """Give chunks of a memory copy that are still implicit their init bytes (computed now)."""
+        if length is None:
+            offset, length = 0, self.page_size
+        missing = mt.arena.missing(slot, offset, length)
+        if missing:
+            c = self.chunk
+            for a, b in mask_runs(missing, self.n_chunks):
+                mt.arena.fill(slot, a, self.implicit_bytes(page, a * c, (b - a) * c))
 
+    def _complete_page(self, page: int, data: bytes, mask: int) -> bytes:
+        """A home's bytes with its unstored chunks replaced by the implicit init (any thread)."""
+        if mask == self.full_mask:
+            return data
+        out = bytearray(data)
+        c = self.chunk
+        for a, b in mask_runs(~mask & self.full_mask, self.n_chunks):
+            out[a * c:b * c] = self.implicit_bytes(page, a * c, (b - a) * c)
+        return bytes(out)
+
+    # ================================================================== slow fetches
+    async def _read_home(self, page: int, home: Home, priority: Priority) -> bytes:
+        tier = self.tier_by_id.get(home.tier)
+        if tier is None or tier.homes is None or tier.root is None:
+            self.counters["io_errors"] += 1
+            if tier is not None:
+                tier.counters.io_errors += 1
+            raise TierUnavailable(f"page {page}: its home tier is not available")
+        homes = tier.homes
+        try:
+            tier.root.require()
+        except TierUnavailable as exc:
+            raise self._tier_error(tier, exc, page) from None
+        epoch = homes.begin_read()
+
+        def read_verified() -> bytes:
+            data = homes.read(home.slot)
+            if stored_checksum(data, home.mask, self.chunk, self.n_chunks) != home.checksum:
+                raise ChecksumMismatch(f"page {page}: tier {tier.name} slot {home.slot} fails its checksum")
+            return self._complete_page(page, data, home.mask)
+
+        try:
+            data = await self.io.run(priority, read_verified, latency=tier.latency)
+        except ChecksumMismatch:
+            tier.counters.checksum_failures += 1
+            self.counters["checksum_failures"] += 1
+            log.error("page %d: home copy on tier %s fails its checksum: EIO", page, tier.name)
+            raise
+        except (OSError, NffsError) as exc:
+            raise self._tier_error(tier, exc, page) from None
+        finally:
+            homes.end_read(epoch)
+        tier.counters.reads += 1
+        self._touch_home(page)
+        return data
+
+    async def _fetch(self, page: int, priority: Priority) -> tuple[bytes | None, bool]:
+        """Bring a materialised page into memory. Returns (bytes, came_from_slow_tier).
+
+        A second request for a page in flight joins the first (a demand joining a
+        prefetch is counted as late). bytes is None for an implicit page.
+        """
+        flight = self._inflight.get(page)
+        if flight is not None:
+            if priority == Priority.DEMAND and flight.priority != Priority.DEMAND and not flight.joined_by_demand:
+                flight.joined_by_demand = True
+                self.counters["late_joins"] += 1
+            await flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            return flight.data, False
+        if self.table.mem(page) is not None:
+            return None, False
+        home = self.table.home(page)
+        if home is None:
+            return None, False
+        flight = _InFlight(trio.Event(), priority)
+        self._inflight[page] = flight
+        try:
+            data = await self._read_home(page, home, priority)
+            flight.data = data
+            # re-check: a write may have installed a newer copy while we waited
+            if self.table.mem(page) is None and self.table.home(page) == home:
+                loc = self._install(page, data, has_home=True, home_tier=home.tier, stored=home.mask)
+                if loc is not None:
+                    self.memory_tiers[loc[0].index].counters.promotions += 1
+            return data, True
+        except BaseException as exc:
+            flight.error = exc if isinstance(exc, Exception) else PageIOError("fetch cancelled")
+            raise
+        finally:
+            del self._inflight[page]
+            flight.done.set()
+
+    # ================================================================== reading
+    async def read(self, offset: int, size: int, *, zero_copy: bool = False) -> bytes | bytearray | memoryview:
+        """Bytes [offset, offset+size) clipped to params.
+
+        With `zero_copy` the answer may be a view into a memory tier's mapping, valid only
+        until the caller next awaits: exactly what a FUSE read reply needs (pyfuse3 copies
+        it into the reply before anything else runs on the trio thread).
+        """
+        size = max(0, min(size, self.layout.params_bytes - offset))
+        if size <= 0:
+            return b""
+        self.counters["reads"] += 1
+        ps = self.page_size
+        first = offset // ps
+        start = offset - first * ps
+        last = (offset + size - 1) // ps
+        loc = self.table.mem(first)
+        if loc is not None and (first == last or (loc[0].direct and self._direct_resident(loc[0], first, last))):
+            mt, slot = loc
+            arena = mt.arena
+            if first == last:
+                self._fill_implicit(first, mt, slot, start, size)
+                intact = arena.verify(slot, start, size)
+            else:
+                end = start + size
+                parts = [(slot + i, max(0, start - i * ps), min(ps, end - i * ps) - max(0, start - i * ps))
+                         for i in range(last - first + 1)]
+                for i, (sl, a, n) in enumerate(parts):
+                    self._fill_implicit(first + i, mt, sl, a, n)
+                intact = all(arena.verify(sl, a, n) for sl, a, n in parts)
+            if intact:
+                heat = mt.heat
+                heat[slot:slot + last - first + 1] += 1.0
+                c = self.memory_tiers[mt.index].counters
+                c.reads += last - first + 1
+                c.hits += last - first + 1
+                if self._listeners:
+                    self._emit(AccessKind.READ, list(range(first, last + 1)), [False] * (last - first + 1), offset, size)
+                base = slot * ps + start
+                view = arena.view[base:base + size]
+                return view if zero_copy else view.tobytes()
+            if first == last:
+                self._bad_memory_copy(first, mt, slot)
+        if first == last:
+            out = bytearray(size)
+            slow = await self._read_page_into(first, start, memoryview(out))
+            self._emit(AccessKind.READ, [first], [slow], offset, size)
+            return out
+        out = bytearray(size)
+        view = memoryview(out)
+        pages, slows = [], []
+        pos, end = offset, offset + size
+        while pos < end:
+            page = pos // ps
+            start = pos - page * ps
+            length = min(ps - start, end - pos)
+            slows.append(await self._read_page_into(page, start, view[pos - offset:pos - offset + length]))
+            pages.append(page)
+            pos += length
+        self._emit(AccessKind.READ, pages, slows, offset, size)
+        return out
+
+    @staticmethod
+    def _direct_resident(mt: MemTier, first: int, last: int) -> bool:
+        """Pages first..last all resident in a direct-mapped arena: one contiguous range of it."""
+        return bool((mt.slot_page[first:last + 1] >= 0).all())
+
+    async def _read_page_into(self, page: int, start: int, out: memoryview) -> bool:
+        """Fill `out` from the page; True when the read had to wait on a slow tier."""
+        for _ in range(3):
+            loc = self.table.mem(page)
+            if loc is not None:
+                mt, slot = loc
+                try:
+                    self._fill_implicit(page, mt, slot, start, len(out))
+                    mt.arena.read_into(slot, start, out)
+                except ChecksumMismatch:
+                    self._bad_memory_copy(page, mt, slot)
+                    continue
+                self._touch(mt, slot)
+                tier = self.memory_tiers[mt.index]
+                tier.counters.reads += 1
+                tier.counters.hits += 1
+                return False
+            data, slow = await self._fetch(page, Priority.DEMAND)
+            if data is not None:
+                out[:] = data[start:start + len(out)]
+                return slow
+            if self.table.mem(page) is None and self.table.home(page) is None:
+                self.counters["implicit_reads"] += 1
+                out[:] = self.implicit_bytes(page, start, len(out))
+                return False
+        raise PageIOError(f"page {page}: no intact copy could be read")
+
+    def _bad_memory_copy(self, page: int, mt: MemTier, slot: int) -> None:
+        """A memory copy failed its checksum: never return it. Clean -> re-read the home; dirty -> EIO."""
+        tier = self.memory_tiers[mt.index]
+        tier.counters.checksum_failures += 1
+        self.counters["checksum_failures"] += 1
+        dirty = bool(mt.dirty_gen[slot])
+        log.error("page %d: memory copy on tier %s fails its checksum (%s)", page, tier.name,
+                  "dirty: its unsynced data is lost, EIO" if dirty else "clean: re-reading its home")
+        home_tier = int(mt.home_tier[slot])
+        has_home = bool(mt.has_home[slot])
+        self._drop_copy(page, mt, slot, counted=False)
+        if dirty:
+            if not has_home and home_tier >= 0:
+                t = self.tier_by_id.get(home_tier)
+                if t is not None:
+                    t.reserved -= 1
+            raise ChecksumMismatch(f"page {page}: its dirty memory copy is corrupted")
+
+    # ================================================================== writing
     async def write(self, offset: int, data: bytes | memoryview) -> None:
         if self.read_only:
-            raise OSError(errno.EROFS, "mounted read-only")
+            raise ReadOnly("mounted read-only")
         view = memoryview(data).cast("B")
         self._check_range(offset, len(view))
         self.counters["writes"] += 1
+        ps = self.page_size
         pos = 0
         while pos < len(view):
-            page = (offset + pos) // self.page_size
-            start = offset + pos - page * self.page_size
-            length = min(self.page_size - start, len(view) - pos)
-            async with self._locked(page):
-                await self._write_page(page, start, view[pos:pos + length])
+            page = (offset + pos) // ps
+            start = offset + pos - page * ps
+            length = min(ps - start, len(view) - pos)
+            await self._write_page(page, start, view[pos:pos + length])
             pos += length
 
-    async def _write_page(self, page: int, start: int, chunk: memoryview) -> None:
-        self._epoch += 1
-        self._cache_drop(page)
-        self._touch(page)
-        row = self.lookup(page)
-        if row is not None and row.mem is not None and row.mem in self.tier_by_id:
-            tier = self.tier_by_id[row.mem]
-            tier.mem_write(page, start, chunk)
-            self._mark_dirty(page, row, tier)
-            self._resident_update(page, start, chunk)
-            return
-        if start == 0 and len(chunk) == self.page_size:
-            base = bytearray(self.page_size)  # a whole-page overwrite needs no old content
-        elif row is None:
-            base = bytearray(self.implicit_page(page).tobytes())
-        else:
-            base = bytearray(await self.load_home(row))
-            self._epoch += 1
-            self._cache_drop(page)
-        base[start:start + len(chunk)] = chunk
-        await self._store_full_page(page, row, base)
-        self._resident_update(page, 0, base)
+    async def _writable_copy(self, page: int, full: memoryview | None) -> tuple[tuple[MemTier, int], bool]:
+        """The page's memory copy, fetched or materialised, ready to be patched.
 
-    async def _store_full_page(self, page: int, row: PageRow | None, content: bytearray | bytes) -> None:
-        """Store a whole new page version: as a dirty memory copy, or straight home when memory is full."""
-        if row is None:
-            home = self._choose_home()
-            home.pages += 1
-            row = PageRow(page, home.id, None, None, False)
+        `full` is the new content of a whole-page write: a page not in memory is then
+        installed with it directly (no old content to read); the flag says so.
+        """
+        for _ in range(4):
+            loc = self.table.mem(page)
+            if loc is not None:
+                return loc, False
+            home = self.table.home(page)
+            if home is not None:
+                if full is not None:
+                    loc = await self._install_for_write(page, full, has_home=True, home_tier=home.tier, stored=self.full_mask)
+                    if loc is not None:
+                        return loc, True
+                    continue
+                data, _ = await self._fetch(page, Priority.DEMAND)
+                if data is not None and self.table.mem(page) is None:
+                    loc = await self._install_for_write(page, data, has_home=True, home_tier=home.tier, stored=home.mask)
+                    if loc is not None:
+                        return loc, False
+                continue
+            # never written: materialise, reserving room for its home now (ENOSPC to the writer)
+            home_tier = self._reserve_home()
+            try:
+                loc = await self._install_for_write(page, full, has_home=False, home_tier=home_tier.id,
+                                                    stored=self.full_mask if full is not None else 0)
+            except BaseException:
+                home_tier.reserved -= 1
+                raise
+            if loc is None:
+                home_tier.reserved -= 1
+                continue
             self.counters["pages_materialised"] += 1
-        mem = await self._memory_tier_for_write(exclude=page)
-        if mem is not None:
-            mem.mem_create(page, content)
-            mem.pages += 1
-            self.resident[mem.id].add(page)
-            row.mem = mem.id
-            self._mark_dirty(page, row, mem)
-            self.meta.put_page(row)
-            return
-        home = self.tier_by_id.get(row.home)
-        if home is None:
-            raise PageIOError(f"page {page}: its home tier is not mounted")
-        self.counters["write_through"] += 1
-        await self._write_home(page, row, home, bytes(content))
+            return loc, full is not None
+        raise PageIOError(f"page {page}: could not obtain a memory slot for a write")
 
-    async def _write_home(self, page: int, row: PageRow, home: Tier, content: bytes) -> None:
-        """New home version: durable file first, then the record; the old file goes after the next sync."""
-        digest = checksum(content)
-        path = home.home_path(page, digest)
-        try:
-            async with self._io_limiter:
-                created = await trio.to_thread.run_sync(write_file_durably, path, content)
-        except OSError as exc:
-            home.counters.io_errors += 1
-            if exc.errno == errno.ENOSPC:
-                self.counters["enospc"] += 1
-            raise
-        home.counters.writes += 1
-        self._pending_dirs.add(home.page_dir(page))
-        if created:
-            self._pending_dirs.add(home.root)
-        if row.home_sum is not None and (row.home_sum != digest or row.home != home.id):
-            old_tier = self.tier_by_id.get(row.home)
-            if old_tier is not None:
-                self._pending_unlinks.append(old_tier.home_path(page, row.home_sum))
-        row.home = home.id
-        row.home_sum = digest
-        self.meta.put_page(row)
+    async def _install_for_write(self, page: int, data: bytes | memoryview | None, *, has_home: bool, home_tier: int,
+                                 stored: int) -> tuple[MemTier, int] | None:
+        """Install `data` as the page's copy; None when it was not installed (no room, or the
+        page became resident while we waited): the caller then looks again."""
+        if self.table.mem(page) is not None:
+            return None
+        loc = self._install(page, data, has_home=has_home, home_tier=home_tier, stored=stored)
+        if loc is None:
+            # every memory slot holds a dirty copy: write the coldest back, then retry
+            await self._make_room_by_writeback()
+            if self.table.mem(page) is not None:
+                return None
+            loc = self._install(page, data, has_home=has_home, home_tier=home_tier, stored=stored)
+        return loc
+
+    async def _make_room_by_writeback(self) -> None:
+        t = self.memory_tiers[-1]
+        mt = t.mem
+        assert mt is not None
+        cap = self._mem_capacity(t)
+        count = max(1, mt.resident - int(self.cfg.low_watermark * cap))
+        victims = self._victims(mt, count, clean_only=False)
+        await self._writeback([(mt, int(s)) for s in victims.tolist() if mt.dirty_gen[s]])
+        self._evict_for_room()
+
+    def _reserve_home(self) -> Tier:
+        for t in self.durable_tiers:
+            if t.homes is not None and t.available() and t.has_room():
+                t.reserved += 1
+                return t
+        self.counters["enospc"] += 1
+        if not any(t.available() for t in self.durable_tiers):
+            raise TierUnavailable("no durable tier is available")
+        raise NoSpace("every durable tier is full")
+
+    async def _write_page(self, page: int, start: int, chunk: memoryview) -> None:
+        full = start == 0 and len(chunk) == self.page_size
+        for _ in range(3):
+            (mt, slot), written = await self._writable_copy(page, chunk if full else None)
+            arena = mt.arena
+            if not full:
+                # chunks only partly covered keep their other bytes: implicit ones get their
+                # init first, and a corrupted one must not be laundered into a fresh checksum
+                c = arena.chunk
+                end = start + len(chunk)
+                edges = {start - start % c, end - 1 - (end - 1) % c}
+                partial = [e for e in edges if e < start or e + c > end]
+                for e in partial:
+                    self._fill_implicit(page, mt, slot, e, c)
+                if not all(arena.verify(slot, e, c) for e in partial):
+                    self._bad_memory_copy(page, mt, slot)
+                    continue
+            if not written:
+                arena.write(slot, start, chunk)
+            gen = self._next_gen()
+            self.table.mark_dirty(mt, slot, gen)
+            if mt.dirty >= self._dirty_kick_pages and not self._wb_lock.locked():
+                self._wb_kick.set()
+            self._version[mt.index][slot] = gen
+            self._touch(mt, slot)
+            self.memory_tiers[mt.index].counters.writes += 1
+            return
+        raise PageIOError(f"page {page}: its memory copy keeps failing its checksum")
 
     async def add_to_elements(self, elements: np.ndarray, deltas: np.ndarray) -> list[int]:
-        """values[elements] += deltas (elements unique): the read-modify-write behind concept writes."""
+        """values[elements] += deltas (elements unique): the read-modify-write of concept writes."""
+        if self.read_only:
+            raise ReadOnly("mounted read-only")
         flat = np.asarray(elements, dtype=np.uint64).reshape(-1)
         add = np.asarray(deltas, dtype=np.float32).reshape(-1)
         order = np.argsort(flat, kind="stable")
         flat, add = flat[order], add[order]
-        pages = flat // np.uint64(self.elems_per_page)
+        pages = (flat // np.uint64(self.elems_per_page)).astype(np.int64)
         changed: list[int] = []
         bounds = np.flatnonzero(np.diff(pages)) + 1
+        dtype = self.layout.dtype
         for idx in np.split(np.arange(flat.size), bounds):
             if idx.size == 0:
                 continue
             page = int(pages[idx[0]])
             within = (flat[idx] - np.uint64(page * self.elems_per_page)).astype(np.int64)
-            async with self._locked(page):
-                current = np.frombuffer(await self.page_bytes(page, promote=False), dtype=self.layout.dtype).copy()
-                current[within] = (current[within].astype(np.float32) + add[idx]).astype(self.layout.dtype)
-                lo = int(within.min()) * self.itemsize
-                hi = (int(within.max()) + 1) * self.itemsize
-                await self._write_page(page, lo, memoryview(current.view(np.uint8)[lo:hi]))
+            lo = int(within.min()) * self.itemsize
+            hi = (int(within.max()) + 1) * self.itemsize
+            current = await self._page_range(page, lo, hi - lo)
+            values = np.frombuffer(current, dtype=dtype).copy()
+            rel = within - lo // self.itemsize
+            values[rel] = (values[rel].astype(np.float32) + add[idx]).astype(dtype)
+            await self._write_page(page, lo, memoryview(values.view(np.uint8)))
             changed.append(page)
+        self.counters["writes"] += 1
         return changed
 
-    # ------------------------------------------------------------------ write-back
-    async def writeback(self, pages: Iterable[int] | None = None) -> int:
-        """Write dirty memory copies home (durable file, then record), many pages at once."""
-        async with self._writeback_lock:
-            todo = sorted(self.dirty) if pages is None else [p for p in pages if p in self.dirty]
-            written = 0
-            failures: list[OSError] = []
+    async def _page_range(self, page: int, start: int, length: int) -> bytes:
+        out = bytearray(length)
+        await self._read_page_into(page, start, memoryview(out))
+        return bytes(out)
 
-            async def one(page: int) -> None:
-                nonlocal written
-                try:
-                    written += await self._writeback_page(page)
-                except OSError as exc:
-                    failures.append(exc)
-
-            # A fixed pool of workers over one iterator: concurrency without a task per page.
-            pages_iter = iter(todo)
-
-            async def worker() -> None:
-                for page in pages_iter:
-                    await one(page)
-
-            async with trio.open_nursery() as nursery:
-                for _ in range(min(WRITEBACK_WORKERS, len(todo))):
-                    nursery.start_soon(worker)
-            self.counters["writebacks"] += written
-            if failures:
-                raise failures[0]
-            return written
-
-    async def _writeback_page(self, page: int) -> int:
-        async with self._locked(page):
-            gen = self.dirty.get(page)
-            row = self.lookup(page)
-            if gen is None or row is None or row.mem is None or row.mem not in self.tier_by_id:
-                return 0
-            mem = self.tier_by_id[row.mem]
-            content = mem.mem_read(page, 0, self.page_size)
-            home = self.tier_by_id.get(row.home)
-            if home is None:
-                log.error("page %d: home tier %d not mounted; cannot write back", page, row.home)
-                return 0
-            await self._write_home(page, row, home, content)
-            if self.dirty.get(page) == gen:
-                del self.dirty[page]
-                mem.dirty -= 1
-                row.dirty = False
-                self.meta.put_page(row)
-            return 1
-
+    # ================================================================== write-back
     async def sync(self) -> None:
-        """Make every write so far durable: write back, fsync directories and metadata, then clean up."""
+        """Make every write so far durable (fsync, msync, umount)."""
         if self.read_only:
             return
-        await self.writeback()
-        dirs, self._pending_dirs = self._pending_dirs, set()
-        unlinks, self._pending_unlinks = self._pending_unlinks, []
+        await self._writeback(None)
 
-        def durable() -> None:
-            for d in dirs:
-                fsync_dir(d)
-            self.meta.sync()
-            for path in unlinks:
-                unlink_quietly(path)
+    async def _writeback(self, only: list[tuple[MemTier, int]] | None) -> int:
+        async with self._wb_lock:
+            if only is None:
+                items = [(mt, int(s)) for mt, slots in self.table.dirty_slots() for s in slots.tolist()]
+            else:
+                items = [(mt, s) for mt, s in only if mt.dirty_gen[s]]
+            if not items:
+                self._last_writeback = time.monotonic()
+                return 0
+            per_batch = max(1, self.cfg.writeback_batch_bytes // self.page_size)
+            written = 0
+            first_error: NffsError | None = None
+            for i in range(0, len(items), per_batch):
+                try:
+                    written += await self._writeback_batch(items[i:i + per_batch])
+                except NffsError as exc:
+                    first_error = first_error or exc
+            self._last_writeback = time.monotonic()
+            self.counters["writebacks"] += written
+            if first_error is not None:
+                raise first_error
+            return written
 
-        await trio.to_thread.run_sync(durable)
-
-    async def rebalance(self) -> None:
-        """Keep memory tiers under the high watermark: write back and drop the coldest copies."""
-        for tier in self.memory_tiers:
-            cap = tier.capacity_pages()
-            if cap is None or tier.pages <= HIGH_WATERMARK * cap:
+    async def _writeback_batch(self, items: list[tuple[MemTier, int]]) -> int:
+        # plan: (mt, slot, page, gen, tier, new_slot, old_home)
+        plan = []
+        unavailable: list[Tier] = []
+        for mt, slot in items:
+            page = int(mt.slot_page[slot])
+            if page < 0 or not mt.dirty_gen[slot]:
                 continue
-            target = int(LOW_WATERMARK * cap)
-            victims = sorted(self.resident[tier.id], key=self.heat)[: tier.pages - target]
-            dirty_victims = [p for p in victims if p in self.dirty]
-            if dirty_victims:
-                await self.writeback(dirty_victims)
-            self._evict_clean(tier, target)
-        await self._rebalance_durable()
+            tier = self.tier_by_id.get(int(mt.home_tier[slot]))
+            if tier is None or tier.homes is None or tier.root is None or not tier.root.still_here(force=True):
+                if tier is not None:
+                    unavailable.append(tier)
+                else:
+                    log.error("page %d: its home tier %d is not configured; cannot write it back", page, int(mt.home_tier[slot]))
+                continue
+            old = self.table.home(page) if mt.has_home[slot] else None
+            plan.append((mt, slot, page, int(mt.dirty_gen[slot]), tier, tier.homes.alloc(), old))
+        for mt, slot, *_ in plan:
+            mt.pins[slot] += 1
 
-    async def _rebalance_durable(self) -> None:
-        """Cold homes move down from a durable tier over its high watermark; hot ones move up.
+        def work() -> tuple[list[tuple[int, Home]], list[tuple[int, BaseException]]]:
+            by_tier: dict[int, list[tuple[int, bytes, int]]] = {}
+            rows: list[tuple[int, Home]] = []
+            bad: list[tuple[int, BaseException]] = []
+            tiers: dict[int, Tier] = {}
+            for mt, slot, page, _gen, tier, new_slot, _old in plan:
+                try:
+                    data, mask = mt.arena.snapshot(slot)
+                except ChecksumMismatch as exc:
+                    bad.append((page, exc))
+                    continue
+                by_tier.setdefault(tier.id, []).append((new_slot, data, mask))
+                tiers[tier.id] = tier
+                rows.append((page, Home(tier.id, new_slot, stored_checksum(data, mask, self.chunk, self.n_chunks), mask)))
+            for tid, writes in by_tier.items():
+                self._write_slots(tiers[tid], writes)
+            if rows:
+                self.table.commit_homes(rows)
+            return rows, bad
 
-        Moves are batched: each is copy -> fsync -> rename -> record, and the old files are
-        deleted by the single sync() at the end, after the records are durable.
+        try:
+            rows, bad = await self.io.run(Priority.BACKGROUND, work)
+        except BaseException as exc:
+            for mt, slot, page, _gen, tier, new_slot, _old in plan:
+                mt.pins[slot] -= 1
+                tier.homes.unalloc(new_slot)  # type: ignore[union-attr]
+            if plan and isinstance(exc, (OSError, NffsError)):
+                raise self._tier_error(plan[0][4], exc, plan[0][2]) from None
+            raise
+        row_by_page = dict(rows)
+        for mt, slot, page, gen, tier, new_slot, old in plan:
+            mt.pins[slot] -= 1
+            homes = tier.homes
+            assert homes is not None
+            if page not in row_by_page:
+                homes.unalloc(new_slot)
+                continue
+            homes.committed += 1
+            tier.counters.writes += 1
+            if old is not None:
+                old_tier = self.tier_by_id.get(old.tier)
+                if old_tier is not None and old_tier.homes is not None:
+                    old_tier.homes.retire(old.slot)
+                    old_tier.homes.committed -= 1
+            else:
+                tier.reserved -= 1
+            self.table.remember(page, row_by_page[page])
+            if int(mt.slot_page[slot]) == page:
+                mt.has_home[slot] = True
+                if mt.dirty_gen[slot] == gen:
+                    self.table.mark_clean(mt, slot)
+        for page, exc in bad:
+            loc = self.table.mem(page)
+            if loc is not None:
+                try:
+                    self._bad_memory_copy(page, *loc)
+                except ChecksumMismatch:
+                    pass
+        self.counters["writeback_batches"] += 1
+        if bad:
+            raise ChecksumMismatch(f"{len(bad)} dirty memory copies failed their checksum; their unsynced data is lost")
+        if unavailable:
+            names = ", ".join(sorted({t.name for t in unavailable}))
+            raise TierUnavailable(f"tier(s) {names} unavailable: dirty pages kept in memory")
+        return len(row_by_page)
+
+    def _write_slots(self, tier: Tier, writes: list[tuple[int, bytes, int]]) -> None:
+        """Worker thread: pages into free slots of a durable tier, only their stored chunks, then fsync."""
+        homes = tier.homes
+        assert homes is not None
+        whole = [(slot, data) for slot, data, mask in writes if mask == self.full_mask]
+        slabs = homes.write_many(whole, self.cfg.coalesce_bytes) if whole else set()
+        for slot, data, mask in writes:
+            if mask != self.full_mask:
+                slabs.add(homes.write_partial(slot, data, mask, self.chunk, self.n_chunks))
+        homes.sync(slabs)
+
+    # ================================================================== gathers
+    async def gather_rows(self, entries: np.ndarray) -> np.ndarray:
+        """Rows (entries.shape + (F,)) of global entry indices, as float32-compatible values.
+
+        All pages a batch touches are brought into memory first (slow ones concurrently);
+        then one worker-thread pass verifies the touched memory copies and takes the rows.
         """
-        moved = 0
+        feats = self.layout.features
+        row_bytes = feats * self.itemsize
+        ent = np.ascontiguousarray(entries).astype(np.int64, copy=False)
+        if ent.size and (int(ent.min()) < 0 or int(ent.max()) >= self.layout.total_entries):
+            raise InvalidInput("entry index outside the parameter table")
+        if self._direct and self.page_size % row_bytes == 0:
+            return await self._gather_direct(ent, feats, row_bytes)
+        elements = ent[..., None] * feats + np.arange(feats, dtype=np.int64)
+        values = await self._gather_elements(elements)
+        return values
+
+    async def _ensure_pages(self, pages: np.ndarray, *, install_implicit: bool) -> list[bool]:
+        """Bring pages into memory concurrently (demand class); returns which were slow."""
+        slow = [False] * len(pages)
+        todo = [(i, int(p)) for i, p in enumerate(pages.tolist()) if self.table.mem(int(p)) is None]
+        errors: list[BaseException] = []
+
+        async def one(i: int, page: int) -> None:
+            try:
+                data, was_slow = await self._fetch(page, Priority.DEMAND)
+                slow[i] = was_slow
+                if data is None and install_implicit and self.table.mem(page) is None and self.table.home(page) is None:
+                    self._install(page, self.implicit_page(page), has_home=False, home_tier=-1, stored=0)
+            except NffsError as exc:
+                errors.append(exc)
+
+        if todo:
+            limit = trio.CapacityLimiter(self.cfg.demand_threads)
+
+            async def bounded(i: int, page: int) -> None:
+                async with limit:
+                    await one(i, page)
+
+            async with trio.open_nursery() as nursery:
+                for i, page in todo:
+                    nursery.start_soon(bounded, i, page)
+        if errors:
+            raise errors[0]
+        return slow
+
+    async def _gather_direct(self, ent: np.ndarray, feats: int, row_bytes: int) -> np.ndarray:
+        """Pages of the first memory tier sit at slot == page: the gather is one take."""
+        t = self.memory_tiers[0]
+        mt = t.mem
+        assert mt is not None
+        rows_per_page = self.page_size // row_bytes
+        shift = rows_per_page.bit_length() - 1
+
+        def touched_pages() -> np.ndarray:
+            mark = np.zeros(self.n_pages, dtype=bool)
+            mark[ent.reshape(-1) >> shift] = True
+            return np.flatnonzero(mark)
+
+        pages = await self.io.cpu(touched_pages) if ent.size > 4096 else touched_pages()
+        for _ in range(3):
+            missing = pages[mt.slot_page[pages] < 0]
+            slow = await self._ensure_pages(missing, install_implicit=True)
+            if self._listeners:
+                flags = np.zeros(pages.size, dtype=bool)
+                if missing.size:
+                    flags[np.searchsorted(pages, missing)] = slow
+                self._emit(AccessKind.GATHER, pages.tolist(), flags.tolist())
+            if (mt.slot_page[pages] >= 0).all():
+                break
+        else:
+            raise PageIOError("pages needed by the batch could not be kept in memory")
+        arena = mt.arena
+        for p in pages[arena.valid[pages] != np.uint64(arena.full_mask)].tolist():
+            self._fill_implicit(p, mt, p)
+        word = {2: np.uint16, 4: np.uint32, 8: np.uint64}.get(row_bytes)
+        dtype = self.layout.dtype
+
+        def take() -> tuple[np.ndarray | None, list[int]]:
+            bad = [int(p) for p in pages.tolist() if not arena.verify(int(p))]
+            if bad:
+                return None, bad
+            table = arena.bytes[: self.n_pages * self.page_size]
+            if word is not None:
+                rows = np.take(table.view(word), ent).view(dtype).reshape(ent.shape + (feats,))
+            else:
+                rows = np.take(table.view(dtype).reshape(-1, feats), ent, axis=0)
+            return rows, []
+
+        self._gathers_active += 1
+        try:
+            rows, bad = await self.io.cpu(take) if ent.size > 4096 else take()
+        finally:
+            self._gathers_active -= 1
+        if bad:
+            for page in bad:
+                loc = self.table.mem(page)
+                if loc is not None:
+                    self._bad_memory_copy(page, *loc)
+            return await self._gather_direct(ent, feats, row_bytes)
+        for p in pages[:64].tolist():
+            self._touch(mt, p)
+        return rows  # type: ignore[return-value]
+
+    async def _gather_elements(self, elements: np.ndarray) -> np.ndarray:
+        """General gather: a compact table of the touched pages, then one take."""
+        flat = elements.reshape(-1)
+        epp = self.elems_per_page
+        pages_of = flat // epp
+        ordered = np.unique(pages_of)
+        slow = await self._ensure_pages(ordered, install_implicit=False)
+        self._emit(AccessKind.GATHER, ordered.tolist(), slow)
+        parts: list[np.ndarray] = []
+        pinned: list[tuple[MemTier, int]] = []
+        for page in ordered.tolist():
+            loc = self.table.mem(page)
+            if loc is not None:
+                mt, slot = loc
+                self._fill_implicit(page, mt, slot)
+                mt.pins[slot] += 1
+                pinned.append(loc)
+                parts.append(np.frombuffer(mt.arena.page_view(slot), dtype=self.layout.dtype))
+                continue
+            home = self.table.home(page)
+            if home is None:
+                parts.append(np.frombuffer(self.implicit_page(page), dtype=self.layout.dtype))
+            else:
+                data, _ = await self._fetch(page, Priority.DEMAND)
+                if data is None:
+                    got = self.table.mem(page)
+                    if got is None:
+                        raise PageIOError(f"page {page}: could not be read for a gather")
+                    self._fill_implicit(page, *got)
+                    data = got[0].arena.read(got[1], 0, self.page_size)
+                parts.append(np.frombuffer(data, dtype=self.layout.dtype))
+        dtype = self.layout.dtype
+
+        def take() -> tuple[np.ndarray | None, list[int]]:
+            bad = [page for (mt, slot), page in zip(pinned, [int(mt.slot_page[s]) for mt, s in pinned]) if not mt.arena.verify(slot)]
+            if bad:
+                return None, bad
+            inverse = np.searchsorted(ordered, pages_of)
+            table = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            values = table[inverse * epp + (flat - pages_of * epp)]
+            return values.astype(dtype, copy=False).reshape(elements.shape), []
+
+        try:
+            values, bad = await self.io.cpu(take) if flat.size > 4096 else take()
+        finally:
+            for mt, slot in pinned:
+                mt.pins[slot] -= 1
+        if bad:
+            for page in bad:
+                loc = self.table.mem(page)
+                if loc is not None:
+                    self._bad_memory_copy(page, *loc)
+            return await self._gather_elements(elements)
+        return values  # type: ignore[return-value]
+
+    # ================================================================== background
+    async def run_background(self, writeback_interval: float, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Write-back within the interval, watermarks, tier health; owned by the daemon's nursery."""
+        task_status.started()
+        tick = max(0.05, min(writeback_interval / 2, self.cfg.background_tick_s))
+        reported: str | None = None
+        last = time.monotonic()
+        while True:
+            with trio.move_on_after(tick):
+                await self._wb_kick.wait()
+            kicked = self._wb_kick.is_set()
+            self._wb_kick = trio.Event()
+            now = time.monotonic()
+            self._decay_heat(now - last)
+            last = now
+            try:
+                await self._maintain_memory()
+                due = time.monotonic() - self._last_writeback >= writeback_interval
+                if (kicked or due) and any(t.dirty for t in self.memory_tiers):
+                    await self._writeback(None)
+                await self._maintain_durable()
+                reported = None
+            except NffsError as exc:
+                if str(exc) != reported:
+                    log.error("background write-back failed, will retry: %s", exc)
+                    reported = str(exc)
+
+    async def _maintain_memory(self) -> None:
+        for i, t in enumerate(self.memory_tiers):
+            mt = t.mem
+            assert mt is not None
+            cap = self._mem_capacity(t)
+            if mt.resident <= self.cfg.high_watermark * cap:
+                continue
+            excess = mt.resident - int(self.cfg.low_watermark * cap)
+            if i + 1 >= len(self.memory_tiers):
+                dirty = self._victims(mt, excess, clean_only=False)
+                dirty = [(mt, int(s)) for s in dirty.tolist() if mt.dirty_gen[s]]
+                if dirty:
+                    await self._writeback(dirty)
+            self._shrink(i, excess)
+
+    async def _maintain_durable(self) -> None:
+        """Cold homes move down from a durable tier over its high watermark; hot ones move up."""
         for i, tier in enumerate(self.durable_tiers[:-1]):
             cap = tier.capacity_pages()
-            if cap is None or tier.pages <= HIGH_WATERMARK * cap:
+            if cap is None or tier.pages <= self.cfg.high_watermark * cap:
                 continue
-            target = int(LOW_WATERMARK * cap)
-            rows = self.meta.homes_on(tier.id, max(64, (tier.pages - target) * 4))
-            rows.sort(key=lambda r: self.heat(r.page))
-            for row in rows[: tier.pages - target]:
-                dest = next((t for t in self.durable_tiers[i + 1:] if t.has_room()), None)
-                if dest is None:
-                    break
-                moved += await self.move_home(row.page, dest)
-        # Hot pages whose home is on a slower durable tier move up while there is room
-        # below the low watermark of a faster one.
+            count = tier.pages - int(self.cfg.low_watermark * cap)
+            rows = self.table.homes_on(tier.id, max(64, count * 4))
+            rows.sort(key=lambda r: self._home_heat.get(r[0], (0.0, 0.0))[0])
+            dest = next((t for t in self.durable_tiers[i + 1:] if t.has_room(count)), None)
+            if dest is not None:
+                await self._move_homes(rows[:count], dest)
         if len(self.durable_tiers) > 1:
-            hot = sorted(self._heat, key=self.heat, reverse=True)[:64]
-            for page in hot:
-                if self.heat(page) < PROMOTE_HEAT:
+            hot = sorted(self._home_heat.items(), key=lambda kv: -kv[1][0])[:64]
+            for page, (heat, _) in hot:
+                if heat < self.cfg.promote_heat:
                     break
-                row = self.lookup(page)
-                if row is None or row.home_sum is None:
+                home = self.table.home(page)
+                if home is None:
                     continue
-                current = self.tier_by_id.get(row.home)
-                if current is None or current not in self.durable_tiers:
+                cur = self.tier_by_id.get(home.tier)
+                if cur is None or cur not in self.durable_tiers:
                     continue
-                for faster in self.durable_tiers[: self.durable_tiers.index(current)]:
+                for faster in self.durable_tiers[: self.durable_tiers.index(cur)]:
                     cap = faster.capacity_pages()
-                    if cap is None or faster.pages + 1 <= LOW_WATERMARK * cap:
-                        moved += await self.move_home(page, faster)
+                    if cap is None or faster.pages + 1 <= self.cfg.low_watermark * cap:
+                        await self._move_homes([(page, home)], faster)
                         break
-        if moved:
-            await self.sync()
 
     async def move_home(self, page: int, dest: Tier) -> bool:
-        """Copy the home to another durable tier and record it; the old file goes at the next sync()."""
-        while self.demand_waiting > 0:  # migration backs off while demand reads wait on tiers
-            await trio.sleep(0.002)
-        async with self._locked(page):
-            row = self.lookup(page)
-            if row is None or row.home_sum is None or row.home == dest.id:
-                return False
-            src = self.tier_by_id.get(row.home)
-            if src is None:
-                return False
-            data = await self.load_home(row)
-            await self._write_home(page, row, dest, data)
-            src.pages -= 1
-            dest.pages += 1
-            if self.tiers.index(dest) > self.tiers.index(src):
-                src.counters.demotions += 1
-            else:
-                dest.counters.promotions += 1
-        return True
+        """Move one page's home to another durable tier (migration; also used by tests and tools)."""
+        home = self.table.home(page)
+        return home is not None and await self._move_homes([(page, home)], dest) == 1
 
-    # ------------------------------------------------------------------ background
-    async def run_background(self, writeback_interval: float, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Write-back within the interval and watermark maintenance; owned by the daemon's nursery."""
-        task_status.started()
-        tick = max(0.05, min(writeback_interval, 1.0))
-        last_writeback = time.monotonic()
-        while True:
-            await trio.sleep(tick)
+    async def _move_homes(self, rows: list[tuple[int, Home]], dest: Tier) -> int:
+        """Copy homes to another durable tier: read, write a free slot, fsync, commit, free the old."""
+        if not rows or dest.homes is None or not dest.available():
+            return 0
+        async with self._wb_lock:
+            plan = []
+            for page, home in rows:
+                if self.table.home(page) != home or home.tier == dest.id:
+                    continue
+                src = self.tier_by_id.get(home.tier)
+                if src is None or src.homes is None or not src.available():
+                    continue
+                plan.append((page, home, src, dest.homes.alloc()))
+            if not plan:
+                return 0
+            epochs = [(src.homes, src.homes.begin_read()) for _, _, src, _ in plan]
+
+            def work() -> list[tuple[int, Home]]:
+                writes, out = [], []
+                for page, home, src, new_slot in plan:
+                    data = src.homes.read(home.slot)
+                    if stored_checksum(data, home.mask, self.chunk, self.n_chunks) != home.checksum:
+                        continue
+                    writes.append((new_slot, data, home.mask))
+                    out.append((page, Home(dest.id, new_slot, home.checksum, home.mask)))
+                self._write_slots(dest, writes)
+                if out:
+                    self.table.commit_homes(out)
+                return out
+
             try:
-                await self.rebalance()
-                if self.dirty and time.monotonic() - last_writeback >= writeback_interval * 0.5:
-                    await self.sync()
-                    last_writeback = time.monotonic()
-                elif not self.dirty:
-                    self.meta.commit()
-                    last_writeback = time.monotonic()
-            except OSError as exc:
-                log.error("background write-back failed, will retry: %s", exc)
+                done = await self.io.run(Priority.BACKGROUND, work)
+            except BaseException:
+                for _, _, _, new_slot in plan:
+                    dest.homes.unalloc(new_slot)
+                raise
+            finally:
+                for homes, e in epochs:
+                    homes.end_read(e)
+            moved = {p for p, _ in done}
+            for page, home, src, new_slot in plan:
+                if page not in moved:
+                    dest.homes.unalloc(new_slot)
+                    continue
+                src.homes.retire(home.slot)
+                src.homes.committed -= 1
+                dest.homes.committed += 1
+                self.table.remember(page, Home(dest.id, new_slot, home.checksum, home.mask))
+                loc = self.table.mem(page)
+                if loc is not None:
+                    loc[0].home_tier[loc[1]] = dest.id
+                if self.tiers.index(dest) > self.tiers.index(src):
+                    src.counters.demotions += 1
+                else:
+                    dest.counters.promotions += 1
+            self.counters["migrations"] += len(moved)
+            return len(moved)
 
-    def release_memory(self) -> None:
-        """After a final sync: drop every clean memory copy, so an unmounted field holds no RAM."""
-        for tier in self.memory_tiers:
-            for page in list(self.resident[tier.id]):
-                if page not in self.dirty:
-                    self._drop_mem_copy(tier, page)
-        self.meta.commit()
+    async def shutdown(self) -> None:
+        """Final flush at unmount; memory copies go with the daemon."""
+        if not self.read_only:
+            await self.sync()
+
+    # ================================================================== facts
+    def add_listener(self, listener: AccessListener) -> None:
+        self._listeners.append(listener)
+
+    def materialised_pages(self) -> int:
+        return sum(t.pages for t in self.durable_tiers)
+
+    def free_bytes(self) -> int:
+        """Room left for new homes on the durable tiers (capacity, else the file system's)."""
+        import os
+
+        free = 0
+        for t in self.durable_tiers:
+            if t.capacity is not None:
+                free += max(0, t.capacity - t.pages * self.page_size)
+            elif t.root is not None and t.root.fd >= 0:
+                try:
+                    st = os.fstatvfs(t.root.fd)
+                    free += st.f_bavail * st.f_frsize
+                except OSError:
+                    pass
+        return free
+
+    def describe_tiers(self) -> list[dict]:
+        return [
+            {"name": t.name, "path": t.path, "kind": t.spec.kind, "capacity": t.capacity, "numa": t.spec.numa, "latency_s": t.latency}
+            for t in self.tiers
+        ]
 
     def stats(self) -> dict:
         return {
-            "materialised_pages": sum(t.pages for t in self.durable_tiers),  # every page has one home
-            "dirty_pages": len(self.dirty),
-            "page_cache_bytes": self._arrays_bytes,
+            "materialised_pages": self.materialised_pages(),
+            "dirty_pages": sum(t.dirty for t in self.memory_tiers),
             **self.counters,
+            "queues": self.io.queue_depths(),
             "tiers": [t.describe() for t in self.tiers],
         }
 
     def close(self) -> None:
+        self.table.close()
         for t in self.tiers:
             t.close()
+
+
+class StorePort:
+    """The prefetcher's view of the store (nffs/tiers/port.py): nothing else is exposed."""
+
+    def __init__(self, store: PageStore) -> None:
+        self._store = store
+        self.page_size = store.page_size
+        self.n_pages = store.n_pages
+
+    def add_listener(self, listener: AccessListener) -> None:
+        self._store.add_listener(listener)
+
+    def is_cheap(self, page: int) -> bool:
+        s = self._store
+        return s.table.mem(page) is not None or s.table.home(page) is None
+
+    def cheap_mask(self, pages: np.ndarray) -> np.ndarray:
+        return np.fromiter((self.is_cheap(int(p)) for p in pages.tolist()), dtype=bool, count=len(pages))
+
+    async def fetch(self, page: int, priority: Priority = Priority.PREFETCH) -> FetchResult:
+        s = self._store
+        if not 0 <= page < s.n_pages:
+            return FetchResult(page, None, -1, False, False)
+        joined = page in s._inflight
+        try:
+            data, slow = await s._fetch(page, priority)
+        except NffsError:
+            return FetchResult(page, None, -1, False, joined)
+        loc = s.table.mem(page)
+        if loc is not None:
+            mt, slot = loc
+            try:
+                s._fill_implicit(page, mt, slot)
+                data = mt.arena.read(slot, 0, s.page_size)
+            except ChecksumMismatch:
+                return FetchResult(page, None, -1, slow, joined)
+            return FetchResult(page, data, int(s._version[mt.index][slot]), slow, joined)
+        if data is None and s.table.home(page) is None:
+            return FetchResult(page, s.implicit_page(page), 0, False, joined)
+        return FetchResult(page, None, -1, slow, joined)
+
+    def page_version(self, page: int) -> int:
+        s = self._store
+        loc = s.table.mem(page)
+        if loc is not None:
+            return int(s._version[loc[0].index][loc[1]])
+        return 0 if s.table.home(page) is None else -1
+
+    def lend_heat(self, page: int, amount: float) -> None:
+        s = self._store
+        loc = s.table.mem(page)
+        if loc is not None:
+            s._touch(loc[0], loc[1], amount)
+        else:
+            s._touch_home(page, amount)
+
+    def demand_waiting(self) -> int:
+        return self._store.io.demand_waiting
+
+    def slow_tier_reads(self) -> int:
+        return sum(t.counters.reads for t in self._store.durable_tiers)
+
+
+def pages_of_range(offset: int, size: int, page_size: int) -> Iterable[int]:
+    return range(offset // page_size, (offset + max(size, 1) - 1) // page_size + 1)

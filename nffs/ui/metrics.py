@@ -113,7 +113,8 @@ def build(v: View) -> Exposition:
               t.latency_s, **kw)
         e.add("nffs_tier_reads_total", "counter", "Page reads served from the tier.", t.reads, **kw)
         e.add("nffs_tier_writes_total", "counter", "Page writes to the tier.", t.writes, **kw)
-        e.add("nffs_tier_hits_total", "counter", "Lookups that found the page in the tier.", t.hits, **kw)
+        e.add("nffs_tier_hits_total", "counter", "Page reads served by the tier.", t.hits, **kw)
+        e.add("nffs_tier_hit_ratio", "gauge", "Share of all page reads served by the tier.", t.hit_rate, **kw)
         e.add("nffs_tier_promotions_total", "counter", "Pages moved up into the tier.", t.promotions, **kw)
         e.add("nffs_tier_demotions_total", "counter", "Pages moved down out of the tier.", t.demotions, **kw)
         e.add("nffs_tier_checksum_failures_total", "counter", "Pages of the tier that failed their checksum.",
@@ -124,7 +125,11 @@ def build(v: View) -> Exposition:
     store_help = {
         "reads": "Page reads by the store (any tier, or the implicit init).",
         "writes": "Page writes into the store.",
+        "implicit_reads": "Reads of never-written pages (computed from the seed).",
         "implicit_page_reads": "Reads of never-written pages (computed from the seed).",
+        "writeback_batches": "Batches of dirty pages written home.",
+        "migrations": "Pages moved between tiers.",
+        "late_joins": "Reads that joined a fetch already in flight.",
         "pages_materialised": "Pages materialised by a first write.",
         "writebacks": "Dirty pages written home.",
         "write_through": "Writes that went straight home.",

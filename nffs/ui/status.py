@@ -30,12 +30,10 @@ def tier_lines(v: View, ascii_only: bool = False) -> list[str]:
     lines = ["tiers"]
     for t in v.tiers:
         cap = "unbounded" if t.capacity is None else human_bytes(t.capacity)
-        hit = pct(t.hit_rate) if t.hit_rate is not None else pct(t.read_share)
-        hit_label = "hit rate" if t.hit_rate is not None else "of reads"
         lines.append(
             f"  {t.name:<{name_w}} {t.kind or DASH:<{kind_w}} {bar(t.fill, 20, ascii_only)} "
             f"{human_bytes(t.used_bytes)} / {cap}  {plural(t.pages, 'page')}, {count(t.dirty_pages)} dirty, "
-            f"{count(t.reads)} reads, {hit} {hit_label}"
+            f"{count(t.reads)} reads, hit rate {pct(t.hit_rate)}"
         )
         lines.append(f"  {'':<{name_w}} {t.path or DASH}")
     return lines
@@ -83,9 +81,10 @@ def query_lines(v: View) -> list[str]:
 
 def read_lines(v: View) -> list[str]:
     c = v.store_counters
-    return [f"reads  {count(c.get('reads'))} page reads by the store, {count(c.get('implicit_page_reads'))} of never-written "
-            f"pages; p50 {seconds(v.read_p50_s)}, p99 {seconds(v.read_p99_s)}; {count(c.get('writes'))} page writes, "
-            f"{count(c.get('writebacks'))} write-backs, {count(c.get('evictions'))} evictions"]
+    implicit = c.get("implicit_reads", c.get("implicit_page_reads"))
+    return [f"reads  {plural(c.get('reads'), 'page read')} by the store, {count(implicit)} of never-written pages; "
+            f"p50 {seconds(v.read_p50_s)}, p99 {seconds(v.read_p99_s)}; {plural(c.get('writes'), 'page write')}, "
+            f"{plural(c.get('writebacks'), 'write-back')}, {plural(c.get('evictions'), 'eviction')}"]
 
 
 def error_lines(v: View) -> list[str]:

@@ -63,20 +63,23 @@ def render_frame(mountpoint: str, cur: Sample, prev: Sample | None, width: int =
     old_tiers = {x.name: x for x in pv.tiers} if pv else {}
     total_rate = 0.0
     rates: dict[str, float | None] = {}
+    hit_rates: dict[str, float | None] = {}
     for x in v.tiers:
         r = _delta(x.reads, old_tiers[x.name].reads if x.name in old_tiers else None, dt)
         rates[x.name] = r
         total_rate += r or 0.0
+        old = old_tiers.get(x.name)
+        hit_rates[x.name] = _delta(x.hits if x.hits is not None else x.reads,
+                                   (old.hits if old.hits is not None else old.reads) if old else None, dt)
     for x in v.tiers:
         cap = "unbounded" if x.capacity is None else human_bytes(x.capacity)
         fill = f"{bar(x.fill, 16, ascii_only)} {pct(x.fill):>6}" if x.capacity else f"{bar(None, 16)} {DASH:>6}"
         r = rates[x.name]
-        if x.hit_rate is not None:
-            hit = pct(x.hit_rate)
-        elif r is not None and total_rate > 0:
-            hit = pct(r / total_rate)  # share of the interval's page reads this tier served
+        h = hit_rates[x.name]
+        if h is not None and total_rate > 0:
+            hit = pct(h / total_rate)  # share of the interval's page reads this tier served
         else:
-            hit = pct(x.read_share)
+            hit = pct(x.hit_rate)
         used = f"{human_bytes(x.used_bytes)} / {cap}"
         lines.append(f"{x.name:<{name_w}} {(x.kind or DASH):<5} {fill:<24} {used:<22} {count(x.pages):>9} "
                      f"{count(x.dirty_pages):>7} {rate(r, ''):>9} {hit:>7}")

@@ -162,7 +162,7 @@ class TierInfo:
     reads: float | None = None
     writes: float | None = None
     hits: float | None = None
-    hit_rate: float | None = None  # share of this tier's lookups that found the page here
+    hit_rate: float | None = None  # share of all page reads this tier served (`hit_rate` if reported)
     read_share: float | None = None  # share of all page reads the store served from this tier
     promotions: float | None = None
     demotions: float | None = None
@@ -237,8 +237,9 @@ class View:
     mounted: bool
 
 
-STORE_COUNTERS = ("reads", "writes", "implicit_page_reads", "pages_materialised", "writebacks", "write_through",
-                  "evictions", "checksum_failures", "io_errors", "enospc")
+STORE_COUNTERS = ("reads", "writes", "implicit_reads", "implicit_page_reads", "pages_materialised", "writebacks",
+                  "writeback_batches", "write_through", "evictions", "migrations", "late_joins", "checksum_failures",
+                  "io_errors", "enospc")
 ERROR_KEYS = ("checksum_failures", "io_errors", "enospc", "internal_errors", "eio")
 
 
@@ -274,9 +275,10 @@ def extract(stats: Mapping[str, Any] | None) -> View:
     tiers = [_tier(t) for t in raw_tiers if isinstance(t, Mapping)]
     total_reads = sum(t.reads for t in tiers if t.reads is not None)
     for t in tiers:
-        if t.hit_rate is None and t.hits is not None:
-            t.hit_rate = ratio(t.hits, t.reads if t.reads else None)
+        # hit rate of a tier: the share of all page reads it served (a hit at this level of the hierarchy)
         t.read_share = ratio(t.reads, total_reads) if t.reads is not None else None
+        if t.hit_rate is None:
+            t.hit_rate = ratio(t.hits if t.hits is not None else t.reads, total_reads)
 
     read_latency = parse_histogram(get(store, "read_latency_seconds")) or parse_histogram(get(stats, "read_latency_seconds"))
     counters = {k: v for k in STORE_COUNTERS if (v := num(get(store, k))) is not None}
@@ -291,9 +293,9 @@ def extract(stats: Mapping[str, Any] | None) -> View:
         errors = {k: v for k in ERROR_KEYS if (v := num(get(store, k))) is not None}
 
     queues: dict[str, float] = {}
-    raw_queues = stats.get("queues")
-    if isinstance(raw_queues, Mapping):
-        queues = {str(k): n for k, raw in raw_queues.items() if (n := num(raw)) is not None}
+    for raw_queues in (stats.get("queues"), get(store, "queues")):
+        if isinstance(raw_queues, Mapping):
+            queues.update({str(k): n for k, raw in raw_queues.items() if (n := num(raw)) is not None})
     for key, name in (("demand_waiting", "demand"), ("writeback_queue", "writeback")):
         value = num(get(store, key))
         if value is not None:

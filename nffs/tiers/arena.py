@@ -1,0 +1,240 @@
+"""A memory tier's page copies: fixed-size slots in one file on tmpfs, mapped once.
+
+A read is a bounds check, a checksum check and a copy out of the mapping: no open,
+no close, no system call. Every slot carries one xxh3 per `chunk_bytes` of its page,
+kept current by every write, so a copy that was changed behind our back (another
+process writing the tier file, memory corruption, a bug) is detected on the next read
+of that chunk and never returned (SPEC 7).
+
+The arena knows bytes and their checksums only; which page lives in which slot and
+whether it is dirty is the page table's business.
+
+Concurrency: the trio thread reads and writes slots; worker threads take snapshots of
+slots (write-back) and gather rows (inference). Writers and snapshot readers hold
+`lock`, so a snapshot is never torn; gathers read without it (a value written during
+a gather may be seen before or after the write, as with any concurrent read).
+"""
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import threading
+
+import numpy as np
+import xxhash
+
+from ..errors import ChecksumMismatch
+from .tierroot import TierRoot
+
+log = logging.getLogger(__name__)
+
+ARENA_FILE = "arena"
+_h = xxhash.xxh3_64_intdigest
+
+
+class MemoryArena:
+    def __init__(self, root: TierRoot | None, n_slots: int, page_size: int, chunk_bytes: int, numa_node: int | None = None) -> None:
+        self.root = root
+        self.n_slots = n_slots
+        self.page_size = page_size
+        # at most 64 chunks per page, so a page's chunk masks fit one 64-bit integer
+        self.chunk = min(max(chunk_bytes, page_size // 64), page_size)
+        self.chunks_per_page = page_size // self.chunk
+        self.full_mask = (1 << self.chunks_per_page) - 1
+        size = n_slots * page_size
+        self.fd = -1
+        if root is None:
+            self._mm = mmap.mmap(-1, size)
+        else:
+            self.fd = root.open_file(ARENA_FILE, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+            os.ftruncate(self.fd, size)
+            if numa_node is not None:
+                from .numa import mbind_file
+
+                if not mbind_file(self.fd, size, numa_node):
+                    log.warning("could not bind the arena of %s to NUMA node %d", root.path, numa_node)
+            self._mm = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.view = memoryview(self._mm)
+        self.bytes = np.frombuffer(self._mm, dtype=np.uint8)
+        self.sums = np.zeros((n_slots, self.chunks_per_page), dtype=np.uint64)
+        #: chunks whose bytes in the slot are meaningful (checksummed); the others are the
+        #: implicit init, computed only when something reads them
+        self.valid = np.zeros(n_slots, dtype=np.uint64)
+        #: chunks that belong to the stored page (written at some time): only these are
+        #: written home; the rest of a home is the implicit init too
+        self.stored = np.zeros(n_slots, dtype=np.uint64)
+        self.lock = threading.Lock()
+        self._free: list[int] = []
+        self._fresh = 0  # slots >= this were never handed out
+        self.used = 0
+
+    # -- slots -------------------------------------------------------------------------
+    def alloc(self) -> int | None:
+        if self._free:
+            self.used += 1
+            return self._free.pop()
+        if self._fresh < self.n_slots:
+            slot = self._fresh
+            self._fresh += 1
+            self.used += 1
+            return slot
+        return None
+
+    def alloc_at(self, slot: int) -> None:
+        """Direct-mapped arenas: page p always lives in slot p."""
+        self.used += 1
+
+    def release(self, slot: int, *, direct: bool = False) -> None:
+        self.used -= 1
+        if not direct:
+            self._free.append(slot)
+
+    # -- bytes -------------------------------------------------------------------------
+    def _base(self, slot: int) -> int:
+        return slot * self.page_size
+
+    def range_mask(self, offset: int, length: int) -> int:
+        first, last = offset // self.chunk, (offset + length - 1) // self.chunk + 1
+        return ((1 << (last - first)) - 1) << first
+
+    def missing(self, slot: int, offset: int, length: int) -> int:
+        """Chunks of [offset, offset+length) whose bytes are not in the slot yet (implicit)."""
+        return self.range_mask(offset, length) & ~int(self.valid[slot])
+
+    def install(self, slot: int, data: bytes | bytearray | memoryview | np.ndarray, *, stored: int) -> None:
+        """A whole page into a slot, with fresh checksums; `stored` chunks belong to the page."""
+        base = self._base(slot)
+        mv = memoryview(data).cast("B")
+        with self.lock:
+            self.view[base:base + self.page_size] = mv
+            self._rehash(slot, 0, self.chunks_per_page)
+            self.valid[slot] = self.full_mask
+            self.stored[slot] = stored
+
+    def install_empty(self, slot: int) -> None:
+        """A page that is all implicit init so far: nothing is copied or computed."""
+        self.valid[slot] = 0
+        self.stored[slot] = 0
+
+    def fill(self, slot: int, first_chunk: int, data: bytes) -> None:
+        """Implicit-init bytes for chunks that were not valid (they stay not stored)."""
+        c = self.chunk
+        n = len(data) // c
+        base = self._base(slot) + first_chunk * c
+        with self.lock:
+            self.view[base:base + n * c] = data
+            self._rehash(slot, first_chunk, first_chunk + n)
+            self.valid[slot] = int(self.valid[slot]) | (((1 << n) - 1) << first_chunk)
+
+    def write(self, slot: int, offset: int, data: memoryview) -> None:
+        """Patch a slot; chunks only partly covered must be valid already (the caller fills them)."""
+        base = self._base(slot)
+        mask = self.range_mask(offset, len(data))
+        with self.lock:
+            self.view[base + offset:base + offset + len(data)] = data
+            self._rehash(slot, offset // self.chunk, (offset + len(data) - 1) // self.chunk + 1)
+            self.valid[slot] = int(self.valid[slot]) | mask
+            self.stored[slot] = int(self.stored[slot]) | mask
+
+    def _rehash(self, slot: int, first: int, last: int) -> None:
+        base = self._base(slot)
+        c = self.chunk
+        sums = self.sums[slot]
+        view = self.view
+        for i in range(first, last):
+            sums[i] = _h(view[base + i * c:base + (i + 1) * c])
+
+    def verify(self, slot: int, offset: int = 0, length: int | None = None) -> bool:
+        """Do the (valid) chunks of the range still match their checksums?"""
+        if length is None:
+            offset, length = 0, self.page_size
+        if length <= 0:
+            return True
+        base = self._base(slot)
+        c = self.chunk
+        first, last = offset // c, (offset + length - 1) // c + 1
+        view = self.view
+        if last - first == 1:
+            return _h(view[base + first * c:base + last * c]) == int(self.sums[slot, first])
+        return [_h(view[base + i * c:base + (i + 1) * c]) for i in range(first, last)] == self.sums[slot, first:last].tolist()
+
+    def verify_valid(self, slot: int) -> bool:
+        valid = int(self.valid[slot])
+        if valid == self.full_mask:
+            return self.verify(slot)
+        c = self.chunk
+        base = self._base(slot)
+        sums = self.sums[slot]
+        return all(
+            _h(self.view[base + i * c:base + (i + 1) * c]) == int(sums[i])
+            for i in range(self.chunks_per_page) if valid >> i & 1
+        )
+
+    def read_into(self, slot: int, offset: int, out: memoryview) -> None:
+        if not self.verify(slot, offset, len(out)):
+            raise ChecksumMismatch(f"memory copy in slot {slot} fails its checksum")
+        base = self._base(slot) + offset
+        out[:] = self.view[base:base + len(out)]
+
+    def read(self, slot: int, offset: int, length: int) -> bytes:
+        if not self.verify(slot, offset, length):
+            raise ChecksumMismatch(f"memory copy in slot {slot} fails its checksum")
+        base = self._base(slot) + offset
+        return self.view[base:base + length].tobytes()
+
+    def snapshot(self, slot: int) -> tuple[bytes, int]:
+        """A consistent, verified copy of a slot and its stored-chunk mask (write-back, any thread)."""
+        base = self._base(slot)
+        with self.lock:
+            data = self.view[base:base + self.page_size].tobytes()
+            stored = int(self.stored[slot])
+            ok = self.verify_valid(slot)
+        if not ok:
+            raise ChecksumMismatch(f"memory copy in slot {slot} fails its checksum")
+        return data, stored
+
+    def copy_from(self, slot: int, other: "MemoryArena", other_slot: int) -> None:
+        """Move a copy between memory tiers with its masks."""
+        base = self._base(slot)
+        with self.lock:
+            self.view[base:base + self.page_size] = other.page_view(other_slot)
+            self.sums[slot] = other.sums[other_slot]
+            self.valid[slot] = other.valid[other_slot]
+            self.stored[slot] = other.stored[other_slot]
+
+    def page_view(self, slot: int) -> memoryview:
+        base = self._base(slot)
+        return self.view[base:base + self.page_size]
+
+    def drop_contents(self, slot: int) -> None:
+        """Give a slot's memory back to the system (tmpfs: punch a hole)."""
+        if self.fd >= 0:
+            _punch_hole(self.fd, self._base(slot), self.page_size)
+
+    def close(self) -> None:
+        self.sums = np.zeros((0, self.chunks_per_page), dtype=np.uint64)
+        try:
+            self.bytes = np.zeros(0, dtype=np.uint8)
+            self.view.release()
+            self._mm.close()
+        except (BufferError, ValueError):
+            log.debug("arena mapping still referenced at close; left to the garbage collector")
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_libc = None
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> None:
+    global _libc
+    import ctypes
+    import ctypes.util
+
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, ctypes.c_long(offset), ctypes.c_long(length))

@@ -1,0 +1,56 @@
+"""Every tuning constant of the storage core, in one documented place.
+
+Values are defaults; `StoreConfig` can be overridden per store (tests use smaller
+numbers).  Nothing here changes on-disk formats except `slab_bytes` (recorded per tier).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    #: memory tiers are kept below this fill ratio; above it the coldest copies move down...
+    high_watermark: float = 0.90
+    #: ...until this ratio is reached (SPEC 3: 90 % / 80 %)
+    low_watermark: float = 0.80
+    #: half-life of the decayed access count that ranks pages by hotness (seconds)
+    heat_half_life_s: float = 30.0
+    #: a home on a slower durable tier whose decayed access count reaches this moves up
+    promote_heat: float = 4.0
+    #: a durable tier's pages live in slab files of this many bytes at most (at least
+    #: `min_slots_per_slab` slots), so 10^6 pages need a handful of files, not 10^6
+    slab_bytes: int = 1 << 30
+    min_slots_per_slab: int = 4096
+    #: threads that may serve demand reads of durable tiers at once
+    demand_threads: int = 32
+    #: prefetch fetches in flight at once (kept well below demand_threads)
+    prefetch_slots: int = 8
+    #: a prefetch waits while more demand reads than this wait on slow tiers
+    prefetch_yield_demand: int = 2
+    #: threads for write-back and migration
+    background_threads: int = 2
+    #: dirty bytes in memory tiers that start a write-back before the interval is up (like the
+    #: kernel's dirty_background_bytes): a long copy drains to disk while it runs, so the
+    #: final fsync has little left to do
+    dirty_background_bytes: int = 32 << 20
+    #: a write-back batch writes at most this many bytes before its group commit
+    writeback_batch_bytes: int = 64 << 20
+    #: bytes gathered into one pwritev when consecutive slots are written
+    coalesce_bytes: int = 8 << 20
+    #: background tick: watermarks, write-back timer and tier health (seconds, at most)
+    background_tick_s: float = 0.5
+    #: page-table rows kept in memory (homes); the rest is SQLite's job
+    row_cache_entries: int = 1 << 16
+    #: a field whose pages fit in the first memory tier maps page p to slot p there, so a
+    #: gather is one numpy take; below this page count the page->slot index is a dense array
+    dense_index_pages: int = 1 << 24
+    #: memory given to an in-process arena when no memory tier is configured
+    anonymous_arena_bytes: int = 64 << 20
+    #: how long a verified tier-root identity is trusted before it is checked again (seconds)
+    root_check_interval_s: float = 1.0
+    #: batches up to this many points are encoded inline on the trio thread (fast path)
+    inline_points: int = 64
+
+
+DEFAULT = StoreConfig()

@@ -1,0 +1,231 @@
+"""A durable tier's page homes: slots in a few large slab files, written copy-on-write.
+
+Why slabs (docs/design.md has the measured comparison): a petabyte field cannot have a
+file per page, and a page home must be replaced atomically. A new version of a page is
+written to a *free* slot, the slab is fsynced, and only then does the page table commit
+the new (tier, slot, checksum); the old slot becomes free after that commit. A crash at
+any point leaves the committed slot intact, and slots written but never committed are
+simply free again at the next mount (free = not referenced by the page table), so a
+crash leaves nothing behind to clean up.
+
+Allocation runs on the trio thread; reads, writes and fsyncs run in worker threads.
+A slot freed while a home read that started earlier may still be reading it waits in
+limbo until that read has finished (read epochs), so a read never sees a reused slot.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import Counter
+
+import numpy as np
+import xxhash
+
+from ..errors import PageIOError
+from .tierroot import TierRoot
+
+log = logging.getLogger(__name__)
+
+
+def chunk_size(page_size: int) -> int:
+    """Bytes per chunk: the unit of checksums in memory and of what a home stores.
+
+    At most 64 chunks per page, so a page's chunk mask is one 64-bit integer; a fixed
+    function of the page size, because homes record masks in these units.
+    """
+    return min(page_size, max(4096, page_size // 64))
+
+
+def mask_runs(mask: int, n_chunks: int) -> list[tuple[int, int]]:
+    """Runs [first, last) of set bits: the stored chunks of a page, as contiguous ranges."""
+    runs = []
+    i = 0
+    while i < n_chunks:
+        if mask >> i & 1:
+            j = i
+            while j < n_chunks and mask >> j & 1:
+                j += 1
+            runs.append((i, j))
+            i = j
+        else:
+            i += 1
+    return runs
+
+
+def stored_checksum(data: bytes | memoryview, mask: int, chunk: int, n_chunks: int) -> int:
+    """xxh3 of the stored chunks of a page, in order (of the whole page when all are stored)."""
+    if mask == (1 << n_chunks) - 1:
+        return xxhash.xxh3_64_intdigest(data)
+    h = xxhash.xxh3_64()
+    view = memoryview(data)
+    for a, b in mask_runs(mask, n_chunks):
+        h.update(view[a * chunk:b * chunk])
+    return h.intdigest()
+
+
+def slab_name(index: int) -> str:
+    return f"slab-{index:06d}"
+
+
+def parse_slab_name(name: str) -> int | None:
+    if name.startswith("slab-") and len(name) == 11 and name[5:].isdigit():
+        return int(name[5:])
+    return None
+
+
+class SlabHomes:
+    def __init__(self, root: TierRoot, page_size: int, slots_per_slab: int) -> None:
+        self.root = root
+        self.page_size = page_size
+        self.slots_per_slab = slots_per_slab
+        self._fds: dict[int, int] = {}
+        self._fd_lock = threading.Lock()
+        self._free: list[int] = []  # descending, so pop() hands out the lowest slot
+        self._fresh = 0
+        self._limbo: list[tuple[int, int]] = []  # (epoch at release, slot)
+        self._epoch = 0
+        self._readers: Counter[int] = Counter()
+        self.committed = 0  # slots referenced by the page table
+
+    # -- allocation (trio thread) -----------------------------------------------------------
+    def load_used(self, used: np.ndarray) -> None:
+        """Free slots are those the page table does not reference (after any crash too)."""
+        used = np.unique(used.astype(np.int64))
+        self.committed = int(used.size)
+        self._fresh = int(used[-1]) + 1 if used.size else 0
+        holes = np.setdiff1d(np.arange(self._fresh, dtype=np.int64), used, assume_unique=True)
+        self._free = holes[::-1].tolist()
+
+    def alloc(self) -> int:
+        if self._free:
+            return self._free.pop()
+        slot = self._fresh
+        self._fresh += 1
+        return slot
+
+    def unalloc(self, slot: int) -> None:
+        """A slot allocated for a write that was never committed: free at once."""
+        self._free.append(slot)
+        self._free.sort(reverse=True)
+
+    def retire(self, slot: int) -> None:
+        """A slot the page table no longer references (after a durable commit)."""
+        self._limbo.append((self._epoch, slot))
+        self._epoch += 1
+        self._release_limbo()
+
+    def begin_read(self) -> int:
+        e = self._epoch
+        self._readers[e] += 1
+        return e
+
+    def end_read(self, epoch: int) -> None:
+        self._readers[epoch] -= 1
+        if self._readers[epoch] <= 0:
+            del self._readers[epoch]
+        self._release_limbo()
+
+    def _release_limbo(self) -> None:
+        if not self._limbo:
+            return
+        oldest = min(self._readers) if self._readers else self._epoch + 1
+        keep = []
+        released = False
+        for epoch, slot in self._limbo:
+            if epoch < oldest:
+                self._free.append(slot)
+                released = True
+            else:
+                keep.append((epoch, slot))
+        self._limbo = keep
+        if released:
+            self._free.sort(reverse=True)
+
+    @property
+    def allocated_slots(self) -> int:
+        return self._fresh - len(self._free) - len(self._limbo)
+
+    # -- I/O (worker threads) -----------------------------------------------------------------
+    def _fd(self, slab: int, create: bool) -> tuple[int, bool]:
+        with self._fd_lock:
+            fd = self._fds.get(slab)
+            if fd is not None:
+                return fd, False
+            flags = os.O_RDWR | (os.O_CREAT if create else 0)
+            try:
+                fd = self.root.open_file(slab_name(slab), flags)
+            except FileNotFoundError:
+                raise PageIOError(f"{self.root.path}: {slab_name(slab)} is missing") from None
+            self._fds[slab] = fd
+            return fd, create
+
+    def read(self, slot: int) -> bytes:
+        slab, index = divmod(slot, self.slots_per_slab)
+        fd, _ = self._fd(slab, create=False)
+        data = os.pread(fd, self.page_size, index * self.page_size)
+        if len(data) != self.page_size:
+            # chunks a home does not store may lie past the end of the slab file; whatever
+            # is missing there is checked by the page's checksum, not by the length
+            data += bytes(self.page_size - len(data))
+        return data
+
+    def write_partial(self, slot: int, data: bytes, mask: int, chunk: int, n_chunks: int) -> int:
+        """Write only the stored chunks of a page into its slot; returns the slab touched."""
+        slab, index = divmod(slot, self.slots_per_slab)
+        fd, created = self._fd(slab, create=True)
+        if created:
+            self.root.fsync()
+        view = memoryview(data)
+        base = index * self.page_size
+        for a, b in mask_runs(mask, n_chunks):
+            n = os.pwrite(fd, view[a * chunk:b * chunk], base + a * chunk)
+            if n != (b - a) * chunk:
+                raise OSError(28, f"short write to {slab_name(slab)}")
+        return slab
+
+    def write_many(self, items: list[tuple[int, bytes]], coalesce_bytes: int) -> set[int]:
+        """Write (slot, page) pairs, consecutive slots in one pwritev; returns the slabs touched."""
+        touched: set[int] = set()
+        items = sorted(items)
+        i = 0
+        while i < len(items):
+            slot0 = items[i][0]
+            slab, index = divmod(slot0, self.slots_per_slab)
+            bufs = [items[i][1]]
+            j = i + 1
+            while (
+                j < len(items)
+                and items[j][0] == items[j - 1][0] + 1
+                and items[j][0] // self.slots_per_slab == slab
+                and (j - i) * self.page_size < coalesce_bytes
+            ):
+                bufs.append(items[j][1])
+                j += 1
+            fd, created = self._fd(slab, create=True)
+            if created:
+                self.root.fsync()  # the slab's directory entry must be durable before the commit
+            expected = len(bufs) * self.page_size
+            written = os.pwritev(fd, bufs, index * self.page_size)
+            if written != expected:
+                raise OSError(28, f"short write to {slab_name(slab)} ({written} of {expected} bytes)")
+            touched.add(slab)
+            i = j
+        return touched
+
+    def sync(self, slabs: set[int]) -> None:
+        for slab in slabs:
+            fd, _ = self._fd(slab, create=False)
+            os.fdatasync(fd)
+
+    def slab_files(self) -> list[str]:
+        return [n for n in self.root.listdir() if parse_slab_name(n) is not None]
+
+    def close(self) -> None:
+        with self._fd_lock:
+            for fd in self._fds.values():
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._fds.clear()

@@ -1,0 +1,252 @@
+"""The page table: the one owner of page metadata. "Where is page p, and in what state?"
+
+A page is in one of these states:
+- *implicit*: never written; its bytes are SPEC 2.3's init. No row, no copy.
+- *home*: its durable copy is (tier, slot, xxh3) in the `homes` table of meta.db.
+- plus, optionally, one *memory copy* in a memory tier's arena slot, which is either
+  clean (equal to the home, or to the init for an implicit page cached for gathers) or
+  dirty (newer than the home; a dirty copy of a page with no home is a page
+  materialised since the last write-back).
+
+Homes are durable metadata (SQLite, committed with the slab data already fsynced, see
+homes.py). Memory copies are deliberately *not* recorded durably: they live exactly as
+long as the daemon that made them, so after any crash the field shows the committed
+homes and nothing else — unsynced writes may be lost, but nothing ever flips back and
+forth (docs/design.md, "Crash protocol").
+
+Threads: lookups and memory-copy bookkeeping happen on the trio thread (a reader
+connection; WAL readers never wait for the writer). Commits of new homes run in a
+worker thread on a separate writer connection with synchronous=FULL.
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from .arena import MemoryArena
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS homes(
+    page INTEGER PRIMARY KEY,
+    tier INTEGER NOT NULL,
+    slot INTEGER NOT NULL,
+    sum INTEGER NOT NULL,
+    mask INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS homes_tier_slot ON homes(tier, slot);
+"""
+
+_SIGN = 1 << 63
+
+
+def to_signed64(value: int) -> int:
+    """SQLite integers are signed; xxh3 digests are not."""
+    return value - (1 << 64) if value >= _SIGN else value
+
+
+def to_unsigned64(value: int) -> int:
+    return value + (1 << 64) if value < 0 else value
+
+
+@dataclass(frozen=True)
+class Home:
+    tier: int  # durable tier id (stable across mounts, from the tiers table)
+    slot: int
+    checksum: int  # xxh3 of the stored chunks, in order
+    mask: int  # stored chunks (bit i = chunk i); the others are the implicit init
+
+
+_NO_ROW = object()
+
+
+def create_schema(db_path: str) -> None:
+    """At `init`: the homes table exists from the start (read-only openers rely on it)."""
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        conn.executescript(SCHEMA)
+    finally:
+        conn.close()
+
+
+class MemTier:
+    """Per-slot state of one memory tier's arena (what lives where, dirty, pins, heat)."""
+
+    def __init__(self, index: int, arena: MemoryArena, direct: bool) -> None:
+        self.index = index
+        self.arena = arena
+        self.direct = direct
+        n = arena.n_slots
+        self.slot_page = np.full(n, -1, dtype=np.int64)
+        self.dirty_gen = np.zeros(n, dtype=np.int64)  # 0 = clean
+        self.home_tier = np.full(n, -1, dtype=np.int32)  # durable tier id of the (reserved) home
+        self.has_home = np.zeros(n, dtype=bool)
+        self.pins = np.zeros(n, dtype=np.int32)
+        #: decayed access count: +1 per access, the whole array decays in the background tick
+        self.heat = np.zeros(n, dtype=np.float32)
+        self.dirty = 0
+        self.resident = 0
+
+
+class PageTable:
+    def __init__(self, db_path: str, n_pages: int, *, dense_limit: int, row_cache: int, read_only: bool) -> None:
+        self.db_path = db_path
+        self.read_only = read_only
+        self.n_pages = n_pages
+        if read_only:
+            uri = f"file:{db_path}?mode=ro"
+            self._reader = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            self._writer = None
+        else:
+            self._writer = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+            self._writer.execute("PRAGMA busy_timeout=10000")
+            self._writer.execute("PRAGMA journal_mode=WAL")
+            self._writer.execute("PRAGMA synchronous=FULL")
+            self._writer.executescript(SCHEMA)
+            self._reader = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+        self._reader.execute("PRAGMA busy_timeout=10000")
+        self._reader.execute("PRAGMA cache_size=-8192")
+        self._write_lock = threading.Lock()
+        self._rows: dict[int, object] = {}
+        self._row_limit = row_cache
+        # memory index: page -> (mem tier index << 40) | slot, or -1
+        self.dense = n_pages <= dense_limit
+        self._dense_index = np.full(n_pages if self.dense else 0, -1, dtype=np.int64)
+        self._sparse_index: dict[int, int] = {}
+        self.mem_tiers: list[MemTier] = []
+
+    # -- homes ------------------------------------------------------------------------------
+    def home(self, page: int) -> Home | None:
+        cached = self._rows.get(page, _NO_ROW)
+        if cached is _NO_ROW:
+            r = self._reader.execute("SELECT tier, slot, sum, mask FROM homes WHERE page=?", (page,)).fetchone()
+            cached = None if r is None else Home(r[0], r[1], to_unsigned64(r[2]), to_unsigned64(r[3]))
+            if len(self._rows) >= self._row_limit:
+                self._rows.clear()
+            self._rows[page] = cached
+        return cached  # type: ignore[return-value]
+
+    def commit_homes(self, rows: list[tuple[int, Home]]) -> None:
+        """Record new homes durably (worker thread; the slab data must already be fsynced)."""
+        assert self._writer is not None
+        with self._write_lock:
+            self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                self._writer.executemany(
+                    "INSERT OR REPLACE INTO homes(page, tier, slot, sum, mask) VALUES (?, ?, ?, ?, ?)",
+                    [(p, h.tier, h.slot, to_signed64(h.checksum), to_signed64(h.mask)) for p, h in rows],
+                )
+                self._writer.execute("COMMIT")
+            except BaseException:
+                self._writer.execute("ROLLBACK")
+                raise
+
+    def delete_homes(self, pages: list[int]) -> None:
+        assert self._writer is not None
+        with self._write_lock:
+            self._writer.execute("BEGIN IMMEDIATE")
+            self._writer.executemany("DELETE FROM homes WHERE page=?", [(p,) for p in pages])
+            self._writer.execute("COMMIT")
+        for p in pages:
+            self._rows[p] = None
+
+    def remember(self, page: int, home: Home | None) -> None:
+        """After a commit: the trio thread's view of the row (never stale: one writer)."""
+        if len(self._rows) >= self._row_limit:
+            self._rows.clear()
+        self._rows[page] = home
+
+    def used_slots(self, tier_id: int) -> np.ndarray:
+        cur = self._reader.execute("SELECT slot FROM homes WHERE tier=?", (tier_id,))
+        out = []
+        while True:
+            chunk = cur.fetchmany(1 << 16)
+            if not chunk:
+                break
+            out.append(np.fromiter((r[0] for r in chunk), dtype=np.int64, count=len(chunk)))
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+    def count_by_tier(self) -> dict[int, int]:
+        return dict(self._reader.execute("SELECT tier, COUNT(*) FROM homes GROUP BY tier"))
+
+    def iter_homes(self, tier_id: int | None = None):
+        q = "SELECT page, tier, slot, sum, mask FROM homes" + (" WHERE tier=?" if tier_id is not None else "") + " ORDER BY page"
+        for r in self._reader.execute(q, () if tier_id is None else (tier_id,)):
+            yield r[0], Home(r[1], r[2], to_unsigned64(r[3]), to_unsigned64(r[4]))
+
+    def homes_on(self, tier_id: int, limit: int) -> list[tuple[int, Home]]:
+        cur = self._reader.execute("SELECT page, tier, slot, sum, mask FROM homes WHERE tier=? LIMIT ?", (tier_id, limit))
+        return [(r[0], Home(r[1], r[2], to_unsigned64(r[3]), to_unsigned64(r[4]))) for r in cur]
+
+    # -- memory copies ------------------------------------------------------------------------
+    def add_mem_tier(self, arena: MemoryArena, direct: bool) -> MemTier:
+        mt = MemTier(len(self.mem_tiers), arena, direct)
+        self.mem_tiers.append(mt)
+        return mt
+
+    def mem(self, page: int) -> tuple[MemTier, int] | None:
+        if self.dense:
+            code = int(self._dense_index[page])
+        else:
+            code = self._sparse_index.get(page, -1)
+        if code < 0:
+            return None
+        return self.mem_tiers[code >> 40], code & ((1 << 40) - 1)
+
+    def mem_codes(self, pages: np.ndarray) -> np.ndarray:
+        """Vectorised lookup (dense index only): packed codes, -1 where not in memory."""
+        return self._dense_index[pages]
+
+    def set_mem(self, page: int, mt: MemTier, slot: int, *, dirty_gen: int, home_tier: int, has_home: bool) -> None:
+        code = (mt.index << 40) | slot
+        if self.dense:
+            self._dense_index[page] = code
+        else:
+            self._sparse_index[page] = code
+        mt.slot_page[slot] = page
+        mt.dirty_gen[slot] = dirty_gen
+        if dirty_gen:
+            mt.dirty += 1
+        mt.home_tier[slot] = home_tier
+        mt.has_home[slot] = has_home
+        mt.heat[slot] = 1.0
+        mt.resident += 1
+
+    def clear_mem(self, page: int, mt: MemTier, slot: int) -> None:
+        if self.dense:
+            self._dense_index[page] = -1
+        else:
+            self._sparse_index.pop(page, None)
+        if mt.dirty_gen[slot]:
+            mt.dirty -= 1
+        mt.slot_page[slot] = -1
+        mt.dirty_gen[slot] = 0
+        mt.home_tier[slot] = -1
+        mt.has_home[slot] = False
+        mt.resident -= 1
+
+    def mark_dirty(self, mt: MemTier, slot: int, gen: int) -> None:
+        if not mt.dirty_gen[slot]:
+            mt.dirty += 1
+        mt.dirty_gen[slot] = gen
+
+    def mark_clean(self, mt: MemTier, slot: int) -> None:
+        if mt.dirty_gen[slot]:
+            mt.dirty -= 1
+        mt.dirty_gen[slot] = 0
+
+    def dirty_slots(self) -> list[tuple[MemTier, np.ndarray]]:
+        return [(mt, np.flatnonzero(mt.dirty_gen)) for mt in self.mem_tiers if mt.dirty]
+
+    def close(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass

@@ -1,0 +1,67 @@
+"""I/O classes for slow tiers: demand first, prefetch when demand leaves room, background last.
+
+Each class has its own slots (a trio CapacityLimiter covering the emulated latency and
+the worker-thread call), so a demand read never queues behind a prefetch or a
+write-back: prefetches are fewer than the demand slots and do not start while more
+than a few demand reads are waiting. No polling: waiting prefetches sleep on an event
+that the last waiting demand read sets.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+import trio
+
+from .config import StoreConfig
+from .port import Priority
+
+T = TypeVar("T")
+
+
+class IOScheduler:
+    def __init__(self, cfg: StoreConfig) -> None:
+        self.cfg = cfg
+        self._slots = {
+            Priority.DEMAND: trio.CapacityLimiter(cfg.demand_threads),
+            Priority.PREFETCH: trio.CapacityLimiter(cfg.prefetch_slots),
+            Priority.BACKGROUND: trio.CapacityLimiter(cfg.background_threads),
+        }
+        self._threads = trio.CapacityLimiter(cfg.demand_threads + cfg.prefetch_slots + cfg.background_threads)
+        self.demand_waiting = 0
+        self._room = trio.Event()
+        self._room.set()
+        self.in_flight = {p: 0 for p in Priority}
+
+    async def run(self, priority: Priority, fn: Callable[..., T], *args: Any, latency: float = 0.0) -> T:
+        if priority == Priority.PREFETCH:
+            while self.demand_waiting > self.cfg.prefetch_yield_demand:
+                await self._room.wait()
+        demand = priority == Priority.DEMAND
+        if demand:
+            self.demand_waiting += 1
+            if self.demand_waiting > self.cfg.prefetch_yield_demand and self._room.is_set():
+                self._room = trio.Event()
+        try:
+            async with self._slots[priority]:
+                self.in_flight[priority] += 1
+                try:
+                    if latency:
+                        await trio.sleep(latency)
+                    return await trio.to_thread.run_sync(fn, *args, limiter=self._threads)
+                finally:
+                    self.in_flight[priority] -= 1
+        finally:
+            if demand:
+                self.demand_waiting -= 1
+                if self.demand_waiting <= self.cfg.prefetch_yield_demand:
+                    self._room.set()
+
+    async def cpu(self, fn: Callable[..., T], *args: Any) -> T:
+        """CPU-heavy work (hashing, gathers) off the trio thread, outside the I/O classes."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._threads)
+
+    def queue_depths(self) -> dict[str, int]:
+        return {
+            "demand_waiting": self.demand_waiting,
+            **{f"{p.name.lower()}_in_flight": n for p, n in self.in_flight.items()},
+        }
