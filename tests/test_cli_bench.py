@@ -45,6 +45,7 @@ def test_table_has_every_row_with_target_and_verdict() -> None:
     assert "12.00x" in text and ">= 5x" in text  # scan prefetch target
     assert "85.0%" in text and ">= 90%" in text
     assert "do no harm" in text and "not measured" in text
+    assert "stopped at 60 s" in render_table(rows, [("prefetch: p99", "stopped at 60 s")])
 
 
 def test_plots_have_titles_axes_and_legends(tmp_path, monkeypatch) -> None:
@@ -75,3 +76,29 @@ def test_plots_have_titles_axes_and_legends(tmp_path, monkeypatch) -> None:
 def test_unknown_benchmark_is_a_clear_error() -> None:
     res = nffs("bench", "--only", "nonsense", check=False)
     assert res.returncode == 1 and "unknown benchmark(s) nonsense" in res.stderr
+
+
+def test_quick_budgets_fit_in_five_minutes() -> None:
+    from nffs.ui.bench import QUICK_TOTAL_S, SUITES
+
+    # every suite's budget is capped by what is left of the total (see run_bench)
+    assert QUICK_TOTAL_S < 300
+    assert all(s.quick_budget_s > 0 for s in SUITES.values())
+
+
+def test_a_script_over_its_budget_is_stopped_cleanly(tmp_path, monkeypatch) -> None:
+    """SIGINT after the budget; the script's finally blocks run (its mounts are undone)."""
+    import io
+
+    import nffs.ui.bench as bench
+
+    script = tmp_path / "bench_sleepy.py"
+    script.write_text("import sys, time\ntry:\n    print('working', flush=True)\n    time.sleep(60)\n"
+                      "finally:\n    print('cleaned up', flush=True)\n")
+    (tmp_path / "bench_common.py").write_text("")
+    monkeypatch.setattr(bench, "scripts_dir", lambda: str(tmp_path))
+    log = io.StringIO()
+    res = bench._run_script("sleepy", bench.Suite("t", "bench_sleepy.py", [], []), True, str(tmp_path), None, log,
+                            budget_s=1.0)
+    assert res.get("timed_out") and "stopped after" in res["error"]
+    assert "cleaned up" in log.getvalue()

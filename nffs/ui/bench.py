@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -39,20 +40,25 @@ class Suite:
     script: str | None  # scripts/<name>; None: measured in this module
     quick: list[str]
     full: list[str]
+    quick_budget_s: float = 60.0  # with --quick, a script still running after this is stopped (SIGINT)
     env: dict[str, str] = field(default_factory=dict)
+
+
+QUICK_TOTAL_S = 285.0  # `nffs bench --quick` must finish in under 5 minutes
+STOP_GRACE_S = 60.0  # after SIGINT, time for a script to unmount and clean up
 
 
 PREFETCH_QUICK = ["--workloads", "scan,camera", "--predictors", "hoeffding,none", "--frames", "40", "--warmup", "8",
                   "--think-us", "100", "--frame-ms", "10"]
 SUITES: dict[str, Suite] = {
-    "io": Suite("hot, cold and sequential reads", "bench_io.py", ["--quick", "--rounds", "2"], []),
-    "writes": Suite("writes: copy + fsync, random writes to new pages + fsync", "bench_write.py", ["--quick"], []),
-    "query": Suite("inference, vectorisation, single point, batch sizes", "bench_query.py",
-                   ["--quick", "--rounds", "2", "--sweep"], ["--sweep"]),
+    "io": Suite("hot, cold and sequential reads", "bench_io.py", ["--quick", "--rounds", "2"], [], 60),
+    "writes": Suite("writes: copy + fsync, random writes to new pages + fsync", "bench_write.py", ["--quick"], [], 45),
+    "query": Suite("inference, vectorisation, single point, isolation, batch sizes", "bench_query.py",
+                   ["--quick", "--rounds", "2", "--sweep"], ["--sweep"], 90),
     "prefetch": Suite("prefetch: p99 and slow-tier reads, default predictor vs none", "bench_prefetch.py", PREFETCH_QUICK,
-                      ["--predictors", "hoeffding,markov,none"]),
-    "scale": Suite("scale: mount time and daemon memory vs pages", "bench_scale.py", ["--quick", "--mounts", "1"], []),
-    "occupancy": Suite("tier occupancy over time (for the plot)", None, [], []),
+                      ["--predictors", "hoeffding,markov,none"], 60),
+    "scale": Suite("scale: mount time and daemon memory vs pages", "bench_scale.py", ["--quick", "--mounts", "1"], [], 50),
+    "occupancy": Suite("tier occupancy over time (for the plot)", None, [], [], 25),
 }
 
 # SPEC 8 targets of the prefetch rows: p99 none / predictor, by workload
@@ -73,7 +79,7 @@ def scripts_dir() -> str:
 
 # ---------------------------------------------------------------------- running the scripts
 def _run_script(suite_name: str, suite: Suite, quick: bool, workdir: str, bar: Progress | None,
-                log_file) -> dict[str, Any]:
+                log_file, budget_s: float | None = None) -> dict[str, Any]:
     script = os.path.join(scripts_dir(), suite.script or "")
     if not os.path.isfile(script):
         return {"skipped": f"{suite.script} not present"}
@@ -87,18 +93,36 @@ def _run_script(suite_name: str, suite: Suite, quick: bool, workdir: str, bar: P
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             stdin=subprocess.DEVNULL)
     assert proc.stdout is not None
-    for line in proc.stdout:
-        log_file.write(line)
-        text = line.rstrip()
-        if bar is not None and bar.enabled:
-            if text:
-                bar.note = f"{suite_name}: {text[:90]}"
-                bar.draw()
-        else:
-            print(f"  {suite_name} | {text}", flush=True)
-    code = proc.wait()
+    stopped = threading.Event()
+    watchdog = None
+    if budget_s is not None:
+        # SIGINT, not SIGTERM: the scripts unmount and clean up in their finally blocks
+        watchdog = threading.Timer(budget_s, lambda: (stopped.set(), proc.send_signal(signal.SIGINT)))
+        watchdog.daemon = True
+        watchdog.start()
+    try:
+        for line in proc.stdout:
+            log_file.write(line)
+            text = line.rstrip()
+            if bar is not None and bar.enabled:
+                if text:
+                    bar.note = f"{suite_name}: {text[:90]}"
+                    bar.draw()
+            else:
+                print(f"  {suite_name} | {text}", flush=True)
+        try:
+            code = proc.wait(STOP_GRACE_S if stopped.is_set() else None)
+        except subprocess.TimeoutExpired:
+            proc.terminate()  # our own child, still cleaning up after its grace period
+            code = proc.wait()
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
     result: dict[str, Any] = {"seconds": round(time.monotonic() - start, 1), "returncode": code, "command": cmd}
-    if code != 0:
+    if stopped.is_set():
+        result["error"] = f"{suite.script} stopped after the --quick budget of {budget_s:.0f} s"
+        result["timed_out"] = True
+    elif code != 0:
         result["error"] = f"{suite.script} exited with status {code} (see the log)"
     try:
         with open(out_json) as f:
@@ -237,7 +261,7 @@ def _num(v: Any, unit: str) -> str:
     return f"{v:.3g} {unit}"
 
 
-def render_table(rows: list[dict[str, Any]]) -> str:
+def render_table(rows: list[dict[str, Any]], notes: list[tuple[str, str]] | None = None) -> str:
     header = ["SPEC 8 row", "nffs", "baseline", "ratio", "target", "verdict"]
     body = []
     for r in rows:
@@ -262,6 +286,8 @@ def render_table(rows: list[dict[str, Any]]) -> str:
                      ratio_text, target_text, verdict])
     for text in NOT_MEASURED:
         body.append([text, "—", "—", "—", "—", "not measured"])
+    for text, verdict in notes or []:
+        body.append([text, "—", "—", "—", "—", verdict])
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
@@ -290,9 +316,15 @@ def run_bench(quick: bool = False, json_path: str | None = None, plot_dir: str |
     tty = is_tty()
     print(f"nffs bench{' --quick' if quick else ''}: {len(names)} benchmarks ({', '.join(names)}); "
           f"full output in {log_path}", flush=True)
+    deadline = started + QUICK_TOTAL_S
     with open(log_path, "w") as log_file:
         for i, name in enumerate(names, 1):
             suite = SUITES[name]
+            budget = None
+            if quick:
+                # each suite its own budget, and never so much that the ones after it have no time left
+                later = sum(min(SUITES[n].quick_budget_s, 20.0) for n in names[i:])
+                budget = max(10.0, min(suite.quick_budget_s, deadline - time.monotonic() - later))
             if not tty:
                 print(f"[{i}/{len(names)}] {name}: {suite.title}", flush=True)
             with Progress(f"[{i}/{len(names)}] {name}", total=None, enabled=tty) as bar:
@@ -301,7 +333,7 @@ def run_bench(quick: bool = False, json_path: str | None = None, plot_dir: str |
                     if suite.script is None:
                         res = {"json": None, "occupancy": _occupancy(quick, bar)}
                     else:
-                        res = _run_script(name, suite, quick, workdir, bar, log_file)
+                        res = _run_script(name, suite, quick, workdir, bar, log_file, budget)
                 except BenchError:
                     raise
                 except Exception as exc:  # one failing benchmark must not lose the others' figures
@@ -315,8 +347,13 @@ def run_bench(quick: bool = False, json_path: str | None = None, plot_dir: str |
     elapsed = time.monotonic() - started
     print()
     print(f"SPEC 8 ratios, one run on this machine ({elapsed:.0f} s{', quick sizes' if quick else ''}):")
-    sys.stdout.write(render_table(rows))
-    failed = {n: r["error"] for n, r in results.items() if "error" in r}
+    notes = [(f"{n}: {SUITES[n].title}", f"stopped at {r['seconds']:.0f} s") for n, r in results.items()
+             if r.get("timed_out")]
+    sys.stdout.write(render_table(rows, notes))
+    failed = {n: r["error"] for n, r in results.items() if "error" in r and not r.get("timed_out")}
+    for n, r in results.items():
+        if r.get("timed_out"):
+            print(f"benchmark {n}: {r['error']} (no figures; run scripts/{SUITES[n].script} on its own)")
     for n, err in failed.items():
         print(f"benchmark {n} failed: {err}")
     doc: dict[str, Any] = {"quick": quick, "seconds": round(elapsed, 1), "rows": rows, "log": log_path,
