@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--quick", action="store_true", help="small sizes and few rounds (under 5 minutes)")
     pb.add_argument("--json", default=None, metavar="FILE", help="write every figure here")
     pb.add_argument("--plot", default=None, metavar="DIR", help="write PNG plots here (needs matplotlib: pip install nffs[plot])")
-    pb.add_argument("--only", default=None, metavar="NAMES", help="comma-separated subset of: io, writes, query, prefetch, scale")
+    pb.add_argument("--only", default=None, metavar="NAMES", help="comma-separated subset of: io, writes, query, prefetch, scale, occupancy")
     return p
 
 
@@ -265,7 +265,7 @@ def _wait_for_field_lock(field_dir: str, timeout: float) -> None:
     told = False
     while True:
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
             return
         try:
@@ -537,7 +537,7 @@ def _field_in_use(field_dir: str) -> bool:
     except ImportError:
         LOCK_NAME = "lock"
     try:
-        fd = os.open(os.path.join(field_dir, LOCK_NAME), os.O_RDONLY)
+        fd = os.open(os.path.join(field_dir, LOCK_NAME), os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return False
     try:
