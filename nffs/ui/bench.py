@@ -52,12 +52,12 @@ PREFETCH_QUICK = ["--workloads", "scan,camera", "--predictors", "hoeffding,none"
                   "--think-us", "100", "--frame-ms", "10"]
 SUITES: dict[str, Suite] = {
     "io": Suite("hot, cold and sequential reads", "bench_io.py", ["--quick", "--rounds", "2"], [], 60),
-    "writes": Suite("writes: copy + fsync, random writes to new pages + fsync", "bench_write.py", ["--quick"], [], 45),
+    "writes": Suite("copy + fsync, random writes to new pages + fsync", "bench_write.py", ["--quick"], [], 45),
     "query": Suite("inference, vectorisation, single point, isolation, batch sizes", "bench_query.py",
                    ["--quick", "--rounds", "2", "--sweep"], ["--sweep"], 90),
-    "prefetch": Suite("prefetch: p99 and slow-tier reads, default predictor vs none", "bench_prefetch.py", PREFETCH_QUICK,
+    "prefetch": Suite("p99 and slow-tier reads, default predictor vs none", "bench_prefetch.py", PREFETCH_QUICK,
                       ["--predictors", "hoeffding,markov,none"], 60),
-    "scale": Suite("scale: mount time and daemon memory vs pages", "bench_scale.py", ["--quick", "--mounts", "1"], [], 50),
+    "scale": Suite("mount time and daemon memory vs pages", "bench_scale.py", ["--quick", "--mounts", "1"], [], 50),
     "occupancy": Suite("tier occupancy over time (for the plot)", None, [], [], 25),
 }
 
