@@ -3,17 +3,24 @@
 This is where `encoding/` (pure math) meets `tiers/` (pages): the encoder says which
 elements a batch needs, the store gathers them all at once (so slow pages are fetched
 concurrently), and the interpolation and decoder run vectorised over the batch.
+
+The trio thread also serves every FUSE request, so a big batch must not hold it:
+above `INLINE_POINTS` points the corner computation, the interpolation and the
+decoder run in a worker thread (`trio.to_thread.run_sync`) while the gather stays an
+`await` on the store. Small batches (one `at/` point, a concept, a one-point query)
+stay inline: a thread hop would cost more than the arithmetic.
 """
 from __future__ import annotations
 
-import errno
 import logging
 import os
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+import trio
 
 from .encoding import hashgrid
+from .errors import InvalidInput
 
 if TYPE_CHECKING:
     from .encoding.decoder import Decoder
@@ -25,6 +32,8 @@ log = logging.getLogger(__name__)
 DECODER_FILE = "decoder.npz"
 #: points per encode pass: about L * 2^D * 64Ki * 20 bytes of temporaries at the peak
 INFER_CHUNK = 1 << 16
+#: batches up to this many points are encoded on the calling (trio) thread
+INLINE_POINTS = 64
 
 
 class Field:
@@ -57,10 +66,17 @@ class Field:
             log.error("ignoring invalid %s: %s", self._decoder_path(), exc)
 
     def install_decoder(self, data: bytes) -> None:
-        """Validate first, then persist atomically: a bad file changes nothing."""
+        """Validate first, then persist atomically: a bad file changes nothing.
+
+        Raises InvalidInput for a malformed or mismatched file, OSError if the field
+        directory cannot be written. Blocking: call it from a worker thread.
+        """
         from .encoding.decoder import Decoder
 
-        decoder = Decoder.from_npz_bytes(data, self.layout.encoding_width)
+        try:
+            decoder = Decoder.from_npz_bytes(data, self.layout.encoding_width)
+        except ValueError as exc:
+            raise InvalidInput(f"decoder.npz rejected: {exc}") from None
         path = self._decoder_path()
         tmp = path + ".tmp"
         with open(tmp, "wb") as f:
@@ -84,41 +100,71 @@ class Field:
     # -- inference -------------------------------------------------------------------
     async def encode(self, points: np.ndarray, *, observe: bool = True) -> np.ndarray:
         """(N, D) float32 in [0,1] -> (N, L*F) float32, level-major."""
+        return await self._run(points, None, observe=observe)
+
+    async def infer(self, points: np.ndarray) -> np.ndarray:
+        """Decoder(encoding), in chunks so that a huge batch never needs gigabytes of corners.
+
+        The decoder is taken once for the whole batch: one installed between two chunks
+        must not give the batch rows of two different widths.
+        """
+        decoder = self.decoder
+        if points.shape[0] <= INFER_CHUNK:
+            return await self._run(points, decoder)
+        parts = []
+        for start in range(0, points.shape[0], INFER_CHUNK):
+            parts.append(await self._run(points[start:start + INFER_CHUNK], decoder))
+        return await trio.to_thread.run_sync(np.concatenate, parts)
+
+    async def _run(self, points: np.ndarray, decoder: Decoder | None, *, observe: bool = True) -> np.ndarray:
+        """Corners -> gather -> interpolate (-> decoder), off the trio thread for big batches."""
         if observe:
             for listener in self.point_listeners:
                 listener(points)
         if points.shape[0] == 0:
-            return np.zeros((0, self.layout.encoding_width), dtype=np.float32)
-        entries, weights = hashgrid.corner_entries(self.layout, points)
-        rows = await self.store.gather_rows(entries)  # (L, C, N, F), all pages fetched at once
-        return hashgrid.interpolate(self.layout, weights, rows)
+            width = self.layout.encoding_width if decoder is None else decoder.out_width
+            return np.zeros((0, width), dtype=np.float32)
+        if points.shape[0] <= INLINE_POINTS:
+            entries, weights = hashgrid.corner_entries(self.layout, points)
+            rows = await self.store.gather_rows(entries)  # (L, C, N, F), all pages fetched at once
+            return self._finish(weights, rows, decoder)
+        entries, weights = await trio.to_thread.run_sync(hashgrid.corner_entries, self.layout, points)
+        rows = await self.store.gather_rows(entries)
+        return await trio.to_thread.run_sync(self._finish, weights, rows, decoder)
 
-    async def infer(self, points: np.ndarray) -> np.ndarray:
-        """Decoder(encoding), in chunks so that a huge batch never needs gigabytes of corners."""
-        if points.shape[0] <= INFER_CHUNK:
-            return self._decode(await self.encode(points))
-        parts = []
-        for start in range(0, points.shape[0], INFER_CHUNK):
-            parts.append(self._decode(await self.encode(points[start:start + INFER_CHUNK])))
-        return np.concatenate(parts)
-
-    def _decode(self, enc: np.ndarray) -> np.ndarray:
-        return enc if self.decoder is None else self.decoder.apply(enc)
+    def _finish(self, weights: np.ndarray, rows: np.ndarray, decoder: Decoder | None) -> np.ndarray:
+        enc = hashgrid.interpolate(self.layout, weights, rows)
+        return enc if decoder is None else decoder.apply(enc)
 
     # -- concepts --------------------------------------------------------------------
     async def write_at(self, point: np.ndarray, offset: int, data: bytes) -> list[int]:
-        """Set components [offset/4, ...) of the encoding at `point` (SPEC 2.4); returns the changed pages."""
+        """Set components [offset/4, ...) of the encoding at `point` (SPEC 2.4); returns the changed pages.
+
+        Only the written components take part in the update: the other components keep
+        their value by definition, so a non-finite value elsewhere in the field (another
+        level, another feature) is none of this write's business. Raises InvalidInput for
+        an unaligned write, one past the vector, non-finite values, or a written component
+        whose current value is itself not finite (no additive update can repair it).
+        """
         width = self.layout.encoding_width * 4
         if offset % 4 or len(data) % 4 or offset < 0 or offset + len(data) > width:
-            raise OSError(errno.EINVAL, "concept writes must be 4-byte aligned and inside the vector")
+            raise InvalidInput("concept writes must be 4-byte aligned and inside the vector")
         values = np.frombuffer(data, dtype="<f4")
         if not np.all(np.isfinite(values)):
-            raise OSError(errno.EINVAL, "concept values must be finite")
+            raise InvalidInput("concept values must be finite")
+        if values.size == 0:
+            return []
         pts = point.reshape(1, -1).astype(np.float32)
         current = (await self.encode(pts, observe=False))[0]
-        target = current.copy()
-        target[offset // 4: offset // 4 + values.size] = values
-        elements, deltas = hashgrid.concept_update(self.layout, pts[0], current, target)
+        lo, hi = offset // 4, offset // 4 + values.size
+        if not np.all(np.isfinite(current[lo:hi])):
+            raise InvalidInput("the field holds a non-finite value under a written component; write params instead")
+        # Unwritten components: current == target == 0, so they contribute no delta.
+        cur = np.zeros_like(current)
+        cur[lo:hi] = current[lo:hi]
+        target = np.zeros_like(current)
+        target[lo:hi] = values
+        elements, deltas = hashgrid.concept_update(self.layout, pts[0], cur, target)
         if elements.size == 0:
             return []
         return await self.store.add_to_elements(elements, deltas)

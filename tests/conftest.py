@@ -9,15 +9,26 @@ import pytest
 from mounting import Mounts, fuse_available
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "allow_daemon_log(*patterns): daemon log records (regexes) a real-mount test expects")
+
+
 @pytest.fixture
-def mounts(tmp_path: Path) -> Iterator[Mounts]:
+def mounts(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Mounts]:
     # No skip: a machine without FUSE cannot vouch for a file system, so this fails loudly.
     assert fuse_available(), "real-mount tests need /dev/fuse (and fusermount3 when not root)"
     m = Mounts(tmp_path)
+    for marker in request.node.iter_markers("allow_daemon_log"):
+        m.allow_log(*marker.args)
     try:
         yield m
     finally:
         m.cleanup()
+    # After every daemon has exited: its whole log is written.
+    problems = m.log_problems()
+    if problems:
+        pytest.fail("the daemon logged unexpected errors:\n" + "\n---\n".join(problems), pytrace=False)
 
 
 @pytest.fixture

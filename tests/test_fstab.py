@@ -99,8 +99,27 @@ def _write_and_check(mnt: Path) -> bytes:
     return data
 
 
+def _wait_until_released(field: Path, timeout: float = 120.0) -> None:
+    """Wait until no daemon holds the field (plain umount returns while the daemon still flushes)."""
+    import fcntl
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        fd = os.open(field / "lock", os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            assert time.monotonic() < deadline, "the daemon never released the field after unmounting"
+        finally:
+            os.close(fd)
+        time.sleep(0.05)
+
+
 def _read_back(mounts: Mounts, field: Path, tiers: list[str], data: bytes) -> None:
-    """Remount (waiting for the previous daemon's lock if needed), with the volatile tier wiped."""
+    """After the daemon has exited, lose the volatile tier, remount: every write must be there."""
+    _wait_until_released(field)
     dram = Path(f"{field}-dram")
     if dram.exists():
         for entry in dram.iterdir():

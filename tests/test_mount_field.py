@@ -14,7 +14,7 @@ import pytest
 
 from nffs.encoding.init import implicit_value_scalar
 
-from mounting import Mounts, nffs
+from mounting import Mounts, is_mounted, nffs
 
 
 def read_json(path: Path) -> dict:
@@ -259,3 +259,23 @@ def test_read_only_mount_protects_the_field_but_answers_queries(mounts: Mounts) 
         assert len(os.pread(fd, 4096, 0)) == 8 * 4
     finally:
         os.close(fd)
+
+
+def test_mounting_onto_the_fields_own_storage_is_refused(mounts: Mounts, tmp_path: Path) -> None:
+    """Issue 9: a mount point inside the field directory or a tier (or holding a tier) deadlocked."""
+    field = mounts.init("--levels", "4", "--log2-table-size", "10")
+    outer = tmp_path / "outer"
+    tiers = ["--tier", f"dram={field}-dram,kind=dram,capacity=8M", "--tier", f"nvme={outer}/nvme,kind=nvme"]
+    mounts.umount(mounts.mount(field, *tiers))  # creates the tier directories
+    (field / "sub").mkdir()
+    (tmp_path / "link").symlink_to(field)
+    # inside the field dir, a tier itself, a directory holding a tier, a symlink to the field dir
+    for target in (field / "sub", Path(f"{field}-dram"), outer, tmp_path / "link"):
+        res = nffs("mount", str(field), str(target), *tiers, check=False)
+        if res.returncode == 0:  # a regression: let the fixture take the mount down
+            mounts.mounted.append(target)
+        assert res.returncode != 0, target
+        assert "cannot mount on" in res.stderr and "would wait on its own mount" in res.stderr, res.stderr
+        assert not is_mounted(target)
+    mnt = mounts.mount(field, *tiers)  # the field is not left locked or half-open
+    assert (mnt / "params").stat().st_size > 0

@@ -274,3 +274,52 @@ def test_hints_stats_and_metrics(small_field) -> None:
     metrics = (mnt / "metrics").read_text()
     assert "# TYPE nffs_store_reads gauge" in metrics
     assert 'nffs_store_tiers_pages{tier="dram"}' in metrics
+
+
+def test_issue9_unterminated_hint_line_is_bounded(small_field) -> None:
+    """Issue 9: 100 MiB without a newline grew the daemon by 310 MB; now EINVAL past 4 KiB."""
+    field, mnt = small_field("--levels", "4", "--log2-table-size", "10")
+    fd = os.open(mnt / "hints", os.O_WRONLY)
+    try:
+        with pytest.raises(OSError) as err:
+            os.write(fd, b"x" * (4 << 20))
+        assert err.value.errno == errno.EINVAL
+        assert os.write(fd, b"page 0\n") == 7  # the handle stays usable
+    finally:
+        os.close(fd)
+
+
+def test_issue9_query_written_with_a_gap_fails_its_read(small_field) -> None:
+    """Issue 9: a gap was zero-filled (up to 12 MiB allocated) and answered; now EINVAL on read."""
+    field, mnt = small_field("--levels", "4", "--log2-table-size", "10", mount_args=("--prefetch", "none", "--max-batch", "100"))
+    write_random_params(mnt)
+    pts = np.random.default_rng(2).random((20, 3), dtype=np.float32)
+    whole = query(mnt, pts, 8)
+    fd = os.open(mnt / "query", os.O_RDWR)
+    try:
+        os.pwrite(fd, b"\0" * 12, 600)  # a gap from offset 0, inside --max-batch
+        with pytest.raises(OSError) as err:
+            os.pread(fd, 4096, 0)
+        assert err.value.errno == errno.EINVAL
+        os.pwrite(fd, pts.tobytes()[:120], 0)
+        os.pwrite(fd, pts.tobytes()[180:], 180)  # a gap inside a request
+        with pytest.raises(OSError) as err:
+            os.pread(fd, 4096, 0)
+        assert err.value.errno == errno.EINVAL
+        assert np.array_equal(query(mnt, pts, 8, fd=fd), whole)  # the handle stays usable
+    finally:
+        os.close(fd)
+
+
+def test_issue9_nan_in_another_level_does_not_block_concept_writes(small_field) -> None:
+    """Issue 9: a concept write failed with EINVAL when an unrelated level held a NaN."""
+    field, mnt = small_field("--levels", "4", "--log2-table-size", "10")
+    write_random_params(mnt)
+    lvl = mnt / "levels" / "03"
+    lvl.write_bytes(np.full(lvl.stat().st_size // 4, np.nan, "<f4").tobytes())
+    (mnt / "concepts" / "c").touch()
+    with open(mnt / "concepts" / "c", "r+b") as f:
+        f.write(np.array([0.5, -0.5], "<f4").tobytes())
+    got = np.frombuffer((mnt / "concepts" / "c").read_bytes(), "<f4")
+    assert np.allclose(got[:2], [0.5, -0.5], atol=1e-5) and np.isnan(got[-2:]).all()
+    assert json.loads((mnt / "stats").read_text())["errors"]["unexpected"] == 0

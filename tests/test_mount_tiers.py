@@ -116,6 +116,7 @@ def test_fsynced_writes_survive_kill_9_and_losing_the_memory_tier(mounts: Mounts
     assert (mnt2 / "params").read_bytes() == data
 
 
+@pytest.mark.allow_daemon_log(r"fails its checksum")
 def test_corrupted_page_files_fail_fsck_and_read_as_eio(mounts: Mounts, tmp_path: Path) -> None:
     field = mounts.init("--levels", "8", "--log2-table-size", "14", "--page-size", "16K")
     tiers = ["--tier", f"dram={tmp_path}/dram,kind=dram,capacity=1M", "--tier", f"nvme={tmp_path}/nvme,kind=nvme"]
@@ -156,6 +157,7 @@ def test_corrupted_page_files_fail_fsck_and_read_as_eio(mounts: Mounts, tmp_path
     assert nffs("fsck", str(field)).returncode == 0
 
 
+@pytest.mark.allow_daemon_log(r"every durable tier is full")
 def test_full_durable_tier_is_enospc_and_corrupts_nothing(mounts: Mounts, tmp_path: Path) -> None:
     field = mounts.init("--levels", "8", "--log2-table-size", "14", "--page-size", "16K")
     tiers = ["--tier", f"dram={tmp_path}/dram,kind=dram,capacity=64K", "--tier", f"nvme={tmp_path}/nvme,kind=nvme,capacity=256K"]
@@ -178,6 +180,7 @@ def test_full_durable_tier_is_enospc_and_corrupts_nothing(mounts: Mounts, tmp_pa
     assert nffs("fsck", str(field)).returncode == 0
 
 
+@pytest.mark.allow_daemon_log(r"its home tier is not available")
 def test_vanished_tier_gives_eio_for_its_pages_only(mounts: Mounts, tmp_path: Path) -> None:
     field = mounts.init("--levels", "8", "--log2-table-size", "14", "--page-size", "16K")
     tiers = ["--tier", f"dram={tmp_path}/dram,kind=dram,capacity=64K", "--tier", f"nvme={tmp_path}/nvme,kind=nvme,capacity=128K",

@@ -4,19 +4,25 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
 import pyfuse3
 import trio
 
+from ..concepts import ConceptCatalog
+from ..errors import InvalidInput
 from ..field import Field
-from ..tiers.fielddir import open_field
+from ..tiers.fielddir import OpenField, open_field
 from ..tiers.spec import TierSpec
 from .mounts import is_mounted
 from .ops import FieldOperations
 
 log = logging.getLogger(__name__)
+
+#: how long a thread may hold the GIL before the interpreter hands it over (seconds)
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass
@@ -28,34 +34,74 @@ class MountOptions:
     max_batch: int = 1 << 20
     writeback_interval: float = 5.0
     metrics_listen: str | None = None  # [ADDR:]PORT of an HTTP /metrics endpoint (nffs.ui.metrics_http)
+    #: a read-only mount loads the writer's newest published generation this often
+    #: (seconds; 0: only on `nffs refresh`, i.e. SIGUSR1)
+    refresh_interval: float = 5.0
+
+
+class UnsafeMountPoint(InvalidInput, ValueError):
+    """The mount point overlaps the field's own storage (a ValueError too, for the CLI)."""
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def check_mount_location(mountpoint: str, places: list[tuple[str, str]]) -> None:
+    """Refuse a mount point that is, or is inside, the field directory or a tier, or holds one.
+
+    The daemon reads and writes its pages through those paths: if they lead into its own
+    mount, every page access waits on a FUSE request that only the waiting thread could
+    answer (a deadlock of the whole mount). `places` are (label, path) pairs; paths are
+    compared after resolving symlinks.
+    """
+    mnt = os.path.realpath(mountpoint)
+    for label, path in places:
+        real = os.path.realpath(path)
+        if _inside(mnt, real):
+            raise UnsafeMountPoint(f"cannot mount on {mountpoint}: it is inside {label} {real} "
+                                   "(the daemon would wait on its own mount); choose a mount point outside it")
+        if _inside(real, mnt):
+            raise UnsafeMountPoint(f"cannot mount on {mountpoint}: {label} {real} is inside it "
+                                   "(the daemon would wait on its own mount); choose a mount point elsewhere")
 
 
 def serve(field_dir: str, mountpoint: str, opts: MountOptions, on_ready: Callable[[], None] | None = None) -> None:
     """Open the field, mount, serve until unmounted or signalled, then flush and clean up."""
+    # Worker threads run numpy and checksums in many short calls that hold the GIL; the
+    # trio thread must get it back within a fraction of a millisecond, not the default 5 ms.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     opened = open_field(field_dir, opts.tiers or None, read_only=opts.read_only)
-    fld = Field(opened.layout, opened.store, opened.field_dir)
-    prefetcher = None
-    ops = FieldOperations(
-        fld,
-        max_batch=opts.max_batch,
-        read_only=opts.read_only,
-        stats_extra=(lambda: {"mountpoint": os.path.abspath(mountpoint), "prefetch": prefetcher.stats() if prefetcher else {"predictor": "none"}}),
-    )
-    if opts.prefetch != "none" and False:  # TEMP: predictor moves to the store port
-        from ..predictor.prefetch import Prefetcher
-
-        prefetcher = Prefetcher(opened.store, opened.layout, kind=opts.prefetch, push=ops.push_page, field=fld)
-        ops.hint_sink = prefetcher.hint
-    fuse_options = set(pyfuse3.default_options)
-    fuse_options.update({"fsname=nffs", "subtype=nffs"})
-    if opts.allow_other:
-        fuse_options.add("allow_other")
-    # --read-only protects the field; it is enforced by the handlers (EROFS), not with the
-    # kernel's `ro`, so that the query protocol (write a request, read the answer) still works.
+    catalog: ConceptCatalog | None = None
     try:
+        check_mount_location(mountpoint, [("the field directory", opened.field_dir)]
+                             + [(f"tier {t['name']}", t["path"]) for t in opened.store.describe_tiers()])
+        catalog = ConceptCatalog.open(opened.field_dir, read_only=opts.read_only)
+        fld = Field(opened.layout, opened.store, opened.field_dir)
+        prefetcher = None
+        ops = FieldOperations(
+            fld,
+            catalog,
+            max_batch=opts.max_batch,
+            read_only=opts.read_only,
+            stats_extra=(lambda: {"mountpoint": os.path.abspath(mountpoint), "prefetch": prefetcher.stats() if prefetcher else {"predictor": "none"}}),
+        )
+        if opts.prefetch != "none" and False:  # TEMP: predictor moves to the store port
+            from ..predictor.prefetch import Prefetcher
+
+            prefetcher = Prefetcher(opened.store, opened.layout, kind=opts.prefetch, push=ops.push_page, field=fld)
+            ops.hint_sink = prefetcher.hint
+        fuse_options = set(pyfuse3.default_options)
+        fuse_options.update({"fsname=nffs", "subtype=nffs"})
+        if opts.allow_other:
+            fuse_options.add("allow_other")
+        # --read-only protects the field; it is enforced by the handlers (EROFS), not with the
+        # kernel's `ro`, so that the query protocol (write a request, read the answer) still works.
         pyfuse3.init(ops, mountpoint, fuse_options)
-    except Exception:
-        opened.close()
+    except BaseException:
+        if catalog is not None:
+            catalog.close()
+        _close_field(opened)
         raise
     unmount = True
     try:
@@ -67,14 +113,27 @@ def serve(field_dir: str, mountpoint: str, opts: MountOptions, on_ready: Callabl
             pyfuse3.close(unmount=unmount)
         except Exception:
             log.exception("closing the FUSE session")
-        opened.close()
+        catalog.close()
+        _close_field(opened)
         log.info("daemon for %s exited cleanly", mountpoint)
+
+
+def _close_field(opened: OpenField) -> None:
+    """After the final flush: the field's own close removes its private memory tiers."""
+    opened.close()
 
 
 async def _run(ops: FieldOperations, store, prefetcher, opts: MountOptions, on_ready) -> None:
     async with trio.open_nursery() as nursery:
         if not opts.read_only:
             await nursery.start(store.run_background, opts.writeback_interval)
+        else:
+            async def refresh_caches(pages: list[int]) -> None:
+                await ops.ctx.cache.refresh_pages(pages, store.read)
+
+            store.on_pages_changed = refresh_caches
+            await nursery.start(store.run_reader, opts.refresh_interval)
+            nursery.start_soon(_refresh_on_signal, store)
         if prefetcher is not None:
             await nursery.start(prefetcher.run)
         nursery.start_soon(_terminate_on_signal)
@@ -90,6 +149,13 @@ async def _run(ops: FieldOperations, store, prefetcher, opts: MountOptions, on_r
     with trio.CancelScope(shield=True):
         if not opts.read_only:
             await store.shutdown()
+
+
+async def _refresh_on_signal(store) -> None:
+    """`nffs refresh MOUNTPOINT` sends SIGUSR1: load the writer's newest generation now."""
+    with trio.open_signal_receiver(signal.SIGUSR1) as signals:
+        async for _ in signals:
+            store.request_refresh()
 
 
 async def _terminate_on_signal() -> None:

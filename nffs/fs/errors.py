@@ -1,48 +1,112 @@
-"""Only pyfuse3.FUSEError may leave a handler: everything else becomes an errno, logged once."""
+"""The FUSE layer's side of the error contract (nffs/errors.py).
+
+Only `pyfuse3.FUSEError` may leave a handler. `fuse_handler` wraps every dispatcher
+method:
+
+- `pyfuse3.FUSEError` passes through unchanged;
+- an `NffsError` (bad input, read-only, full or failing tier) becomes
+  `FUSEError(exc.errno)`; it is logged at ERROR only for EIO and ENOSPC, which an
+  operator must see, and at DEBUG otherwise (a user's typo is not a daemon problem);
+- anything else is a bug: logged once with its traceback, counted in
+  `ErrorCounters.unexpected` (reported in `stats` as ``errors.unexpected``) and
+  answered with EIO, so a bug never passes for a user error and never kills the loop.
+
+The page store of this branch still raises `OSError` carrying an errno; the one
+place that turns those into domain errors is `domain_error` / `store_errors`, so
+that when the store raises `NffsError` subclasses itself only this module changes.
+"""
 from __future__ import annotations
 
 import errno
 import functools
 import logging
-from typing import Any, Awaitable, Callable, TypeVar
+from collections import Counter
+from contextlib import contextmanager
+from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
 import pyfuse3
 
-from ..errors import NffsError
+from ..errors import InvalidInput, NffsError, NoSpace, PageIOError, ReadOnly
 
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
+#: domain errors an operator must see in the log
+LOUD_ERRNOS = frozenset({errno.EIO, errno.ENOSPC})
+
+
+class ErrorCounters:
+    """Answers given with an error, by errno name, plus the bugs (`unexpected`)."""
+
+    def __init__(self) -> None:
+        self.unexpected = 0
+        self.by_errno: Counter[str] = Counter()
+
+    def count(self, code: int) -> None:
+        self.by_errno[errno.errorcode.get(code, str(code))] += 1
+
+    def as_dict(self) -> dict[str, int]:
+        return {"unexpected": self.unexpected, **dict(sorted(self.by_errno.items()))}
+
+
+class HasErrorCounters:
+    """What `fuse_handler` needs of the object whose methods it wraps."""
+
+    errors: ErrorCounters
+
 
 def fuse_handler(func: F) -> F:
+    """Apply the error contract to one pyfuse3 handler (a method of an object with `.errors`)."""
+
     @functools.wraps(func)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+    async def wrapper(self: HasErrorCounters, *args: Any, **kwargs: Any) -> Any:
         try:
-            return await func(*args, **kwargs)
+            return await func(self, *args, **kwargs)
         except pyfuse3.FUSEError:
             raise
         except NffsError as exc:
-            if exc.errno in (errno.EIO, errno.ENOSPC):
+            self.errors.count(exc.errno)
+            if exc.errno in LOUD_ERRNOS:
                 log.error("%s: %s", func.__name__, exc)
             else:
-                log.debug("%s: %s", func.__name__, exc)
+                log.debug("%s: %s (%s)", func.__name__, exc, errno.errorcode.get(exc.errno, exc.errno))
             raise pyfuse3.FUSEError(exc.errno) from None
-        except OSError as exc:
-            code = exc.errno or errno.EIO
-            if code in (errno.EIO, errno.ENOSPC):
-                log.error("%s: %s", func.__name__, exc)
-            else:
-                log.debug("%s: %s", func.__name__, exc)
-            raise pyfuse3.FUSEError(code) from None
-        except (ValueError, OverflowError) as exc:
-            log.debug("%s: invalid input: %s", func.__name__, exc)
-            raise pyfuse3.FUSEError(errno.EINVAL) from None
-        except MemoryError:
-            log.error("%s: out of memory", func.__name__)
-            raise pyfuse3.FUSEError(errno.ENOMEM) from None
         except Exception:
+            self.errors.unexpected += 1
+            self.errors.count(errno.EIO)
             log.exception("%s: unexpected failure; answering EIO and serving on", func.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+_BY_ERRNO: dict[int, type[NffsError]] = {
+    errno.EIO: PageIOError,
+    errno.ENOSPC: NoSpace,
+    errno.EDQUOT: NoSpace,
+    errno.EROFS: ReadOnly,
+    errno.EINVAL: InvalidInput,
+}
+
+
+def domain_error(exc: OSError) -> NffsError:
+    """The domain error for an `OSError` raised by the page store or the field directory."""
+    code = exc.errno or errno.EIO
+    cls = _BY_ERRNO.get(code)
+    if cls is not None:
+        return cls(str(exc))
+    # Any other errno from a tier (EACCES on a replaced root, ENXIO, ...) is a failing
+    # device for the pages concerned: EIO to the reader.
+    return PageIOError(str(exc))
+
+
+@contextmanager
+def store_errors() -> Iterator[None]:
+    """Around calls into the store or the field directory: OSError -> domain error."""
+    try:
+        yield
+    except NffsError:
+        raise
+    except OSError as exc:
+        raise domain_error(exc) from exc

@@ -159,6 +159,21 @@ class MemoryArena:
             return _h(view[base + first * c:base + last * c]) == int(self.sums[slot, first])
         return [_h(view[base + i * c:base + (i + 1) * c]) for i in range(first, last)] == self.sums[slot, first:last].tolist()
 
+    def checked_view(self, slot: int, offset: int, length: int) -> memoryview | None:
+        """The common read in one call: the bytes, if every chunk they touch is valid and intact.
+
+        None sends the caller to the careful path (fill implicit chunks, or a bad copy).
+        """
+        c = self.chunk
+        base = slot * self.page_size
+        valid = int(self.valid[slot])
+        view = self.view
+        sums = self.sums[slot]
+        for i in range(offset // c, (offset + length - 1) // c + 1):
+            if not valid >> i & 1 or _h(view[base + i * c:base + (i + 1) * c]) != int(sums[i]):
+                return None
+        return view[base + offset:base + offset + length]
+
     def verify_valid(self, slot: int) -> bool:
         valid = int(self.valid[slot])
         if valid == self.full_mask:

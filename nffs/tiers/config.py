@@ -44,13 +44,18 @@ class StoreConfig:
     row_cache_entries: int = 1 << 16
     #: a field whose pages fit in the first memory tier maps page p to slot p there, so a
     #: gather is one numpy take; below this page count the page->slot index is a dense array
-    dense_index_pages: int = 1 << 24
+    dense_index_pages: int = 1 << 20
     #: memory given to an in-process arena when no memory tier is configured
     anonymous_arena_bytes: int = 64 << 20
     #: how long a verified tier-root identity is trusted before it is checked again (seconds)
     root_check_interval_s: float = 1.0
-    #: batches up to this many points are encoded inline on the trio thread (fast path)
-    inline_points: int = 64
+    #: the writer publishes the page table for readers on other machines (docs/sharing.md)
+    #: at every fsync and, after background write-backs, at most this often (seconds)
+    publish_interval_s: float = 2.0
+    #: while a reader's lease is younger than `reader_lease_fresh_s`, freed slots stay out
+    #: of use this long, so a reader of the previous generation never reads a reused slot
+    reader_retain_s: float = 30.0
+    reader_lease_fresh_s: float = 120.0
 
 
 DEFAULT = StoreConfig()

@@ -166,9 +166,9 @@ def tiers_for_check(meta: MetaDB, field_dir: str) -> list[TierSpec]:
     return persisted_tiers(meta, field_dir)
 
 
-def open_meta(field_dir: str, *, read_only: bool = False) -> MetaDB:
+def open_meta(field_dir: str, *, read_only: bool = False, immutable: bool = False) -> MetaDB:
     try:
-        return MetaDB(field_dir, read_only=read_only)
+        return MetaDB(field_dir, read_only=read_only, immutable=immutable)
     except IncompatibleField as exc:
         raise FieldError(str(exc)) from None
     except FileNotFoundError as exc:
@@ -297,13 +297,14 @@ def open_field(field_dir: str, tier_overrides: list[TierSpec] | None = None, *, 
     field_dir = os.path.abspath(field_dir)
     cfg = load_config(field_dir)
     layout = FieldLayout(cfg)
-    lock_fd = lock_field(field_dir) if lock else None
+    # a reader takes no lock: the writer (perhaps on another machine) holds it
+    lock_fd = lock_field(field_dir) if lock and not read_only else None
     opened: list[Tier] = []
     roots: list[TierRoot] = []
     meta = None
     table = None
     try:
-        meta = open_meta(field_dir)
+        meta = open_meta(field_dir, read_only=read_only, immutable=read_only)
         field_id = meta.get_meta("field_id") or "unknown"
         if not read_only:
             remove_stale_memory_dirs(meta)
@@ -314,10 +315,12 @@ def open_field(field_dir: str, tier_overrides: list[TierSpec] | None = None, *, 
         except TierSpecError as exc:
             raise FieldError(str(exc)) from None
         table = PageTable(meta.path, layout.n_pages, dense_limit=store_cfg.dense_index_pages,
-                          row_cache=store_cfg.row_cache_entries, read_only=read_only)
+                          row_cache=store_cfg.row_cache_entries, read_only=read_only, immutable=read_only)
         pages_by_tier = table.count_by_tier()
-        for spec in specs:
-            tid = meta.tier_id(spec.name)
+        known = {name: i for i, name in meta.tier_names().items()}
+        for n, spec in enumerate(specs):
+            # a reader never writes metadata: a tier name the field does not know holds no pages
+            tid = meta.tier_id(spec.name) if not read_only else known.get(spec.name, -1000 - n)
             try:
                 if spec.volatile:
                     tier, root = _memory_tier(spec, tid, field_id, layout, store_cfg, table)
@@ -341,7 +344,7 @@ def open_field(field_dir: str, tier_overrides: list[TierSpec] | None = None, *, 
             meta.set_meta("last_tiers", json.dumps([s.to_dict() for s in specs]))
             meta.set_meta("memory_dirs", json.dumps([r.path for r in roots]))
             meta.sync()
-        store = PageStore(layout, table, tiers, store_cfg, read_only=read_only)
+        store = PageStore(layout, table, tiers, store_cfg, read_only=read_only, field_dir=field_dir)
         store.recover()
         store.meta = meta  # concept catalogue access for the FUSE layer until it has its own catalogue
     except BaseException:

@@ -17,7 +17,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections import Counter
+import heapq
+import time
+from collections import Counter, deque
 
 import numpy as np
 import xxhash
@@ -81,9 +83,12 @@ class SlabHomes:
         self.slots_per_slab = slots_per_slab
         self._fds: dict[int, int] = {}
         self._fd_lock = threading.Lock()
-        self._free: list[int] = []  # descending, so pop() hands out the lowest slot
+        self._free: list[int] = []  # a min-heap: the lowest free slot is handed out first
         self._fresh = 0
-        self._limbo: list[tuple[int, int]] = []  # (epoch at release, slot)
+        self._limbo: deque[tuple[int, float, int]] = deque()  # (epoch at release, time, slot), oldest first
+        #: seconds a freed slot stays out of use while readers on other machines may still
+        #: read the generation that named it (set by the store when reader leases are fresh)
+        self.retain_s = 0.0
         self._epoch = 0
         self._readers: Counter[int] = Counter()
         self.committed = 0  # slots referenced by the page table
@@ -95,23 +100,24 @@ class SlabHomes:
         self.committed = int(used.size)
         self._fresh = int(used[-1]) + 1 if used.size else 0
         holes = np.setdiff1d(np.arange(self._fresh, dtype=np.int64), used, assume_unique=True)
-        self._free = holes[::-1].tolist()
+        self._free = holes.tolist()  # sorted ascending: already a heap
 
     def alloc(self) -> int:
+        if self._limbo:
+            self._release_limbo()
         if self._free:
-            return self._free.pop()
+            return heapq.heappop(self._free)
         slot = self._fresh
         self._fresh += 1
         return slot
 
     def unalloc(self, slot: int) -> None:
         """A slot allocated for a write that was never committed: free at once."""
-        self._free.append(slot)
-        self._free.sort(reverse=True)
+        heapq.heappush(self._free, slot)
 
     def retire(self, slot: int) -> None:
         """A slot the page table no longer references (after a durable commit)."""
-        self._limbo.append((self._epoch, slot))
+        self._limbo.append((self._epoch, time.monotonic(), slot))
         self._epoch += 1
         self._release_limbo()
 
@@ -130,17 +136,9 @@ class SlabHomes:
         if not self._limbo:
             return
         oldest = min(self._readers) if self._readers else self._epoch + 1
-        keep = []
-        released = False
-        for epoch, slot in self._limbo:
-            if epoch < oldest:
-                self._free.append(slot)
-                released = True
-            else:
-                keep.append((epoch, slot))
-        self._limbo = keep
-        if released:
-            self._free.sort(reverse=True)
+        deadline = time.monotonic() - self.retain_s
+        while self._limbo and self._limbo[0][0] < oldest and self._limbo[0][1] <= deadline:
+            heapq.heappush(self._free, self._limbo.popleft()[2])
 
     @property
     def allocated_slots(self) -> int:

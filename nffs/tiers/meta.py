@@ -31,12 +31,13 @@ class IncompatibleField(Exception):
 
 
 class MetaDB:
-    def __init__(self, field_dir: str, *, create: bool = False, read_only: bool = False) -> None:
+    def __init__(self, field_dir: str, *, create: bool = False, read_only: bool = False, immutable: bool = False) -> None:
         self.path = os.path.join(field_dir, DB_NAME)
         self.read_only_db = read_only
         if not create and not os.path.exists(self.path):
             raise FileNotFoundError(f"{field_dir}: not an nffs field (no {DB_NAME})")
-        uri = f"file:{self.path}?mode=ro" if read_only else f"file:{self.path}"
+        # a reader mount: immutable, so no lock and no -wal/-shm files in the shared field dir
+        uri = f"file:{self.path}?mode=ro" + ("&immutable=1" if immutable else "") if read_only else f"file:{self.path}"
         if create and not os.path.exists(self.path):
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
         self.conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)

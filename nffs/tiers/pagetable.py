@@ -94,12 +94,16 @@ class MemTier:
 
 
 class PageTable:
-    def __init__(self, db_path: str, n_pages: int, *, dense_limit: int, row_cache: int, read_only: bool) -> None:
+    def __init__(self, db_path: str, n_pages: int, *, dense_limit: int, row_cache: int, read_only: bool,
+                 immutable: bool = False) -> None:
         self.db_path = db_path
         self.read_only = read_only
         self.n_pages = n_pages
+        #: a reader's homes: a published generation (generations.py) instead of the live database
+        self._generation: np.ndarray | None = None
         if read_only:
-            uri = f"file:{db_path}?mode=ro"
+            # a reader mount: immutable, no lock and no -wal/-shm files in a field dir we must not touch
+            uri = f"file:{db_path}?mode=ro" + ("&immutable=1" if immutable else "")
             self._reader = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             self._writer = None
         else:
@@ -112,6 +116,11 @@ class PageTable:
         self._reader.execute("PRAGMA busy_timeout=10000")
         self._reader.execute("PRAGMA cache_size=-8192")
         self._write_lock = threading.Lock()
+        #: which pages have a home at all: a sorted array loaded once (8 B per page) plus the
+        #: pages committed since, so the common "never written" answer costs no SQL
+        self._homed = np.zeros(0, dtype=np.int64)
+        self._homed_recent: set[int] = set()
+        self._homed_loaded = False
         self._rows: dict[int, object] = {}
         self._row_limit = row_cache
         # memory index: page -> (mem tier index << 40) | slot, or -1
@@ -121,8 +130,79 @@ class PageTable:
         self.mem_tiers: list[MemTier] = []
 
     # -- homes ------------------------------------------------------------------------------
+    def use_generation(self, rows: np.ndarray) -> None:
+        """A reader switches to a published generation (rows sorted by page)."""
+        self._generation = rows
+        self._rows.clear()
+        if self._homed_loaded:
+            self.load_homed()
+
+    def _generation_home(self, page: int) -> Home | None:
+        rows = self._generation
+        assert rows is not None
+        i = int(np.searchsorted(rows["page"], page))
+        if i < rows.size and int(rows["page"][i]) == page:
+            r = rows[i]
+            return Home(int(r["tier"]), int(r["slot"]), int(r["sum"]), int(r["mask"]))
+        return None
+
+    def generation_rows(self):
+        """A reader's current rows (the generation in use, or the database it started from)."""
+        return self._generation if self._generation is not None else self.export_rows()
+
+    def export_rows(self):
+        """Every home, sorted by page, as generations.ROW (worker thread; its own connection)."""
+        from .generations import ROW
+
+        conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
+        try:
+            cur = conn.execute("SELECT page, tier, slot, sum, mask FROM homes ORDER BY page")
+            parts = []
+            while True:
+                chunk = cur.fetchmany(1 << 16)
+                if not chunk:
+                    break
+                arr = np.array(chunk, dtype=np.int64)
+                part = np.empty(len(chunk), dtype=ROW)
+                part["page"], part["tier"], part["slot"] = arr[:, 0], arr[:, 1], arr[:, 2]
+                part["sum"], part["mask"] = arr[:, 3].view(np.uint64), arr[:, 4].view(np.uint64)
+                parts.append(part)
+        finally:
+            conn.close()
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=ROW)
+
+    def load_homed(self) -> None:
+        """At mount: the set of pages with homes (one scan; the rows themselves stay in SQLite)."""
+        if self._generation is not None:
+            self._homed = np.asarray(self._generation["page"], dtype=np.int64)
+        else:
+            cur = self._reader.execute("SELECT page FROM homes ORDER BY page")
+            parts = []
+            while True:
+                chunk = cur.fetchmany(1 << 16)
+                if not chunk:
+                    break
+                parts.append(np.fromiter((r[0] for r in chunk), dtype=np.int64, count=len(chunk)))
+            self._homed = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        self._homed_recent.clear()
+        self._homed_loaded = True
+
+    def _maybe_homed(self, page: int) -> bool:
+        if not self._homed_loaded or page in self._homed_recent:
+            return True
+        homed = self._homed
+        i = int(np.searchsorted(homed, page))
+        return i < homed.size and int(homed[i]) == page
+
     def home(self, page: int) -> Home | None:
         cached = self._rows.get(page, _NO_ROW)
+        if cached is _NO_ROW and not self._maybe_homed(page):
+            return None
+        if cached is _NO_ROW and self._generation is not None:
+            cached = self._generation_home(page)
+            if len(self._rows) >= self._row_limit:
+                self._rows.clear()
+            self._rows[page] = cached
         if cached is _NO_ROW:
             r = self._reader.execute("SELECT tier, slot, sum, mask FROM homes WHERE page=?", (page,)).fetchone()
             cached = None if r is None else Home(r[0], r[1], to_unsigned64(r[2]), to_unsigned64(r[3]))
@@ -160,8 +240,16 @@ class PageTable:
         if len(self._rows) >= self._row_limit:
             self._rows.clear()
         self._rows[page] = home
+        if home is not None and self._homed_loaded:
+            self._homed_recent.add(page)
+            if len(self._homed_recent) >= self._row_limit:
+                self._homed = np.union1d(self._homed, np.fromiter(self._homed_recent, dtype=np.int64))
+                self._homed_recent.clear()
 
     def used_slots(self, tier_id: int) -> np.ndarray:
+        if self._generation is not None:
+            rows = self._generation
+            return rows["slot"][rows["tier"] == tier_id].astype(np.int64)
         cur = self._reader.execute("SELECT slot FROM homes WHERE tier=?", (tier_id,))
         out = []
         while True:
@@ -172,6 +260,9 @@ class PageTable:
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
     def count_by_tier(self) -> dict[int, int]:
+        if self._generation is not None:
+            tiers, counts = np.unique(self._generation["tier"], return_counts=True)
+            return {int(t): int(c) for t, c in zip(tiers, counts)}
         return dict(self._reader.execute("SELECT tier, COUNT(*) FROM homes GROUP BY tier"))
 
     def iter_homes(self, tier_id: int | None = None):

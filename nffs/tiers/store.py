@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Awaitable, Callable, Iterable
 
 import numpy as np
 import trio
@@ -34,6 +34,7 @@ from ..errors import ChecksumMismatch, InvalidInput, NoSpace, NffsError, PageIOE
 from .config import StoreConfig
 from .pagetable import Home, MemTier, PageTable
 from .port import AccessEvent, AccessKind, AccessListener, FetchResult, Priority
+from . import generations
 from .homes import chunk_size, mask_runs, stored_checksum
 from .scheduler import IOScheduler
 from .tier import Tier
@@ -53,8 +54,10 @@ class _InFlight:
 
 
 class PageStore:
-    def __init__(self, layout: FieldLayout, table: PageTable, tiers: list[Tier], cfg: StoreConfig, *, read_only: bool = False) -> None:
+    def __init__(self, layout: FieldLayout, table: PageTable, tiers: list[Tier], cfg: StoreConfig, *, read_only: bool = False,
+                 field_dir: str | None = None) -> None:
         self.layout = layout
+        self.field_dir = field_dir
         self.table = table
         self.tiers = tiers
         self.cfg = cfg
@@ -80,7 +83,10 @@ class PageStore:
         self._gathers_active = 0
         self._home_heat: dict[int, tuple[float, float]] = {}
         self._listeners: list[AccessListener] = []
-        self._level_first_page = [lo // self.page_size for lo, _ in (layout.level_byte_range(l) for l in range(layout.n_levels))]
+        #: pages [first, last] of each level, and whether all of them sit complete in the
+        #: direct-mapped arena (then a gather needs no per-entry page bookkeeping for it)
+        self._level_pages = [(lo // self.page_size, (hi - 1) // self.page_size)
+                             for lo, hi in (layout.level_byte_range(l) for l in range(layout.n_levels))]
         self._level_ready = [False] * layout.n_levels
         first = self.memory_tiers[0] if self.memory_tiers else None
         self._direct = first is not None and first.mem is not None and first.mem.direct and table.dense
@@ -98,6 +104,13 @@ class PageStore:
             "late_joins": 0,
             "migrations": 0,
         }
+        #: published generation (writer) or the one in use (reader); docs/sharing.md
+        self.generation = 0
+        self._unpublished = True
+        self._last_publish = 0.0
+        self._refresh_kick = trio.Event()
+        #: awaited with the pages a reader's refresh changed (the FUSE layer refreshes its caches)
+        self.on_pages_changed: Callable[[list[int]], Awaitable[None]] | None = None
         self.port = StorePort(self)
 
     # ================================================================== start-up
@@ -106,6 +119,16 @@ class PageStore:
         for t in self.durable_tiers:
             if t.homes is not None:
                 t.homes.load_used(self.table.used_slots(t.id))
+        if self.field_dir is not None:
+            if self.read_only:
+                gen = generations.load_current(self.field_dir)
+                if gen is not None:
+                    self.table.use_generation(gen.rows)
+                    self.generation = gen.number
+                    generations.renew_lease(self.field_dir, gen.number)
+            else:
+                self.generation = generations.current_number(self.field_dir)
+        self.table.load_homed()
 
     # ================================================================== helpers
     def _check_range(self, offset: int, size: int) -> None:
@@ -281,6 +304,8 @@ class PageStore:
         mt, slot = loc
         if data is None:
             mt.arena.install_empty(slot)
+            if mt.direct:
+                self._level_ready = [False] * self.layout.n_levels
         else:
             mt.arena.install(slot, data, stored=stored)
         self.table.set_mem(page, mt, slot, dirty_gen=0, home_tier=home_tier, has_home=has_home)
@@ -396,8 +421,19 @@ class PageStore:
         ps = self.page_size
         first = offset // ps
         start = offset - first * ps
-        last = (offset + size - 1) // ps
         loc = self.table.mem(first)
+        if loc is not None and start + size <= ps:  # the common case: one page, in memory
+            mt, slot = loc
+            view = mt.arena.checked_view(slot, start, size)
+            if view is not None:
+                mt.heat[slot] += 1.0
+                c = self.memory_tiers[mt.index].counters
+                c.reads += 1
+                c.hits += 1
+                if self._listeners:
+                    self._emit(AccessKind.READ, [first], [False], offset, size)
+                return view if zero_copy else view.tobytes()
+        last = (offset + size - 1) // ps
         if loc is not None and (first == last or (loc[0].direct and self._direct_resident(loc[0], first, last))):
             mt, slot = loc
             arena = mt.arena
@@ -450,6 +486,7 @@ class PageStore:
 
     async def _read_page_into(self, page: int, start: int, out: memoryview) -> bool:
         """Fill `out` from the page; True when the read had to wait on a slow tier."""
+        refreshed = False
         for _ in range(3):
             loc = self.table.mem(page)
             if loc is not None:
@@ -465,7 +502,15 @@ class PageStore:
                 tier.counters.reads += 1
                 tier.counters.hits += 1
                 return False
-            data, slow = await self._fetch(page, Priority.DEMAND)
+            try:
+                data, slow = await self._fetch(page, Priority.DEMAND)
+            except ChecksumMismatch:
+                if not self.read_only or refreshed:
+                    raise
+                # a reader on an old generation whose slot the writer reused: load the newest
+                refreshed = True
+                await self.refresh()
+                continue
             if data is not None:
                 out[:] = data[start:start + len(out)]
                 return slow
@@ -650,6 +695,82 @@ class PageStore:
         if self.read_only:
             return
         await self._writeback(None)
+        await self.publish()
+
+    async def publish(self) -> None:
+        """Publish the page table as a new generation for readers (after homes are durable)."""
+        if self.read_only or self.field_dir is None or not self._unpublished:
+            return
+        number = self.generation + 1
+        field_dir = self.field_dir
+        self._unpublished = False
+
+        def work() -> bool:
+            generations.publish(field_dir, number, self.table.export_rows())
+            return self._readers_active()
+
+        try:
+            readers = await self.io.run(Priority.BACKGROUND, work)
+        except OSError as exc:
+            self._unpublished = True
+            log.error("could not publish generation %d for readers: %s", number, exc)
+            return
+        self.generation = number
+        self._last_publish = time.monotonic()
+        self._retain_for_readers(readers)
+
+    def _readers_active(self) -> bool:
+        """Worker thread: do readers on other machines hold fresh leases on our generations?"""
+        return self.field_dir is not None and generations.readers_active(self.field_dir, self.cfg.reader_lease_fresh_s)
+
+    def _retain_for_readers(self, readers: bool) -> None:
+        """Freed slots stay out of use while readers may still read the generation naming them."""
+        for t in self.durable_tiers:
+            if t.homes is not None:
+                t.homes.retain_s = self.cfg.reader_retain_s if readers else 0.0
+
+    # ------------------------------------------------------------------ readers
+    async def refresh(self) -> int:
+        """A reader loads the newest published generation; returns the generation in use."""
+        if not self.read_only or self.field_dir is None:
+            return self.generation
+        field_dir = self.field_dir
+        try:
+            gen = await trio.to_thread.run_sync(generations.load_current, field_dir)
+        except generations.GenerationError as exc:
+            log.error("refresh: keeping generation %d: %s", self.generation, exc)
+            return self.generation
+        if gen is None or gen.number <= self.generation:
+            await trio.to_thread.run_sync(generations.renew_lease, field_dir, self.generation)
+            return self.generation
+        old = self.table.generation_rows()
+        changed = await trio.to_thread.run_sync(generations.changed_pages, old, gen.rows)
+        self.table.use_generation(gen.rows)
+        self.generation = gen.number
+        for page in changed.tolist():
+            loc = self.table.mem(page)
+            if loc is not None:
+                self._drop_copy(page, *loc, counted=False)
+        await trio.to_thread.run_sync(generations.renew_lease, field_dir, gen.number)
+        log.info("now serving generation %d (%d pages changed)", gen.number, changed.size)
+        if changed.size and self.on_pages_changed is not None:
+            await self.on_pages_changed(changed.tolist())
+        return self.generation
+
+    def request_refresh(self) -> None:
+        self._refresh_kick.set()
+
+    async def run_reader(self, refresh_interval: float, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """A read-only mount: refresh on an interval (0: only on request) and on request."""
+        task_status.started()
+        while True:
+            with trio.move_on_after(refresh_interval if refresh_interval > 0 else math.inf):
+                await self._refresh_kick.wait()
+            self._refresh_kick = trio.Event()
+            try:
+                await self.refresh()
+            except NffsError as exc:
+                log.error("refresh failed: %s", exc)
 
     async def _writeback(self, only: list[tuple[MemTier, int]] | None) -> int:
         async with self._wb_lock:
@@ -678,12 +799,14 @@ class PageStore:
         # plan: (mt, slot, page, gen, tier, new_slot, old_home)
         plan = []
         unavailable: list[Tier] = []
+        # every root is checked against the directory we hold, once per batch
+        present = {t.id for t in self.durable_tiers if t.homes is not None and t.root is not None and t.root.still_here(force=True)}
         for mt, slot in items:
             page = int(mt.slot_page[slot])
             if page < 0 or not mt.dirty_gen[slot]:
                 continue
             tier = self.tier_by_id.get(int(mt.home_tier[slot]))
-            if tier is None or tier.homes is None or tier.root is None or not tier.root.still_here(force=True):
+            if tier is None or tier.id not in present:
                 if tier is not None:
                     unavailable.append(tier)
                 else:
@@ -694,7 +817,7 @@ class PageStore:
         for mt, slot, *_ in plan:
             mt.pins[slot] += 1
 
-        def work() -> tuple[list[tuple[int, Home]], list[tuple[int, BaseException]]]:
+        def work() -> tuple[list[tuple[int, Home]], list[tuple[int, BaseException]], bool]:
             by_tier: dict[int, list[tuple[int, bytes, int]]] = {}
             rows: list[tuple[int, Home]] = []
             bad: list[tuple[int, BaseException]] = []
@@ -712,10 +835,10 @@ class PageStore:
                 self._write_slots(tiers[tid], writes)
             if rows:
                 self.table.commit_homes(rows)
-            return rows, bad
+            return rows, bad, self._readers_active()
 
         try:
-            rows, bad = await self.io.run(Priority.BACKGROUND, work)
+            rows, bad, readers = await self.io.run(Priority.BACKGROUND, work)
         except BaseException as exc:
             for mt, slot, page, _gen, tier, new_slot, _old in plan:
                 mt.pins[slot] -= 1
@@ -723,6 +846,7 @@ class PageStore:
             if plan and isinstance(exc, (OSError, NffsError)):
                 raise self._tier_error(plan[0][4], exc, plan[0][2]) from None
             raise
+        self._retain_for_readers(readers)
         row_by_page = dict(rows)
         for mt, slot, page, gen, tier, new_slot, old in plan:
             mt.pins[slot] -= 1
@@ -753,6 +877,8 @@ class PageStore:
                 except ChecksumMismatch:
                     pass
         self.counters["writeback_batches"] += 1
+        if row_by_page:
+            self._unpublished = True
         if bad:
             raise ChecksumMismatch(f"{len(bad)} dirty memory copies failed their checksum; their unsynced data is lost")
         if unavailable:
@@ -780,14 +906,18 @@ class PageStore:
         """
         feats = self.layout.features
         row_bytes = feats * self.itemsize
-        ent = np.ascontiguousarray(entries).astype(np.int64, copy=False)
-        if ent.size and (int(ent.min()) < 0 or int(ent.max()) >= self.layout.total_entries):
-            raise InvalidInput("entry index outside the parameter table")
+        ent = np.ascontiguousarray(entries)
+        ent = ent.view(np.int64) if ent.dtype == np.uint64 else ent.astype(np.int64, copy=False)
         if self._direct and self.page_size % row_bytes == 0:
             return await self._gather_direct(ent, feats, row_bytes)
+        self._check_entries(ent)
         elements = ent[..., None] * feats + np.arange(feats, dtype=np.int64)
         values = await self._gather_elements(elements)
         return values
+
+    def _check_entries(self, ent: np.ndarray) -> None:
+        if ent.size and (int(ent.min()) < 0 or int(ent.max()) >= self.layout.total_entries):
+            raise InvalidInput("entry index outside the parameter table")
 
     async def _ensure_pages(self, pages: np.ndarray, *, install_implicit: bool) -> list[bool]:
         """Bring pages into memory concurrently (demand class); returns which were slow."""
@@ -826,20 +956,41 @@ class PageStore:
         rows_per_page = self.page_size // row_bytes
         shift = rows_per_page.bit_length() - 1
 
-        def touched_pages() -> np.ndarray:
-            mark = np.zeros(self.n_pages, dtype=bool)
-            mark[ent.reshape(-1) >> shift] = True
-            return np.flatnonzero(mark)
+        n_levels = self.layout.n_levels
+        by_level = ent.ndim >= 2 and ent.shape[0] == n_levels and ent.size > 4096
+        pending = [l for l in range(n_levels) if not self._level_ready[l]] if by_level else []
 
-        pages = await self.io.cpu(touched_pages) if ent.size > 4096 else touched_pages()
+        def touched_pages() -> tuple[np.ndarray, np.ndarray]:
+            """(pages to have in memory and verify, pages whose entries were looked at exactly)."""
+            mark = np.zeros(self.n_pages, dtype=bool)
+            if not by_level:
+                self._check_entries(ent)
+                mark[ent.reshape(-1) >> shift] = True
+                exact = np.flatnonzero(mark)
+                return exact, exact
+            exact_mark = np.zeros(self.n_pages, dtype=bool)
+            for l in range(n_levels):
+                part = ent[l]
+                lo_e, hi_e = int(part.min()), int(part.max())
+                if lo_e < 0 or hi_e >= self.layout.total_entries:
+                    raise InvalidInput("entry index outside the parameter table")
+                info = self.layout.levels[l]
+                inside = lo_e >= info.offset and hi_e < info.offset + info.entries
+                if inside and l not in pending:  # a complete level: all its pages, verified below
+                    lo, hi = self._level_pages[l]
+                    mark[lo:hi + 1] = True
+                else:
+                    exact_mark[part.reshape(-1) >> shift] = True
+            mark |= exact_mark
+            return np.flatnonzero(mark), np.flatnonzero(exact_mark)
+
+        pages, exact = await self.io.cpu(touched_pages) if ent.size > 4096 else touched_pages()
         for _ in range(3):
             missing = pages[mt.slot_page[pages] < 0]
             slow = await self._ensure_pages(missing, install_implicit=True)
             if self._listeners:
-                flags = np.zeros(pages.size, dtype=bool)
-                if missing.size:
-                    flags[np.searchsorted(pages, missing)] = slow
-                self._emit(AccessKind.GATHER, pages.tolist(), flags.tolist())
+                slow_pages = {p for p, was_slow in zip(missing.tolist(), slow) if was_slow}
+                self._emit(AccessKind.GATHER, exact.tolist(), [p in slow_pages for p in exact.tolist()])
             if (mt.slot_page[pages] >= 0).all():
                 break
         else:
@@ -847,6 +998,10 @@ class PageStore:
         arena = mt.arena
         for p in pages[arena.valid[pages] != np.uint64(arena.full_mask)].tolist():
             self._fill_implicit(p, mt, p)
+        for l in pending:
+            lo, hi = self._level_pages[l]
+            if (mt.slot_page[lo:hi + 1] >= 0).all() and (arena.valid[lo:hi + 1] == np.uint64(arena.full_mask)).all():
+                self._level_ready[l] = True
         word = {2: np.uint16, 4: np.uint32, 8: np.uint64}.get(row_bytes)
         dtype = self.layout.dtype
 
@@ -951,6 +1106,8 @@ class PageStore:
                 due = time.monotonic() - self._last_writeback >= writeback_interval
                 if (kicked or due) and any(t.dirty for t in self.memory_tiers):
                     await self._writeback(None)
+                if self._unpublished and time.monotonic() - self._last_publish >= self.cfg.publish_interval_s:
+                    await self.publish()
                 await self._maintain_durable()
                 reported = None
             except NffsError as exc:
@@ -1024,7 +1181,7 @@ class PageStore:
                 return 0
             epochs = [(src.homes, src.homes.begin_read()) for _, _, src, _ in plan]
 
-            def work() -> list[tuple[int, Home]]:
+            def work() -> tuple[list[tuple[int, Home]], bool]:
                 writes, out = [], []
                 for page, home, src, new_slot in plan:
                     data = src.homes.read(home.slot)
@@ -1035,10 +1192,10 @@ class PageStore:
                 self._write_slots(dest, writes)
                 if out:
                     self.table.commit_homes(out)
-                return out
+                return out, self._readers_active()
 
             try:
-                done = await self.io.run(Priority.BACKGROUND, work)
+                done, readers = await self.io.run(Priority.BACKGROUND, work)
             except BaseException:
                 for _, _, _, new_slot in plan:
                     dest.homes.unalloc(new_slot)
@@ -1046,6 +1203,7 @@ class PageStore:
             finally:
                 for homes, e in epochs:
                     homes.end_read(e)
+            self._retain_for_readers(readers)
             moved = {p for p, _ in done}
             for page, home, src, new_slot in plan:
                 if page not in moved:
@@ -1063,6 +1221,8 @@ class PageStore:
                 else:
                     dest.counters.promotions += 1
             self.counters["migrations"] += len(moved)
+            if moved:
+                self._unpublished = True
             return len(moved)
 
     async def shutdown(self) -> None:
@@ -1094,13 +1254,16 @@ class PageStore:
         return free
 
     def describe_tiers(self) -> list[dict]:
+        """Each tier, fastest first, as field.json shows it (plus its fill)."""
         return [
-            {"name": t.name, "path": t.path, "kind": t.spec.kind, "capacity": t.capacity, "numa": t.spec.numa, "latency_s": t.latency}
+            {"name": t.name, "path": t.path, "kind": t.spec.kind, "capacity": t.capacity, "numa": t.spec.numa,
+             "latency_s": t.latency, "volatile": t.volatile, "used_bytes": t.pages * self.page_size}
             for t in self.tiers
         ]
 
     def stats(self) -> dict:
         return {
+            "generation": self.generation,
             "materialised_pages": self.materialised_pages(),
             "dirty_pages": sum(t.dirty for t in self.memory_tiers),
             **self.counters,
