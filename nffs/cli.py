@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--quick", action="store_true", help="small sizes and few rounds (under 5 minutes)")
     pb.add_argument("--json", default=None, metavar="FILE", help="write every figure here")
     pb.add_argument("--plot", default=None, metavar="DIR", help="write PNG plots here (needs matplotlib: pip install nffs[plot])")
-    pb.add_argument("--only", default=None, metavar="NAMES", help="comma-separated subset of: io, writes, query, prefetch, scale, occupancy")
+    pb.add_argument("--only", default=None, metavar="NAMES", help="comma-separated subset of: io, writes, query, prefetch, scale, noharm, occupancy")
     return p
 
 

@@ -44,7 +44,6 @@ def test_table_has_every_row_with_target_and_verdict() -> None:
     assert "40.00x" in text and "<= 3x" in text and "MISSES" in text
     assert "12.00x" in text and ">= 5x" in text  # scan prefetch target
     assert "85.0%" in text and ">= 90%" in text
-    assert "do no harm" in text and "not measured" in text
     assert "stopped at 60 s" in render_table(rows, [("prefetch: p99", "stopped at 60 s")])
 
 
@@ -76,6 +75,19 @@ def test_plots_have_titles_axes_and_legends(tmp_path, monkeypatch) -> None:
 def test_unknown_benchmark_is_a_clear_error() -> None:
     res = nffs("bench", "--only", "nonsense", check=False)
     assert res.returncode == 1 and "unknown benchmark(s) nonsense" in res.stderr
+
+
+def test_do_no_harm_rows() -> None:
+    from nffs.ui.bench import _noharm_rows
+
+    run = {"read_p99_s": 0.01, "reads_total_s": 1.0, "batch_p99_s": 0.5, "batches_total_s": 2.0,
+           "predictor_active": "hoeffding"}
+    slower = {**run, "read_p99_s": 0.02, "predictor_active": "none"}
+    rows = _noharm_rows({"runs": {"hoeffding": slower, "none": run}})
+    assert [r["meets"] for r in rows] == [False, True, True, True]
+    assert "daemon reported predictor 'none'" in rows[0]["row"]
+    text = render_table(rows)
+    assert "2.00x" in text and "<= 1.15x" in text
 
 
 def test_quick_budgets_fit_in_five_minutes() -> None:
