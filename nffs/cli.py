@@ -1,4 +1,4 @@
-"""nffs command line (SPEC 6): init / mount / umount / stat / fsck / top / warmup / bench.
+"""nffs command line (SPEC 6): init / mount / umount / stat / fsck / refresh / top / warmup / bench.
 
 `nffs FIELD_DIR MOUNTPOINT -o OPTS` (how mount.fuse3 calls a FUSE helper for
 `mount -t fuse.nffs` and /etc/fstab) is the same as `nffs mount` with those options.
@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--allow-other", action="store_true", help="let other users access the mount")
     pm.add_argument("--max-batch", type=_positive_int, default=1 << 20, help="max points per query request (default 1048576)")
     pm.add_argument("--writeback-interval", type=_interval, default=5.0, help="seconds before dirty pages go home (default 5)")
+    pm.add_argument("--refresh-interval", type=_float, default=5.0,
+                    help="read-only mounts: seconds between loads of the writer's newest published generation (0: only on `nffs refresh`)")
     pm.add_argument("--metrics-listen", type=_listen, default=None, metavar="[ADDR:]PORT",
                     help="serve Prometheus metrics at http://ADDR:PORT/metrics (loopback when only a port is given)")
     pm.add_argument("--lock-wait", type=_float, default=float(os.environ.get("NFFS_LOCK_WAIT", "30")), metavar="S",
@@ -119,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "(prefetch=markov, tier=SPEC, allow_other, ro, max_batch=N, writeback_interval=S, "
                          "metrics_listen=PORT); generic ones (rw, dev, suid, _netdev, ...) are ignored")
     pm.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+
+    pr = sub.add_parser("refresh", help="read-only mount: serve the writer's newest published generation now")
+    pr.add_argument("mountpoint")
+    pr.add_argument("--timeout", type=_float, default=60.0, help="seconds to wait for the new generation (default 60)")
 
     pu = sub.add_parser("umount", help="flush, unmount and wait for the daemon to exit")
     pu.add_argument("mountpoint")
@@ -226,7 +232,7 @@ def _mount_options(args: argparse.Namespace):
             raise CliError(str(exc)) from None
     return MountOptions(tiers=args.tier, prefetch=args.prefetch, read_only=args.read_only, allow_other=args.allow_other,
                         max_batch=args.max_batch, writeback_interval=args.writeback_interval,
-                        metrics_listen=args.metrics_listen)
+                        refresh_interval=args.refresh_interval, metrics_listen=args.metrics_listen)
 
 
 def _check_listen(listen: str) -> None:
@@ -338,7 +344,8 @@ def _spawn_daemon(args: argparse.Namespace, field_dir: str, mountpoint: str) -> 
     read_fd, write_fd = os.pipe()
     cmd = [sys.executable, "-m", "nffs.cli", "--log-level", args.log_level, "mount", field_dir, mountpoint, "--foreground",
            "--ready-fd", str(write_fd), "--prefetch", args.prefetch, "--max-batch", str(args.max_batch),
-           "--writeback-interval", repr(args.writeback_interval), "--lock-wait", repr(args.lock_wait)]
+           "--writeback-interval", repr(args.writeback_interval), "--refresh-interval", repr(args.refresh_interval),
+           "--lock-wait", repr(args.lock_wait)]
     if args.metrics_listen:
         cmd += ["--metrics-listen", args.metrics_listen]
     for spec in args.tier:
@@ -398,6 +405,33 @@ def _process_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    """Ask a read-only mount's daemon (SIGUSR1) to load the newest generation; wait until it serves it."""
+    import signal
+
+    from .fs.mounts import is_nffs_mount
+    from .tiers.generations import current_number
+
+    mountpoint = os.path.abspath(args.mountpoint)
+    if not is_nffs_mount(mountpoint):
+        raise CliError(f"{mountpoint} is not an nffs mount")
+    stats = _read_mount_stats(mountpoint)
+    if not stats or "pid" not in stats:
+        raise CliError(f"{mountpoint}: the mount does not answer")
+    store = stats.get("store", {})
+    wanted = current_number(str(stats.get("field_dir", "")))
+    os.kill(int(stats["pid"]), signal.SIGUSR1)
+    deadline = time.monotonic() + args.timeout
+    while True:
+        now_serving = (_read_mount_stats(mountpoint) or {}).get("store", {}).get("generation", store.get("generation", 0))
+        if now_serving >= wanted:
+            print(f"{mountpoint}: generation {now_serving}")
+            return 0
+        if time.monotonic() > deadline:
+            raise CliError(f"{mountpoint}: still on generation {now_serving} after {args.timeout:g} s (newest: {wanted})")
+        time.sleep(0.1)
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
@@ -690,7 +724,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 HANDLERS = {"init": cmd_init, "mount": cmd_mount, "umount": cmd_umount, "stat": cmd_stat, "fsck": cmd_fsck,
-            "top": cmd_top, "warmup": cmd_warmup, "bench": cmd_bench}
+            "refresh": cmd_refresh, "top": cmd_top, "warmup": cmd_warmup, "bench": cmd_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

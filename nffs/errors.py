@@ -60,3 +60,7 @@ class ChecksumMismatch(PageIOError):
 
 class TierUnavailable(PageIOError):
     """A tier root is missing, replaced, foreign-owned or not mounted."""
+
+
+class TierTimeout(TierUnavailable):
+    """A tier did not answer within the I/O time limit (a hung network file system)."""

@@ -19,7 +19,7 @@ import pytest
 from mounting import Mounts, is_mounted, nffs
 from nffs.ui.mountopts import MountOptionError, options_to_args, rewrite_argv, split_options
 
-COMMANDS = {"init", "mount", "umount", "stat", "fsck", "top", "warmup", "bench"}
+COMMANDS = {"init", "mount", "umount", "stat", "fsck", "refresh", "top", "warmup", "bench"}
 
 
 # ---------------------------------------------------------------------- option parsing (no mount)

@@ -34,6 +34,7 @@ CLIENT = "r1"                          # the client namespace of the fixture's c
 
 PAGE = 16384
 SMALL = ("--levels", "8", "--log2-table-size", "14", "--page-size", "16K")   # 58 pages of 16 KiB
+LARGER = ("--levels", "8", "--log2-table-size", "18", "--page-size", "16K")  # about 600 pages of 16 KiB
 OUTAGE_BOUND = 30.0   # seconds within which I/O on an unreachable page must fail (mfstimeout=10)
 
 
@@ -155,8 +156,9 @@ def test_kill_9_loses_no_fsynced_byte_with_the_home_on_moosefs(mfs: Mfs, mfs_mou
 
 # ------------------------------------------------------------------ faults of a real cluster
 
-def _field_homed_on_moosefs(mfs: Mfs, mounts: Mounts, tmp_path: Path, seed: int) -> tuple[Path, list[str], bytes]:
-    field = mounts.init(*SMALL)
+def _field_homed_on_moosefs(mfs: Mfs, mounts: Mounts, tmp_path: Path, seed: int,
+                            settings: tuple[str, ...] = SMALL) -> tuple[Path, list[str], bytes]:
+    field = mounts.init(*settings)
     tiers = ["--tier", f"dram={tmp_path}/dram,kind=dram,capacity=4M", "--tier", f"far={mfs.dir}/far,kind=hdd"]
     mnt = mounts.mount(field, *tiers, "--prefetch", "none")
     size = (mnt / "params").stat().st_size
@@ -184,7 +186,10 @@ def test_one_chunkserver_down_with_goal_2_keeps_the_data_readable(mfs: Mfs, mfs_
 
 
 def test_all_chunkservers_down_is_eio_for_moosefs_pages_only_and_recovers(mfs: Mfs, mfs_mounts: Mounts, tmp_path: Path) -> None:
-    field, tiers, data = _field_homed_on_moosefs(mfs, mfs_mounts, tmp_path, 15)
+    # Pages share slab files: a field larger than mfsmount's read-ahead (1 MiB beyond each
+    # read) keeps the never-read pages out of the client's caches, so they really need a
+    # chunkserver.
+    field, tiers, data = _field_homed_on_moosefs(mfs, mfs_mounts, tmp_path, 15, LARGER)
     mnt = mfs_mounts.mount(field, *tiers, "--prefetch", "none")
     size = (mnt / "params").stat().st_size
     written = len(data) // PAGE
@@ -236,8 +241,6 @@ def test_all_chunkservers_down_is_eio_for_moosefs_pages_only_and_recovers(mfs: M
     assert nffs("fsck", str(field)).returncode == 0
 
 
-@pytest.mark.xfail(strict=False, reason="storage core: writes through mfsmount block while no chunkserver is up "
-                   "(mfstimeout does not bound them), and today's write-back waits with them")
 def test_fsync_during_a_full_outage_is_eio_within_a_bound(mfs: Mfs, mfs_mounts: Mounts, tmp_path: Path) -> None:
     """SPEC 7: a failing tier gives EIO for its pages -- fsync must not wait for the cluster to come back."""
     field, tiers, data = _field_homed_on_moosefs(mfs, mfs_mounts, tmp_path, 17)
@@ -273,8 +276,6 @@ def test_fsync_during_a_full_outage_is_eio_within_a_bound(mfs: Mfs, mfs_mounts: 
         os.close(fd)
 
 
-@pytest.mark.xfail(strict=False, reason="storage core: a missing tier root is recreated (SPEC 7 says: an error, never "
-                   "recreated), so nffs writes into the bare mount point")
 def test_moosefs_mount_gone_is_eio_and_nothing_lands_in_the_bare_mount_point(mfs: Mfs, mfs_mounts: Mounts, tmp_path: Path) -> None:
     field, tiers, data = _field_homed_on_moosefs(mfs, mfs_mounts, tmp_path, 16)
     mnt = mfs_mounts.mount(field, *tiers, "--prefetch", "none")
@@ -315,11 +316,6 @@ def test_moosefs_mount_gone_is_eio_and_nothing_lands_in_the_bare_mount_point(mfs
 
 # ------------------------------------------------------------------ several machines
 
-def _has_refresh() -> bool:
-    res = subprocess.run([*NFFS, "refresh", "--help"], capture_output=True, text=True)
-    return res.returncode == 0
-
-
 def _reader_mount(mfs: Mfs, mounts: Mounts, field_r: Path, tiers_r: list[str]) -> Path:
     """nffs mount --read-only from the client namespace: its own network, our mount namespace."""
     mounts.counter += 1
@@ -354,8 +350,6 @@ def test_another_machine_reads_the_field_read_only_after_the_writer_left(mfs: Mf
     mfs_mounts.umount(reader)
 
 
-@pytest.mark.xfail(strict=False, reason="storage core: a --read-only mount takes the writer's exclusive flock on the "
-                   "field directory (MooseFS enforces it across machines), so it cannot mount next to a writer")
 def test_read_only_mount_from_another_machine_reads_what_was_fsynced(mfs: Mfs, mfs_mounts: Mounts, tmp_path: Path) -> None:
     """No refresh needed: the reader mounts after the writer's fsync, while the writer stays mounted."""
     field_w = mfs.dir / "field"
@@ -377,8 +371,6 @@ def test_read_only_mount_from_another_machine_reads_what_was_fsynced(mfs: Mfs, m
     assert (writer / "params").read_bytes() == gen1
 
 
-@pytest.mark.skipif(not _has_refresh(), reason="needs the storage core's shared-field support: `nffs refresh` "
-                    "and published page-table generations (docs/sharing.md)")
 def test_read_only_reader_on_another_machine_sees_fsynced_generations(mfs: Mfs, mfs_mounts: Mounts, tmp_path: Path) -> None:
     """One writer (root namespace), one reader (namespace r1, its own mfsmount and DRAM tier)."""
     # the field directory and the durable tier both live on MooseFS

@@ -28,6 +28,9 @@ class StoreConfig:
     prefetch_slots: int = 8
     #: a prefetch waits while more demand reads than this wait on slow tiers
     prefetch_yield_demand: int = 2
+    #: a slow-tier operation (slot read, write-back batch, migration) that takes longer than
+    #: this is given up with EIO: a hung network file system must not hang fsync for ever
+    durable_io_timeout_s: float = 20.0
     #: threads for write-back and migration
     background_threads: int = 2
     #: dirty bytes in memory tiers that start a write-back before the interval is up (like the

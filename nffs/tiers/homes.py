@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import errno
 import heapq
 import time
 from collections import Counter, deque
@@ -81,7 +82,8 @@ class SlabHomes:
         self.root = root
         self.page_size = page_size
         self.slots_per_slab = slots_per_slab
-        self._fds: dict[int, int] = {}
+        self._fds: dict[int, int] = {}  # read-only, kept
+        self._wfds: dict[int, int] = {}  # writable, for the write-back in progress
         self._fd_lock = threading.Lock()
         self._free: list[int] = []  # a min-heap: the lowest free slot is handed out first
         self._fresh = 0
@@ -146,22 +148,46 @@ class SlabHomes:
 
     # -- I/O (worker threads) -----------------------------------------------------------------
     def _fd(self, slab: int, create: bool) -> tuple[int, bool]:
+        """A descriptor of a slab: read-only ones are kept open; writable ones live for one
+        write-back (`sync` closes them), so a tier that is remounted read-only or unmounted
+        between write-backs finds no file of ours open for writing."""
+        fds = self._wfds if create else self._fds
         with self._fd_lock:
-            fd = self._fds.get(slab)
+            fd = fds.get(slab)
             if fd is not None:
                 return fd, False
-            flags = os.O_RDWR | (os.O_CREAT if create else 0)
+            flags = (os.O_WRONLY | os.O_CREAT) if create else os.O_RDONLY
+            existed = True
+            if create:
+                try:
+                    self.root.lstat(slab_name(slab))
+                except FileNotFoundError:
+                    existed = False
             try:
                 fd = self.root.open_file(slab_name(slab), flags)
             except FileNotFoundError:
                 raise PageIOError(f"{self.root.path}: {slab_name(slab)} is missing") from None
-            self._fds[slab] = fd
-            return fd, create
+            # Slots are read whole and one at a time, and what we read lands in a memory tier:
+            # no read-ahead, and no second copy in the kernel's page cache (which would also
+            # answer for a tier that is in fact unreachable).
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+            if not create:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            fds[slab] = fd
+            return fd, not existed
 
     def read(self, slot: int) -> bytes:
         slab, index = divmod(slot, self.slots_per_slab)
         fd, _ = self._fd(slab, create=False)
-        data = os.pread(fd, self.page_size, index * self.page_size)
+        try:
+            data = os.pread(fd, self.page_size, index * self.page_size)
+        except OSError as exc:
+            # some network file systems keep failing a handle once it saw an error: the next
+            # read opens the slab afresh
+            if exc.errno == errno.EIO:
+                self._forget(slab, fd)
+            raise
+        os.posix_fadvise(fd, index * self.page_size, self.page_size, os.POSIX_FADV_DONTNEED)
         if len(data) != self.page_size:
             # chunks a home does not store may lie past the end of the slab file; whatever
             # is missing there is checked by the page's checksum, not by the length
@@ -212,14 +238,42 @@ class SlabHomes:
         return touched
 
     def sync(self, slabs: set[int]) -> None:
-        for slab in slabs:
-            fd, _ = self._fd(slab, create=False)
-            os.fdatasync(fd)
+        """Make the written slots durable, then let go of the writable descriptors."""
+        try:
+            for slab in slabs:
+                fd = self._wfds[slab]
+                os.fdatasync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # the copies are in a memory tier
+        finally:
+            self.close_writers()
+
+    def close_writers(self) -> None:
+        with self._fd_lock:
+            for fd in self._wfds.values():
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._wfds.clear()
+
+    def _forget(self, slab: int, fd: int) -> None:
+        with self._fd_lock:
+            if self._fds.get(slab) == fd:
+                del self._fds[slab]
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def forget_all(self) -> None:
+        """After a failed write-back: the next one opens every slab afresh."""
+        self.close()
 
     def slab_files(self) -> list[str]:
         return [n for n in self.root.listdir() if parse_slab_name(n) is not None]
 
     def close(self) -> None:
+        self.close_writers()
         with self._fd_lock:
             for fd in self._fds.values():
                 try:

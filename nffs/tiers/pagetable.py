@@ -24,6 +24,7 @@ import logging
 import sqlite3
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -211,10 +212,17 @@ class PageTable:
             self._rows[page] = cached
         return cached  # type: ignore[return-value]
 
-    def commit_homes(self, rows: list[tuple[int, Home]]) -> None:
-        """Record new homes durably (worker thread; the slab data must already be fsynced)."""
+    def commit_homes(self, rows: list[tuple[int, Home]], abandoned: Callable[[], bool] | None = None) -> bool:
+        """Record new homes durably (worker thread; the slab data must already be fsynced).
+
+        `abandoned` is asked under the writer lock: a worker the trio side gave up on (a hung
+        tier) must not commit later, over a newer version committed in the meantime.
+        Returns False when it did not commit for that reason.
+        """
         assert self._writer is not None
         with self._write_lock:
+            if abandoned is not None and abandoned():
+                return False
             self._writer.execute("BEGIN IMMEDIATE")
             try:
                 self._writer.executemany(
@@ -225,6 +233,7 @@ class PageTable:
             except BaseException:
                 self._writer.execute("ROLLBACK")
                 raise
+        return True
 
     def delete_homes(self, pages: list[int]) -> None:
         assert self._writer is not None

@@ -12,6 +12,7 @@ from typing import Any, Callable, TypeVar
 
 import trio
 
+from ..errors import TierTimeout
 from .config import StoreConfig
 from .port import Priority
 
@@ -47,7 +48,12 @@ class IOScheduler:
                 try:
                     if latency:
                         await trio.sleep(latency)
-                    return await trio.to_thread.run_sync(fn, *args, limiter=self._threads)
+                    with trio.move_on_after(self.cfg.durable_io_timeout_s) as scope:
+                        # a thread stuck in the kernel cannot be interrupted: it is abandoned
+                        # and its result ignored (callers must not depend on it having stopped)
+                        return await trio.to_thread.run_sync(fn, *args, limiter=self._threads, abandon_on_cancel=True)
+                    assert scope.cancelled_caught
+                    raise TierTimeout(f"no answer within {self.cfg.durable_io_timeout_s:g} s")
                 finally:
                     self.in_flight[priority] -= 1
         finally:

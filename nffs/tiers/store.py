@@ -30,7 +30,7 @@ import xxhash
 
 from ..encoding.init import implicit_values
 from ..encoding.layout import FieldLayout
-from ..errors import ChecksumMismatch, InvalidInput, NoSpace, NffsError, PageIOError, ReadOnly, TierUnavailable
+from ..errors import ChecksumMismatch, InvalidInput, NoSpace, NffsError, PageIOError, ReadOnly, TierTimeout, TierUnavailable
 from .config import StoreConfig
 from .pagetable import Home, MemTier, PageTable
 from .port import AccessEvent, AccessKind, AccessListener, FetchResult, Priority
@@ -563,9 +563,18 @@ class PageStore:
         for _ in range(4):
             loc = self.table.mem(page)
             if loc is not None:
+                mt, slot = loc
+                if mt.home_tier[slot] < 0:
+                    # a copy of a never-written page (cached for a gather): it materialises now
+                    mt.home_tier[slot] = self._reserve_home().id
+                    self.counters["pages_materialised"] += 1
                 return loc, False
             home = self.table.home(page)
             if home is not None:
+                tier = self.tier_by_id.get(home.tier)
+                if tier is None or not tier.available():
+                    # its home cannot take a new version: EIO now, not a write that fsync refuses
+                    raise TierUnavailable(f"page {page}: its home tier is not available")
                 if full is not None:
                     loc = await self._install_for_write(page, full, has_home=True, home_tier=home.tier, stored=self.full_mask)
                     if loc is not None:
@@ -627,8 +636,14 @@ class PageStore:
             raise TierUnavailable("no durable tier is available")
         raise NoSpace("every durable tier is full")
 
-    async def _write_page(self, page: int, start: int, chunk: memoryview) -> None:
-        full = start == 0 and len(chunk) == self.page_size
+    async def _write_page(self, page: int, start: int, chunk: memoryview | None, *,
+                          modify: Callable[[bytes], bytes] | None = None, length: int = 0) -> None:
+        """Patch one page's memory copy: with `chunk`, or with `modify(current bytes)` of
+        [start, start+length) — a read-modify-write with no await between read and write, so
+        no other write to the page can slip in between (concept updates)."""
+        if chunk is not None:
+            length = len(chunk)
+        full = chunk is not None and start == 0 and length == self.page_size
         for _ in range(3):
             (mt, slot), written = await self._writable_copy(page, chunk if full else None)
             arena = mt.arena
@@ -636,15 +651,22 @@ class PageStore:
                 # chunks only partly covered keep their other bytes: implicit ones get their
                 # init first, and a corrupted one must not be laundered into a fresh checksum
                 c = arena.chunk
-                end = start + len(chunk)
-                edges = {start - start % c, end - 1 - (end - 1) % c}
-                partial = [e for e in edges if e < start or e + c > end]
-                for e in partial:
-                    self._fill_implicit(page, mt, slot, e, c)
-                if not all(arena.verify(slot, e, c) for e in partial):
+                end = start + length
+                if modify is not None:
+                    keep = [(start, length)]
+                else:
+                    edges = {start - start % c, end - 1 - (end - 1) % c}
+                    keep = [(e, c) for e in edges if e < start or e + c > end]
+                for a, n in keep:
+                    self._fill_implicit(page, mt, slot, a, n)
+                if not all(arena.verify(slot, a, n) for a, n in keep):
                     self._bad_memory_copy(page, mt, slot)
                     continue
+            if modify is not None:
+                base = slot * self.page_size
+                chunk = memoryview(modify(arena.view[base + start:base + start + length].tobytes()))
             if not written:
+                assert chunk is not None
                 arena.write(slot, start, chunk)
             gen = self._next_gen()
             self.table.mark_dirty(mt, slot, gen)
@@ -675,19 +697,18 @@ class PageStore:
             within = (flat[idx] - np.uint64(page * self.elems_per_page)).astype(np.int64)
             lo = int(within.min()) * self.itemsize
             hi = (int(within.max()) + 1) * self.itemsize
-            current = await self._page_range(page, lo, hi - lo)
-            values = np.frombuffer(current, dtype=dtype).copy()
             rel = within - lo // self.itemsize
-            values[rel] = (values[rel].astype(np.float32) + add[idx]).astype(dtype)
-            await self._write_page(page, lo, memoryview(values.view(np.uint8)))
+            delta = add[idx]
+
+            def plus(current: bytes, rel: np.ndarray = rel, delta: np.ndarray = delta) -> bytes:
+                values = np.frombuffer(current, dtype=dtype).copy()
+                values[rel] = (values[rel].astype(np.float32) + delta).astype(dtype)
+                return values.tobytes()
+
+            await self._write_page(page, lo, None, modify=plus, length=hi - lo)
             changed.append(page)
         self.counters["writes"] += 1
         return changed
-
-    async def _page_range(self, page: int, start: int, length: int) -> bytes:
-        out = bytearray(length)
-        await self._read_page_into(page, start, memoryview(out))
-        return bytes(out)
 
     # ================================================================== write-back
     async def sync(self) -> None:
@@ -833,16 +854,21 @@ class PageStore:
                 rows.append((page, Home(tier.id, new_slot, stored_checksum(data, mask, self.chunk, self.n_chunks), mask)))
             for tid, writes in by_tier.items():
                 self._write_slots(tiers[tid], writes)
-            if rows:
-                self.table.commit_homes(rows)
+            if rows and not self.table.commit_homes(rows, abandoned=lambda: gave_up):
+                return [], bad, False
             return rows, bad, self._readers_active()
 
+        gave_up = False
         try:
             rows, bad, readers = await self.io.run(Priority.BACKGROUND, work)
         except BaseException as exc:
+            gave_up = True
             for mt, slot, page, _gen, tier, new_slot, _old in plan:
                 mt.pins[slot] -= 1
-                tier.homes.unalloc(new_slot)  # type: ignore[union-attr]
+                if not isinstance(exc, TierTimeout):
+                    # an abandoned worker may still write (even commit) these slots: they stay
+                    # allocated until the next mount, where unreferenced slots are free again
+                    tier.homes.unalloc(new_slot)  # type: ignore[union-attr]
             if plan and isinstance(exc, (OSError, NffsError)):
                 raise self._tier_error(plan[0][4], exc, plan[0][2]) from None
             raise
@@ -890,12 +916,18 @@ class PageStore:
         """Worker thread: pages into free slots of a durable tier, only their stored chunks, then fsync."""
         homes = tier.homes
         assert homes is not None
-        whole = [(slot, data) for slot, data, mask in writes if mask == self.full_mask]
-        slabs = homes.write_many(whole, self.cfg.coalesce_bytes) if whole else set()
-        for slot, data, mask in writes:
-            if mask != self.full_mask:
-                slabs.add(homes.write_partial(slot, data, mask, self.chunk, self.n_chunks))
-        homes.sync(slabs)
+        try:
+            whole = [(slot, data) for slot, data, mask in writes if mask == self.full_mask]
+            slabs = homes.write_many(whole, self.cfg.coalesce_bytes) if whole else set()
+            for slot, data, mask in writes:
+                if mask != self.full_mask:
+                    slabs.add(homes.write_partial(slot, data, mask, self.chunk, self.n_chunks))
+            homes.sync(slabs)
+        except OSError as exc:
+            homes.close_writers()
+            if exc.errno == errno.EIO:
+                homes.forget_all()
+            raise
 
     # ================================================================== gathers
     async def gather_rows(self, entries: np.ndarray) -> np.ndarray:
@@ -1190,15 +1222,18 @@ class PageStore:
                     writes.append((new_slot, data, home.mask))
                     out.append((page, Home(dest.id, new_slot, home.checksum, home.mask)))
                 self._write_slots(dest, writes)
-                if out:
-                    self.table.commit_homes(out)
+                if out and not self.table.commit_homes(out, abandoned=lambda: gave_up):
+                    return [], False
                 return out, self._readers_active()
 
+            gave_up = False
             try:
                 done, readers = await self.io.run(Priority.BACKGROUND, work)
-            except BaseException:
-                for _, _, _, new_slot in plan:
-                    dest.homes.unalloc(new_slot)
+            except BaseException as exc:
+                gave_up = True
+                if not isinstance(exc, TierTimeout):
+                    for _, _, _, new_slot in plan:
+                        dest.homes.unalloc(new_slot)
                 raise
             finally:
                 for homes, e in epochs:

@@ -7,7 +7,7 @@ which runs `nffs FIELD_DIR MOUNTPOINT -o OPTS` (adding generic options such as
 
 * every `nffs mount` flag has an `-o` name (dashes or underscores): `prefetch=markov`,
   `tier=SPEC`, `read_only`/`ro`, `allow_other`, `max_batch=N`,
-  `writeback_interval=S`, `metrics_listen=[ADDR:]PORT`, `lock_wait=S`, `foreground`, `log_level=L`;
+  `writeback_interval=S`, `metrics_listen=[ADDR:]PORT`, `lock_wait=S`, `refresh_interval=S`, `foreground`, `log_level=L`;
 * a tier spec has commas of its own (`tier=dram=/dev/shm/x,kind=dram,capacity=1G`):
   the words after `tier=` that are tier options (`kind=`, `capacity=`, `numa=`,
   `latency=`) belong to that tier;
@@ -42,6 +42,7 @@ VALUED = {  # option name -> nffs mount flag taking the value
     "writeback_interval": "--writeback-interval",
     "metrics_listen": "--metrics-listen",
     "lock_wait": "--lock-wait",
+    "refresh_interval": "--refresh-interval",
 }
 GLOBAL_VALUED = {"log_level": "--log-level"}  # flags of `nffs` itself, placed before `mount`
 
