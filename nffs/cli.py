@@ -1,4 +1,8 @@
-"""nffs command line: init / mount / umount / stat / fsck (SPEC 6)."""
+"""nffs command line (SPEC 6): init / mount / umount / stat / fsck / refresh / top / warmup / bench.
+
+`nffs FIELD_DIR MOUNTPOINT -o OPTS` (how mount.fuse3 calls a FUSE helper for
+`mount -t fuse.nffs` and /etc/fstab) is the same as `nffs mount` with those options.
+"""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +21,11 @@ from .tiers.spec import TierSpecError, parse_size, parse_tier_spec
 log = logging.getLogger("nffs")
 
 LOG_NAME = "nffs.log"
+
+try:
+    _EXCEPTION_GROUP: type = BaseExceptionGroup  # Python >= 3.11
+except NameError:  # 3.10: trio depends on the backport
+    from exceptiongroup import BaseExceptionGroup as _EXCEPTION_GROUP
 
 
 class CliError(Exception):
@@ -103,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--writeback-interval", type=_interval, default=5.0, help="seconds before dirty pages go home (default 5)")
     pm.add_argument("--refresh-interval", type=_float, default=5.0,
                     help="read-only mounts: seconds between loads of the writer's newest published generation (0: only on `nffs refresh`)")
+    pm.add_argument("--metrics-listen", type=_listen, default=None, metavar="[ADDR:]PORT",
+                    help="serve Prometheus metrics at http://ADDR:PORT/metrics (loopback when only a port is given)")
+    pm.add_argument("--lock-wait", type=_float, default=float(os.environ.get("NFFS_LOCK_WAIT", "30")), metavar="S",
+                    help="seconds to wait for a previous daemon of the same field to finish flushing (default 30)")
+    pm.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
+                    help="mount options as mount(8) and /etc/fstab give them: every flag above as name[=value] "
+                         "(prefetch=markov, tier=SPEC, allow_other, ro, max_batch=N, writeback_interval=S, "
+                         "metrics_listen=PORT); generic ones (rw, dev, suid, _netdev, ...) are ignored")
     pm.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
 
     pr = sub.add_parser("refresh", help="read-only mount: serve the writer's newest published generation now")
@@ -121,7 +138,45 @@ def build_parser() -> argparse.ArgumentParser:
     pf = sub.add_parser("fsck", help="check pages against metadata and checksums")
     pf.add_argument("field_dir")
     pf.add_argument("--repair", action="store_true")
+
+    pt = sub.add_parser("top", help="live view of a mount, refreshed every second (q quits)")
+    pt.add_argument("mountpoint")
+    pt.add_argument("--interval", type=_interval, default=1.0, help="seconds between refreshes (default 1)")
+    pt.add_argument("--once", action="store_true", help="print one frame (two samples, one interval apart) and exit")
+    pt.add_argument("--ascii", action="store_true", help="plain ASCII bars (for terminals without UTF-8)")
+
+    pw = sub.add_parser("warmup", help="bring pages into the fastest tier (and the kernel cache) before a job")
+    pw.add_argument("mountpoint")
+    pw.add_argument("--range", nargs=2, type=_size_or_int, action="append", default=[], metavar=("OFFSET", "LENGTH"),
+                    help="a byte range of params (sizes take K/M/G suffixes)")
+    pw.add_argument("--level", type=_int, action="append", default=[], metavar="N", help="a whole level's table")
+    pw.add_argument("--concept", action="append", default=[], metavar="NAME", help="a concept's pages")
+    pw.add_argument("--points", action="append", default=[], metavar="FILE",
+                    help="points: text (D numbers a line) or raw little-endian float32 (.f32/.bin)")
+
+    pb = sub.add_parser("bench", help="the SPEC 8 benchmarks side by side with their baselines")
+    pb.add_argument("--quick", action="store_true", help="small sizes and few rounds (under 5 minutes)")
+    pb.add_argument("--json", default=None, metavar="FILE", help="write every figure here")
+    pb.add_argument("--plot", default=None, metavar="DIR", help="write PNG plots here (needs matplotlib: pip install nffs[plot])")
+    pb.add_argument("--only", default=None, metavar="NAMES", help="comma-separated subset of: io, writes, query, prefetch, scale, noharm, occupancy")
     return p
+
+
+def _listen(text: str) -> str:
+    from .ui.metrics_http import ListenError, parse_listen
+
+    try:
+        parse_listen(text)
+    except ListenError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _size_or_int(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        return _size(text)
 
 
 # ---------------------------------------------------------------------- init
@@ -177,7 +232,62 @@ def _mount_options(args: argparse.Namespace):
             raise CliError(str(exc)) from None
     return MountOptions(tiers=args.tier, prefetch=args.prefetch, read_only=args.read_only, allow_other=args.allow_other,
                         max_batch=args.max_batch, writeback_interval=args.writeback_interval,
-                        refresh_interval=args.refresh_interval)
+                        refresh_interval=args.refresh_interval, metrics_listen=args.metrics_listen)
+
+
+def _check_listen(listen: str) -> None:
+    """Fail before mounting when the metrics address cannot be bound (port in use, no such address)."""
+    import socket
+
+    from .ui.metrics_http import parse_listen
+
+    host, port = parse_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise CliError(f"cannot listen for metrics on {listen}: {exc.strerror or exc}") from None
+
+
+def _wait_for_field_lock(field_dir: str, timeout: float) -> None:
+    """Wait while a previous daemon of this field still holds its lock.
+
+    After a plain `umount` (or a systemd stop) the kernel detaches the mount at once,
+    but the daemon goes on flushing dirty pages home before it exits and releases the
+    field. A mount started meanwhile waits for that instead of failing.
+    """
+    import fcntl
+
+    try:
+        from .tiers.fielddir import LOCK_NAME
+    except ImportError:
+        LOCK_NAME = "lock"
+    path = os.path.join(field_dir, LOCK_NAME)
+    if not os.path.exists(path):
+        return
+    deadline = time.monotonic() + max(0.0, timeout)
+    told = False
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(fd)
+        if time.monotonic() >= deadline:
+            raise CliError(f"{field_dir} is in use by another nffs process (mounted elsewhere?); "
+                           f"waited {timeout:g}s for it to finish")
+        if not told:
+            log.info("waiting for the previous daemon of %s to finish flushing", field_dir)
+            told = True
+        time.sleep(0.1)
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
@@ -191,6 +301,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     _check_mountpoint(mountpoint)
     opts = _mount_options(args)
+    if args.metrics_listen and args.ready_fd is None:
+        _check_listen(args.metrics_listen)
+    _wait_for_field_lock(field_dir, args.lock_wait)
     if args.foreground:
         return _serve_foreground(field_dir, mountpoint, opts, args.ready_fd)
     return _spawn_daemon(args, field_dir, mountpoint)
@@ -207,7 +320,12 @@ def _serve_foreground(field_dir: str, mountpoint: str, opts, ready_fd: int | Non
             os.close(ready_fd)
 
     try:
-        serve(field_dir, mountpoint, opts, on_ready=ready)
+        try:
+            serve(field_dir, mountpoint, opts, on_ready=ready)
+        except _EXCEPTION_GROUP as group:  # a trio nursery wraps a start-up failure
+            if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
+                raise group.exceptions[0] from None
+            raise
     except (FieldError, TierSpecError, ValueError, OSError, RuntimeError) as exc:
         message = str(exc) or exc.__class__.__name__
         if isinstance(exc, RuntimeError) and "mount" in message:
@@ -226,7 +344,10 @@ def _spawn_daemon(args: argparse.Namespace, field_dir: str, mountpoint: str) -> 
     read_fd, write_fd = os.pipe()
     cmd = [sys.executable, "-m", "nffs.cli", "--log-level", args.log_level, "mount", field_dir, mountpoint, "--foreground",
            "--ready-fd", str(write_fd), "--prefetch", args.prefetch, "--max-batch", str(args.max_batch),
-           "--writeback-interval", repr(args.writeback_interval), "--refresh-interval", repr(args.refresh_interval)]
+           "--writeback-interval", repr(args.writeback_interval), "--refresh-interval", repr(args.refresh_interval),
+           "--lock-wait", repr(args.lock_wait)]
+    if args.metrics_listen:
+        cmd += ["--metrics-listen", args.metrics_listen]
     for spec in args.tier:
         cmd += ["--tier", str(spec)]
     if args.read_only:
@@ -401,24 +522,74 @@ def field_summary(field_dir: str) -> dict[str, Any]:
         tiers = []
         for spec in tiers_for_check(meta, field_dir):
             tid = next((i for i, n in names.items() if n == spec.name), None)
-            tiers.append({**spec.to_dict(), "home_pages": by_home.get(tid, 0)})
+            home = by_home.get(tid, 0)
+            try:
+                capacity = spec.capacity_bytes()
+            except (TierSpecError, OSError, ValueError):
+                capacity = None
+            tiers.append({**spec.to_dict(), "capacity": capacity, "capacity_spec": spec.capacity, "pages": home,
+                          "used_bytes": home * cfg.page_size, "home_pages": home})
         concepts = int(meta.conn.execute("SELECT COUNT(*) FROM concepts").fetchone()[0])
-        return {"field_dir": os.path.abspath(field_dir), "settings": cfg.to_dict(), "params_bytes": layout.params_bytes,
-                "n_pages": layout.n_pages, "materialised_pages": sum(by_home.values()), "dirty_pages": 0,
-                "concepts": concepts, "tiers": tiers}
+        return {"field_dir": os.path.abspath(field_dir), "settings": cfg.to_dict(),
+                "field": {**cfg.to_dict(), "params_bytes": layout.params_bytes, "n_pages": layout.n_pages},
+                "params_bytes": layout.params_bytes, "n_pages": layout.n_pages,
+                "materialised_pages": sum(by_home.values()), "dirty_pages": 0, "concepts": concepts, "tiers": tiers,
+                "in_use": _field_in_use(field_dir)}
     finally:
         meta.close()
 
 
+def _mount_field_info(mountpoint: str) -> dict[str, Any] | None:
+    """The mounted field's settings from its `field.json` (older daemons leave them out of `stats`)."""
+    try:
+        with open(os.path.join(mountpoint, "field.json"), "rb") as f:
+            data = json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+    return {k: v for k, v in data.items() if not isinstance(v, (list, dict))} if isinstance(data, dict) else None
+
+
+def mount_stats(mountpoint: str) -> dict[str, Any]:
+    """The `stats` of a mount, with `field` filled in from field.json when the daemon omits it."""
+    info = _read_mount_stats(mountpoint)
+    if info is None:
+        raise CliError(f"{mountpoint}: the mount does not answer")
+    info = {"mounted": True, **info}
+    if not isinstance(info.get("field"), dict):
+        extra = _mount_field_info(mountpoint)
+        if extra:
+            info["field"] = extra
+    return info
+
+
+def _field_in_use(field_dir: str) -> bool:
+    """True while a daemon holds the field's lock (it is mounted somewhere)."""
+    import fcntl
+
+    try:
+        from .tiers.fielddir import LOCK_NAME
+    except ImportError:
+        LOCK_NAME = "lock"
+    try:
+        fd = os.open(os.path.join(field_dir, LOCK_NAME), os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def cmd_stat(args: argparse.Namespace) -> int:
     from .fs.mounts import is_nffs_mount
+    from .ui.status import render_status
 
     target = os.path.abspath(args.target)
     if is_nffs_mount(target):
-        info = _read_mount_stats(target)
-        if info is None:
-            raise CliError(f"{target}: the mount does not answer")
-        info = {"mounted": True, **info}
+        info = mount_stats(target)
     elif os.path.isdir(target):
         info = {"mounted": False, **field_summary(target)}
     else:
@@ -427,42 +598,22 @@ def cmd_stat(args: argparse.Namespace) -> int:
         info["hardware"] = hardware_info()
     if args.json:
         print(json.dumps(info, indent=2))
-    else:
-        _print_human(info)
+        return 0
+    ascii_only = "utf" not in (sys.stdout.encoding or "").lower()
+    sys.stdout.write(render_status(info, ascii_only=ascii_only))
+    if args.hardware:
+        _print_hardware(info["hardware"])
     return 0
 
 
-def _print_human(info: dict[str, Any]) -> None:
-    if info.get("mounted"):
-        store = info.get("store", {})
-        print(f"mounted field {info.get('field_dir')} at {info.get('mountpoint')} (pid {info.get('pid')})")
-        print(f"  params: {_human(info.get('params_bytes', 0))}, materialised pages: {store.get('materialised_pages')}, "
-              f"dirty pages: {store.get('dirty_pages')}")
-        tiers = store.get("tiers", [])
-    else:
-        print(f"field {info['field_dir']} (not mounted)")
-        s = info["settings"]
-        print(f"  D={s['dims']} L={s['levels']} F={s['features']} T=2^{s['log2_table_size']} N0={s['base_resolution']} "
-              f"b={s['per_level_scale']} {s['interpolation']} {s['dtype']} page={_human(s['page_size'])}")
-        print(f"  params: {_human(info['params_bytes'])} in {info['n_pages']} pages, materialised: {info['materialised_pages']}, "
-              f"dirty: {info['dirty_pages']}, concepts: {info['concepts']}")
-        tiers = info["tiers"]
-    for t in tiers:
-        cap = t.get("capacity")
-        cap_text = "unbounded" if cap is None else (_human(cap) if isinstance(cap, int) else str(cap))
-        counters = ", ".join(f"{k}={t[k]}" for k in ("pages", "dirty_pages", "reads", "writes", "promotions", "demotions",
-                                                       "checksum_failures", "home_pages", "memory_pages") if k in t)
-        print(f"  tier {t['name']} [{t['kind']}] {t['path']} capacity {cap_text}: {counters}")
-    if "prefetch" in info:
-        print(f"  prefetch: {json.dumps(info['prefetch'])}")
-    hw = info.get("hardware")
-    if hw:
-        for n in hw["numa_nodes"]:
-            tag = " (CXL candidate: no CPUs)" if n["cxl_candidate"] else ""
-            mem = _human(n["memory_bytes"]) if n["memory_bytes"] else "?"
-            print(f"  numa node {n['node']}: cpus [{n['cpus']}] memory {mem}{tag}")
-        if not hw["numa_nodes"]:
-            print("  no NUMA information under /sys/devices/system/node")
+def _print_hardware(hw: dict[str, Any]) -> None:
+    print("hardware")
+    for n in hw["numa_nodes"]:
+        tag = " (CXL candidate: memory without CPUs)" if n["cxl_candidate"] else ""
+        mem = _human(n["memory_bytes"]) if n["memory_bytes"] else "?"
+        print(f"  numa node {n['node']}: cpus [{n['cpus'] or 'none'}], memory {mem}{tag}")
+    if not hw["numa_nodes"]:
+        print("  no NUMA information under /sys/devices/system/node")
 
 
 # ---------------------------------------------------------------------- fsck
@@ -478,7 +629,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
         except FieldError:
             raise CliError(f"{field_dir} is mounted; unmount it before fsck") from None
         try:
-            report = fsck(field_dir, repair=args.repair)
+            report = _fsck_with_progress(fsck, field_dir, args.repair)
         finally:
             os.close(lock_fd)
     except FieldError as exc:
@@ -497,13 +648,99 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     return 0 if report.clean else 1
 
 
+def _materialised_pages(field_dir: str) -> int | None:
+    """Pages with a home, for the fsck progress bar (None when the metadata cannot say cheaply)."""
+    try:
+        summary = field_summary(field_dir)
+    except Exception:  # the metadata belongs to the storage core; a bar is not worth failing for
+        return None
+    return int(summary.get("materialised_pages") or 0)
+
+
+def _fsck_with_progress(fsck, field_dir: str, repair: bool):
+    """Run fsck with a progress bar on a terminal.
+
+    When the checker reports progress (a `progress(done, total)` keyword) the bar shows
+    pages checked of all pages; otherwise it shows the page count and elapsed time while
+    the check runs in a worker thread.
+    """
+    import inspect
+    import threading
+
+    from .ui.progress import Progress, is_tty
+
+    if not is_tty():
+        return fsck(field_dir, repair=repair)
+    total = _materialised_pages(field_dir)
+    bar = Progress("fsck", total=total, unit="pages")
+    if "progress" in inspect.signature(fsck).parameters:
+        with bar:
+            return fsck(field_dir, repair=repair, progress=lambda done, n=None: bar.update(done, n))
+    result: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            result["report"] = fsck(field_dir, repair=repair)
+        except BaseException as exc:  # re-raised in the caller's thread
+            result["error"] = exc
+
+    bar.total = None
+    bar.note = f"checking {total:,} page{'' if total == 1 else 's'}" if total is not None else "checking pages"
+    with bar:
+        t = threading.Thread(target=work, daemon=True)
+        t.start()
+        while t.is_alive():
+            t.join(0.1)
+            bar.draw()
+    if "error" in result:
+        raise result["error"]
+    return result["report"]
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from .ui.top import run_top
+
+    return run_top(os.path.abspath(args.mountpoint), interval=args.interval, once=args.once, ascii_only=args.ascii)
+
+
+def cmd_warmup(args: argparse.Namespace) -> int:
+    from .ui.warmup import WarmupError, run_warmup
+
+    try:
+        return run_warmup(os.path.abspath(args.mountpoint), ranges=args.range, levels=args.level, concepts=args.concept,
+                          point_files=args.points)
+    except WarmupError as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .ui.bench import BenchError, run_bench
+
+    try:
+        return run_bench(quick=args.quick, json_path=args.json, plot_dir=args.plot,
+                         only=args.only.split(",") if args.only else None)
+    except BenchError as exc:
+        raise CliError(str(exc)) from None
+
+
+HANDLERS = {"init": cmd_init, "mount": cmd_mount, "umount": cmd_umount, "stat": cmd_stat, "fsck": cmd_fsck,
+            "refresh": cmd_refresh, "top": cmd_top, "warmup": cmd_warmup, "bench": cmd_bench}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from .ui.mountopts import MountOptionError, rewrite_argv
+
+    raw = list(sys.argv[1:] if argv is None else argv)
+    try:
+        raw = rewrite_argv(raw, set(HANDLERS))
+    except MountOptionError as exc:
+        print(f"nffs mount: {exc}", file=sys.stderr)
+        return 2
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(raw)
     level = getattr(logging, str(args.log_level).upper(), logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(process)d %(name)s %(levelname)s: %(message)s")
-    handlers = {"init": cmd_init, "mount": cmd_mount, "umount": cmd_umount, "stat": cmd_stat, "fsck": cmd_fsck,
-                "refresh": cmd_refresh}
+    handlers = HANDLERS
     try:
         return handlers[args.command](args)
     except CliError as exc:

@@ -155,12 +155,14 @@ class NffsMount:
 
 
 class MinimalMount:
-    """scripts/minimal_fs.py serving `size` random bytes as `data`."""
+    """scripts/minimal_fs.py serving `size` random bytes as `data` (read-write in one `backing` file if given)."""
 
-    def __init__(self, ws: Workspace, size: int, blksize: int = 65536) -> None:
+    def __init__(self, ws: Workspace, size: int, blksize: int = 65536, backing: str | None = None) -> None:
         self.ws = ws
         self.mountpoint = ws.mountpoint("minimal")
-        self.proc = subprocess.Popen([sys.executable, MINIMAL_FS, self.mountpoint, "--size", str(size), "--blksize", str(blksize)],
+        extra = ["--backing", backing] if backing else []
+        self.proc = subprocess.Popen([sys.executable, MINIMAL_FS, self.mountpoint, "--size", str(size), "--blksize", str(blksize),
+                                      *extra],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         ws.mounts.append(self)
         line = self.proc.stdout.readline()
@@ -269,3 +271,22 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 def verdict(ratio: float, target: float, higher_is_better: bool = True) -> str:
     ok = ratio >= target if higher_is_better else ratio <= target
     return "meets" if ok else "MISSES"
+
+
+# ---------------------------------------------------------------------- machine-readable results
+def result_row(key: str, label: str, nffs: float | None, baseline: float | None, baseline_name: str, unit: str,
+               ratio: float | None, target: float | None, higher_is_better: bool = True, **extra: Any) -> dict[str, Any]:
+    """One SPEC 8 row as `--json` writes it and `nffs bench` reads it (see docs/benchmarks.md)."""
+    meets = None
+    if ratio is not None and target is not None:
+        meets = ratio >= target if higher_is_better else ratio <= target
+    return {"key": key, "row": label, "nffs": nffs, "baseline": baseline, "baseline_name": baseline_name, "unit": unit,
+            "ratio": ratio, "target": target, "higher_is_better": higher_is_better, "meets": meets, **extra}
+
+
+def write_json(path: str | None, script: str, rows: list[dict[str, Any]], **extra: Any) -> None:
+    """Write {"script", "machine", "rows", ...} to `path` (nothing when path is None)."""
+    if not path:
+        return
+    with open(path, "w") as f:
+        json.dump({"script": script, "machine": machine(), "rows": rows, **extra}, f, indent=2)

@@ -25,7 +25,7 @@ Throughput per pass is bytes (or reads) / summed read time; the ratio nffs / bas
 computed per round and the median over rounds is reported, with the median latency of
 single reads alongside.
 
-Usage: python scripts/bench_io.py [--quick] [--rounds N] [--reads N] [--prefetch none|markov|hoeffding]
+Usage: python scripts/bench_io.py [--quick] [--rounds N] [--reads N] [--prefetch none|markov|hoeffding] [--json FILE]
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_common import (  # noqa: E402
     MinimalMount, NffsMount, Workspace, drop_file_cache, human_rate, init_field, median, print_machine, print_table,
-    tier_args, verdict,
+    result_row, tier_args, verdict, write_json,
 )
 
 KIB4 = 4096
@@ -167,7 +167,7 @@ def sequential_pass(a: Side, b: Side, size: int, flip: bool) -> tuple[list[int],
     return ta, tb
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     global BLOCK_4K
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer rounds and reads (about 30 s)")
@@ -177,7 +177,8 @@ def main() -> int:
                    help="prefetcher of the measured mount (default none: the serving path alone)")
     p.add_argument("--block", type=int, default=BLOCK_4K, help=f"4 KiB reads per block when alternating sides (default {BLOCK_4K})")
     p.add_argument("--seed", type=int, default=1)
-    args = p.parse_args()
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the results here")
+    args = p.parse_args(argv)
     BLOCK_4K = args.block
     rounds = args.rounds or (3 if args.quick else 9)
     n_reads = args.reads or (1500 if args.quick else 4000)
@@ -235,6 +236,7 @@ def main() -> int:
                   flush=True)
 
         rows = []
+        json_rows = []
         spec = {
             "hot": ("hot reads: 4 KiB random pread, page-cached", "tmpfs file", "reads/s"),
             "cold": ("cold reads: 4 KiB random pread from the dram tier", "minimal_fs", "reads/s"),
@@ -244,6 +246,8 @@ def main() -> int:
             pairs = rates[key]
             ratio = median(a / b for a, b in pairs)
             p50a, p50b = median(lat[key][0]), median(lat[key][1])
+            json_rows.append(result_row(key, label, median(a for a, _ in pairs), median(b for _, b in pairs), base_name, unit,
+                                        ratio, TARGETS[key], p50_nffs_s=p50a * 1e-9, p50_baseline_s=p50b * 1e-9))
             rows.append([label, human_rate(median(a for a, _ in pairs), unit), f"{base_name} {human_rate(median(b for _, b in pairs), unit)}",
                          f"{ratio:.2f}x", f">= {TARGETS[key]}x", verdict(ratio, TARGETS[key]),
                          f"{p50a / 1e3:.1f} / {p50b / 1e3:.1f} us ({p50b / p50a:.2f}x)"])
@@ -257,6 +261,7 @@ def main() -> int:
         st = nm.stats()["store"]
         print(f"nffs store counters: reads={st['reads']} implicit_reads={st.get('implicit_reads')} "
               f"checksum_failures={st['checksum_failures']} io_errors={st['io_errors']}")
+        write_json(args.json, "bench_io", json_rows, args=vars(args))
         mm.unmount()
         nm.unmount()
     return 0

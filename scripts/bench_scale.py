@@ -27,7 +27,7 @@ is shown too, as some of the daemon's per-page tables are capped.
 Mount time vs virtual size: empty fields with log2_table_size 19 (53 MiB) and 45
 (1.3 PiB), same page size, mounted --mounts times each.
 
-Usage: python scripts/bench_scale.py [--quick] [--full] [--mounts N] [--prefetch hoeffding|markov|none]
+Usage: python scripts/bench_scale.py [--quick] [--full] [--mounts N] [--prefetch hoeffding|markov|none] [--json FILE]
 """
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_common import (  # noqa: E402
-    NffsMount, Workspace, drop_file_cache, init_field, median, print_machine, print_table, rss_bytes, tier_args, verdict,
+    NffsMount, Workspace, drop_file_cache, init_field, median, print_machine, print_table, result_row, rss_bytes, tier_args,
+    verdict, write_json,
 )
 
 PAGE = 4096
@@ -97,7 +98,7 @@ def mount_cycles(ws: Workspace, field: str, tiers: list[str], extra: list[str], 
     return times, m
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="N = 10^3 and 10^4 only, 2 mounts each")
     p.add_argument("--full", action="store_true", help="also N = 10^6 (several minutes, ~4 GiB of home files on disk)")
@@ -106,7 +107,8 @@ def main() -> int:
                    help="prefetcher of the mounts (default hoeffding, the nffs default)")
     p.add_argument("--dram-capacity", default="1G", help="capacity of the dram tier (default 1G)")
     p.add_argument("--log2-table-size", type=int, default=30)
-    args = p.parse_args()
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the results here")
+    args = p.parse_args(argv)
     counts = [1000, 10_000] if args.quick else [1000, 10_000, 100_000]
     if args.full:
         counts.append(1_000_000)
@@ -192,6 +194,14 @@ def main() -> int:
               f"N={rows[-1][0]:,} (least-squares slope {mount_slope * 1e5 * 1e3:+.0f} ms per 10^5 pages; "
               f"single mounts vary by a few hundred ms on a busy machine)")
         print(f"mount time vs virtual size: T=2^45 / T=2^19 = {ratio_virtual:.2f}x")
+        worst = max(slopes.values())
+        write_json(args.json, "bench_scale", [
+            result_row("scale_memory", "scale: daemon memory per materialised page (worst slope)", worst, None, "",
+                       "B/page", worst, TARGET_BYTES_PER_PAGE, higher_is_better=False, slopes=slopes, last_two=last_two),
+            result_row("scale_mount_virtual", "scale: mount time T=2^45 vs T=2^19 (O(1) in virtual size)", virtual[1][2],
+                       virtual[0][2], "mount of T=2^19", "s", ratio_virtual, 1.5, higher_is_better=False),
+        ], args=vars(args), points=[{"pages": n, "rss_writer": w, "mount_s": ms, "rss_fresh": f, "rss_read": r}
+                                    for n, w, ms, f, r, _, _ in rows])
     return 0
 
 

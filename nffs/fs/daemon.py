@@ -33,6 +33,7 @@ class MountOptions:
     allow_other: bool = False
     max_batch: int = 1 << 20
     writeback_interval: float = 5.0
+    metrics_listen: str | None = None  # [ADDR:]PORT of an HTTP /metrics endpoint (nffs.ui.metrics_http)
     #: a read-only mount loads the writer's newest published generation this often
     #: (seconds; 0: only on `nffs refresh`, i.e. SIGUSR1)
     refresh_interval: float = 5.0
@@ -136,6 +137,10 @@ async def _run(ops: FieldOperations, store, prefetcher, opts: MountOptions, on_r
         if prefetcher is not None:
             await nursery.start(prefetcher.run)
         nursery.start_soon(_terminate_on_signal)
+        if opts.metrics_listen:
+            from ..ui import metrics_http
+
+            await nursery.start(metrics_http.start, opts.metrics_listen, ops.stats)
         if on_ready is not None:
             on_ready()
         await pyfuse3.main()
