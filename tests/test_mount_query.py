@@ -6,6 +6,7 @@ import io
 import json
 import mmap
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -272,8 +273,8 @@ def test_hints_stats_and_metrics(small_field) -> None:
     stats = json.loads((mnt / "stats").read_text())
     assert stats["store"]["tiers"][0]["name"] == "dram"
     metrics = (mnt / "metrics").read_text()
-    assert "# TYPE nffs_store_reads gauge" in metrics
-    assert 'nffs_store_tiers_pages{tier="dram"}' in metrics
+    assert "# TYPE nffs_store_reads_total counter" in metrics
+    assert re.search(r'^nffs_tier_pages\{[^}]*tier="dram"[^}]*\} \d+$', metrics, re.M)
 
 
 def test_issue9_unterminated_hint_line_is_bounded(small_field) -> None:

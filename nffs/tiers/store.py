@@ -1070,48 +1070,70 @@ class PageStore:
         return rows  # type: ignore[return-value]
 
     async def _gather_elements(self, elements: np.ndarray) -> np.ndarray:
-        """General gather: a compact table of the touched pages, then one take."""
+        """General gather: a compact table of the touched pages, then one take.
+
+        Pages already in memory are pinned first, so fetching the others cannot evict them;
+        fetched pages are used from the bytes the fetch returned, so a memory tier smaller
+        than the batch's working set costs each page one slow read, never two.
+        """
         flat = elements.reshape(-1)
         epp = self.elems_per_page
         pages_of = flat // epp
         ordered = np.unique(pages_of)
-        slow = await self._ensure_pages(ordered, install_implicit=False)
-        self._emit(AccessKind.GATHER, ordered.tolist(), slow)
-        parts: list[np.ndarray] = []
-        pinned: list[tuple[MemTier, int]] = []
-        for page in ordered.tolist():
-            loc = self.table.mem(page)
-            if loc is not None:
-                mt, slot = loc
-                self._fill_implicit(page, mt, slot)
-                mt.pins[slot] += 1
-                pinned.append(loc)
-                parts.append(np.frombuffer(mt.arena.page_view(slot), dtype=self.layout.dtype))
-                continue
-            home = self.table.home(page)
-            if home is None:
-                parts.append(np.frombuffer(self.implicit_page(page), dtype=self.layout.dtype))
-            else:
-                data, _ = await self._fetch(page, Priority.DEMAND)
-                if data is None:
-                    got = self.table.mem(page)
-                    if got is None:
-                        raise PageIOError(f"page {page}: could not be read for a gather")
-                    self._fill_implicit(page, *got)
-                    data = got[0].arena.read(got[1], 0, self.page_size)
-                parts.append(np.frombuffer(data, dtype=self.layout.dtype))
         dtype = self.layout.dtype
+        views: dict[int, np.ndarray] = {}
+        pinned: list[tuple[MemTier, int]] = []
 
-        def take() -> tuple[np.ndarray | None, list[int]]:
-            bad = [page for (mt, slot), page in zip(pinned, [int(mt.slot_page[s]) for mt, s in pinned]) if not mt.arena.verify(slot)]
-            if bad:
-                return None, bad
-            inverse = np.searchsorted(ordered, pages_of)
-            table = np.concatenate(parts) if len(parts) > 1 else parts[0]
-            values = table[inverse * epp + (flat - pages_of * epp)]
-            return values.astype(dtype, copy=False).reshape(elements.shape), []
+        def pin_resident(page: int) -> bool:
+            loc = self.table.mem(page)
+            if loc is None:
+                return False
+            mt, slot = loc
+            self._fill_implicit(page, mt, slot)
+            mt.pins[slot] += 1
+            pinned.append(loc)
+            views[page] = np.frombuffer(mt.arena.page_view(slot), dtype=dtype)
+            return True
 
         try:
+            missing = [p for p in ordered.tolist() if not pin_resident(p)]
+            slow: dict[int, bool] = {}
+            errors: list[BaseException] = []
+            limit = trio.CapacityLimiter(self.cfg.demand_threads)
+
+            async def fetch(page: int) -> None:
+                async with limit:
+                    try:
+                        data, slow[page] = await self._fetch(page, Priority.DEMAND)
+                    except NffsError as exc:
+                        errors.append(exc)
+                        return
+                if data is not None:
+                    views[page] = np.frombuffer(data, dtype=dtype)
+                elif not pin_resident(page):
+                    if self.table.home(page) is not None:
+                        errors.append(PageIOError(f"page {page}: could not be read for a gather"))
+                    else:
+                        views[page] = np.frombuffer(self.implicit_page(page), dtype=dtype)
+
+            if missing:
+                async with trio.open_nursery() as nursery:
+                    for page in missing:
+                        nursery.start_soon(fetch, page)
+            if errors:
+                raise errors[0]
+            self._emit(AccessKind.GATHER, ordered.tolist(), [slow.get(p, False) for p in ordered.tolist()])
+            parts = [views[p] for p in ordered.tolist()]
+
+            def take() -> tuple[np.ndarray | None, list[int]]:
+                bad = [int(mt.slot_page[slot]) for mt, slot in pinned if not mt.arena.verify(slot)]
+                if bad:
+                    return None, bad
+                inverse = np.searchsorted(ordered, pages_of)
+                table = np.concatenate(parts) if len(parts) > 1 else parts[0]
+                values = table[inverse * epp + (flat - pages_of * epp)]
+                return values.astype(dtype, copy=False).reshape(elements.shape), []
+
             values, bad = await self.io.cpu(take) if flat.size > 4096 else take()
         finally:
             for mt, slot in pinned:
