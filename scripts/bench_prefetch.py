@@ -258,7 +258,8 @@ SCAN_INIT = ["--levels", "16", "--log2-table-size", "20", "--page-size", "64K"]
 
 
 def table(results: list[dict]) -> str:
-    head = f"{'workload':8} {'predictor':10} {'reads':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'slow rd':>7} {'demand':>6} {'issued':>6} {'useful':>6} {'late':>5} {'acc':>6} {'cov':>6}"
+    head = (f"{'workload':8} {'predictor':10} {'reads':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'slow rd':>7} "
+            f"{'demand':>6} {'issued':>6} {'useful':>6} {'late':>5} {'acc':>6} {'cov':>6}")
     lines = [head, "-" * len(head)]
     for r in results:
         acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
