@@ -43,8 +43,11 @@ class StoreConfig:
     coalesce_bytes: int = 8 << 20
     #: background tick: watermarks, write-back timer and tier health (seconds, at most)
     background_tick_s: float = 0.5
-    #: page-table rows kept in memory (homes); the rest is SQLite's job
-    row_cache_entries: int = 1 << 16
+    #: page-table rows kept in memory (homes); the rest is SQLite's job (its cache is small
+    #: too: memory per materialised page must stay far below 200 B, SPEC 8)
+    row_cache_entries: int = 1 << 13
+    #: homes whose recent reads are remembered, to move hot ones up a durable tier
+    home_heat_entries: int = 1 << 13
     #: a field whose pages fit in the first memory tier maps page p to slot p there, so a
     #: gather is one numpy take; below this page count the page->slot index is a dense array
     dense_index_pages: int = 1 << 20

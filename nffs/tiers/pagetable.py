@@ -115,7 +115,7 @@ class PageTable:
             self._writer.executescript(SCHEMA)
             self._reader = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
         self._reader.execute("PRAGMA busy_timeout=10000")
-        self._reader.execute("PRAGMA cache_size=-8192")
+        self._reader.execute("PRAGMA cache_size=-2048")
         self._write_lock = threading.Lock()
         #: which pages have a home at all: a sorted array loaded once (8 B per page) plus the
         #: pages committed since, so the common "never written" answer costs no SQL

@@ -50,6 +50,7 @@ class _InFlight:
     priority: Priority
     data: bytes | None = None
     error: BaseException | None = None
+    cancelled: bool = False  # the fetching task was cancelled: joiners fetch for themselves
     joined_by_demand: bool = False
 
 
@@ -76,6 +77,8 @@ class PageStore:
         self._gen = 0  # write generation: dirty stamps and page versions
         self._version = {mt.index: np.zeros(mt.arena.n_slots, dtype=np.int64) for mt in table.mem_tiers}
         self._inflight: dict[int, _InFlight] = {}
+        #: slots dropped while pinned: released when the last pin goes
+        self._unpin_release: set[tuple[int, int]] = set()
         self._wb_lock = trio.Lock()
         self._publish_lock = trio.Lock()
         self._wb_kick = trio.Event()
@@ -165,7 +168,7 @@ class PageStore:
         now = time.monotonic()
         heat, last = self._home_heat.get(page, (0.0, now))
         self._home_heat[page] = (heat * math.exp2(-(now - last) / self.cfg.heat_half_life_s) + boost, now)
-        if len(self._home_heat) > self.cfg.row_cache_entries:
+        if len(self._home_heat) > self.cfg.home_heat_entries:
             items = sorted(self._home_heat.items(), key=lambda kv: kv[1][0])
             for p, _ in items[: len(items) // 2]:
                 del self._home_heat[p]
@@ -249,6 +252,8 @@ class PageStore:
         mt = t.mem
         assert mt is not None
         lower = self.memory_tiers[tier_pos + 1] if tier_pos + 1 < len(self.memory_tiers) else None
+        if lower is not None and lower.mem is not None and lower.mem.resident + count > self._mem_capacity(lower):
+            self._shrink(tier_pos + 1, lower.mem.resident + count - self._mem_capacity(lower))  # make room below first
         moved = 0
         for slot in self._victims(mt, count, clean_only=lower is None).tolist():
             page = int(mt.slot_page[slot])
@@ -288,12 +293,23 @@ class PageStore:
     def _drop_copy(self, page: int, mt: MemTier, slot: int, *, counted: bool = True) -> None:
         self.table.clear_mem(page, mt, slot)
         self._version[mt.index][slot] = 0
-        mt.arena.release(slot, direct=mt.direct)
-        mt.arena.drop_contents(slot)
+        if mt.pins[slot] > 0 and not mt.direct:
+            # a write-back or gather still reads this slot: it is reused only once unpinned
+            self._unpin_release.add((mt.index, slot))
+        else:
+            mt.arena.release(slot, direct=mt.direct)
+            mt.arena.drop_contents(slot)
         if counted:
             self.counters["evictions"] += 1
         if mt.direct:
             self._level_ready = [False] * self.layout.n_levels
+
+    def _unpin(self, mt: MemTier, slot: int) -> None:
+        mt.pins[slot] -= 1
+        if mt.pins[slot] == 0 and (mt.index, slot) in self._unpin_release:
+            self._unpin_release.discard((mt.index, slot))
+            mt.arena.release(slot, direct=mt.direct)
+            mt.arena.drop_contents(slot)
 
     def _install(self, page: int, data: bytes | bytearray | memoryview | None, *, has_home: bool, home_tier: int,
                  stored: int) -> tuple[MemTier, int] | None:
@@ -376,14 +392,16 @@ class PageStore:
         prefetch is counted as late). bytes is None for an implicit page.
         """
         flight = self._inflight.get(page)
-        if flight is not None:
+        while flight is not None:
             if priority == Priority.DEMAND and flight.priority != Priority.DEMAND and not flight.joined_by_demand:
                 flight.joined_by_demand = True
                 self.counters["late_joins"] += 1
             await flight.done.wait()
-            if flight.error is not None:
+            if flight.error is None:
+                return flight.data, False
+            if not flight.cancelled:
                 raise flight.error
-            return flight.data, False
+            flight = self._inflight.get(page)  # the fetch we joined was cancelled: fetch it ourselves
         if self.table.mem(page) is not None:
             return None, False
         home = self.table.home(page)
@@ -402,6 +420,7 @@ class PageStore:
             return data, True
         except BaseException as exc:
             flight.error = exc if isinstance(exc, Exception) else PageIOError("fetch cancelled")
+            flight.cancelled = not isinstance(exc, Exception)
             raise
         finally:
             del self._inflight[page]
@@ -547,6 +566,8 @@ class PageStore:
         self._check_range(offset, len(view))
         self.counters["writes"] += 1
         ps = self.page_size
+        if len(view) > ps:
+            self._check_room_for(range(offset // ps, (offset + len(view) - 1) // ps + 1))
         pos = 0
         while pos < len(view):
             page = (offset + pos) // ps
@@ -582,6 +603,8 @@ class PageStore:
                         return loc, True
                     continue
                 data, _ = await self._fetch(page, Priority.DEMAND)
+                if self.table.home(page) != home:
+                    continue  # written back (and perhaps evicted) while we waited: those bytes are old
                 if data is not None and self.table.mem(page) is None:
                     loc = await self._install_for_write(page, data, has_home=True, home_tier=home.tier, stored=home.mask)
                     if loc is not None:
@@ -611,21 +634,49 @@ class PageStore:
         loc = self._install(page, data, has_home=has_home, home_tier=home_tier, stored=stored)
         if loc is None:
             # every memory slot holds a dirty copy: write the coldest back, then retry
+            home = self.table.home(page)
             await self._make_room_by_writeback()
-            if self.table.mem(page) is not None:
-                return None
+            if self.table.mem(page) is not None or self.table.home(page) != home:
+                return None  # another writer got there first (and its copy may have gone home)
             loc = self._install(page, data, has_home=has_home, home_tier=home_tier, stored=stored)
         return loc
 
     async def _make_room_by_writeback(self) -> None:
-        t = self.memory_tiers[-1]
-        mt = t.mem
-        assert mt is not None
-        cap = self._mem_capacity(t)
-        count = max(1, mt.resident - int(self.cfg.low_watermark * cap))
-        victims = self._victims(mt, count, clean_only=False)
-        await self._writeback([(mt, int(s)) for s in victims.tolist() if mt.dirty_gen[s]])
+        """Every memory slot holds a dirty copy: write the coldest of each full tier home."""
+        todo = []
+        for t in self.memory_tiers:
+            mt = t.mem
+            assert mt is not None
+            cap = self._mem_capacity(t)
+            if mt.resident < cap:
+                continue
+            count = max(1, mt.resident - int(self.cfg.low_watermark * cap))
+            todo += [(mt, int(s)) for s in self._victims(mt, count, clean_only=False).tolist() if mt.dirty_gen[s]]
+        await self._writeback(todo)
         self._evict_for_room()
+
+    def _check_room_for(self, pages: range) -> None:
+        """A write spanning pages fails with ENOSPC before it changes any of them."""
+        new = 0
+        for page in pages:
+            loc = self.table.mem(page)
+            if loc is not None:
+                new += loc[0].home_tier[loc[1]] < 0
+            elif self.table.home(page) is None:
+                new += 1
+        if not new:
+            return
+        room = 0
+        for t in self.durable_tiers:
+            if t.homes is None or not t.available():
+                continue
+            cap = t.capacity_pages()
+            if cap is None:
+                return
+            room += max(0, cap - t.pages)
+        if new > room:
+            self.counters["enospc"] += 1
+            raise NoSpace(f"every durable tier is full ({new} new pages, room for {room})")
 
     def _reserve_home(self) -> Tier:
         for t in self.durable_tiers:
@@ -850,6 +901,8 @@ class PageStore:
             bad: list[tuple[int, BaseException]] = []
             tiers: dict[int, Tier] = {}
             for mt, slot, page, _gen, tier, new_slot, _old in plan:
+                if int(mt.slot_page[slot]) != page:
+                    continue  # dropped meanwhile (a corrupted copy): nothing of this page to write
                 try:
                     data, mask = mt.arena.snapshot(slot)
                 except ChecksumMismatch as exc:
@@ -870,7 +923,7 @@ class PageStore:
         except BaseException as exc:
             gave_up = True
             for mt, slot, page, _gen, tier, new_slot, _old in plan:
-                mt.pins[slot] -= 1
+                self._unpin(mt, slot)
                 if not isinstance(exc, TierTimeout):
                     # an abandoned worker may still write (even commit) these slots: they stay
                     # allocated until the next mount, where unreferenced slots are free again
@@ -881,7 +934,7 @@ class PageStore:
         self._retain_for_readers(readers)
         row_by_page = dict(rows)
         for mt, slot, page, gen, tier, new_slot, old in plan:
-            mt.pins[slot] -= 1
+            self._unpin(mt, slot)
             homes = tier.homes
             assert homes is not None
             if page not in row_by_page:
@@ -1137,7 +1190,7 @@ class PageStore:
             values, bad = await self.io.cpu(take) if flat.size > 4096 else take()
         finally:
             for mt, slot in pinned:
-                mt.pins[slot] -= 1
+                self._unpin(mt, slot)
         if bad:
             for page in bad:
                 loc = self.table.mem(page)

@@ -107,3 +107,5 @@ class Tier:
             self.arena.close()
         if self.homes is not None:
             self.homes.close()
+        if self.root is not None and not self.volatile:
+            self.root.close()  # memory roots are removed (and closed) by the field's close
