@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trio
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from nffs.encoding.init import implicit_values
@@ -35,11 +35,14 @@ SEED = 5
 
 # ------------------------------------------------------------------------------- helpers
 def make_field(tmp: Path, *, page_size: int = 16384, memory: str | None = "1M", durable_cap: str | None = None,
-               latency: str | None = None, second_durable: bool = False, log2: int = 12, levels: int = 4) -> Path:
+               latency: str | None = None, second_durable: bool = False, log2: int = 12, levels: int = 4,
+               memory2: str | None = None) -> Path:
     field = tmp / "f"
     specs = []
     if memory is not None:
         specs.append(parse_tier_spec(f"d={tmp}/d,kind=dram,capacity={memory}"))
+    if memory2 is not None:
+        specs.append(parse_tier_spec(f"c={tmp}/c,kind=cxl,capacity={memory2}"))
     n = f"n={tmp}/n,kind=nvme"
     if durable_cap:
         n += f",capacity={durable_cap}"
@@ -151,7 +154,8 @@ ops = st.one_of(
 
 
 async def run_model(tmp: Path, program: list[tuple], *, page_size: int, memory: str, gathers: bool = False) -> None:
-    field = make_field(tmp, page_size=page_size, memory=memory)
+    memory, _, memory2 = memory.partition("+")
+    field = make_field(tmp, page_size=page_size, memory=memory, memory2=memory2 or None)
     opened = open_field(str(field))
     model = Model(initial_bytes(opened), page_size)
     size = len(model.cur)
@@ -210,8 +214,8 @@ MODEL_EXAMPLES = int(os.environ.get("NFFS_MODEL_EXAMPLES", "12"))
 _model_settings = settings(max_examples=MODEL_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 
 
-@pytest.mark.parametrize("page_size,memory", [(16384, "1M"), (16384, "48K"), (65536, "1M"), (4096, "16K")],
-                         ids=["16k-direct", "16k-3slots", "64k-direct", "4k-4slots"])
+@pytest.mark.parametrize("page_size,memory", [(16384, "1M"), (16384, "48K"), (65536, "1M"), (4096, "16K"), (16384, "32K+32K")],
+                         ids=["16k-direct", "16k-3slots", "64k-direct", "4k-4slots", "16k-two-memory-tiers"])
 @_model_settings
 @given(program=st.lists(ops, max_size=25))
 def test_model_random_writes_reads_syncs_crashes(tmp_path_factory, page_size: int, memory: str, program) -> None:
@@ -222,6 +226,7 @@ def test_model_random_writes_reads_syncs_crashes(tmp_path_factory, page_size: in
 @pytest.mark.parametrize("page_size,memory", [(16384, "1M"), (16384, "48K")], ids=["16k-direct", "16k-3slots"])
 @_model_settings
 @given(program=st.lists(ops, max_size=25))
+@example(program=[("r", 0, 16384), ("w", 100, 100, False, 1), ("s",), ("c", True)])
 def test_model_with_gathers(tmp_path_factory, page_size: int, memory: str, program) -> None:
     """The same model with a gather of the rows after every read (queries between writes)."""
     tmp = tmp_path_factory.mktemp("modelg")
@@ -772,6 +777,11 @@ async def test_migration_between_durable_tiers_keeps_bytes(tmp_path: Path) -> No
 
 # ------------------------------------------------------------------------------- scale
 def _rss_anon() -> int:
+    import ctypes
+    import gc
+
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # what the allocator keeps free is not the store's
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("RssAnon:"):
@@ -784,40 +794,50 @@ SCALE_PAGES = 100_000
 
 async def test_memory_and_files_per_materialised_page(tmp_path: Path) -> None:
     """SPEC 8: <= 200 B of daemon memory per materialised page (after writing and after
-    reading); SPEC 3: 10^5 pages live in a handful of files per tier. The figures are
-    printed (pytest -s) for the report."""
-    import gc
-
+    reading); SPEC 3: 10^5 pages live in a handful of files per tier. Measured as RssAnon
+    growth; the figures are printed (pytest -s) for the report. The asserted figure is
+    the growth from 5*10^4 to 10^5 pages (fixed-size caches filled by then), and the
+    average over all 10^5 pages after reading them all back."""
     field = make_field(tmp_path, page_size=4096, memory="8M", levels=8, log2=24)
     # coalesce below IOV_MAX: the default hits the pwritev bug of test_sync_of_many_consecutive_small_pages
     opened = open_field(str(field), store_cfg=StoreConfig(coalesce_bytes=1 << 20))
     store = opened.store
     assert store.n_pages >= SCALE_PAGES
     buf = bytearray(pattern(9, 1 << 20))
-    try:
-        gc.collect()
-        base = _rss_anon()
-        for off in range(0, SCALE_PAGES * 4096, 1 << 20):
-            n = min(1 << 20, SCALE_PAGES * 4096 - off)
+    half = SCALE_PAGES // 2
+    written: list[int] = []
+
+    async def write_pages(first: int, last: int) -> None:
+        for off in range(first * 4096, last * 4096, 1 << 20):
+            n = min(1 << 20, last * 4096 - off)
             buf[:8] = off.to_bytes(8, "little")
             await store.write(off, memoryview(buf)[:n])
+            written.append(off)
         await store.sync()
-        gc.collect()
-        after_write = _rss_anon() - base
-        for off in range(0, SCALE_PAGES * 4096, 1 << 20):
+
+    try:
+        base = _rss_anon()
+        await write_pages(0, half)
+        at_half = _rss_anon()
+        await write_pages(half, SCALE_PAGES)
+        after_write = _rss_anon()
+        for off in written:
             got = await store.read(off, 8)
             assert bytes(got) == off.to_bytes(8, "little")
-        gc.collect()
-        after_read = _rss_anon() - base
+        for p in range(0, SCALE_PAGES, 7):  # and single pages all over
+            await store.read(p * 4096 + 8, 8)
+        after_read = _rss_anon()
         assert store.materialised_pages() == SCALE_PAGES
     finally:
         opened.close()
     files = os.listdir(tmp_path / "n")
-    print(f"\n{SCALE_PAGES} pages: daemon memory {after_write / SCALE_PAGES:.0f} B/page after writing, "
-          f"{after_read / SCALE_PAGES:.0f} B/page after reading; files in the durable tier: {len(files)}")
+    marginal = (after_write - at_half) / (SCALE_PAGES - half)
+    print(f"\n{SCALE_PAGES} pages: daemon memory {(after_write - base) / SCALE_PAGES:.0f} B/page after writing "
+          f"({marginal:.0f} B/page from {half} to {SCALE_PAGES}), {(after_read - base) / SCALE_PAGES:.0f} B/page "
+          f"after reading; files in the durable tier: {len(files)} {sorted(files)}")
     assert len(files) <= 8, files
-    assert after_write <= 200 * SCALE_PAGES, f"{after_write / SCALE_PAGES:.0f} B per page after writing"
-    assert after_read <= 200 * SCALE_PAGES, f"{after_read / SCALE_PAGES:.0f} B per page after reading"
+    assert marginal <= 200, f"{marginal:.0f} B per page written"
+    assert after_read - base <= 200 * SCALE_PAGES, f"{(after_read - base) / SCALE_PAGES:.0f} B per page after reading"
 
 
 async def test_sync_of_many_consecutive_small_pages(tmp_path: Path) -> None:
@@ -864,5 +884,80 @@ async def test_two_writers_of_a_new_page_under_memory_pressure(tmp_path: Path) -
         assert bytes(await store.read(4096, 4096)) == bytes(want), "a concurrent write was lost"
         await store.sync()
         assert store.tiers[-1].homes.allocated_slots == len(homes_rows(field)), "a superseded home slot leaked"
+    finally:
+        opened.close()
+
+
+async def test_slot_dropped_during_writeback_is_not_reused_for_another_page(tmp_path: Path) -> None:
+    """BUG: _bad_memory_copy (and so _drop_copy) frees a slot that a running write-back has
+    pinned. If another page is installed there before the worker takes its snapshot, that
+    page's bytes are committed as the first page's home: silent wrong data after sync."""
+    field = make_field(tmp_path, page_size=4096, memory="8K")  # two memory slots
+    opened = open_field(str(field))
+    store = opened.store
+    a, b, c = b"A" * 4096, b"B" * 4096, b"C" * 4096
+    gate = trio.Event()
+    real_run = store.io.run
+
+    async def gated_run(priority, fn, *args, **kw):
+        if priority.name == "BACKGROUND":
+            await gate.wait()
+        return await real_run(priority, fn, *args, **kw)
+
+    try:
+        await store.write(0, a)
+        await store.sync()
+        await store.write(0, b)  # dirty copy of page 0
+        mt, slot = store.table.mem(0)
+        store.io.run = gated_run
+        async with trio.open_nursery() as n:
+            async def syncer() -> None:
+                try:
+                    await store.sync()
+                except PageIOError:
+                    pass
+
+            n.start_soon(syncer)
+            await trio.sleep(0.05)  # the write-back has planned page 0 and pinned its slot
+            flip(arena_path(opened), slot * 4096 + 10)
+            with pytest.raises(PageIOError):
+                await store.read(0, 4096)  # the corrupted dirty copy is dropped
+            await store.write(5 * 4096, c)  # a new page, maybe in the dropped slot
+            gate.set()
+        store.io.run = real_run
+        await store.sync()
+        got = bytes(await store.read(0, 4096))
+        assert got != c, "page 5's bytes were committed as page 0's home"
+        assert got == a
+    finally:
+        crash(opened, wipe_memory=True)
+    opened = open_field(str(field))
+    try:
+        assert bytes(await opened.store.read(0, 4096)) == a
+        assert bytes(await opened.store.read(5 * 4096, 4096)) == c
+    finally:
+        opened.close()
+
+
+async def test_two_full_memory_tiers_of_dirty_pages_make_room(tmp_path: Path) -> None:
+    """BUG: with two memory tiers full of dirty copies, _make_room_by_writeback cleans copies
+    of the *last* tier but _evict_for_room only ever shrinks the *first* full tier, which
+    cannot move its dirty copies into the (still full) last tier: the write fails with
+    "could not obtain a memory slot for a write" (EIO) instead of writing back."""
+    field = make_field(tmp_path, page_size=16384, memory="32K", memory2="32K")  # 2 + 2 slots
+    opened = open_field(str(field))
+    store = opened.store
+    try:
+        for p in range(6):
+            await store.write(p * 16384 + 7, bytes([p + 1]))
+        for p in range(6):
+            assert bytes(await store.read(p * 16384 + 7, 1)) == bytes([p + 1])
+        await store.sync()
+    finally:
+        crash(opened, wipe_memory=True)
+    opened = open_field(str(field))
+    try:
+        for p in range(6):
+            assert bytes(await opened.store.read(p * 16384 + 7, 1)) == bytes([p + 1])
     finally:
         opened.close()
