@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trio
+import trio.testing
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -689,10 +690,10 @@ async def test_demand_read_joins_a_prefetch(tmp_path: Path) -> None:
                 got["prefetch"] = bytes(r.data) if r.data is not None else b""
 
             async def demand() -> None:
-                await trio.sleep(0.01)
                 got["demand"] = bytes(await store.read(4096, 4096))
 
             n.start_soon(prefetch)
+            await trio.testing.wait_all_tasks_blocked()  # the prefetch waits on the slow tier
             n.start_soon(demand)
         assert got["demand"] == data and got["prefetch"] == data
         assert store.counters["late_joins"] == 1
@@ -918,7 +919,7 @@ async def test_slot_dropped_during_writeback_is_not_reused_for_another_page(tmp_
                     pass
 
             n.start_soon(syncer)
-            await trio.sleep(0.05)  # the write-back has planned page 0 and pinned its slot
+            await trio.testing.wait_all_tasks_blocked()  # the write-back has planned page 0 and pinned its slot
             flip(arena_path(opened), slot * 4096 + 10)
             with pytest.raises(PageIOError):
                 await store.read(0, 4096)  # the corrupted dirty copy is dropped
@@ -959,5 +960,42 @@ async def test_two_full_memory_tiers_of_dirty_pages_make_room(tmp_path: Path) ->
     try:
         for p in range(6):
             assert bytes(await opened.store.read(p * 16384 + 7, 1)) == bytes([p + 1])
+    finally:
+        opened.close()
+
+
+async def test_demand_read_joined_to_a_cancelled_prefetch_still_reads(tmp_path: Path) -> None:
+    """A prefetch cancelled while a demand read waits on it (daemon shutdown of the prefetch
+    task, any cancel scope) must not turn the demand read into EIO: the demand fetches itself."""
+    field = make_field(tmp_path, page_size=4096, latency="100ms")
+    opened = open_field(str(field))
+    data = pattern(4, 4096)
+    await opened.store.write(4096, data)
+    await opened.store.sync()
+    opened.close()
+    opened = open_field(str(field))
+    store = opened.store
+    got: dict[str, object] = {}
+    try:
+        async with trio.open_nursery() as n:
+            prefetch_scope = trio.CancelScope()
+
+            async def prefetch() -> None:
+                with prefetch_scope:
+                    await store.port.fetch(1)
+
+            async def demand() -> None:
+                try:
+                    got["demand"] = bytes(await store.read(4096, 4096))
+                except PageIOError as exc:
+                    got["demand"] = exc
+
+            n.start_soon(prefetch)
+            await trio.testing.wait_all_tasks_blocked()  # the prefetch waits on the slow tier
+            n.start_soon(demand)
+            await trio.testing.wait_all_tasks_blocked()  # the demand read has joined it
+            assert store.counters["late_joins"] == 1
+            prefetch_scope.cancel()
+        assert got["demand"] == data, f"demand read failed because a prefetch was cancelled: {got['demand']!r}"
     finally:
         opened.close()
