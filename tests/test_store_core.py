@@ -566,7 +566,7 @@ async def test_crash_between_slab_write_and_commit(tmp_path: Path) -> None:
     await store.sync()
     real_commit = store.table.commit_homes
 
-    def dying_commit(rows):
+    def dying_commit(*args, **kwargs):
         raise RuntimeError("killed between the slab fsync and the commit")
 
     store.table.commit_homes = dying_commit
@@ -596,7 +596,7 @@ async def test_failed_commit_in_process_then_sync_succeeds(tmp_path: Path) -> No
     try:
         await store.write(0, pattern(1, 4 * 4096))
         real_commit = store.table.commit_homes
-        store.table.commit_homes = lambda rows: (_ for _ in ()).throw(OSError(errno.EIO, "disk hiccup"))
+        store.table.commit_homes = lambda *a, **kw: (_ for _ in ()).throw(OSError(errno.EIO, "disk hiccup"))
         with pytest.raises(PageIOError):
             await store.sync()
         store.table.commit_homes = real_commit
