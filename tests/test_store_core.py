@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from nffs.encoding.init import implicit_values
 from nffs.encoding.layout import FieldConfig
-from nffs.errors import ChecksumMismatch, NoSpace, PageIOError, TierUnavailable
+from nffs.errors import NoSpace, PageIOError, TierUnavailable
 from nffs.tiers.config import StoreConfig
 from nffs.tiers.fielddir import FieldError, OpenField, init_field, open_field
 from nffs.tiers.fsck import fsck
