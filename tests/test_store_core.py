@@ -255,7 +255,7 @@ async def test_stale_memory_copy_issue7(tmp_path: Path) -> None:
 
 
 async def test_write_after_gather_is_written_back(tmp_path: Path) -> None:
-    """BUG: a gather caches never-written pages as implicit memory copies (home_tier -1);
+    """Regression (found on 1a58172, fixed on main by 5ff1e42): a gather caches never-written pages as implicit memory copies (home_tier -1);
     a later write to such a page is never written back, sync() succeeds, and the data is
     lost at the next mount (also bypasses the durable capacity reservation)."""
     field = make_field(tmp_path, page_size=4096)
@@ -275,7 +275,7 @@ async def test_write_after_gather_is_written_back(tmp_path: Path) -> None:
 
 
 async def test_concept_style_write_after_gather_respects_capacity(tmp_path: Path) -> None:
-    """BUG (same root cause): pages cached by a gather are materialised by a write without
+    """Regression (same root cause, fixed by 5ff1e42): pages cached by a gather are materialised by a write without
     reserving a home, so a full durable tier is not ENOSPC at write time."""
     field = make_field(tmp_path, page_size=4096, durable_cap="8K")
     opened = open_field(str(field))
@@ -842,7 +842,7 @@ async def test_memory_and_files_per_materialised_page(tmp_path: Path) -> None:
 
 
 async def test_sync_of_many_consecutive_small_pages(tmp_path: Path) -> None:
-    """BUG: write-back coalesces consecutive slots into one pwritev of up to coalesce_bytes
+    """Regression (found on 1a58172, fixed on main by 834e1cd): write-back coalesces consecutive slots into one pwritev of up to coalesce_bytes
     (8 MiB) = 2048 buffers of 4 KiB, above IOV_MAX (1024): EINVAL -> fsync fails with EIO
     for any copy of >= 4 MiB into a 4 KiB-page field."""
     field = make_field(tmp_path, page_size=4096, memory="16M", levels=5, log2=20)
