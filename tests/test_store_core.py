@@ -1,0 +1,1001 @@
+"""The storage core alone (no FUSE): the promises of SPEC 2.3, 3 and 7 at the PageStore level.
+
+Fields are tiny (4 levels, 2^12 entries: 128 KiB of params) so that 16 KiB and 64 KiB
+pages have several chunks each and chunk masks matter. A "crash" is the daemon dying:
+descriptors close, nothing is flushed or cleaned up (the private memory-tier directory
+stays behind, optionally wiped like a lost DRAM tier), then the field is opened again.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import sqlite3
+import stat
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+import trio.testing
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from nffs.encoding.init import implicit_values
+from nffs.encoding.layout import FieldConfig
+from nffs.errors import NoSpace, PageIOError, TierUnavailable
+from nffs.tiers.config import StoreConfig
+from nffs.tiers.fielddir import FieldError, OpenField, init_field, open_field
+from nffs.tiers.fsck import fsck
+from nffs.tiers.homes import slab_name
+from nffs.tiers.spec import parse_tier_spec
+
+SEED = 5
+
+
+# ------------------------------------------------------------------------------- helpers
+def make_field(tmp: Path, *, page_size: int = 16384, memory: str | None = "1M", durable_cap: str | None = None,
+               latency: str | None = None, second_durable: bool = False, log2: int = 12, levels: int = 4,
+               memory2: str | None = None) -> Path:
+    field = tmp / "f"
+    specs = []
+    if memory is not None:
+        specs.append(parse_tier_spec(f"d={tmp}/d,kind=dram,capacity={memory}"))
+    if memory2 is not None:
+        specs.append(parse_tier_spec(f"c={tmp}/c,kind=cxl,capacity={memory2}"))
+    n = f"n={tmp}/n,kind=nvme"
+    if durable_cap:
+        n += f",capacity={durable_cap}"
+    if latency:
+        n += f",latency={latency}"
+    specs.append(parse_tier_spec(n))
+    if second_durable:
+        specs.append(parse_tier_spec(f"h={tmp}/h,kind=hdd"))
+    init_field(str(field), FieldConfig(levels=levels, log2_table_size=log2, page_size=page_size, seed=SEED), specs)
+    return field
+
+
+def initial_bytes(opened: OpenField) -> bytes:
+    layout = opened.layout
+    cfg = layout.cfg
+    return implicit_values(cfg.seed, 0, layout.n_params, cfg.init, cfg.init_scale, layout.dtype).tobytes()
+
+
+def crash(opened: OpenField, *, wipe_memory: bool = False) -> None:
+    """The daemon dies: no flush, no cleanup; optionally the memory tier is lost too."""
+    paths = [r.path for r in opened.memory_roots]
+    opened.store.close()
+    for r in opened.memory_roots:
+        r.close()
+    for t in opened.tiers:
+        if t.mem is None and t.root is not None:
+            t.root.close()
+    opened.meta.close()
+    if opened.lock_fd is not None:
+        os.close(opened.lock_fd)
+        opened.lock_fd = None
+    if wipe_memory:
+        for p in paths:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def homes_rows(field: Path) -> dict[int, tuple[int, int, int, int]]:
+    conn = sqlite3.connect(str(field / "meta.db"))
+    try:
+        return {r[0]: (r[1], r[2], r[3], r[4]) for r in conn.execute("SELECT page, tier, slot, sum, mask FROM homes")}
+    finally:
+        conn.close()
+
+
+def slab_offset(opened_or_sps: int, slot: int, page_size: int) -> tuple[str, int]:
+    slab, index = divmod(slot, opened_or_sps)
+    return slab_name(slab), index * page_size
+
+
+def flip(path: str, offset: int, n: int = 16) -> None:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        old = os.pread(fd, n, offset)
+        os.pwrite(fd, bytes(b ^ 0xFF for b in old), offset)
+    finally:
+        os.close(fd)
+
+
+def pattern(seed: int, n: int) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+def arena_path(opened: OpenField) -> str:
+    return os.path.join(opened.memory_roots[0].path, "arena")
+
+
+# ------------------------------------------------------------------------------- model test
+class Model:
+    """What the field must show: SPEC 2.3 init, then writes; per page, every state it had
+    since the last sync (a crash may show any of them, by whole pages, never anything else)."""
+
+    def __init__(self, init: bytes, page_size: int) -> None:
+        self.cur = bytearray(init)
+        self.ps = page_size
+        self.n_pages = -(-len(init) // page_size)
+        self.since_sync: dict[int, list[bytes]] = {}
+
+    def page(self, p: int) -> bytes:
+        return bytes(self.cur[p * self.ps:(p + 1) * self.ps])
+
+    def write(self, off: int, data: bytes) -> None:
+        pages = range(off // self.ps, (off + len(data) - 1) // self.ps + 1)
+        for p in pages:
+            self.since_sync.setdefault(p, [self.page(p)])
+        self.cur[off:off + len(data)] = data
+        for p in pages:
+            self.since_sync[p].append(self.page(p))
+
+    def synced(self) -> None:
+        self.since_sync.clear()
+
+    def after_crash(self, got: bytes) -> list[str]:
+        problems = []
+        for p in range(self.n_pages):
+            g = got[p * self.ps:(p + 1) * self.ps]
+            allowed = self.since_sync.get(p, [self.page(p)])
+            if g not in allowed:
+                problems.append(f"page {p}: shows none of its {len(allowed)} states since the last sync")
+        return problems
+
+
+ops = st.one_of(
+    st.tuples(st.just("w"), st.integers(0, 1 << 20), st.sampled_from([1, 7, 100, 4096, 5000, 16384, 20000, 40000]),
+              st.booleans(), st.integers(0, 1 << 30)),
+    st.tuples(st.just("r"), st.integers(0, 1 << 20), st.sampled_from([1, 4096, 16384, 50000])),
+    st.tuples(st.just("s")),
+    st.tuples(st.just("c"), st.booleans()),
+)
+
+
+async def run_model(tmp: Path, program: list[tuple], *, page_size: int, memory: str, gathers: bool = False) -> None:
+    memory, _, memory2 = memory.partition("+")
+    field = make_field(tmp, page_size=page_size, memory=memory, memory2=memory2 or None)
+    opened = open_field(str(field))
+    model = Model(initial_bytes(opened), page_size)
+    size = len(model.cur)
+    feats = opened.layout.features
+    itemsize = opened.layout.itemsize
+    try:
+        for op in program:
+            store = opened.store
+            if op[0] == "w":
+                _, off, n, aligned, seed = op
+                off %= size
+                if aligned:
+                    off -= off % 4096
+                n = min(n, size - off)
+                data = pattern(seed, n)
+                await store.write(off, data)
+                model.write(off, data)
+            elif op[0] == "r":
+                _, off, n = op
+                off %= size
+                got = bytes(await store.read(off, n))
+                assert got == bytes(model.cur[off:off + n]), f"read({off}, {n}) differs from the model"
+                if gathers:
+                    entries = np.arange(off // (feats * itemsize), min(opened.layout.total_entries, (off + n) // (feats * itemsize) + 1))
+                    rows = await store.gather_rows(entries)
+                    want = np.frombuffer(bytes(model.cur), dtype=opened.layout.dtype).reshape(-1, feats)[entries]
+                    assert np.ascontiguousarray(rows).tobytes() == np.ascontiguousarray(want).tobytes(), "gather differs from the model"
+            elif op[0] == "s":
+                await store.sync()
+                model.synced()
+            elif op[0] == "c":
+                crash(opened, wipe_memory=op[1])
+                opened = open_field(str(field))
+                got = bytes(await opened.store.read(0, size))
+                problems = model.after_crash(got)
+                assert not problems, problems
+                # what a crash left must never change later without a write
+                crash(opened, wipe_memory=not op[1])
+                opened = open_field(str(field))
+                again = bytes(await opened.store.read(0, size))
+                assert again == got, "bytes changed between two mounts without a write"
+                model.cur[:] = got
+                model.synced()
+        await opened.store.sync()
+        model.synced()
+        crash(opened, wipe_memory=True)
+        opened = open_field(str(field))
+        assert bytes(await opened.store.read(0, size)) == bytes(model.cur), "synced bytes lost after a crash"
+    finally:
+        opened.close()
+    report = fsck(str(field))
+    assert report.clean, report.problems
+
+
+MODEL_EXAMPLES = int(os.environ.get("NFFS_MODEL_EXAMPLES", "12"))
+_model_settings = settings(max_examples=MODEL_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+@pytest.mark.parametrize("page_size,memory", [(16384, "1M"), (16384, "48K"), (65536, "1M"), (4096, "16K"), (16384, "32K+32K")],
+                         ids=["16k-direct", "16k-3slots", "64k-direct", "4k-4slots", "16k-two-memory-tiers"])
+@_model_settings
+@given(program=st.lists(ops, max_size=25))
+def test_model_random_writes_reads_syncs_crashes(tmp_path_factory, page_size: int, memory: str, program) -> None:
+    tmp = tmp_path_factory.mktemp("model")
+    trio.run(partial(run_model, tmp, program, page_size=page_size, memory=memory))
+
+
+@pytest.mark.parametrize("page_size,memory", [(16384, "1M"), (16384, "48K")], ids=["16k-direct", "16k-3slots"])
+@_model_settings
+@given(program=st.lists(ops, max_size=25))
+@example(program=[("r", 0, 16384), ("w", 100, 100, False, 1), ("s",), ("c", True)])
+def test_model_with_gathers(tmp_path_factory, page_size: int, memory: str, program) -> None:
+    """The same model with a gather of the rows after every read (queries between writes)."""
+    tmp = tmp_path_factory.mktemp("modelg")
+    trio.run(partial(run_model, tmp, program, page_size=page_size, memory=memory, gathers=True))
+
+
+# ------------------------------------------------------------------------------- durability
+async def test_stale_memory_copy_issue7(tmp_path: Path) -> None:
+    """Issue 7: 4 KiB of A at 0, fsync, 100 B at 0, kill -9 with the DRAM tier intact."""
+    field = make_field(tmp_path, page_size=4096)
+    opened = open_field(str(field))
+    await opened.store.write(0, b"A" * 4096)
+    await opened.store.sync()
+    await opened.store.write(0, b"B" * 100)
+    assert bytes(await opened.store.read(0, 4096)) == b"B" * 100 + b"A" * 3996
+    crash(opened)  # the memory tier directory survives
+    opened = open_field(str(field))
+    assert bytes(await opened.store.read(0, 4096)) == b"A" * 4096
+    await opened.store.sync()
+    opened.close()
+    opened = open_field(str(field))
+    assert bytes(await opened.store.read(0, 4096)) == b"A" * 4096
+    opened.close()
+    assert fsck(str(field)).clean
+
+
+async def test_write_after_gather_is_written_back(tmp_path: Path) -> None:
+    """Regression (found on 1a58172, fixed on main by 5ff1e42): a gather caches never-written pages as implicit memory copies (home_tier -1);
+    a later write to such a page is never written back, sync() succeeds, and the data is
+    lost at the next mount (also bypasses the durable capacity reservation)."""
+    field = make_field(tmp_path, page_size=4096)
+    opened = open_field(str(field))
+    store = opened.store
+    await store.gather_rows(np.arange(4, dtype=np.int64))  # a query touching page 0
+    await store.write(0, b"\xab" * 100)
+    await store.sync()
+    assert store.stats()["dirty_pages"] == 0, "sync() left a dirty page behind"
+    assert store.materialised_pages() == 1
+    crash(opened, wipe_memory=True)
+    opened = open_field(str(field))
+    try:
+        assert bytes(await opened.store.read(0, 100)) == b"\xab" * 100, "fsynced write lost"
+    finally:
+        opened.close()
+
+
+async def test_concept_style_write_after_gather_respects_capacity(tmp_path: Path) -> None:
+    """Regression (same root cause, fixed by 5ff1e42): pages cached by a gather are materialised by a write without
+    reserving a home, so a full durable tier is not ENOSPC at write time."""
+    field = make_field(tmp_path, page_size=4096, durable_cap="8K")
+    opened = open_field(str(field))
+    store = opened.store
+    try:
+        await store.write(0, b"x" * 8192)  # pages 0 and 1: the tier is full
+        await store.sync()
+        epp = 4096 // (opened.layout.features * opened.layout.itemsize)
+        await store.gather_rows(np.array([5 * epp], dtype=np.int64))  # caches page 5
+        with pytest.raises(NoSpace):
+            await store.add_to_elements(np.array([5 * 1024], dtype=np.uint64), np.array([1.0], dtype=np.float32))
+    finally:
+        opened.close()
+
+
+# ------------------------------------------------------------------------------- checksums
+@pytest.mark.parametrize("memory", ["1M", "64K"], ids=["direct", "slotted"])
+async def test_corrupted_clean_memory_copy_is_never_returned(tmp_path: Path, memory: str) -> None:
+    field = make_field(tmp_path, page_size=16384, memory=memory)
+    opened = open_field(str(field))
+    store = opened.store
+    try:
+        data = pattern(1, 16384)
+        await store.write(16384, data)  # page 1
+        await store.sync()
+        assert bytes(await store.read(16384, 16384)) == data
+        mt, slot = store.table.mem(1)
+        flip(arena_path(opened), slot * 16384 + 5000)
+        for off, n in ((16384, 16384), (16384 + 4096, 4096), (16384 + 4990, 20), (10000, 40000)):
+            try:
+                got = bytes(await store.read(off, n))
+            except PageIOError:
+                continue
+            want = (initial_bytes(opened)[:16384] + data + initial_bytes(opened)[32768:])[off:off + n]
+            assert got == want, f"read({off}, {n}) returned corrupted memory bytes"
+    finally:
+        opened.close()
+    assert fsck(str(field)).clean
+
+
+@pytest.mark.parametrize("memory", ["1M", "64K"], ids=["direct", "slotted"])
+async def test_corrupted_dirty_memory_copy_is_eio_never_data(tmp_path: Path, memory: str) -> None:
+    field = make_field(tmp_path, page_size=16384, memory=memory)
+    opened = open_field(str(field))
+    store = opened.store
+    old, new = pattern(1, 16384), pattern(2, 16384)
+    try:
+        await store.write(16384, old)
+        await store.sync()
+        await store.write(16384, new)  # dirty
+        mt, slot = store.table.mem(1)
+        flip(arena_path(opened), slot * 16384 + 100)
+        with pytest.raises(PageIOError) as info:
+            await store.read(16384, 200)
+        assert info.value.errno == errno.EIO
+        # the unsynced data is lost, the home is what shows now; it never flips back
+        assert bytes(await store.read(16384, 16384)) == old
+        await store.sync()
+    finally:
+        opened.close()
+    opened = open_field(str(field))
+    try:
+        assert bytes(await opened.store.read(16384, 16384)) == old
+    finally:
+        opened.close()
+
+
+async def test_corrupted_dirty_copy_is_not_synced(tmp_path: Path) -> None:
+    """sync() of a corrupted dirty copy fails (EIO) and never writes the flipped bytes home."""
+    field = make_field(tmp_path, page_size=16384)
+    opened = open_field(str(field))
+    store = opened.store
+    old = pattern(1, 16384)
+    await store.write(0, old)
+    await store.sync()
+    await store.write(0, pattern(2, 16384))
+    mt, slot = store.table.mem(0)
+    flip(arena_path(opened), slot * 16384 + 9000)
+    with pytest.raises(PageIOError):
+        await store.sync()
+    crash(opened)
+    opened = open_field(str(field))
+    try:
+        assert bytes(await opened.store.read(0, 16384)) == old
+    finally:
+        opened.close()
+    assert fsck(str(field)).clean
+
+
+async def test_partial_write_does_not_launder_a_corrupted_chunk(tmp_path: Path) -> None:
+    """A write that covers part of a corrupted chunk must not give it a fresh checksum."""
+    field = make_field(tmp_path, page_size=16384)
+    opened = open_field(str(field))
+    store = opened.store
+    old = pattern(1, 16384)
+    try:
+        await store.write(0, old)
+        await store.sync()
+        mt, slot = store.table.mem(0)
+        flip(arena_path(opened), slot * 16384 + 4096 + 3000)  # chunk 1
+        try:
+            await store.write(4096 + 10, b"z" * 10)  # partial cover of chunk 1
+        except PageIOError:
+            pass
+        got = bytes(await store.read(0, 16384))
+        assert got[4096 + 3000:4096 + 3016] == old[4096 + 3000:4096 + 3016], "flipped bytes were laundered"
+        await store.sync()
+    finally:
+        opened.close()
+    assert fsck(str(field)).clean
+
+
+@pytest.mark.parametrize("page_size,written", [(16384, (0, 16384)), (65536, (4096 * 3 + 17, 100))], ids=["full", "partial-chunk"])
+async def test_corrupted_home_is_eio_and_fsck_reports_it(tmp_path: Path, page_size: int, written: tuple[int, int]) -> None:
+    field = make_field(tmp_path, page_size=page_size)
+    opened = open_field(str(field))
+    off, n = written
+    await opened.store.write(off, pattern(3, n))
+    await opened.store.sync()
+    opened.close()
+    rows = homes_rows(field)
+    assert set(rows) == {0}
+    _tier, slot, _sum, mask = rows[0]
+    sps = max(4096, (1 << 30) // page_size)
+    name, base = slab_offset(sps, slot, page_size)
+    chunk = min(page_size, max(4096, page_size // 64))
+    stored_chunk = (mask & -mask).bit_length() - 1  # first stored chunk
+    flip(str(tmp_path / "n" / name), base + stored_chunk * chunk + (off % chunk))
+    opened = open_field(str(field))
+    try:
+        with pytest.raises(PageIOError) as info:
+            await opened.store.read(0, page_size)
+        assert info.value.errno == errno.EIO
+        # the rest of the field keeps working
+        assert bytes(await opened.store.read(page_size, 16)) == initial_bytes(opened)[page_size:page_size + 16]
+    finally:
+        opened.close()
+    report = fsck(str(field))
+    assert not report.clean and any("page 0" in p for p in report.problems)
+
+
+async def test_home_storing_some_chunks_reads_init_elsewhere(tmp_path: Path) -> None:
+    """A 4 KiB write into a 64 KiB page stores one chunk; the rest reads as the init, also
+    when the slab slot held another page before (reused slot) or ends before the slot does."""
+    field = make_field(tmp_path, page_size=65536)
+    opened = open_field(str(field))
+    store = opened.store
+    init = initial_bytes(opened)
+    await store.write(0, pattern(1, 65536))  # page 0, full
+    await store.sync()
+    await store.write(0, pattern(2, 65536))  # new slot for page 0, old slot retired
+    await store.sync()
+    await store.write(65536 + 8192 + 5, b"q" * 3)  # page 1: one chunk stored, maybe in page 0's old slot
+    await store.sync()
+    crash(opened, wipe_memory=True)
+    opened = open_field(str(field))
+    try:
+        want = bytearray(init[65536:131072])
+        want[8192 + 5:8192 + 8] = b"qqq"
+        assert bytes(await opened.store.read(65536, 65536)) == bytes(want)
+        assert bytes(await opened.store.read(0, 65536)) == pattern(2, 65536)
+    finally:
+        opened.close()
+    assert fsck(str(field)).clean
+
+
+# ------------------------------------------------------------------------------- tier roots
+async def test_symlinked_memory_parent_is_refused(tmp_path: Path) -> None:
+    field = make_field(tmp_path)
+    real = tmp_path / "elsewhere"
+    real.mkdir()
+    shutil.rmtree(tmp_path / "d", ignore_errors=True)
+    os.symlink(real, tmp_path / "d")
+    with pytest.raises(FieldError):
+        open_field(str(field), [parse_tier_spec(f"d={tmp_path}/d,kind=dram,capacity=1M"),
+                                parse_tier_spec(f"n={tmp_path}/n,kind=nvme")])
+    assert os.listdir(real) == []
+
+
+async def test_planted_files_near_memory_tier_are_untouched(tmp_path: Path) -> None:
+    field = make_field(tmp_path)
+    parent = tmp_path / "d"
+    parent.mkdir(exist_ok=True)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious").write_text("keep me")
+    (parent / "planted.txt").write_text("not yours")
+    os.symlink(victim, parent / "nffs-link")
+    opened = open_field(str(field))
+    mem_dir = opened.memory_roots[0].path
+    st_mem = os.stat(mem_dir)
+    assert stat.S_IMODE(st_mem.st_mode) == 0o700
+    assert os.path.basename(mem_dir) not in ("nffs", "nffs-" + opened.field_id)
+    await opened.store.write(0, b"x" * 100)
+    crash(opened)
+    # another user replaces the crashed daemon's memory directory by a link to a victim
+    shutil.rmtree(mem_dir)
+    os.symlink(victim, mem_dir)
+    opened = open_field(str(field))
+    opened.close()
+    assert (victim / "precious").read_text() == "keep me"
+    assert (parent / "planted.txt").read_text() == "not yours"
+    assert os.path.islink(parent / "nffs-link")
+    leftovers = [n for n in os.listdir(parent) if n.startswith("nffs-") and not os.path.islink(parent / n)]
+    assert leftovers == [], f"memory directories left behind: {leftovers}"
+
+
+async def test_durable_root_replaced_by_empty_dir_is_broken_not_recreated(tmp_path: Path) -> None:
+    field = make_field(tmp_path, second_durable=True)
+    opened = open_field(str(field))
+    await opened.store.write(0, b"x" * 100)
+    await opened.store.sync()
+    opened.close()
+    os.rename(tmp_path / "n", tmp_path / "n.away")
+    os.mkdir(tmp_path / "n")
+    opened = open_field(str(field))
+    try:
+        with pytest.raises(PageIOError) as info:
+            await opened.store.read(0, 100)
+        assert info.value.errno == errno.EIO
+        # the rest of the field keeps working: other pages, and new pages go to the other tier
+        init = initial_bytes(opened)
+        assert bytes(await opened.store.read(16384, 100)) == init[16384:16484]
+        await opened.store.write(32768, b"y" * 10)
+        await opened.store.sync()
+    finally:
+        opened.close()
+    assert os.listdir(tmp_path / "n") == [], "a replaced tier root was written into"
+    shutil.rmtree(tmp_path / "n")
+    os.rename(tmp_path / "n.away", tmp_path / "n")
+    opened = open_field(str(field))
+    try:
+        assert bytes(await opened.store.read(0, 100)) == b"x" * 100
+        assert bytes(await opened.store.read(32768, 10)) == b"y" * 10
+    finally:
+        opened.close()
+
+
+async def test_vanished_durable_root_while_open(tmp_path: Path) -> None:
+    field = make_field(tmp_path, page_size=4096)
+    opened = open_field(str(field), store_cfg=StoreConfig(root_check_interval_s=0.0))
+    store = opened.store
+    try:
+        await store.write(0, b"a" * 4096)
+        await store.sync()
+        os.rename(tmp_path / "n", tmp_path / "n.away")
+        with pytest.raises(TierUnavailable) as info:
+            await store.write(0, b"b" * 4096)   # an existing page: the write may be accepted...
+            await store.write(8192, b"c" * 10)  # ...a new page may not get a home...
+            await store.sync()                  # ...and sync must fail
+        assert info.value.errno == errno.EIO
+        assert not os.path.exists(tmp_path / "n"), "a vanished tier root was recreated"
+        os.rename(tmp_path / "n.away", tmp_path / "n")
+        await store.write(0, b"b" * 4096)
+        await store.sync()
+        assert bytes(await store.read(0, 4096)) == b"b" * 4096
+    finally:
+        crash(opened, wipe_memory=True)
+    opened = open_field(str(field))
+    try:
+        assert bytes(await opened.store.read(0, 4096)) == b"b" * 4096
+    finally:
+        opened.close()
+    assert fsck(str(field)).clean
+
+
+async def test_open_close_leaks_no_descriptors(tmp_path: Path) -> None:
+    """BUG: OpenField.close() never closes durable tier roots (one fd per durable tier per open)."""
+    field = make_field(tmp_path)
+    opened = open_field(str(field))
+    opened.close()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        opened = open_field(str(field))
+        await opened.store.write(0, b"z")
+        await opened.store.sync()
+        opened.close()
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+# ------------------------------------------------------------------------------- crash leftovers
+async def test_crash_between_slab_write_and_commit(tmp_path: Path) -> None:
+    field = make_field(tmp_path, page_size=4096)
+    opened = open_field(str(field))
+    store = opened.store
+    old = pattern(1, 8 * 4096)
+    await store.write(0, old)
+    await store.sync()
+    real_commit = store.table.commit_homes
+
+    def dying_commit(*args, **kwargs):
+        raise RuntimeError("killed between the slab fsync and the commit")
+
+    store.table.commit_homes = dying_commit
+    await store.write(0, pattern(2, 8 * 4096))
+    with pytest.raises(RuntimeError):
+        await store.sync()
+    store.table.commit_homes = real_commit
+    crash(opened, wipe_memory=True)
+    assert fsck(str(field)).clean
+    opened = open_field(str(field))
+    try:
+        assert bytes(await opened.store.read(0, 8 * 4096)) == old
+        for round_ in range(4):
+            await opened.store.write(0, pattern(10 + round_, 8 * 4096))
+            await opened.store.sync()
+    finally:
+        opened.close()
+    slots = sorted(r[1] for r in homes_rows(field).values())
+    assert max(slots) < 16, f"free slots are not reused: {slots}"
+    assert fsck(str(field)).clean
+
+
+async def test_failed_commit_in_process_then_sync_succeeds(tmp_path: Path) -> None:
+    field = make_field(tmp_path, page_size=4096)
+    opened = open_field(str(field))
+    store = opened.store
+    try:
+        await store.write(0, pattern(1, 4 * 4096))
+        real_commit = store.table.commit_homes
+        store.table.commit_homes = lambda *a, **kw: (_ for _ in ()).throw(OSError(errno.EIO, "disk hiccup"))
+        with pytest.raises(PageIOError):
+            await store.sync()
+        store.table.commit_homes = real_commit
+        assert store.stats()["dirty_pages"] == 4
+        await store.sync()
+        assert store.stats()["dirty_pages"] == 0
+    finally:
+        opened.close()
+    opened = open_field(str(field))
+    try:
+        assert bytes(await opened.store.read(0, 4 * 4096)) == pattern(1, 4 * 4096)
+    finally:
+        opened.close()
+    assert fsck(str(field)).clean
+    assert max(r[1] for r in homes_rows(field).values()) < 4
+
+
+# ------------------------------------------------------------------------------- capacity
+async def test_full_durable_tier_is_enospc_at_write_time(tmp_path: Path) -> None:
+    field = make_field(tmp_path, page_size=4096, durable_cap="16K")  # 4 pages
+    opened = open_field(str(field))
+    store = opened.store
+    init = initial_bytes(opened)
+    try:
+        await store.write(0, b"a" * 3 * 4096)
+        await store.sync()
+        with pytest.raises(NoSpace) as info:
+            await store.write(8 * 4096, b"b" * 2 * 4096)  # two new pages, one would fit
+        assert info.value.errno == errno.ENOSPC
+        assert bytes(await store.read(8 * 4096, 2 * 4096)) == init[8 * 4096:10 * 4096], \
+            "a write that failed with ENOSPC changed the field"
+        await store.sync()
+    finally:
+        opened.close()
+
+
+async def test_full_durable_tier_single_pages(tmp_path: Path) -> None:
+    field = make_field(tmp_path, page_size=4096, durable_cap="16K")  # 4 pages
+    opened = open_field(str(field))
+    store = opened.store
+    init = initial_bytes(opened)
+    try:
+        for p in range(4):
+            await store.write(p * 4096 + 10, b"a")
+        with pytest.raises(NoSpace):
+            await store.write(9 * 4096, b"b")
+        assert bytes(await store.read(9 * 4096, 1)) == init[9 * 4096:9 * 4096 + 1]
+        await store.write(2 * 4096, b"c" * 4096)  # rewriting a page with a home needs no new room
+        await store.sync()
+        with pytest.raises(NoSpace):
+            await store.write(9 * 4096, b"b")
+    finally:
+        opened.close()
+    assert fsck(str(field)).clean
+
+
+async def test_memory_pressure_with_all_dirty_pages_writes_back(tmp_path: Path) -> None:
+    field = make_field(tmp_path, page_size=4096, memory="16K")  # 4 slots, 32 pages
+    opened = open_field(str(field))
+    store = opened.store
+    data = pattern(7, 20 * 4096)
+    try:
+        for p in range(20):
+            await store.write(p * 4096, data[p * 4096:(p + 1) * 4096])
+        assert bytes(await store.read(0, 20 * 4096)) == data
+        await store.sync()
+    finally:
+        crash(opened, wipe_memory=True)
+    opened = open_field(str(field))
+    try:
+        assert bytes(await opened.store.read(0, 20 * 4096)) == data
+    finally:
+        opened.close()
+
+
+# ------------------------------------------------------------------------------- concurrency
+async def test_demand_read_joins_a_prefetch(tmp_path: Path) -> None:
+    field = make_field(tmp_path, page_size=4096, latency="50ms")
+    opened = open_field(str(field))
+    data = pattern(4, 4096)
+    await opened.store.write(4096, data)
+    await opened.store.sync()
+    opened.close()
+    opened = open_field(str(field))
+    store = opened.store
+    got: dict[str, bytes] = {}
+    try:
+        async with trio.open_nursery() as n:
+            async def prefetch() -> None:
+                r = await store.port.fetch(1)
+                got["prefetch"] = bytes(r.data) if r.data is not None else b""
+
+            async def demand() -> None:
+                got["demand"] = bytes(await store.read(4096, 4096))
+
+            n.start_soon(prefetch)
+            await trio.testing.wait_all_tasks_blocked()  # the prefetch waits on the slow tier
+            n.start_soon(demand)
+        assert got["demand"] == data and got["prefetch"] == data
+        assert store.counters["late_joins"] == 1
+        assert store.tiers[-1].counters.reads == 1, "the demand read fetched the page a second time"
+    finally:
+        opened.close()
+
+
+@pytest.mark.parametrize("memory", ["1M", "16K"], ids=["direct", "4slots"])
+async def test_concurrent_writers_readers_and_writeback(tmp_path: Path, memory: str) -> None:
+    """Writers of disjoint ranges of the same pages, readers, syncs and evictions interleaved
+    over a slow tier: the result is the model's, after a crash too."""
+    field = make_field(tmp_path, page_size=4096, memory=memory, latency="2ms")
+    opened = open_field(str(field))
+    store = opened.store
+    size = 16 * 4096
+    model = bytearray(initial_bytes(opened)[:size])
+    rng = np.random.default_rng(11)
+    plan = []
+    for w in range(6):
+        # writer w owns bytes i with i % 6 == w in runs of 300 bytes: every page has several owners
+        ranges = [(off, 300) for off in range(w * 300, size - 300, 6 * 300)]
+        rng.shuffle(ranges)
+        plan.append(ranges)
+
+    async def writer(w: int) -> None:
+        for off, n in plan[w]:
+            data = bytes([w + 1]) * n
+            await store.write(off, data)
+            model[off:off + n] = data
+            if rng.random() < 0.1:
+                await store.sync()
+            await trio.sleep(0)
+
+    async def reader() -> None:
+        for _ in range(60):
+            off = int(rng.integers(0, size - 5000))
+            await store.read(off, 5000)
+            await trio.sleep(0)
+
+    try:
+        async with trio.open_nursery() as n:
+            for w in range(6):
+                n.start_soon(writer, w)
+            n.start_soon(reader)
+            n.start_soon(reader)
+        assert bytes(await store.read(0, size)) == bytes(model)
+        await store.sync()
+    finally:
+        crash(opened, wipe_memory=True)
+    opened = open_field(str(field))
+    try:
+        assert bytes(await opened.store.read(0, size)) == bytes(model)
+    finally:
+        opened.close()
+    assert fsck(str(field)).clean
+
+
+async def test_migration_between_durable_tiers_keeps_bytes(tmp_path: Path) -> None:
+    field = make_field(tmp_path, page_size=16384, second_durable=True)
+    opened = open_field(str(field))
+    store = opened.store
+    hdd = next(t for t in store.tiers if t.name == "h")
+    try:
+        await store.write(16384 + 100, b"m" * 50)  # one chunk stored
+        await store.sync()
+        assert await store.move_home(1, hdd)
+        await store.write(16384 + 8192, b"n" * 10)  # dirty copy whose home moved
+        await store.sync()
+    finally:
+        crash(opened, wipe_memory=True)
+    opened = open_field(str(field))
+    try:
+        want = bytearray(initial_bytes(opened)[16384:32768])
+        want[100:150] = b"m" * 50
+        want[8192:8202] = b"n" * 10
+        assert bytes(await opened.store.read(16384, 16384)) == bytes(want)
+    finally:
+        opened.close()
+    assert fsck(str(field)).clean
+
+
+# ------------------------------------------------------------------------------- scale
+def _rss_anon() -> int:
+    import ctypes
+    import gc
+
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # what the allocator keeps free is not the store's
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no RssAnon in /proc/self/status")
+
+
+SCALE_PAGES = 100_000
+
+
+async def test_memory_and_files_per_materialised_page(tmp_path: Path) -> None:
+    """SPEC 8: <= 200 B of daemon memory per materialised page (after writing and after
+    reading); SPEC 3: 10^5 pages live in a handful of files per tier. Measured as RssAnon
+    growth; the figures are printed (pytest -s) for the report. The asserted figure is
+    the growth from 5*10^4 to 10^5 pages (fixed-size caches filled by then), and the
+    average over all 10^5 pages after reading them all back."""
+    field = make_field(tmp_path, page_size=4096, memory="8M", levels=8, log2=24)
+    # coalesce below IOV_MAX: the default hits the pwritev bug of test_sync_of_many_consecutive_small_pages
+    opened = open_field(str(field), store_cfg=StoreConfig(coalesce_bytes=1 << 20))
+    store = opened.store
+    assert store.n_pages >= SCALE_PAGES
+    buf = bytearray(pattern(9, 1 << 20))
+    half = SCALE_PAGES // 2
+    written: list[int] = []
+
+    async def write_pages(first: int, last: int) -> None:
+        for off in range(first * 4096, last * 4096, 1 << 20):
+            n = min(1 << 20, last * 4096 - off)
+            buf[:8] = off.to_bytes(8, "little")
+            await store.write(off, memoryview(buf)[:n])
+            written.append(off)
+        await store.sync()
+
+    try:
+        base = _rss_anon()
+        await write_pages(0, half)
+        at_half = _rss_anon()
+        await write_pages(half, SCALE_PAGES)
+        after_write = _rss_anon()
+        for off in written:
+            got = await store.read(off, 8)
+            assert bytes(got) == off.to_bytes(8, "little")
+        for p in range(0, SCALE_PAGES, 7):  # and single pages all over
+            await store.read(p * 4096 + 8, 8)
+        after_read = _rss_anon()
+        assert store.materialised_pages() == SCALE_PAGES
+    finally:
+        opened.close()
+    files = os.listdir(tmp_path / "n")
+    marginal = (after_write - at_half) / (SCALE_PAGES - half)
+    print(f"\n{SCALE_PAGES} pages: daemon memory {(after_write - base) / SCALE_PAGES:.0f} B/page after writing "
+          f"({marginal:.0f} B/page from {half} to {SCALE_PAGES}), {(after_read - base) / SCALE_PAGES:.0f} B/page "
+          f"after reading; files in the durable tier: {len(files)} {sorted(files)}")
+    assert len(files) <= 8, files
+    assert marginal <= 200, f"{marginal:.0f} B per page written"
+    assert after_read - base <= 200 * SCALE_PAGES, f"{(after_read - base) / SCALE_PAGES:.0f} B per page after reading"
+
+
+async def test_sync_of_many_consecutive_small_pages(tmp_path: Path) -> None:
+    """Regression (found on 1a58172, fixed on main by 834e1cd): write-back coalesces consecutive slots into one pwritev of up to coalesce_bytes
+    (8 MiB) = 2048 buffers of 4 KiB, above IOV_MAX (1024): EINVAL -> fsync fails with EIO
+    for any copy of >= 4 MiB into a 4 KiB-page field."""
+    field = make_field(tmp_path, page_size=4096, memory="16M", levels=5, log2=20)
+    opened = open_field(str(field))
+    data = pattern(12, 1100 * 4096)
+    try:
+        await opened.store.write(0, data)
+        await opened.store.sync()
+    finally:
+        opened.close()
+    opened = open_field(str(field))
+    try:
+        assert bytes(await opened.store.read(0, len(data))) == data
+    finally:
+        opened.close()
+
+
+async def test_two_writers_of_a_new_page_under_memory_pressure(tmp_path: Path) -> None:
+    """BUG: _install_for_write re-checks only "is the page in memory?" after awaiting the
+    write-back that makes room, not "did its home change?". Writer A materialises page 1
+    while writer B waits for room; B's write-back then writes A's copy home and evicts it,
+    and B installs a fresh *implicit* copy (has_home=False): A's write is lost, and the
+    home's old slot is never freed (it is replaced without being retired)."""
+    field = make_field(tmp_path, page_size=4096, memory="4K")  # one memory slot
+    opened = open_field(str(field))
+    store = opened.store
+    init = initial_bytes(opened)
+    try:
+        await store.write(10, b"q")  # page 0 dirty in the only slot
+
+        async def write(off: int, data: bytes) -> None:
+            await store.write(off, data)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(write, 4096, b"a" * 10)
+            n.start_soon(write, 4096 + 100, b"b" * 10)
+        want = bytearray(init[4096:8192])
+        want[0:10] = b"a" * 10
+        want[100:110] = b"b" * 10
+        assert bytes(await store.read(4096, 4096)) == bytes(want), "a concurrent write was lost"
+        await store.sync()
+        assert store.tiers[-1].homes.allocated_slots == len(homes_rows(field)), "a superseded home slot leaked"
+    finally:
+        opened.close()
+
+
+async def test_slot_dropped_during_writeback_is_not_reused_for_another_page(tmp_path: Path) -> None:
+    """BUG: _bad_memory_copy (and so _drop_copy) frees a slot that a running write-back has
+    pinned. If another page is installed there before the worker takes its snapshot, that
+    page's bytes are committed as the first page's home: silent wrong data after sync."""
+    field = make_field(tmp_path, page_size=4096, memory="8K")  # two memory slots
+    opened = open_field(str(field))
+    store = opened.store
+    a, b, c = b"A" * 4096, b"B" * 4096, b"C" * 4096
+    gate = trio.Event()
+    real_run = store.io.run
+
+    async def gated_run(priority, fn, *args, **kw):
+        if priority.name == "BACKGROUND":
+            await gate.wait()
+        return await real_run(priority, fn, *args, **kw)
+
+    try:
+        await store.write(0, a)
+        await store.sync()
+        await store.write(0, b)  # dirty copy of page 0
+        mt, slot = store.table.mem(0)
+        store.io.run = gated_run
+        async with trio.open_nursery() as n:
+            async def syncer() -> None:
+                try:
+                    await store.sync()
+                except PageIOError:
+                    pass
+
+            n.start_soon(syncer)
+            await trio.testing.wait_all_tasks_blocked()  # the write-back has planned page 0 and pinned its slot
+            flip(arena_path(opened), slot * 4096 + 10)
+            with pytest.raises(PageIOError):
+                await store.read(0, 4096)  # the corrupted dirty copy is dropped
+            await store.write(5 * 4096, c)  # a new page, maybe in the dropped slot
+            gate.set()
+        store.io.run = real_run
+        await store.sync()
+        got = bytes(await store.read(0, 4096))
+        assert got != c, "page 5's bytes were committed as page 0's home"
+        assert got == a
+    finally:
+        crash(opened, wipe_memory=True)
+    opened = open_field(str(field))
+    try:
+        assert bytes(await opened.store.read(0, 4096)) == a
+        assert bytes(await opened.store.read(5 * 4096, 4096)) == c
+    finally:
+        opened.close()
+
+
+async def test_two_full_memory_tiers_of_dirty_pages_make_room(tmp_path: Path) -> None:
+    """BUG: with two memory tiers full of dirty copies, _make_room_by_writeback cleans copies
+    of the *last* tier but _evict_for_room only ever shrinks the *first* full tier, which
+    cannot move its dirty copies into the (still full) last tier: the write fails with
+    "could not obtain a memory slot for a write" (EIO) instead of writing back."""
+    field = make_field(tmp_path, page_size=16384, memory="32K", memory2="32K")  # 2 + 2 slots
+    opened = open_field(str(field))
+    store = opened.store
+    try:
+        for p in range(6):
+            await store.write(p * 16384 + 7, bytes([p + 1]))
+        for p in range(6):
+            assert bytes(await store.read(p * 16384 + 7, 1)) == bytes([p + 1])
+        await store.sync()
+    finally:
+        crash(opened, wipe_memory=True)
+    opened = open_field(str(field))
+    try:
+        for p in range(6):
+            assert bytes(await opened.store.read(p * 16384 + 7, 1)) == bytes([p + 1])
+    finally:
+        opened.close()
+
+
+async def test_demand_read_joined_to_a_cancelled_prefetch_still_reads(tmp_path: Path) -> None:
+    """A prefetch cancelled while a demand read waits on it (daemon shutdown of the prefetch
+    task, any cancel scope) must not turn the demand read into EIO: the demand fetches itself."""
+    field = make_field(tmp_path, page_size=4096, latency="100ms")
+    opened = open_field(str(field))
+    data = pattern(4, 4096)
+    await opened.store.write(4096, data)
+    await opened.store.sync()
+    opened.close()
+    opened = open_field(str(field))
+    store = opened.store
+    got: dict[str, object] = {}
+    try:
+        async with trio.open_nursery() as n:
+            prefetch_scope = trio.CancelScope()
+
+            async def prefetch() -> None:
+                with prefetch_scope:
+                    await store.port.fetch(1)
+
+            async def demand() -> None:
+                try:
+                    got["demand"] = bytes(await store.read(4096, 4096))
+                except PageIOError as exc:
+                    got["demand"] = exc
+
+            n.start_soon(prefetch)
+            await trio.testing.wait_all_tasks_blocked()  # the prefetch waits on the slow tier
+            n.start_soon(demand)
+            await trio.testing.wait_all_tasks_blocked()  # the demand read has joined it
+            assert store.counters["late_joins"] == 1
+            prefetch_scope.cancel()
+        assert got["demand"] == data, f"demand read failed because a prefetch was cancelled: {got['demand']!r}"
+    finally:
+        opened.close()
