@@ -137,7 +137,7 @@ async def test_namespace_attributes_and_documents(env: Env) -> None:
     assert await errno_of(ops.open(ino.HINTS, os.O_RDWR, None)) == errno.EACCES
     stats = json.loads(await read_all(ops, "stats"))
     assert stats["concepts"] == 0 and stats["errors"] == {"unexpected": 0, "EACCES": 2, "ENOENT": 3, "ENOTDIR": 1}
-    assert "nffs_errors_unexpected 0" in (await read_all(ops, "metrics")).decode()
+    assert 'nffs_errors_total{kind="unexpected"} 0' in (await read_all(ops, "metrics")).decode()
     # file infos: only the parameter views and field.json go through the kernel page cache
     for path, keep in (("params", True), ("levels/00", True), ("field.json", True), ("query", False), ("stats", False)):
         info_fh = await ops.open(await resolve(ops, path), os.O_RDONLY, None)
