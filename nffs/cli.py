@@ -303,7 +303,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     opts = _mount_options(args)
     if args.metrics_listen and args.ready_fd is None:
         _check_listen(args.metrics_listen)
-    _wait_for_field_lock(field_dir, args.lock_wait)
+    if not args.read_only:  # a reader takes no lock: the writer may be mounted anywhere
+        _wait_for_field_lock(field_dir, args.lock_wait)
     if args.foreground:
         return _serve_foreground(field_dir, mountpoint, opts, args.ready_fd)
     return _spawn_daemon(args, field_dir, mountpoint)

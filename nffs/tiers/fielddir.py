@@ -318,6 +318,10 @@ def open_field(field_dir: str, tier_overrides: list[TierSpec] | None = None, *, 
                           row_cache=store_cfg.row_cache_entries, read_only=read_only, immutable=read_only)
         pages_by_tier = table.count_by_tier()
         known = {name: i for i, name in meta.tier_names().items()}
+        if read_only:  # the writer's newest generation names its tiers (its live database may not yet)
+            from .generations import current_tier_names
+
+            known.update({name: i for i, name in current_tier_names(field_dir).items()})
         for n, spec in enumerate(specs):
             # a reader never writes metadata: a tier name the field does not know holds no pages
             tid = meta.tier_id(spec.name) if not read_only else known.get(spec.name, -1000 - n)

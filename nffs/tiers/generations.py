@@ -79,8 +79,11 @@ def current_number(field_dir: str) -> int:
         return 0
 
 
-def publish(field_dir: str, number: int, rows: np.ndarray) -> None:
-    """Write generation `number` and make it CURRENT (worker thread; homes already durable)."""
+def publish(field_dir: str, number: int, rows: np.ndarray, tier_names: dict[int, str] | None = None) -> None:
+    """Write generation `number` and make it CURRENT (worker thread; homes already durable).
+
+    CURRENT also names the tiers by id: a reader resolves the writer's tier ids by name
+    from it, never from the writer's live database."""
     directory = os.path.join(field_dir, GEN_DIR)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     body = np.ascontiguousarray(rows, dtype=ROW).tobytes()
@@ -88,7 +91,8 @@ def publish(field_dir: str, number: int, rows: np.ndarray) -> None:
     name = f"{number}.pt"
     _write_atomically(directory, name, [_HEADER.pack(MAGIC, number, len(rows), checksum), body])
     _fsync_dir(directory)
-    current = json.dumps({"generation": number, "file": name, "rows": len(rows), "checksum": checksum}).encode()
+    current = json.dumps({"generation": number, "file": name, "rows": len(rows), "checksum": checksum,
+                          "tiers": {str(k): v for k, v in (tier_names or {}).items()}}).encode()
     _write_atomically(directory, CURRENT, [current])
     _fsync_dir(directory)
     # readers that loaded the previous generation a moment ago may still be opening it
@@ -98,6 +102,16 @@ def publish(field_dir: str, number: int, rows: np.ndarray) -> None:
                 os.unlink(os.path.join(directory, old))
             except FileNotFoundError:
                 pass
+
+
+def current_tier_names(field_dir: str) -> dict[int, str]:
+    """The tier ids the newest generation refers to, by name (empty without a generation)."""
+    try:
+        with open(os.path.join(field_dir, GEN_DIR, CURRENT)) as f:
+            tiers = json.load(f).get("tiers", {})
+        return {int(k): str(v) for k, v in tiers.items()}
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 def load_current(field_dir: str) -> Generation | None:

@@ -783,8 +783,10 @@ class PageStore:
         number = self.generation + 1
         self._unpublished = False
 
+        names = {t.id: t.name for t in self.durable_tiers}
+
         def work() -> bool:
-            generations.publish(field_dir, number, self.table.export_rows())
+            generations.publish(field_dir, number, self.table.export_rows(), names)
             return self._readers_active()
 
         try:
