@@ -568,6 +568,9 @@ class PageStore:
         ps = self.page_size
         if len(view) > ps:
             self._check_room_for(range(offset // ps, (offset + len(view) - 1) // ps + 1))
+        if self._listeners:
+            touched = list(range(offset // ps, (offset + max(1, len(view)) - 1) // ps + 1))
+            self._emit(AccessKind.WRITE, touched, [False] * len(touched), offset, len(view))
         pos = 0
         while pos < len(view):
             page = (offset + pos) // ps
@@ -759,6 +762,8 @@ class PageStore:
 
             await self._write_page(page, lo, None, modify=plus, length=hi - lo)
             changed.append(page)
+        if changed and self._listeners:
+            self._emit(AccessKind.WRITE, changed, [False] * len(changed))
         self.counters["writes"] += 1
         return changed
 
