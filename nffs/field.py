@@ -125,7 +125,8 @@ class Field:
             width = self.layout.encoding_width if decoder is None else decoder.out_width
             return np.zeros((0, width), dtype=np.float32)
         if points.shape[0] <= INLINE_POINTS:
-            entries, weights = hashgrid.corner_entries(self.layout, points)
+            # the small-batch path: all levels at once, a few dozen numpy calls (SPEC 8 "single point")
+            entries, weights = hashgrid.corner_entries_small(self.layout, points)
             rows = await self.store.gather_rows(entries)  # (L, C, N, F), all pages fetched at once
             return self._finish(weights, rows, decoder)
         entries, weights = await trio.to_thread.run_sync(hashgrid.corner_entries, self.layout, points)
