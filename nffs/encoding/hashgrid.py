@@ -320,9 +320,8 @@ class _OnePointConsts:
     """Constants of the single-point path, which works on (L, C, D) arrays."""
 
     scales64: np.ndarray  # (L, 1) float64
-    corner_bits: np.ndarray  # (C, D) bool: bit d of corner c
-    corner_add: np.ndarray  # (C, D) udtype: the same, as 0/1
-    mult: np.ndarray  # (L, 1, D) udtype: res**d on dense levels, P_d on hashed ones
+    pick: np.ndarray  # (C, D) intp: bit_d(c) * D + d, picks from a (L, 2D) [value at cell, at cell+1] array
+    mult: np.ndarray  # (L, D) udtype: res**d on dense levels, P_d on hashed ones
     dense_sizes: np.ndarray  # (n_dense, 1) udtype
     hashed_sizes: np.ndarray  # (L - n_dense, 1) udtype: entries, or entries-1 as a mask
     offsets: np.ndarray  # (L, 1) uint64
@@ -366,9 +365,8 @@ def _small_plan(layout: FieldLayout) -> "_SmallPlan | None":
         bits = ((np.arange(1 << dims)[:, None] >> np.arange(dims)[None, :]) & 1).astype(bool)  # (C, D)
         one = _OnePointConsts(
             scales64=plan.scales64.reshape(-1, 1),
-            corner_bits=bits,
-            corner_add=bits.astype(ud),
-            mult=np.array([lp.strides if lp.dense else plan.primes for lp in levels], dtype=ud).reshape(-1, 1, dims),
+            pick=(bits * dims + np.arange(dims)[None, :]).astype(np.intp),
+            mult=np.array([lp.strides if lp.dense else plan.primes for lp in levels], dtype=ud).reshape(-1, dims),
             dense_sizes=dense_sizes,
             hashed_sizes=hashed_sizes,
             offsets=offsets,
@@ -397,18 +395,17 @@ def _small_plan(layout: FieldLayout) -> "_SmallPlan | None":
     return small
 
 
-def _positions(plan: "_SmallPlan", pts: np.ndarray, x64: np.ndarray, scales64: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(cells, fracs) for every level at once, shape scales64.shape[:1] + x64.shape; as _level_positions."""
-    ax = np.abs(x64)
-    max_abs = float(np.maximum.reduce(ax, axis=None))
+def _positions(plan: "_SmallPlan", x64: np.ndarray, scales64: np.ndarray, min_abs: float, max_abs: float,
+               min_x: float) -> tuple[np.ndarray, np.ndarray]:
+    """(cells, fracs) of every level at once, shape (L,) + x64.shape; the arithmetic of _level_positions."""
     p = scales64 * x64  # exact float32 x float32 products
-    if float(np.minimum.reduce(ax, axis=None)) * plan.min_scale > 2.0**-6 * 1.001 and max_abs * plan.max_scale < _FMA_BIG_LIMIT * 0.999:
+    if min_abs * plan.min_scale > 2.0**-6 * 1.001 and max_abs * plan.max_scale < _FMA_BIG_LIMIT * 0.999:
         p += 0.5  # exact in float64: the cast below is the only rounding
         pos = p.astype(np.float32)
     else:
         pos = _fma_round_to_f32(p.reshape(-1), 0.5).reshape(p.shape)
     fl = np.floor(pos)
-    if float(np.minimum.reduce(x64, axis=None)) >= 0.0 and plan.max_scale * max_abs + 1.0 < plan.cell_limit:
+    if min_x >= 0.0 and plan.max_scale * max_abs + 1.0 < plan.cell_limit:
         cells = fl.astype(plan.udtype)  # small non-negative integers: exact
     else:
         cells = _floor_to_uint(fl, plan.udtype)
@@ -432,18 +429,25 @@ def corner_entries_small(layout: FieldLayout, points: np.ndarray) -> tuple[np.nd
     uint32 (uint64 for wide tables). Batches of more than ``_SMALL_PATH_POINTS``
     points go to :func:`corner_entries`, which is faster there.
     """
-    pts = _check_points(layout, points)
     plan = _small_plan(layout)
+    pts = np.asarray(points, dtype=np.float32)
+    if plan is not None and pts.shape == (1, layout.dims):
+        xs = pts[0].tolist()  # the float32 values, exactly, as Python floats
+        if not all(map(math.isfinite, xs)):
+            raise ValueError("points must be finite (no NaN or infinity)")
+        return _corners_one(layout, plan, xs)
+    pts = _check_points(layout, pts)
     n_points = pts.shape[0]
     if plan is None or n_points == 0 or n_points > _SMALL_PATH_POINTS:
         return corner_entries(layout, pts)
-    if n_points == 1:
-        return _corners_one(layout, plan, pts)
     n_levels, dims = layout.n_levels, layout.dims
     n_corners = 1 << dims
     ud = plan.udtype
     k = plan.many
-    cells, frac = _positions(plan, pts, pts.T.astype(np.float64), k.scales64)  # (L, D, N)
+    x64 = pts.T.astype(np.float64)  # (D, N)
+    ax = np.abs(x64)
+    cells, frac = _positions(plan, x64, k.scales64, float(np.minimum.reduce(ax, axis=None)),
+                             float(np.maximum.reduce(ax, axis=None)), float(np.minimum.reduce(x64, axis=None)))  # (L, D, N)
     # -- weights (L, C, N): corner c's weight is prod_d (frac_d if bit d of c else 1-frac_d), d ascending
     one_minus = np.float32(1.0) - frac
     weights = np.empty((n_levels, n_corners, n_points), dtype=np.float32)
@@ -485,18 +489,21 @@ def corner_entries_small(layout: FieldLayout, points: np.ndarray) -> tuple[np.nd
     return entries, weights
 
 
-def _corners_one(layout: FieldLayout, plan: "_SmallPlan", pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One point: every (level, corner, dimension) term in one (L, C, D) array, then reductions over D."""
+def _corners_one(layout: FieldLayout, plan: "_SmallPlan", xs: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """One point (its finite float32 coordinates as Python floats): every (level, corner, dimension)
+    term in one (L, C, D) array, then reductions over D."""
     k = plan.one
     n_levels, dims = layout.n_levels, layout.dims
     ud = plan.udtype
-    cells, frac = _positions(plan, pts, pts[0].astype(np.float64), k.scales64)  # (L, D)
-    sel = np.where(k.corner_bits, frac[:, None, :], (np.float32(1.0) - frac)[:, None, :])  # (L, C, D)
+    mags = [abs(v) for v in xs]
+    cells, frac = _positions(plan, np.array(xs), k.scales64, min(mags), max(mags), min(xs))  # (L, D)
+    # (L, C, D) terms picked from [value at cell_d | value at cell_d + 1] (L, 2D) tables
+    sel = np.concatenate((np.float32(1.0) - frac, frac), axis=1).take(k.pick, axis=1)  # 1-frac_d or frac_d
     weights = sel[:, :, 0].copy()
     for d in range(1, dims):
         weights *= sel[:, :, d]  # d ascending, one float32 rounding each, as the doubling does
-    terms = cells[:, None, :] + k.corner_add  # cell_d + bit_d, wrapping
-    terms *= k.mult
+    lo = cells * k.mult  # cell_d * m_d, wrapping
+    terms = np.concatenate((lo, lo + k.mult), axis=1).take(k.pick, axis=1)  # (cell_d + bit_d) * m_d, wrapping
     idx = np.empty((n_levels, 1 << dims), dtype=ud)
     nd = plan.n_dense
     if nd:
@@ -508,8 +515,7 @@ def _corners_one(layout: FieldLayout, plan: "_SmallPlan", pts: np.ndarray) -> tu
             np.bitwise_and(idx[nd:], k.hashed_sizes, out=idx[nd:])
         else:
             np.remainder(idx[nd:], k.hashed_sizes, out=idx[nd:])
-    entries = idx.astype(np.uint64)
-    entries += k.offsets
+    entries = np.add(idx, k.offsets, dtype=np.uint64)
     return entries.reshape(n_levels, -1, 1), weights.reshape(n_levels, -1, 1)
 
 
