@@ -8,7 +8,8 @@ The trio thread also serves every FUSE request, so a big batch must not hold it:
 above `INLINE_POINTS` points the corner computation, the interpolation and the
 decoder run in a worker thread (`trio.to_thread.run_sync`) while the gather stays an
 `await` on the store. Small batches (one `at/` point, a concept, a one-point query)
-stay inline: a thread hop would cost more than the arithmetic.
+stay inline: a thread hop would cost more than the arithmetic, which for them is
+`hashgrid.corner_entries_small` (all levels at once, bit-identical to the level loop).
 """
 from __future__ import annotations
 
