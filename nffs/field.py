@@ -8,7 +8,8 @@ The trio thread also serves every FUSE request, so a big batch must not hold it:
 above `INLINE_POINTS` points the corner computation, the interpolation and the
 decoder run in a worker thread (`trio.to_thread.run_sync`) while the gather stays an
 `await` on the store. Small batches (one `at/` point, a concept, a one-point query)
-stay inline: a thread hop would cost more than the arithmetic.
+stay inline: a thread hop would cost more than the arithmetic, which for them is
+`hashgrid.corner_entries_small` (all levels at once, bit-identical to the level loop).
 """
 from __future__ import annotations
 
@@ -125,7 +126,8 @@ class Field:
             width = self.layout.encoding_width if decoder is None else decoder.out_width
             return np.zeros((0, width), dtype=np.float32)
         if points.shape[0] <= INLINE_POINTS:
-            entries, weights = hashgrid.corner_entries(self.layout, points)
+            # the small-batch path: all levels at once, a few dozen numpy calls (SPEC 8 "single point")
+            entries, weights = hashgrid.corner_entries_small(self.layout, points)
             rows = await self.store.gather_rows(entries)  # (L, C, N, F), all pages fetched at once
             return self._finish(weights, rows, decoder)
         entries, weights = await trio.to_thread.run_sync(hashgrid.corner_entries, self.layout, points)

@@ -72,12 +72,13 @@ class FieldOperations(pyfuse3.Operations):
         self.levels_dir = LevelsDirNode(ctx, levels)
         self.concepts_dir = ConceptsDirNode(ctx)
         self.at_dir = AtDirNode(ctx)
+        self.query = QueryNode(ctx)
         children: dict[bytes, Node] = {
             b"field.json": FieldJsonNode(ctx),
             b"params": ParamsNode(ctx),
             b"stats": StatsNode(ctx),
             b"metrics": MetricsNode(ctx),
-            b"query": QueryNode(ctx),
+            b"query": self.query,
             b"hints": HintsNode(ctx),
             b"decoder.npz": self.decoder,
             b"levels": self.levels_dir,
@@ -263,6 +264,8 @@ class FieldOperations(pyfuse3.Operations):
             "concepts": self.catalog.count,
             "errors": self.errors.as_dict(),
             "store": self.store.stats(),
+            "queries": self.query.stats.as_dict(),
+            "read_latency_seconds": self.ctx.read_latency.as_dict(),
         }
         if self.stats_extra is not None:
             out.update(self.stats_extra())

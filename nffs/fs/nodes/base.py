@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import pyfuse3
 
 from ...errors import NffsError, ReadOnly
+from ..latency import LatencyHistogram
 
 if TYPE_CHECKING:
     from ...concepts import ConceptCatalog
@@ -54,6 +55,8 @@ class MountContext:
     stats: Callable[[], dict[str, Any]] = lambda: {}
     #: where hint pages go (the prefetcher); None: hints are parsed and dropped
     hint_sink: Callable[[list[int]], None] | None = None
+    #: latency of the `params` / `levels/NN` reads the daemon serves (stats: read_latency_seconds)
+    read_latency: LatencyHistogram = dc_field(default_factory=LatencyHistogram)
 
     @property
     def store(self) -> "PageStore":

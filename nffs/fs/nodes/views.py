@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import stat
+from time import perf_counter_ns
 from typing import Awaitable, Callable, Iterator
 
 import pyfuse3
@@ -123,8 +124,12 @@ class ByteView(Node):
         size_left = self.end - self.start - off
         if size_left <= 0:
             return b""
+        ctx = self.ctx
+        t0 = perf_counter_ns()
         # the store raises domain errors itself; the hot path needs no translation
-        return await self.ctx.store.read(self.start + off, min(size, size_left), zero_copy=True)
+        data = await ctx.store.read(self.start + off, min(size, size_left), zero_copy=True)
+        ctx.read_latency.observe(perf_counter_ns() - t0)
+        return data
 
     async def write(self, handle: Handle, off: int, buf: bytes) -> int:
         self.ctx.check_writable()
