@@ -15,7 +15,7 @@ from typing import AsyncIterator
 import numpy as np
 import pytest
 import trio
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nffs.concepts import ConceptCatalog

@@ -1060,12 +1060,11 @@ class PageStore:
 
         def touched_pages() -> tuple[np.ndarray, np.ndarray]:
             """(pages to have in memory and verify, pages whose entries were looked at exactly)."""
-            mark = np.zeros(self.n_pages, dtype=bool)
             if not by_level:
                 self._check_entries(ent)
-                mark[ent.reshape(-1) >> shift] = True
-                exact = np.flatnonzero(mark)
+                exact = np.unique(ent.reshape(-1) >> shift)
                 return exact, exact
+            mark = np.zeros(self.n_pages, dtype=bool)
             exact_mark = np.zeros(self.n_pages, dtype=bool)
             for l in range(n_levels):
                 part = ent[l]
@@ -1103,8 +1102,18 @@ class PageStore:
         word = {2: np.uint16, 4: np.uint32, 8: np.uint64}.get(row_bytes)
         dtype = self.layout.dtype
 
+        chunk_shift = arena.chunk.bit_length() - 1
+        small = ent.size <= 4096
+
         def take() -> tuple[np.ndarray | None, list[int]]:
-            bad = [int(p) for p in pages.tolist() if not arena.verify(int(p))]
+            if small:
+                # a small batch checks just the chunks holding its rows (slot == page here)
+                chunks = np.unique((ent.reshape(-1) * row_bytes) >> chunk_shift)
+                per_page = arena.chunks_per_page
+                bad = sorted({int(c) // per_page for c in chunks.tolist()
+                              if not arena.verify(int(c) // per_page, (int(c) % per_page) * arena.chunk, arena.chunk)})
+            else:
+                bad = [int(p) for p in pages.tolist() if not arena.verify(int(p))]
             if bad:
                 return None, bad
             table = arena.bytes[: self.n_pages * self.page_size]
@@ -1125,8 +1134,7 @@ class PageStore:
                 if loc is not None:
                     self._bad_memory_copy(page, *loc)
             return await self._gather_direct(ent, feats, row_bytes)
-        for p in pages[:64].tolist():
-            self._touch(mt, p)
+        mt.heat[pages[:64]] += 1.0
         return rows  # type: ignore[return-value]
 
     async def _gather_elements(self, elements: np.ndarray) -> np.ndarray:
