@@ -1108,10 +1108,7 @@ class PageStore:
         def take() -> tuple[np.ndarray | None, list[int]]:
             if small:
                 # a small batch checks just the chunks holding its rows (slot == page here)
-                chunks = np.unique((ent.reshape(-1) * row_bytes) >> chunk_shift)
-                per_page = arena.chunks_per_page
-                bad = sorted({int(c) // per_page for c in chunks.tolist()
-                              if not arena.verify(int(c) // per_page, (int(c) % per_page) * arena.chunk, arena.chunk)})
+                bad = arena.bad_slots_of_chunks(np.unique((ent.reshape(-1) * row_bytes) >> chunk_shift))
             else:
                 bad = [int(p) for p in pages.tolist() if not arena.verify(int(p))]
             if bad:
