@@ -1,0 +1,102 @@
+"""Every tuning constant of the prefetcher, in one place (docs/prefetch.md explains each).
+
+Nothing else in ``nffs/predictor`` hard-codes a threshold, a window or a budget: the
+predictors and the policy take a :class:`PrefetchConfig`. The defaults were chosen
+from first principles (Leap's majority vote, Linux readahead's ramp, a 5 ms tier) and
+checked with the sensitivity run in docs/prefetch.md (each constant halved and doubled
+in the simulator), not fitted to the workload suite.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+
+@dataclass(frozen=True)
+class PrefetchConfig:
+    # ---------------------------------------------------------------- plumbing
+    #: access events and point batches waiting for the learning thread; beyond it the
+    #: listener drops the newest and counts it (``dropped`` in stats)
+    queue_capacity: int = 4096
+    #: prefetch fetches in flight at once (kept below the store's I/O slots)
+    concurrency: int = 6
+    #: while demand reads wait on a slow tier, a prefetch worker sleeps this long before
+    #: looking again (demand always goes first)
+    demand_yield_s: float = 0.002
+    #: ... but never waits longer than this in a row (so prefetch is not starved for ever)
+    demand_yield_max_s: float = 0.05
+    #: planned pages waiting to be fetched; the oldest plans are dropped beyond it
+    max_queued: int = 8192
+
+    # ---------------------------------------------------------------- address space
+    #: byte deltas kept per stream for the majority vote (Leap's window)
+    vote_window: int = 8
+    #: a trend needs at least this many deltas in the window, and a strict majority
+    min_votes: int = 3
+    #: readahead window (in trend steps) when a trend is first confirmed
+    ra_initial_steps: int = 4
+    #: the window doubles on each confirmed marker hit up to this many steps ...
+    ra_max_steps: int = 256
+    #: ... and never reaches further than this many bytes ahead of the reader
+    ra_max_bytes: int = 32 << 20
+    #: nor further than this many pages ahead
+    ra_max_pages: int = 1024
+    #: a read within this many pages of a stream's position (or of its next predicted
+    #: position) belongs to that stream; farther reads start a new stream
+    stream_radius_pages: int = 64
+    #: streams followed at once (least recently used is forgotten)
+    max_streams: int = 32
+    #: the learned model (markov / hoeffding) predicts the next delta when no majority
+    #: holds; it is trusted only above this probability ...
+    model_min_proba: float = 0.7
+    #: ... and then chains at most this many steps ahead
+    model_steps: int = 8
+    #: distinct byte deltas the model knows as classes (the rest are "other")
+    model_classes: int = 32
+    #: history depth given to the model as features (last k delta classes)
+    model_history: int = 3
+
+    # ---------------------------------------------------------------- field space
+    #: frames predicted ahead of the last batch
+    field_frames_ahead: int = 2
+    #: a level is predictable when the measured prediction error of the last frame,
+    #: in that level's cells, is below this fraction of a cell
+    field_cell_fraction: float = 0.25
+    #: pages fetched per predicted frame at most (coarse levels first)
+    field_page_budget: int = 4096
+    #: points hashed per predicted frame at most (a random subsample beyond)
+    field_max_points: int = 1 << 16
+    #: batches below this size are single lookups (concepts, at/): no motion model
+    field_min_points: int = 16
+
+    # ---------------------------------------------------------------- feedback
+    #: outcomes (useful / late / wasted) remembered per space for the controller
+    feedback_window: int = 128
+    #: a space stops issuing when wasted / outcomes exceeds this over the window ...
+    stop_waste: float = 0.5
+    #: ... or late / outcomes exceeds this
+    stop_late: float = 0.6
+    #: outcomes needed before the controller judges at all
+    feedback_min: int = 32
+    #: a stopped space keeps predicting in the shadow; it resumes when this share of
+    #: its shadow predictions is demanded (over the last ``feedback_window``)
+    resume_accuracy: float = 0.8
+    #: depth factor applied while demand waits on a slow tier (tier load)
+    load_depth_factor: float = 0.5
+
+    # ---------------------------------------------------------------- ledger
+    #: a fetched page not demanded within this many seconds is wasted
+    ledger_ttl_s: float = 20.0
+    #: pages the ledger follows at once (the oldest are retired, as wasted)
+    ledger_capacity: int = 1 << 16
+    #: a page read by the daemon or pushed within this many seconds may be in the
+    #: kernel's cache (possibly dirty through mmap): never push over it
+    repush_after_s: float = 120.0
+    #: heat lent to a fetched page per unit of confidence (taken back when used/wasted)
+    heat_boost: float = 4.0
+
+    def with_(self, **changes) -> "PrefetchConfig":
+        return replace(self, **changes)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
