@@ -31,6 +31,7 @@ This module is pure computation (no I/O, no trio): it runs in the learning threa
 """
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -55,7 +56,7 @@ class AddressPlan:
 
 class Stream:
     __slots__ = ("id", "last_off", "last_end", "last_size", "deltas", "sizes", "steps", "anchor",
-                 "frontier", "planned", "marker_step", "t", "classes", "chain", "trend")
+                 "frontier", "planned", "marker_step", "marker_page", "t", "classes", "chain", "trend", "unit", "hit_t", "hit_off", "rate")
 
     def __init__(self, sid: int, off: int, end: int, now: float, window: int) -> None:
         self.id = sid
@@ -69,6 +70,11 @@ class Stream:
         self.frontier = 0  # last planned step (relative to anchor)
         self.planned: deque = deque()  # (step, [pages]) not yet passed
         self.marker_step = -1
+        self.marker_page = -1
+        self.hit_t = -1.0
+        self.hit_off = 0
+        self.rate = 0.0  # bytes/s the reader advances (measured between marker hits)
+        self.unit = 1  # trend steps per window unit (a step smaller than a page: a page's worth)
         self.t = now
         self.classes: deque = deque(maxlen=8)  # delta classes for the model
         self.chain: list[tuple[int, str]] = []  # (offset, class) predicted by the model, pending
@@ -119,6 +125,8 @@ class AddressPredictor:
                          "marker_hits": 0, "model_hits": 0}
         self.predict_s = 0.0
         self.predicts = 0
+        #: measured mean time of a prefetch fetch (set by the policy): bounds the lead needed
+        self.fetch_latency_s = 0.0
 
     # ------------------------------------------------------------------ helpers
     def _pages(self, lo: float, hi: float) -> list[int]:
@@ -148,10 +156,13 @@ class AddressPredictor:
         return x
 
     def _cap_steps(self, step: float, extent: int) -> int:
+        """The window's limit in trend steps: ra_max_steps window units, bytes and pages ahead."""
         c = self.cfg
+        unit = max(1, math.ceil(self.page_size / max(1, abs(step))))
         by_bytes = c.ra_max_bytes // max(1, int(abs(step)))
-        by_pages = max(1, c.ra_max_pages * self.page_size // max(self.page_size, int(abs(step)), extent))
-        return max(1, min(c.ra_max_steps, by_bytes, by_pages))
+        pages_per_step = max(1.0, (min(abs(step), extent) + extent) / self.page_size) if abs(step) >= self.page_size else 1.0 / unit
+        by_pages = int(c.ra_max_pages / pages_per_step)
+        return max(1, min(c.ra_max_steps * unit, by_bytes, by_pages))
 
     # ------------------------------------------------------------------ matching
     def _on_trend(self, s: Stream, off: int, end: int) -> int | None:
@@ -160,7 +171,10 @@ class AddressPredictor:
             return None
         token, step, extent = s.trend
         rel = off - s.anchor
-        k = round(rel / step)
+        if isinstance(token, str):
+            k = math.floor(rel / step) if step > 0 else math.ceil(rel / step)
+        else:
+            k = round(rel / step)
         if k < -1 or k > s.frontier + max(s.steps, self.cfg.ra_initial_steps) + 1:
             return None
         if isinstance(token, str):
@@ -172,13 +186,19 @@ class AddressPredictor:
                 ok = s.anchor + (s.frontier + s.steps + 1) * step - QUANTUM <= off <= s.anchor + extent + QUANTUM
             del lo
             return k if ok else None
-        if abs(rel - k * step) <= QUANTUM + max(0, extent - QUANTUM):
+        # misses come at the first read of each page that was not pushed, so their phase on
+        # the lattice wanders by up to a page (or half a step, whichever is smaller)
+        if abs(rel - k * step) <= max(QUANTUM, extent, min(abs(step) / 2, self.page_size)):
             return k
         return None
 
     def _near(self, s: Stream, off: int) -> bool:
         radius = self.cfg.stream_radius_pages * self.page_size
-        return abs(off - s.last_off) <= radius or abs(off - s.last_end) <= radius
+        if abs(off - s.last_off) <= radius or abs(off - s.last_end) <= radius:
+            return True
+        # or where the last delta, repeated, would land
+        return bool(s.deltas) and not isinstance(s.deltas[-1], str) and \
+            abs(off - (s.last_off + s.deltas[-1])) <= max(2 * QUANTUM, min(abs(s.deltas[-1]) / 2, self.page_size))
 
     # ------------------------------------------------------------------ observe
     def observe(self, off: int, size: int, now: float | None = None) -> list[AddressPlan]:
@@ -283,10 +303,15 @@ class AddressPredictor:
                 if abs(c_off - off) < QUANTUM:
                     self.counters["model_hits"] += 1
                     for c_off2, label2 in s.chain[: i + 1]:
-                        s.classes.append(label2)  # the predicted deltas happened (unseen: pushed)
+                        # the predicted deltas happened (unseen by the daemon: they were pushed)
+                        tok = label2 if label2 in (FWD, BWD) else int(label2)
+                        self.model.learn_one(self._features(s), label2)
+                        s.deltas.append(tok)
+                        s.classes.append(label2)
                     s.last_off, s.last_end = off, end
                     s.chain = []
-                    return self._model_plan(s)
+                    s.t = now
+                    return self._vote(s, now) or self._model_plan(s)
             s.chain = []
         self._push_delta(s, token, off, end)
         s.t = now
@@ -301,25 +326,32 @@ class AddressPredictor:
             s.trend = None
             return None
         size = sorted(s.sizes)[len(s.sizes) // 2]
-        if cand == FWD:
-            step, extent = max(size, QUANTUM), max(size, QUANTUM)
-        elif cand == BWD:
-            step, extent = -max(size, QUANTUM), max(size, QUANTUM)
+        ps = self.page_size
+        if cand in (FWD, BWD):
+            unit = -(-max(size, QUANTUM) // ps) * ps  # whole pages
+            step, extent = (unit, unit) if cand == FWD else (-unit, unit)
+            anchor = s.last_off // ps * ps
         else:
             step, extent = float(cand), size
             if abs(step) < QUANTUM // 2:
                 return None
+            anchor = s.last_off
         s.trend = (cand, step, extent)
-        s.anchor = s.last_off
+        s.anchor = anchor
         s.frontier = 0
         s.planned.clear()
-        s.steps = min(cfg.ra_initial_steps, self._cap_steps(step, extent))
+        s.unit = max(1, math.ceil(ps / abs(step)))
+        s.steps = min(cfg.ra_initial_steps * s.unit, self._cap_steps(step, extent))
         return self._extend(s, 0)
 
     def _advance(self, s: Stream, k: int, off: int, end: int, now: float) -> AddressPlan | None:
         """A read on the stream's trend at step k: confirm, report what was passed, plan ahead."""
         token, step, extent = s.trend
         s.t = now
+        if not isinstance(token, str) and k >= 2 and abs(step) >= 2 * self.page_size:
+            # refine the stride over the longest baseline: quantised offsets err by <= 8 KiB / k
+            step = (off - s.anchor) / k
+            s.trend = (token, step, extent)
         passed = max(0, k - max(0, round((s.last_off - s.anchor) / step)))
         for _ in range(min(passed, self.cfg.vote_window)):
             s.deltas.append(token)
@@ -330,13 +362,22 @@ class AddressPredictor:
         consumed: list[int] = []
         while s.planned and s.planned[0][0] < k:
             consumed.extend(s.planned.popleft()[1])
-        hit = s.marker_step >= 0 and k >= s.marker_step
+        hit = s.marker_step >= 0 and (k >= s.marker_step or off // self.page_size <= s.marker_page <= (end - 1) // self.page_size)
         if hit:
             self.counters["marker_hits"] += 1
-            s.steps = min(2 * s.steps, self._cap_steps(step, extent))
-            s.marker_step = -1
+            if s.hit_t >= 0 and now > s.hit_t:
+                r = abs(off - s.hit_off) / (now - s.hit_t)
+                s.rate = r if s.rate == 0 else 0.5 * s.rate + 0.5 * r
+            s.hit_t, s.hit_off = now, off
+            cap = self._cap_steps(step, extent)
+            if s.rate > 0 and self.fetch_latency_s > 0:
+                # timeliness: the reader must not catch up with pages still in flight
+                need = s.rate * self.fetch_latency_s * self.cfg.lead_factor / abs(step)
+                cap = min(cap, max(self.cfg.ra_initial_steps * s.unit, math.ceil(need)))
+            s.steps = max(min(2 * s.steps, cap), min(s.steps, cap))
+            s.marker_step = s.marker_page = -1
         plan = None
-        if hit or s.frontier - k < max(1, s.steps // 2):
+        if hit or s.frontier - k < max(s.unit, s.steps // 2):
             plan = self._extend(s, k)
         if plan is None:
             plan = AddressPlan(s.id)
@@ -372,7 +413,7 @@ class AddressPredictor:
         for j, ps in new_steps[len(new_steps) // 2:]:
             if ps:
                 plan.markers.add(ps[0])
-                s.marker_step = j
+                s.marker_step, s.marker_page = j, ps[0]
                 break
         del mid
         self.counters["trend_plans"] += 1

@@ -18,7 +18,7 @@ class PrefetchConfig:
     #: listener drops the newest and counts it (``dropped`` in stats)
     queue_capacity: int = 4096
     #: prefetch fetches in flight at once (kept below the store's I/O slots)
-    concurrency: int = 6
+    concurrency: int = 32
     #: while demand reads wait on a slow tier, a prefetch worker sleeps this long before
     #: looking again (demand always goes first)
     demand_yield_s: float = 0.002
@@ -40,6 +40,9 @@ class PrefetchConfig:
     ra_max_bytes: int = 32 << 20
     #: nor further than this many pages ahead
     ra_max_pages: int = 1024
+    #: ... nor further than the reader goes in ``lead_factor`` x the measured fetch time
+    #: (its speed is measured between marker hits): deep enough to be timely, no deeper
+    lead_factor: float = 4.0
     #: a read within this many pages of a stream's position (or of its next predicted
     #: position) belongs to that stream; farther reads start a new stream
     stream_radius_pages: int = 64

@@ -192,20 +192,14 @@ class FieldPredictor:
         sample = self._sample(np.clip(pts, 0.0, 1.0).astype(np.float32))
         entries, _ = hashgrid.corner_entries(lay, sample)
         budget = self.cfg.field_page_budget
-        out: list[np.ndarray] = []
-        total = 0
-        seen: set[int] = set()
-        for level in range(k):
-            pages = hashgrid.touched_pages(self.layout, entries[level]).astype(np.int64)
-            fresh = [p for p in pages.tolist() if p not in seen]
-            seen.update(fresh)
-            if total + len(fresh) > budget:
-                fresh = fresh[: budget - total]
-            out.append(np.asarray(fresh, dtype=np.int64))
-            total += len(fresh)
-            if total >= budget:
-                break
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+        row = self.layout.features * self.layout.itemsize
+        shift = np.uint64(self.layout.page_size.bit_length() - 1)
+        # pages level by level (coarse first); first occurrence wins, order kept
+        per_level = [(entries[level].reshape(-1) * np.uint64(row)) >> shift for level in range(k)]
+        flat = np.concatenate(per_level).astype(np.int64)
+        uniq, first = np.unique(flat, return_index=True)
+        pages = uniq[np.argsort(first, kind="stable")]
+        return pages[:budget]
 
     def point_pages(self, points: np.ndarray) -> np.ndarray:
         """Every page the points touch (all levels): hints."""

@@ -39,7 +39,7 @@ COUNTS = ("issued", "useful", "late", "wasted", "demand_misses", "cancelled", "c
 
 
 class Entry:
-    __slots__ = ("space", "state", "push", "marker", "pushed", "passed", "t", "stream", "conf", "heat")
+    __slots__ = ("space", "state", "push", "marker", "pushed", "passed", "t", "stream", "conf", "heat", "arrived_t")
 
     def __init__(self, space: str, state: int, push: bool, marker: bool, t: float, stream: int, conf: float) -> None:
         self.space = space
@@ -52,6 +52,7 @@ class Entry:
         self.stream = stream
         self.conf = conf
         self.heat = 0.0
+        self.arrived_t = 0.0
 
 
 class Controller:
@@ -134,16 +135,18 @@ class Ledger:
     def issued(self, page: int, e: Entry) -> None:
         self.counts[e.space]["issued"] += 1
 
-    def arrived(self, page: int, e: Entry) -> None:
+    def arrived(self, page: int, e: Entry, now: float) -> None:
         """The fetch completed (issued). Resolves entries the reader passed while in flight."""
         if self.entries.get(page) is not e:
             return  # demand already resolved it (late)
         e.state = READY
+        e.arrived_t = now
         if e.passed:
             self._wasted(page, e)
 
     # ------------------------------------------------------------------ demand
-    def demand(self, page: int, slow: bool, space: str) -> None:
+    def demand(self, page: int, slow: bool, space: str, t: float = 0.0) -> None:
+        """A page the daemon read or gathered; ``t`` is when the request began (0: unknown)."""
         e = self.entries.get(page)
         if e is None:
             if slow:
@@ -171,7 +174,12 @@ class Ledger:
             self.control[e.space].outcome("l")
             self.release(page, e)
         else:  # READY
-            if slow:  # evicted before use, fetched again by demand
+            if slow and t and e.arrived_t >= t:
+                # the request began while our fetch was in flight and waited for it
+                self.counts[e.space]["late"] += 1
+                self.control[e.space].outcome("l")
+                self.release(page, e)
+            elif slow:  # evicted before use, fetched again by demand
                 self._wasted(page, e, already_removed=True)
                 self.counts[space]["demand_misses"] += 1
             else:

@@ -39,20 +39,22 @@ class LegacyStorePort:
             last = max(first, (offset + max(size, 1) - 1) // ps)
             pages = np.arange(first, min(last, port.n_pages - 1) + 1, dtype=np.int64)
             slow = np.array([not st.is_fast(int(p)) for p in pages], dtype=bool)
+            t0 = time.monotonic()
             port._in_read += 1
             try:
                 data = await orig_read(offset, size)
             finally:
                 port._in_read -= 1
-            port._emit(AccessEvent(AccessKind.READ, pages, slow, offset, size, time.monotonic()))
+            port._emit(AccessEvent(AccessKind.READ, pages, slow, offset, size, t0))
             return data
 
         async def page_arrays(pages):
             arr = np.asarray(pages, dtype=np.int64)
             slow = np.array([not st.is_fast(int(p)) for p in arr], dtype=bool)
+            t0 = time.monotonic()
             out = await orig_arrays(pages)
             if not port._in_read:
-                port._emit(AccessEvent(AccessKind.GATHER, arr, slow, 0, 0, time.monotonic()))
+                port._emit(AccessEvent(AccessKind.GATHER, arr, slow, 0, 0, t0))
             return out
 
         def bump(offset: int, length: int) -> np.ndarray:

@@ -218,7 +218,7 @@ class Prefetcher:
         pages = np.asarray(ev.pages).tolist()
         slow = np.asarray(ev.slow, dtype=bool).tolist() if len(ev.slow) else [False] * len(pages)
         for p, s in zip(pages, slow):
-            self.ledger.demand(p, s, space)
+            self.ledger.demand(p, s, space, ev.time)
             if ev.kind == AccessKind.READ:
                 self.recent.add(p, now)
 
@@ -318,8 +318,13 @@ class Prefetcher:
                 continue
             e.state = INFLIGHT
             self.counters["fetches_inflight"] += 1
+            t_fetch = time.monotonic()
             try:
                 res = await self.port.fetch(page, Priority.PREFETCH)
+                dt = time.monotonic() - t_fetch
+                if res is not None and res.from_slow_tier:
+                    lat = self.address.fetch_latency_s
+                    self.address.fetch_latency_s = dt if lat == 0 else 0.9 * lat + 0.1 * dt
             except Exception:
                 log.debug("prefetch of page %d failed", page, exc_info=True)
                 res = None
@@ -342,7 +347,7 @@ class Prefetcher:
                 pass
             if e.push and not e.marker and self.push is not None and self.ledger.entries.get(page) is e:
                 await self._push(page, e, res.data, res.version)
-            self.ledger.arrived(page, e)
+            self.ledger.arrived(page, e, time.monotonic())
 
     async def _push(self, page: int, e: Entry, data: bytes, version: int) -> None:
         """Push the page into the kernel cache, never leaving older bytes than the store's."""

@@ -117,6 +117,7 @@ class FakePort:
     # -- demand (what the daemon would do) ------------------------------------------------
     async def demand(self, pages: list[int], kind: AccessKind, offset: int = 0, size: int = 0) -> None:
         slow = [int(p) not in self.memory for p in pages]
+        t0 = time.monotonic()
         self._waiting += 1
         try:
             async with trio.open_nursery() as n:
@@ -124,7 +125,7 @@ class FakePort:
                     n.start_soon(self._load, int(p), True)
         finally:
             self._waiting -= 1
-        self._emit(AccessEvent(kind, np.asarray(pages, dtype=np.int64), np.array(slow, dtype=bool), offset, size, time.monotonic()))
+        self._emit(AccessEvent(kind, np.asarray(pages, dtype=np.int64), np.array(slow, dtype=bool), offset, size, t0))
 
 
 class SimKernel:
@@ -213,7 +214,7 @@ class Camera:
     """A fan of rays with samples along them, moved by a similarity per frame."""
 
     motion: str  # translate | orbit | zoom
-    rays: int = 1024
+    rays: int = 64
     samples: int = 4
     jitter: bool = False
     speed: float = 1.0  # motion per frame, in units of the finest... (see frames())
@@ -252,3 +253,89 @@ class Camera:
                 pts = np.concatenate([pts, np.full((pts.shape[0], max(0, dims - 3)), 0.5)], axis=1)[:, :dims]
             out.append(np.clip(pts, 0.0, 1.0).astype(np.float32))
         return out
+
+
+# ---------------------------------------------------------------------------- runners
+def _layout(page_size: int, log2_table_size: int = 17, levels: int = 16):
+    from ..encoding.layout import FieldConfig, FieldLayout
+
+    return FieldLayout(FieldConfig(log2_table_size=log2_table_size, levels=levels, page_size=page_size))
+
+
+def _summary(lat: list[float], port: FakePort, pf, elapsed: float) -> dict:
+    a = np.asarray(lat) if lat else np.zeros(1)
+    out = {"p50_ms": round(1e3 * float(np.percentile(a, 50)), 3), "p99_ms": round(1e3 * float(np.percentile(a, 99)), 3),
+           "total_s": round(elapsed, 3), "slow_reads": port.slow_reads, "demand_slow_reads": port.demand_slow_reads}
+    if pf is not None:
+        st = pf.stats()
+        out.update({k: st[k] for k in ("issued", "useful", "late", "wasted", "accuracy", "coverage", "timeliness")})
+        out["stats"] = st
+    return out
+
+
+async def run_address(kind: str, predictor: str, *, page_size: int = 65536, n: int = 2000, read: int = 4096,
+                      stride: int | None = None, think_s: float = 0.0002, latency: float = 0.005, seed: int = 0,
+                      config=None, readers: int = 2) -> dict:
+    """One address-space workload through the real Prefetcher over a FakePort; latencies per read."""
+    from .prefetch import Prefetcher
+
+    layout = _layout(page_size)
+    size = layout.params_bytes
+    port = FakePort(layout.n_pages, page_size, latency=latency)
+    kern = SimKernel(port)
+    rng = np.random.default_rng(seed)
+    offsets = address_offsets(kind, rng, size, n, read=read, stride=stride, readers=readers)
+    pf = None if predictor == "none" else Prefetcher(port, layout, kind=predictor, push=kern.push, config=config)
+    lat: list[float] = []
+    async with trio.open_nursery() as nursery:
+        if pf is not None:
+            await nursery.start(pf.run)
+        t0 = time.perf_counter()
+        for off in offsets:
+            lat.append(await kern.read(off, read))
+            if think_s:
+                await trio.sleep(think_s)
+        elapsed = time.perf_counter() - t0
+        await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    out = _summary(lat, port, pf, elapsed)
+    out["stale"] = kern.stale
+    return out
+
+
+async def run_field(camera: Camera | None, predictor: str, *, frames: int = 40, page_size: int = 4096,
+                    log2_table_size: int = 22,
+                    think_s: float = 0.01, latency: float = 0.005, warmup: int = 8, config=None,
+                    random_batches: int = 0, seed: int = 0) -> dict:
+    """Frames of query points: gather their pages (the daemon's GATHER) with the prefetcher watching."""
+    from ..encoding import hashgrid
+    from .prefetch import Prefetcher
+
+    layout = _layout(page_size, log2_table_size)
+    port = FakePort(layout.n_pages, page_size, latency=latency)
+    pf = None if predictor == "none" else Prefetcher(port, layout, kind=predictor, push=None, config=config)
+    if camera is not None:
+        batches = camera.frames(frames)
+    else:
+        rng = np.random.default_rng(seed)
+        batches = [rng.random((random_batches or 1024, 3), dtype=np.float32) for _ in range(frames)]
+    lat: list[float] = []
+    async with trio.open_nursery() as nursery:
+        if pf is not None:
+            await nursery.start(pf.run)
+        t0 = time.perf_counter()
+        for i, pts in enumerate(batches):
+            t1 = time.perf_counter()
+            if pf is not None:
+                pf.on_points(pts)
+            entries, _ = hashgrid.corner_entries(layout, pts)
+            pages = hashgrid.touched_pages(layout, entries).astype(np.int64).tolist()
+            await port.demand(pages, AccessKind.GATHER)
+            if i >= warmup:
+                lat.append(time.perf_counter() - t1)
+            if think_s:
+                await trio.sleep(think_s)
+        elapsed = time.perf_counter() - t0
+        await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    return _summary(lat, port, pf, elapsed)
