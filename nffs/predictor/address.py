@@ -193,7 +193,7 @@ class AddressPredictor:
         return None
 
     def _near(self, s: Stream, off: int) -> bool:
-        radius = self.cfg.stream_radius_pages * self.page_size
+        radius = self.cfg.stream_radius_bytes
         if abs(off - s.last_off) <= radius or abs(off - s.last_end) <= radius:
             return True
         # or where the last delta, repeated, would land
@@ -422,7 +422,8 @@ class AddressPredictor:
     def _model_plan(self, s: Stream) -> AddressPlan | None:
         """No majority: chain the learned model's next-delta predictions while confident."""
         cfg = self.cfg
-        if not getattr(self.model, "ready", True) or len(s.classes) < cfg.model_history:
+        # only streams with a full window of history: a young stream is noise until shown otherwise
+        if not getattr(self.model, "ready", True) or len(s.deltas) < cfg.vote_window:
             return None
         hist = deque(s.classes, maxlen=8)
         off, end = s.last_off, s.last_end

@@ -43,9 +43,9 @@ class PrefetchConfig:
     #: ... nor further than the reader goes in ``lead_factor`` x the measured fetch time
     #: (its speed is measured between marker hits): deep enough to be timely, no deeper
     lead_factor: float = 4.0
-    #: a read within this many pages of a stream's position (or of its next predicted
-    #: position) belongs to that stream; farther reads start a new stream
-    stream_radius_pages: int = 64
+    #: a read within this many bytes of a young stream's position (or at its last delta
+    #: repeated) joins it; other reads are orphans until three form a progression
+    stream_radius_bytes: int = 256 << 10
     #: streams followed at once (least recently used is forgotten)
     max_streams: int = 32
     #: the learned model (markov / hoeffding) predicts the next delta when no majority
@@ -83,12 +83,13 @@ class PrefetchConfig:
     #: a stopped space keeps predicting in the shadow; it resumes when this share of
     #: its shadow predictions is demanded (over the last ``feedback_window``)
     resume_accuracy: float = 0.8
-    #: depth factor applied while demand waits on a slow tier (tier load)
-    load_depth_factor: float = 0.5
+    #: while demand reads wait on a slow tier, prefetch keeps at most this share of
+    #: ``concurrency`` in flight (tier load); the rest waits
+    load_depth_factor: float = 0.25
 
     # ---------------------------------------------------------------- ledger
     #: a fetched page not demanded within this many seconds is wasted
-    ledger_ttl_s: float = 20.0
+    ledger_ttl_s: float = 10.0
     #: pages the ledger follows at once (the oldest are retired, as wasted)
     ledger_capacity: int = 1 << 16
     #: a page read by the daemon or pushed within this many seconds may be in the

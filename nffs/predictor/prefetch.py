@@ -307,8 +307,11 @@ class Prefetcher:
             e = self.ledger.entries.get(page)
             if e is None or e.state != QUEUED:
                 continue
+            # tier load: while demand waits on a slow tier, only a few prefetches stay in flight
             waited = 0.0
-            while self.port.demand_waiting() > 0 and waited < cfg.demand_yield_max_s:
+            limit = max(1, int(cfg.concurrency * cfg.load_depth_factor))
+            while (self.port.demand_waiting() > 0 and self.counters["fetches_inflight"] >= limit
+                   and waited < cfg.demand_yield_max_s):
                 await trio.sleep(cfg.demand_yield_s)
                 waited += cfg.demand_yield_s
             if self.ledger.entries.get(page) is not e or e.state != QUEUED:
@@ -321,7 +324,8 @@ class Prefetcher:
             t_fetch = time.monotonic()
             try:
                 res = await self.port.fetch(page, Priority.PREFETCH)
-                dt = time.monotonic() - t_fetch
+                # the lead a stream needs is the whole time from plan to arrival
+                dt = time.monotonic() - e.t
                 if res is not None and res.from_slow_tier:
                     lat = self.address.fetch_latency_s
                     self.address.fetch_latency_s = dt if lat == 0 else 0.9 * lat + 0.1 * dt
@@ -397,7 +401,9 @@ class Prefetcher:
         think = self.counters["think_calls"]
         return {
             "predictor": self.kind,
+            "ready": bool(getattr(self.model, "ready", True)),
             **total,
+            "prefetch_slow_reads": total["issued"],
             "accuracy": round(total["useful"] / total["issued"], 4) if total["issued"] else None,
             "coverage": round(total["useful"] / without, 4) if without else None,
             "timeliness": round(total["useful"] / (total["useful"] + total["late"]), 4) if total["useful"] + total["late"] else None,
