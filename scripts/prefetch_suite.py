@@ -400,8 +400,72 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+SENSITIVE = ["vote_window", "min_votes", "ra_initial_steps", "ra_max_steps", "lead_factor", "stream_radius_bytes",
+             "stop_waste", "feedback_window", "concurrency", "field_cell_fraction"]
+
+
+def sensitivity(args: argparse.Namespace) -> list[dict]:
+    """Each key PrefetchConfig constant halved and doubled, in the FUSE-free simulator."""
+    import dataclasses
+
+    import trio
+
+    from nffs.predictor import sim
+    from nffs.predictor.config import PrefetchConfig
+
+    base = PrefetchConfig()
+    rng = np.random.default_rng(args.seed)
+    address = [("seq", None), ("back", None), ("stride", int(rng.integers(1, 6)) * 4096 + int(rng.integers(1, 4095))),
+               ("interleaved", None), ("random", None)]
+    cameras = [("orbit", False), ("zoom", False)]
+
+    def one(cfg) -> dict:
+        out = {}
+        for kind, stride in address:
+            none = trio.run(lambda: sim.run_address(kind, "none", n=args.sim_reads, stride=stride, seed=args.seed))
+            got = trio.run(lambda: sim.run_address(kind, args.sim_predictor, n=args.sim_reads, stride=stride, seed=args.seed, config=cfg))
+            out[kind] = {"p99x": none["p99_ms"] / max(got["p99_ms"], 1e-6), "accuracy": got["accuracy"], "coverage": got["coverage"]}
+        for motion, jitter in cameras:
+            cam = sim.Camera(motion, rays=16, samples=4, jitter=jitter, seed=args.seed)
+            none = trio.run(lambda: sim.run_field(cam, "none", frames=24, log2_table_size=20))
+            got = trio.run(lambda: sim.run_field(cam, args.sim_predictor, frames=24, log2_table_size=20, config=cfg))
+            out[f"cam-{motion}"] = {"p99x": none["p99_ms"] / max(got["p99_ms"], 1e-6), "accuracy": got["accuracy"], "coverage": got["coverage"]}
+        return out
+
+    rows = [{"constant": "(defaults)", "value": None, "results": one(base)}]
+    print(json.dumps(rows[-1]), flush=True)
+    for name in SENSITIVE:
+        v = getattr(base, name)
+        for f in (0.5, 2.0):
+            nv = type(v)(v * f) if not isinstance(v, int) else max(1, int(round(v * f)))
+            if name in ("stop_waste",):
+                nv = min(0.95, nv)
+            cfg = dataclasses.replace(base, **{name: nv})
+            rows.append({"constant": name, "value": nv, "factor": f, "results": one(cfg)})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def sensitivity_table(rows: list[dict]) -> str:
+    names = list(rows[0]["results"])
+    head = f"{'constant':22} {'value':>10} " + " ".join(f"{n[:12]:>16}" for n in names)
+    lines = [head, "(each cell: p99 none/predictor, accuracy, coverage)", "-" * len(head)]
+    for r in rows:
+        cells = []
+        for n in names:
+            x = r["results"][n]
+            acc = "-" if x["accuracy"] is None else f"{x['accuracy']:.2f}"
+            cov = "-" if x["coverage"] is None else f"{x['coverage']:.2f}"
+            cells.append(f"{x['p99x']:5.1f} {acc:>4} {cov:>4}".rjust(16))
+        lines.append(f"{r['constant']:22} {str(r['value']):>10} " + " ".join(cells))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sensitivity", action="store_true", help="vary PrefetchConfig constants x0.5 / x2 in the simulator")
+    ap.add_argument("--sim-reads", type=int, default=1000)
+    ap.add_argument("--sim-predictor", default="hoeffding")
     ap.add_argument("--quick", action="store_true", help="64 KiB pages and a subset of the workloads")
     ap.add_argument("--seed", type=int, default=8)
     ap.add_argument("--predictors", default="none,markov,hoeffding")
@@ -416,6 +480,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=os.environ.get("NFFS_BENCH_DIR", "/tmp"))
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if args.sensitivity:
+        rows = sensitivity(args)
+        print()
+        print(sensitivity_table(rows))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"args": vars(args), "sensitivity": rows}, f, indent=1, default=str)
+        return 0
     workloads = args.workloads.split(",") if args.workloads else (QUICK if args.quick else ADDRESS + FIELD)
     pages = [parse_size(s) for s in (args.page_sizes or ("64K" if args.quick else "4K,64K,1M")).split(",")]
     predictors = args.predictors.split(",")

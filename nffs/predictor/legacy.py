@@ -24,6 +24,11 @@ class LegacyStorePort:
         self.listeners = []
         self.versions: dict[int, int] = defaultdict(int)
         self._in_read = 0
+        self._inflight = 0  # our own fetches (the old store counts them as "demand waiting")
+        # the old store has 16 I/O slots shared by everyone: keep 4 free for demand reads
+        import trio
+
+        self._slots = trio.CapacityLimiter(12)
         self._wrap()
 
     # ------------------------------------------------------------------ wrapping
@@ -105,7 +110,12 @@ class LegacyStorePort:
         slow = not self.store.is_fast(page)
         version = self.versions[page]
         try:
-            data = await self.store.page_bytes(page)
+            async with self._slots:
+                self._inflight += 1
+                try:
+                    data = await self.store.page_bytes(page)
+                finally:
+                    self._inflight -= 1
         except OSError:
             return FetchResult(page, None, version, slow, False)
         if self.versions[page] != version:
@@ -120,7 +130,7 @@ class LegacyStorePort:
             self.store.raise_heat(int(page), amount)
 
     def demand_waiting(self) -> int:
-        return int(getattr(self.store, "demand_waiting", 0))
+        return max(0, int(getattr(self.store, "demand_waiting", 0)) - self._inflight)
 
     def slow_tier_reads(self) -> int:
         return sum(t.counters.reads for t in self.store.durable_tiers)

@@ -184,6 +184,7 @@ class Prefetcher:
             log.exception("building the %s model", self.kind)
             return
         self._pending_model = model
+        self._wake.set()  # the drain task installs it between two thinking rounds
 
     async def _drain(self) -> None:
         while True:
@@ -193,15 +194,18 @@ class Prefetcher:
             items = []
             while self._queue:
                 items.append(self._queue.popleft())
+            pending_model = getattr(self, "_pending_model", None)
+            if pending_model is not None:
+                self._pending_model = None
+                if not items:  # no thinking round in flight: install it here
+                    self.model.install(pending_model)
+                    continue
             if not items:
                 continue
             now = time.monotonic()
             for item in items:
                 if item[0] == "event":
                     self._account(item[1], now)
-            pending_model = getattr(self, "_pending_model", None)
-            if pending_model is not None:
-                self._pending_model = None
             t0 = time.perf_counter()
             results = await trio.to_thread.run_sync(self._think, items, pending_model)
             self.counters["think_calls"] += 1
