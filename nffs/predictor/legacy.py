@@ -24,6 +24,7 @@ class LegacyStorePort:
         self.listeners = []
         self.versions: dict[int, int] = defaultdict(int)
         self._in_read = 0
+        self.gathered: set[int] = set()  # pages the old store's resident copy holds for gathers
         self._inflight = 0  # our own fetches (the old store counts them as "demand waiting")
         # the old store has 16 I/O slots shared by everyone: keep 4 free for demand reads
         import trio
@@ -58,6 +59,8 @@ class LegacyStorePort:
             slow = np.array([not st.is_fast(int(p)) for p in arr], dtype=bool)
             t0 = time.monotonic()
             out = await orig_arrays(pages)
+            if st._resident is not None:  # the old store keeps gathered pages in a resident copy
+                port.gathered.update(arr.tolist())
             if not port._in_read:
                 port._emit(AccessEvent(AccessKind.GATHER, arr, slow, 0, 0, t0))
             return out
@@ -100,10 +103,11 @@ class LegacyStorePort:
         self.listeners.append(listener)
 
     def is_cheap(self, page: int) -> bool:
-        return bool(self.store.is_fast(int(page)))
+        page = int(page)
+        return page in self.gathered or bool(self.store.is_fast(page))
 
     def cheap_mask(self, pages: np.ndarray) -> np.ndarray:
-        return np.array([self.store.is_fast(int(p)) for p in np.asarray(pages).tolist()], dtype=bool)
+        return np.array([self.is_cheap(p) for p in np.asarray(pages).tolist()], dtype=bool)
 
     async def fetch(self, page: int, priority: Priority = Priority.PREFETCH) -> FetchResult:
         page = int(page)

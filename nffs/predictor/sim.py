@@ -231,18 +231,19 @@ class Camera:
         centre = np.array([0.5, 0.5, 0.5])
         out = []
         for k in range(n):
+            # ``speed`` is in units of about a tenth of the finest cell of a 2^11-resolution level
             if self.motion == "translate":
-                origin = np.array([0.2, 0.2, 0.1]) + k * self.speed * 0.002 * np.array([1.0, 0.6, 0.3])
+                origin = np.array([0.2, 0.2, 0.1]) + k * self.speed * 5e-5 * np.array([1.0, 0.6, 0.3])
                 rot = np.eye(3)
                 scale = 1.0
             elif self.motion == "orbit":
-                a = k * self.speed * 0.01
+                a = k * self.speed * 1.5e-4
                 rot = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
                 origin = centre + rot @ np.array([-0.3, 0.0, -0.1])
                 scale = 1.0
             else:  # zoom about the centre
                 rot = np.eye(3)
-                scale = (1.0 - 0.004 * self.speed) ** k
+                scale = (1.0 - 1.5e-4 * self.speed) ** k
                 origin = centre + scale * np.array([-0.25, -0.25, -0.3])
             t = np.broadcast_to(t_base, (side * side, self.samples)).copy()
             if self.jitter:
