@@ -423,7 +423,7 @@ class AddressPredictor:
         """No majority: chain the learned model's next-delta predictions while confident."""
         cfg = self.cfg
         # only streams with a full window of history: a young stream is noise until shown otherwise
-        if not getattr(self.model, "ready", True) or len(s.deltas) < cfg.vote_window:
+        if not cfg.use_model or not getattr(self.model, "ready", True) or len(s.deltas) < cfg.vote_window:
             return None
         hist = deque(s.classes, maxlen=8)
         off, end = s.last_off, s.last_end

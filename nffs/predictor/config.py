@@ -8,6 +8,8 @@ in the simulator), not fitted to the workload suite.
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, fields, replace
 
 
@@ -48,6 +50,8 @@ class PrefetchConfig:
     stream_radius_bytes: int = 256 << 10
     #: streams followed at once (least recently used is forgotten)
     max_streams: int = 32
+    #: use the learned model at all (False: majority-vote trends only; for ablations)
+    use_model: bool = True
     #: the learned model (markov / hoeffding) predicts the next delta when no majority
     #: holds; it is trusted only above this probability ...
     model_min_proba: float = 0.7
@@ -104,3 +108,16 @@ class PrefetchConfig:
     @classmethod
     def names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_env(cls, var: str = "NFFS_PREFETCH_CONFIG") -> "PrefetchConfig":
+        """Defaults, overridden by a JSON object in ``$NFFS_PREFETCH_CONFIG`` (sensitivity runs
+        through real mounts); unknown names are an error."""
+        text = os.environ.get(var, "").strip()
+        if not text:
+            return cls()
+        changes = json.loads(text)
+        unknown = set(changes) - set(cls.names())
+        if unknown:
+            raise ValueError(f"unknown prefetch settings in ${var}: {sorted(unknown)}")
+        return cls(**changes)

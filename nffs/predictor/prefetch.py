@@ -82,7 +82,7 @@ class Prefetcher:
         self.port = port
         self.layout = layout
         self.kind = kind
-        self.cfg = config or PrefetchConfig()
+        self.cfg = config or PrefetchConfig.from_env()
         self.push = push
         self.model: Predictor = make_model(kind, lazy=True)
         self.address = AddressPredictor(self.cfg, self.model, page_size=layout.page_size, params_bytes=layout.params_bytes)

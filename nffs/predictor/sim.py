@@ -189,6 +189,15 @@ def address_offsets(kind: str, rng: np.random.Generator, size: int, n: int, *, r
         stride = stride or read * 3
         start = int(rng.integers(0, max(1, size // 8))) // KPAGE * KPAGE
         return [start + i * stride for i in range(n) if start + i * stride + read <= size]
+    if kind == "alternating":  # two strides in turn: no majority delta, a clear successor rule
+        a, b = (stride or 3 * read), 5 * read + 4096
+        out, off = [], 0
+        for i in range(n):
+            if off + read > size:
+                break
+            out.append(off)
+            off += a if i % 2 else b
+        return out
     if kind == "interleaved":
         span = size // readers
         per = n // readers
