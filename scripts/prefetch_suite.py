@@ -55,18 +55,26 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import replay_trace  # noqa: E402
 
-ADDRESS = ["seq", "back", "stride-page", "stride-odd", "stride-alt", "interleaved", "mmap-seq", "mmap-stride", "random", "zipf", "trace"]
+ADDRESS = ["seq", "seq-dram", "back", "stride-page", "stride-odd", "stride-alt", "interleaved", "mmap-seq", "mmap-stride", "random", "zipf", "trace"]
 FIELD = ["cam-translate", "cam-orbit", "cam-zoom", "cam-translate-jitter", "cam-orbit-jitter", "cam-zoom-jitter",
          "random-batches", "zipf-concepts"]
-QUICK = ["seq", "back", "stride-odd", "stride-alt", "interleaved", "mmap-seq", "random", "trace",
+QUICK = ["seq", "seq-dram", "back", "stride-odd", "stride-alt", "interleaved", "mmap-seq", "random", "trace",
          "cam-orbit", "cam-zoom-jitter", "random-batches"]
 #: what each workload is held to (issue #8 / SPEC 8)
-TARGET = {"seq": ("p99x", 5), "back": ("p99x", 5), "stride-page": ("p99x", 5), "stride-odd": ("p99x", 5), "stride-alt": ("report", 0),
+TARGET = {"seq": ("p99x", 5), "seq-dram": ("dram", 1.1), "back": ("p99x", 5), "stride-page": ("p99x", 5), "stride-odd": ("p99x", 5), "stride-alt": ("report", 0),
           "interleaved": ("p99x", 3), "mmap-seq": ("p99x", 3), "mmap-stride": ("p99x", 3),
           "cam-translate": ("p99x", 3), "cam-orbit": ("p99x", 3), "cam-zoom": ("p99x", 3),
           "random": ("noharm", 1.15), "zipf": ("noharm", 1.15), "random-batches": ("noharm", 1.15),
           "zipf-concepts": ("noharm", 1.15), "cam-translate-jitter": ("noharm", 1.15),
           "cam-orbit-jitter": ("noharm", 1.15), "cam-zoom-jitter": ("noharm", 1.15), "trace": ("report", 0)}
+
+
+def parse_duration(text: str) -> float:
+    text = text.strip().lower()
+    for unit, mult in (("ms", 1e-3), ("us", 1e-6), ("s", 1.0)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * mult
+    return float(text)
 
 
 def parse_size(text: str) -> int:
@@ -198,8 +206,8 @@ class Suite:
     def address_params(self, workload: str, page_size: int, size: int) -> dict:
         r = self.rng
         read = int(2 ** r.uniform(12, 17)) // 4096 * 4096  # 4 KiB .. 128 KiB
-        p = {"page_size": page_size, "read": max(4096, read), "think_s": float(r.uniform(0.0001, 0.001)),
-             "n": self.args.reads}
+        read = max(4096, min(read, 4 * page_size))
+        p = {"page_size": page_size, "read": read, "n": self.args.reads}
         if workload == "stride-page":
             p["stride"] = int(r.integers(2, 5)) * page_size
         elif workload == "stride-odd":
@@ -214,6 +222,22 @@ class Suite:
         elif workload == "zipf":
             p["alpha"] = float(r.uniform(1.05, 1.5))
         p["start_frac"] = float(r.uniform(0.0, 0.3))
+        # The reader works on what it reads: its think time is drawn so that it asks the slow
+        # tier for a drawn share (10..50 %) of the pages per second that tier can deliver with
+        # the store's parallel reads. A reader asking for more than the tier can deliver is
+        # bandwidth-bound: no prefetcher hides its latency (see docs/prefetch.md).
+        tier_pages_s = self.args.tier_slots / parse_duration(self.args.latency)
+        if workload in ("stride-page", "stride-odd", "mmap-stride"):
+            per_read = max(read, min(p["stride"], page_size)) / page_size
+        elif workload == "stride-alt":
+            per_read = max(1.0, read / page_size)
+        else:
+            per_read = read / page_size
+        share = float(r.uniform(0.1, 0.5))
+        p["think_s"] = max(5e-5, per_read / (share * tier_pages_s))
+        if workload in ("random", "zipf", "trace"):
+            p["think_s"] = float(r.uniform(0.0002, 0.002))
+        p["n"] = int(min(self.args.reads, max(200, self.args.run_budget_s / (p["think_s"] + 2e-5))))
         return p
 
     def field_params(self, workload: str, page_size: int) -> dict:
@@ -273,6 +297,8 @@ class Suite:
                     return replay_trace.replay(fd, offsets, sizes, p["think_s"]).tolist()
                 finally:
                     os.close(fd)
+            if workload == "seq-dram":
+                return self._seq_dram(path, p)
             streams = self._offsets(workload, p, size)
             if workload.startswith("mmap"):
                 return self._mmap(path, size, streams[0], p)
@@ -293,6 +319,8 @@ class Suite:
                 with lock:
                     lat.extend(mine)
 
+            if len(streams) > 1:
+                p = dict(p, think_s=p["think_s"] * len(streams))  # together they ask for the drawn share
             threads = [threading.Thread(target=reader, args=(s,)) for s in streams]
             for t in threads:
                 t.start()
@@ -300,6 +328,28 @@ class Suite:
                 t.join()
             return lat
         return body
+
+    @staticmethod
+    def _seq_dram(path: str, p: dict) -> list[float]:
+        """Sequential 1 MiB reads of a region already in the dram tier (a first pass put it
+        there, then the kernel's copy was dropped): only the measured second pass counts."""
+        region = 8 << 20  # well inside the dram tier
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for off in range(0, region, 1 << 20):
+                os.pread(fd, 1 << 20, off)
+            time.sleep(0.5)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            lat = []
+            for _ in range(3):
+                for off in range(0, region, 1 << 20):
+                    t0 = time.perf_counter()
+                    os.pread(fd, 1 << 20, off)
+                    lat.append(time.perf_counter() - t0)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            return lat
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _mmap(path: str, size: int, offsets: np.ndarray, p: dict) -> list[float]:
@@ -403,11 +453,16 @@ def table(results: list[dict]) -> str:
         if b is not None and r["predictor"] != "none":
             p99x = b["p99_ms"] / r["p99_ms"] if r["p99_ms"] else None
             totx = b["total_s"] / r["total_s"] if r["total_s"] else None
+            if r["workload"] == "seq-dram":  # throughput of the measured (dram) passes only
+                totx = b["mean_ms"] / r["mean_ms"]
             rdx = b["slow_tier_reads"] / max(1, r["slow_tier_reads"])
             kind, target = TARGET.get(r["workload"], ("report", 0))
             if kind == "p99x":
                 ok = p99x >= target and (r["accuracy"] or 0) >= 0.9 and (r["coverage"] or 0) >= 0.9
                 verdict = ("ok" if ok else "MISS") + f" (>= {target}x, acc/cov >= 0.9)"
+            elif kind == "dram":
+                ok = totx >= 1 / target
+                verdict = ("ok" if ok else "MISS") + f" (throughput within {target}x)"
             elif kind == "noharm":
                 ok = p99x >= 1 / target and totx >= 1 / target
                 verdict = ("ok" if ok else "MISS") + f" (within {target}x)"
@@ -492,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--field-page-sizes", default=None, help="field space; default 4K,64K (quick: 4K)")
     ap.add_argument("--latency", default="5ms")
     ap.add_argument("--dram", default="16M", help="dram tier capacity during the runs")
+    ap.add_argument("--tier-slots", type=int, default=12, help="parallel slow-tier reads the store gives prefetch")
+    ap.add_argument("--run-budget-s", type=float, default=6.0, help="about how long one address-space run lasts")
     ap.add_argument("--reads", type=int, default=1500, help="reads per address-space workload")
     ap.add_argument("--frames", type=int, default=40, help="measured frames per camera workload")
     ap.add_argument("--warmup", type=int, default=8, help="camera frames before measuring")

@@ -397,7 +397,9 @@ class AddressPredictor:
         new_steps = []
         for j in range(first, target + 1):
             lo = s.anchor + j * step
-            ps = [p for p in self._pages(lo - widen, lo + extent + widen) if p not in seen]
+            # requests are the reads aligned to 4 KiB: the true one starts in (lo - Q, lo + Q)
+            # and, its size being the aligned size, ends by lo + extent (+ Q when it starts late)
+            ps = [p for p in self._pages(lo - widen, lo + extent + (widen if extent < 2 * QUANTUM else 0)) if p not in seen]
             if not ps and not (0 <= lo < self.params_bytes):
                 break
             seen.update(ps)

@@ -28,6 +28,10 @@ class PrefetchConfig:
     demand_yield_max_s: float = 0.05
     #: planned pages waiting to be fetched; the oldest plans are dropped beyond it
     max_queued: int = 8192
+    #: after this many READ events in a row that neither waited on a slow tier nor touched
+    #: a planned page, such events skip the predictor (the data is in memory already:
+    #: nothing to gain, and the kernel's readahead works); the next slow one resumes it
+    cheap_skip_after: int = 64
 
     # ---------------------------------------------------------------- address space
     #: byte deltas kept per stream for the majority vote (Leap's window)

@@ -96,7 +96,8 @@ class Prefetcher:
         self._token = None
         self._wake_pending = False
         self.counters = {"events": 0, "batches": 0, "dropped": 0, "think_calls": 0, "think_s": 0.0,
-                         "push_redone": 0, "fetches_inflight": 0}
+                         "push_redone": 0, "fetches_inflight": 0, "cheap_skipped": 0}
+        self._cheap_run = 0
         port.add_listener(self._on_event)
         if field is not None:  # transitional wiring (the daemon will append on_points itself)
             field.point_listeners.append(self.on_points)
@@ -203,28 +204,46 @@ class Prefetcher:
             if not items:
                 continue
             now = time.monotonic()
+            keep = []
             for item in items:
-                if item[0] == "event":
-                    self._account(item[1], now)
+                if item[0] != "event" or self._account(item[1], now):
+                    keep.append(item)
+            items = keep
+            if not items:
+                continue
             t0 = time.perf_counter()
             results = await trio.to_thread.run_sync(self._think, items, pending_model)
             self.counters["think_calls"] += 1
             self.counters["think_s"] += time.perf_counter() - t0
             self._apply(results, time.monotonic())
 
-    def _account(self, ev: AccessEvent, now: float) -> None:
-        """Demand bookkeeping for one access event (trio thread; a dict lookup per page)."""
+    def _account(self, ev: AccessEvent, now: float) -> bool:
+        """Demand bookkeeping for one access event (trio thread; a dict lookup per page).
+        Returns whether the predictor should see the event."""
         if ev.kind == AccessKind.WRITE:
             for p in np.asarray(ev.pages).tolist():
                 self.recent.add(p, now)
-            return
+            return False
         space = "address" if ev.kind == AccessKind.READ else "field"
         pages = np.asarray(ev.pages).tolist()
         slow = np.asarray(ev.slow, dtype=bool).tolist() if len(ev.slow) else [False] * len(pages)
+        interesting = False
         for p, s in zip(pages, slow):
+            if s or p in self.ledger.entries:
+                interesting = True
             self.ledger.demand(p, s, space, ev.time)
             if ev.kind == AccessKind.READ:
                 self.recent.add(p, now)
+        if ev.kind != AccessKind.READ:
+            return False
+        if interesting:
+            self._cheap_run = 0
+            return True
+        self._cheap_run += 1
+        if self._cheap_run > self.cfg.cheap_skip_after:
+            self.counters["cheap_skipped"] += 1
+            return False
+        return True
 
     def _think(self, items: list, model) -> list:
         """Learning and prediction (worker thread)."""
@@ -426,6 +445,7 @@ class Prefetcher:
             "batches": self.counters["batches"],
             "think_mean_ms": round(1e3 * self.counters["think_s"] / think, 3) if think else 0.0,
             "push_redone": self.counters["push_redone"],
+            "cheap_skipped": self.counters["cheap_skipped"],
             "slow_tier_reads": self.port.slow_tier_reads(),
         }
 
