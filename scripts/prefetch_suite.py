@@ -492,15 +492,22 @@ def sensitivity(args: argparse.Namespace) -> list[dict]:
                ("interleaved", None), ("random", None)]
     cameras = [("orbit", False), ("zoom", False)]
 
+    nones: dict = {}
+
+    def baseline(key, fn):
+        if key not in nones:
+            nones[key] = trio.run(fn)
+        return nones[key]
+
     def one(cfg) -> dict:
         out = {}
         for kind, stride in address:
-            none = trio.run(lambda: sim.run_address(kind, "none", n=args.sim_reads, stride=stride, seed=args.seed))
+            none = baseline(kind, lambda: sim.run_address(kind, "none", n=args.sim_reads, stride=stride, seed=args.seed))
             got = trio.run(lambda: sim.run_address(kind, args.sim_predictor, n=args.sim_reads, stride=stride, seed=args.seed, config=cfg))
             out[kind] = {"p99x": none["p99_ms"] / max(got["p99_ms"], 1e-6), "accuracy": got["accuracy"], "coverage": got["coverage"]}
         for motion, jitter in cameras:
             cam = sim.Camera(motion, rays=16, samples=4, jitter=jitter, seed=args.seed)
-            none = trio.run(lambda: sim.run_field(cam, "none", frames=24, log2_table_size=20))
+            none = baseline(motion, lambda: sim.run_field(cam, "none", frames=24, log2_table_size=20))
             got = trio.run(lambda: sim.run_field(cam, args.sim_predictor, frames=24, log2_table_size=20, config=cfg))
             out[f"cam-{motion}"] = {"p99x": none["p99_ms"] / max(got["p99_ms"], 1e-6), "accuracy": got["accuracy"], "coverage": got["coverage"]}
         return out
@@ -516,6 +523,29 @@ def sensitivity(args: argparse.Namespace) -> list[dict]:
             cfg = dataclasses.replace(base, **{name: nv})
             rows.append({"constant": name, "value": nv, "factor": f, "results": one(cfg)})
             print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def ablation(args: argparse.Namespace) -> list[dict]:
+    """Where the learned model matters: majority vote alone vs markov vs hoeffding (simulator)."""
+    import trio
+
+    from nffs.predictor import sim
+    from nffs.predictor.config import PrefetchConfig
+
+    rows = []
+    for kind, n, ps in (("alternating", 1200, 4096), ("alternating", 1200, 65536), ("seq", 1500, 65536),
+                        (f"trace:{args.trace}", 4000, 65536), ("random", 1000, 65536)):
+        for name, pred, cfg in (("none", "none", None), ("vote only", "markov", PrefetchConfig(use_model=False)),
+                                ("markov", "markov", None), ("hoeffding", "hoeffding", None)):
+            r = trio.run(lambda: sim.run_address(kind, pred, n=n, page_size=ps, config=cfg, seed=args.seed,
+                                                 think_s=0.0005 if kind.startswith("trace") else 0.0002))
+            st = r.pop("stats", {}) or {}
+            r.update({"workload": kind.split(":")[0], "page_size": ps, "predictor": name,
+                      "model_plans": (st.get("address_model") or {}).get("model_plans"),
+                      "model_bytes": st.get("model_bytes"), "learn_us": st.get("learn_us")})
+            rows.append(r)
+            print(json.dumps(r), flush=True)
     return rows
 
 
@@ -537,6 +567,7 @@ def sensitivity_table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sensitivity", action="store_true", help="vary PrefetchConfig constants x0.5 / x2 in the simulator")
+    ap.add_argument("--ablation", action="store_true", help="majority vote alone vs the learned models (simulator)")
     ap.add_argument("--sim-reads", type=int, default=1000)
     ap.add_argument("--sim-predictor", default="hoeffding")
     ap.add_argument("--quick", action="store_true", help="64 KiB pages and a subset of the workloads")
@@ -556,6 +587,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=os.environ.get("NFFS_BENCH_DIR", "/tmp"))
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if args.ablation:
+        rows = ablation(args)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"args": vars(args), "ablation": rows}, f, indent=1, default=str)
+        return 0
     if args.sensitivity:
         rows = sensitivity(args)
         print()

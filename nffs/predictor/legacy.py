@@ -44,13 +44,18 @@ class LegacyStorePort:
             first = offset // ps
             last = max(first, (offset + max(size, 1) - 1) // ps)
             pages = np.arange(first, min(last, port.n_pages - 1) + 1, dtype=np.int64)
-            slow = np.array([not st.is_fast(int(p)) for p in pages], dtype=bool)
+            if len(pages) <= 64:
+                slow = np.array([not st.is_fast(int(p)) for p in pages], dtype=bool)
+            else:  # a big read: one counter comparison instead of a lookup per page
+                before = port.slow_tier_reads()
             t0 = time.monotonic()
             port._in_read += 1
             try:
                 data = await orig_read(offset, size)
             finally:
                 port._in_read -= 1
+            if len(pages) > 64:
+                slow = np.full(len(pages), port.slow_tier_reads() != before, dtype=bool)
             port._emit(AccessEvent(AccessKind.READ, pages, slow, offset, size, t0))
             return data
 

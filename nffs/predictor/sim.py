@@ -211,6 +211,21 @@ def address_offsets(kind: str, rng: np.random.Generator, size: int, n: int, *, r
         return out
     if kind == "random":
         return (rng.integers(0, size // read, n) * read).tolist()
+    if kind.startswith("trace:"):  # trace:PATH — a block trace's reads (scripts/replay_trace.py mapping)
+        import csv
+        import gzip
+        import io
+
+        path = kind.split(":", 1)[1]
+        out = []
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as raw:
+            for row in csv.DictReader(io.TextIOWrapper(raw, encoding="ascii")):
+                if row["op"].strip() != "28":
+                    continue
+                out.append((int(row["lbn"]) * 512) % max(1, size - read) // 4096 * 4096)
+                if len(out) >= n:
+                    break
+        return out
     if kind == "zipf":
         ranks = rng.zipf(1.2, n) % (size // read)
         perm = rng.permutation(size // read)
