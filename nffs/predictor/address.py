@@ -285,7 +285,7 @@ class AddressPredictor:
 
     def _push_delta(self, s: Stream, token, off: int, end: int, learn: bool = True) -> None:
         label = self._cls(token)
-        if learn and len(s.classes) >= 1:
+        if learn and self.cfg.use_model and len(s.classes) >= 1:
             self.model.learn_one(self._features(s), label)
         s.deltas.append(token)
         s.sizes.append(end - off)
