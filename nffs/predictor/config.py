@@ -103,6 +103,9 @@ class PrefetchConfig:
     #: a page read by the daemon or pushed within this many seconds may be in the
     #: kernel's cache (possibly dirty through mmap): never push over it
     repush_after_s: float = 120.0
+    #: after a write reached the daemon, pages are fetched but not pushed into the kernel
+    #: cache for this long: a push racing a write could briefly leave older bytes there
+    write_quiet_s: float = 2.0
     #: heat lent to a fetched page per unit of confidence (taken back when used/wasted)
     heat_boost: float = 4.0
 

@@ -119,12 +119,15 @@ class LegacyStorePort:
         slow = not self.store.is_fast(page)
         version = self.versions[page]
         try:
-            async with self._slots:
-                self._inflight += 1
-                try:
-                    data = await self.store.page_bytes(page)
-                finally:
-                    self._inflight -= 1
+            if priority == Priority.DEMAND:
+                data = await self.store.page_bytes(page)
+            else:
+                async with self._slots:
+                    self._inflight += 1
+                    try:
+                        data = await self.store.page_bytes(page)
+                    finally:
+                        self._inflight -= 1
         except OSError:
             return FetchResult(page, None, version, slow, False)
         if self.versions[page] != version:

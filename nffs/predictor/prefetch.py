@@ -98,6 +98,7 @@ class Prefetcher:
         self.counters = {"events": 0, "batches": 0, "dropped": 0, "think_calls": 0, "think_s": 0.0,
                          "push_redone": 0, "fetches_inflight": 0, "cheap_skipped": 0}
         self._cheap_run = 0
+        self._last_write = -1e9
         port.add_listener(self._on_event)
         if field is not None:  # transitional wiring (the daemon will append on_points itself)
             field.point_listeners.append(self.on_points)
@@ -221,6 +222,7 @@ class Prefetcher:
         """Demand bookkeeping for one access event (trio thread; a dict lookup per page).
         Returns whether the predictor should see the event."""
         if ev.kind == AccessKind.WRITE:
+            self._last_write = now
             for p in np.asarray(ev.pages).tolist():
                 self.recent.add(p, now)
             return False
@@ -379,13 +381,15 @@ class Prefetcher:
     async def _push(self, page: int, e: Entry, data: bytes, version: int) -> None:
         """Push the page into the kernel cache, never leaving older bytes than the store's."""
         c = self.ledger.counts[e.space]
-        if page in self.recent:
+        if page in self.recent or time.monotonic() - self._last_write < self.cfg.write_quiet_s:
             c["push_skipped"] += 1
             return
         for _ in range(8):
             if self.port.page_version(page) != version:
+                # changed: fetch the new bytes at once (demand class: a stale copy may be in
+                # the kernel cache until this push lands)
                 self.counters["push_redone"] += 1
-                res = await self.port.fetch(page, Priority.PREFETCH)
+                res = await self.port.fetch(page, Priority.DEMAND)
                 if res.data is None:
                     return
                 data, version = res.data, res.version
