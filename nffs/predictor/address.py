@@ -179,12 +179,10 @@ class AddressPredictor:
             return None
         if isinstance(token, str):
             # a contiguous stream: any read overlapping its (slightly widened) path
-            lo = min(s.anchor, s.anchor + k * step) - QUANTUM
             if step > 0:
                 ok = s.anchor - extent - QUANTUM <= off <= s.anchor + (s.frontier + s.steps + 1) * step + QUANTUM
             else:
                 ok = s.anchor + (s.frontier + s.steps + 1) * step - QUANTUM <= off <= s.anchor + extent + QUANTUM
-            del lo
             return k if ok else None
         # misses come at the first read of each page that was not pushed, so their phase on
         # the lattice wanders by up to a page (or half a step, whichever is smaller)
@@ -356,8 +354,6 @@ class AddressPredictor:
         for _ in range(min(passed, self.cfg.vote_window)):
             s.deltas.append(token)
             s.classes.append(self._cls(token))
-        if passed == 0 and k >= 0:
-            pass
         s.last_off, s.last_end = off, end
         consumed: list[int] = []
         while s.planned and s.planned[0][0] < k:
@@ -411,13 +407,11 @@ class AddressPredictor:
         s.frontier = new_steps[-1][0]
         plan = AddressPlan(s.id, pages=pages, source="trend")
         # the marker: the first page of the step half-way into the new part of the plan
-        mid = new_steps[len(new_steps) // 2]
         for j, ps in new_steps[len(new_steps) // 2:]:
             if ps:
                 plan.markers.add(ps[0])
                 s.marker_step, s.marker_page = j, ps[0]
                 break
-        del mid
         self.counters["trend_plans"] += 1
         return plan
 

@@ -133,9 +133,13 @@ class Prefetcher:
         self._enqueue(("event", ev))
 
     def on_points(self, points: np.ndarray) -> None:
-        """A batch of query/at/concept points (field space)."""
+        """A batch of query/at/concept points (field space). A huge batch is thinned to a
+        fixed stride (the same points of the same-sized next batch, so the motion fit still
+        pairs them) before the copy, so the caller's thread copies little."""
         self.counters["batches"] += 1
-        self._enqueue(("points", np.array(points, dtype=np.float32, copy=True)))
+        n = len(points)
+        step = -(-n // self.cfg.field_max_points) if n > self.cfg.field_max_points else 1
+        self._enqueue(("points", np.array(points[::step], dtype=np.float32, copy=True)))
 
     def hint(self, what) -> None:
         """An application hint: a ``hints`` line (``page P``, ``range OFF LEN``, ``point x y z``),
@@ -216,7 +220,10 @@ class Prefetcher:
             results = await trio.to_thread.run_sync(self._think, items, pending_model)
             self.counters["think_calls"] += 1
             self.counters["think_s"] += time.perf_counter() - t0
-            self._apply(results, time.monotonic())
+            try:
+                self._apply(results, time.monotonic())
+            except Exception:  # a bug here must not take the mount down: log it, go on
+                log.exception("applying prefetch plans failed")
 
     def _account(self, ev: AccessEvent, now: float) -> bool:
         """Demand bookkeeping for one access event (trio thread; a dict lookup per page).
@@ -321,6 +328,14 @@ class Prefetcher:
         return np.asarray(self.port.cheap_mask(np.asarray(pages, dtype=np.int64)), dtype=bool).tolist()
 
     async def _worker(self) -> None:
+        while True:
+            try:
+                await self._work()
+            except Exception:  # never take the mount down: log, and keep serving
+                log.exception("prefetch worker failed")
+                await trio.sleep(0.1)
+
+    async def _work(self) -> None:
         cfg = self.cfg
         while True:
             if not self._fetchq:
@@ -417,7 +432,10 @@ class Prefetcher:
     async def _housekeeping(self) -> None:
         while True:
             await trio.sleep(0.5)
-            self.ledger.expire(time.monotonic(), self.port.is_cheap)
+            try:
+                self.ledger.expire(time.monotonic(), self.port.is_cheap)
+            except Exception:
+                log.exception("prefetch ledger expiry failed")
 
     # ------------------------------------------------------------------ statistics
     def stats(self) -> dict:
