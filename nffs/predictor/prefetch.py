@@ -462,6 +462,7 @@ class Prefetcher:
             "field_model": self.fieldp.stats(),
             "queue": len(self._queue),
             "queued_fetches": len(self._fetchq),
+            "fetches_inflight": self.counters["fetches_inflight"],
             "dropped": self.counters["dropped"],
             "events": self.counters["events"],
             "batches": self.counters["batches"],
