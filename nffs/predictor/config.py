@@ -26,6 +26,10 @@ class PrefetchConfig:
     demand_yield_s: float = 0.002
     #: ... but never waits longer than this in a row (so prefetch is not starved for ever)
     demand_yield_max_s: float = 0.05
+    #: the interpreter's thread switch interval while the prefetcher runs: the learning
+    #: thread holds the GIL for Python work, and with the default 5 ms a FUSE request on
+    #: the trio thread can wait that long for it (0: leave the interpreter's setting)
+    gil_switch_interval_s: float = 0.0005
     #: planned pages waiting to be fetched; the oldest plans are dropped beyond it
     max_queued: int = 8192
     #: after this many READ events in a row that neither waited on a slow tier nor touched

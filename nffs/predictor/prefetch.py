@@ -27,6 +27,7 @@ and never over a page the kernel may hold already (read, written or pushed withi
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections import OrderedDict, deque
 from typing import Awaitable, Callable, Sequence
@@ -167,6 +168,9 @@ class Prefetcher:
 
     # ------------------------------------------------------------------ tasks
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        if 0 < self.cfg.gil_switch_interval_s < sys.getswitchinterval():
+            # our learning thread must not hold the FUSE thread up for a whole 5 ms slice
+            sys.setswitchinterval(self.cfg.gil_switch_interval_s)
         self._token = trio.lowlevel.current_trio_token()
         self._wake = trio.Event()
         self._fetch_ready = trio.Event()
