@@ -238,11 +238,19 @@ class Prefetcher:
                 self.recent.add(p, now)
             return False
         space = "address" if ev.kind == AccessKind.READ else "field"
-        pages = np.asarray(ev.pages).tolist()
-        slow = np.asarray(ev.slow, dtype=bool).tolist() if len(ev.slow) else [False] * len(pages)
-        interesting = False
+        parr = np.asarray(ev.pages, dtype=np.int64)
+        sarr = np.asarray(ev.slow, dtype=bool) if len(ev.slow) else np.zeros(len(parr), dtype=bool)
+        interesting = bool(sarr.any())
+        if len(parr) > 64 and ev.kind != AccessKind.READ:
+            # a big gather: only pages the ledger knows (or recently counted useful) need a
+            # look one by one; the other slow ones are plain demand misses
+            known = self.ledger.entries.keys() | self.ledger.recent_useful.keys()
+            mask = np.isin(parr, np.fromiter(known, dtype=np.int64, count=len(known))) if known else np.zeros(len(parr), bool)
+            self.ledger.counts[space]["demand_misses"] += int((sarr & ~mask).sum())
+            parr, sarr = parr[mask], sarr[mask]
+        pages, slow = parr.tolist(), sarr.tolist()
         for p, s in zip(pages, slow):
-            if s or p in self.ledger.entries:
+            if p in self.ledger.entries:
                 interesting = True
             self.ledger.demand(p, s, space, ev.time)
             if ev.kind == AccessKind.READ:
