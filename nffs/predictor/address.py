@@ -1,454 +1,475 @@
-"""Address-space prediction: which pages of ``params`` a reader will touch next.
+"""Address-space prediction: per-stream trend detection over READ events, readahead-style windows.
 
-Input: the reads that reach the daemon, each a contiguous page range ``[first, last]``
-(kernel page-cache misses of ``params`` / ``levels/NN``). Output: a *window* of pages
-to fetch ahead, nearest first, each flagged push (into the kernel page cache) or not.
+Input: the byte ``offset`` and ``size`` of every read of ``params``/``levels`` that
+reached the daemon (a kernel page-cache miss). Output: :class:`AddressPlan`s — pages to
+fetch (and push into the kernel cache), in the order the reader will want them.
 
-Streams. Reads are grouped into at most ``max_streams`` streams (LRU): a read joins the
-stream whose planned window it falls in, or whose last page is within ``slack`` pages;
-otherwise it forks a new stream that inherits the most recent stream's history (so a
-large constant stride, which never falls within ``slack``, is still learned as a
-sequence of deltas). The model is shared; its features are per stream
-(``history.StreamHistory``): the last four delta classes and stride consistency.
-A fork never teaches the model ``other`` (it is a switch between streams, not a step
-of one), so interleaved scans keep their confidence.
+How (docs/prefetch.md has the pictures):
 
-Thinning. Once pushed pages are in the kernel page cache, their reads never reach the
-daemon: the observed stream is thinned to the reads that miss. Two rules keep learning
-and accounting sound:
+- **Streams.** A read that lies on an existing stream's trend (near its position or
+  on its lattice of predicted positions) belongs to it. Other reads are *orphans*; three
+  orphans in arithmetic progression (within the kernel's 4 KiB alignment) or two
+  contiguous ones start a stream, whatever the distance between interleaved readers.
+- **Majority vote** (Leap): each stream keeps its last ``vote_window`` deltas; a delta
+  is a *contiguity token* (this read starts where the last ended, forward or backward —
+  kernel readahead and mmap faults make contiguous requests of varying sizes) or a byte
+  delta. Deltas within one alignment quantum of each other vote together, so a stride
+  that is not a multiple of the page size (whose page-aligned requests alternate
+  deltas 4K, 8K, 4K, ...) still forms a majority. A trend holds when one class has a
+  strict majority of at least ``min_votes`` deltas; otherwise nothing is issued from it.
+- **Readahead window.** A confirmed trend plans ``ra_initial_steps`` steps ahead; one
+  page of the plan (the *marker*, like Linux's PG_readahead) is fetched but not pushed,
+  so that the reader's arrival there reaches the daemon: that read confirms the trend,
+  doubles the window (up to ``ra_max_steps`` / ``ra_max_bytes`` / ``ra_max_pages``)
+  and plans further. Pages of steps the reader has passed are reported *consumed*.
+- **Learned deltas.** When no majority holds, the learned model (``markov`` successor
+  counts or river's Hoeffding tree) predicts the next delta class from the last
+  ``model_history`` classes; above ``model_min_proba`` it chains up to ``model_steps``
+  predictions (alternating strides, repeated trace fragments).
 
-- *Continuation*: a read that falls inside the planned window confirms every planned
-  step before it. Those steps (which the reader served from the kernel cache, unseen)
-  are appended to the history with their planned classes — the model learns on the
-  predicted-stream positions, at most ``learn_cap`` steps per read — and their pages
-  are reported as *consumed* (inferred used).
-- *Tripwires*: a page every ``spacing`` pages a stream plans is fetched into the memory
-  tier but not pushed, and a page keeps the role it was first given. The reader's
-  arrival at a tripwire is a (fast) daemon read that reveals its position while
-  ``lead`` pushed pages still lie ahead of it — time enough to extend the window before
-  it runs dry. (A tripwire only at the end of the window would come too late: the
-  kernel's own readahead, started by the tripwire miss, would reach past the window
-  into slow demand reads.) A window with no tripwire ahead of the reader makes its new
-  last page one.
-
-Depth. ``lead`` covers the time to fetch an extension at the stream's observed rate:
-``lead = rate_pages_per_s × (2 × observed fetch latency + 3 ms) + 2``; tripwires are
-``spacing = max(2 × lead, min_spacing)`` planned pages apart (64; 256 for a strided
-stream, which makes about one read per planned page: each tripwire costs the reader
-one daemon round trip, so it must meet few), and the window holds
-``spacing + lead + 1`` pages (at most ``max_depth_pages``). Like the kernel's readahead,
-a young stream's window starts at 2 pages and doubles with every confirmed step, and it
-grows only while the cumulative probability of the rolled-out steps stays above
-``min_cum``. A stream prefetches only after its latest step was predicted correctly (so
-random reads, which fork or miss every time, prefetch nothing).
+This module is pure computation (no I/O, no trio): it runs in the learning thread.
 """
 from __future__ import annotations
 
 import math
+import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from .history import EMPTY, OTHER, DeltaVocabulary, StreamHistory, label_delta
+from .config import PrefetchConfig
 from .models import Predictor
 
-
-@dataclass(slots=True)
-class Step:
-    """One planned read: pages ``lo..hi`` reached with class ``label`` (probability ``p``)."""
-
-    lo: int
-    hi: int
-    label: str
-    delta: int
-    p: float
-
-
-@dataclass
-class Stream:
-    sid: int
-    hist: StreamHistory
-    window: list[Step] = field(default_factory=list)
-    pending_x: dict | None = None
-    predicted: str | None = None
-    hits: deque = field(default_factory=lambda: deque(maxlen=4))
-    t_last: float = 0.0
-    rate: float = 0.0  # pages per second, EWMA
-    #: push flag of every page the stream planned recently (a page keeps its first role)
-    roles: OrderedDict = field(default_factory=OrderedDict)
-    ordinal: int = 0
-    last_trip: int = 0
-    stray: int = 0  # reads in a row inside the window that were not planned steps
-    streak: int = 0  # confirmed steps in a row
+#: the kernel reads FUSE files in 4 KiB pages: request offsets are quantised to it
+QUANTUM = 4096
+FWD, BWD = "+", "-"  # contiguity tokens
 
 
 @dataclass
 class AddressPlan:
-    """What one observed read leads to."""
-
     stream: int
-    #: pages the reader must have read from the kernel cache (planned steps it skipped over)
-    consumed: list[int]
-    #: the wanted window: (page, push, confidence), nearest first; any page the stream
-    #: asked for before and that is not in it any more is no longer wanted
-    window: list[tuple[int, bool, float]]
+    pages: list[int] = field(default_factory=list)  # to fetch, in order
+    markers: set[int] = field(default_factory=set)  # fetched, not pushed
+    consumed: list[int] = field(default_factory=list)  # planned pages the reader has passed
+    source: str = "trend"  # "trend" or "model"
+    confidence: float = 1.0
+
+
+class Stream:
+    __slots__ = ("id", "last_off", "last_end", "last_size", "deltas", "sizes", "steps", "anchor",
+                 "frontier", "planned", "marker_step", "marker_page", "t", "classes", "chain", "trend", "unit", "hit_t", "hit_off", "rate")
+
+    def __init__(self, sid: int, off: int, end: int, now: float, window: int) -> None:
+        self.id = sid
+        self.last_off = off
+        self.last_end = end
+        self.last_size = end - off
+        self.deltas: deque = deque(maxlen=window)  # tokens: FWD / BWD / int byte delta
+        self.sizes: deque = deque(maxlen=window)
+        self.steps = 0  # readahead window, in trend steps
+        self.anchor = off  # byte offset of step 0 of the current plan
+        self.frontier = 0  # last planned step (relative to anchor)
+        self.planned: deque = deque()  # (step, [pages]) not yet passed
+        self.marker_step = -1
+        self.marker_page = -1
+        self.hit_t = -1.0
+        self.hit_off = 0
+        self.rate = 0.0  # bytes/s the reader advances (measured between marker hits)
+        self.unit = 1  # trend steps per window unit (a step smaller than a page: a page's worth)
+        self.t = now
+        self.classes: deque = deque(maxlen=8)  # delta classes for the model
+        self.chain: list[tuple[int, str]] = []  # (offset, class) predicted by the model, pending
+        self.trend: tuple | None = None  # (token, step bytes, extent bytes)
+
+
+def _close(a, b, tol: int) -> bool:
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    return abs(a - b) <= tol
+
+
+def majority(tokens, tol: int = QUANTUM):
+    """The token class holding a strict majority of ``tokens`` (within ``tol`` bytes), and its votes.
+
+    Boyer-Moore's vote finds the only possible candidate in one pass; a second pass counts it.
+    """
+    cand, count = None, 0
+    for t in tokens:
+        if count == 0:
+            cand, count = t, 1
+        elif _close(t, cand, tol):
+            count += 1
+        else:
+            count -= 1
+    if cand is None:
+        return None, 0
+    votes = [t for t in tokens if _close(t, cand, tol)]
+    if 2 * len(votes) <= len(tokens):
+        return None, len(votes)
+    if isinstance(cand, str):
+        return cand, len(votes)
+    return sum(votes) / len(votes), len(votes)
 
 
 class AddressPredictor:
-    def __init__(
-        self,
-        model: Predictor,
-        n_pages: int,
-        page_size: int,
-        *,
-        max_streams: int = 8,
-        slack: int = 16,
-        min_conf: float = 0.5,
-        min_cum: float = 0.3,
-        min_depth: int = 8,
-        max_depth_pages: int | None = None,
-        max_steps: int = 512,
-        learn_cap: int = 4,
-        max_model_calls: int = 64,
-        max_stray: int = 3,
-        min_spacing: int = 64,
-        min_spacing_strided: int = 256,
-    ) -> None:
+    def __init__(self, cfg: PrefetchConfig, model: Predictor, *, page_size: int, params_bytes: int) -> None:
+        self.cfg = cfg
         self.model = model
-        self.n_pages = n_pages
         self.page_size = page_size
-        self.max_streams = max_streams
-        self.slack = slack
-        self.min_conf = min_conf
-        self.min_cum = min_cum
-        self.min_depth = min_depth
-        self.max_depth_pages = max_depth_pages or max(16, min(1024, (64 << 20) // page_size))
-        self.max_steps = max_steps
-        self.learn_cap = learn_cap
-        self.max_model_calls = max_model_calls
-        self.max_stray = max_stray
-        self.min_spacing = min_spacing
-        self.min_spacing_strided = min_spacing_strided
-        self.vocab = DeltaVocabulary()
+        self.params_bytes = params_bytes
+        self.n_pages = (params_bytes + page_size - 1) // page_size
         self.streams: OrderedDict[int, Stream] = OrderedDict()
-        self._next_sid = 0
-        #: seconds a prefetch of a slow page takes (EWMA; the prefetcher updates it)
-        self.latency_s = 0.005
-        self.counters = {"events": 0, "forks": 0, "continuations": 0, "implied": 0, "skipped": 0, "stray": 0}
+        self.orphans: deque = deque(maxlen=16)  # (off, end, t)
+        self._next_id = 1
+        self.vocab: OrderedDict = OrderedDict()  # delta class -> count (bounded)
+        self.counters = {"events": 0, "orphans": 0, "streams_started": 0, "trend_plans": 0, "model_plans": 0,
+                         "marker_hits": 0, "model_hits": 0}
+        self.predict_s = 0.0
+        self.predicts = 0
+        #: measured mean time of a prefetch fetch (set by the policy): bounds the lead needed
+        self.fetch_latency_s = 0.0
 
-    # ------------------------------------------------------------------ streams
-    def _new_stream(self, hist: StreamHistory) -> Stream:
-        self._next_sid += 1
-        s = Stream(self._next_sid, hist)
-        self.streams[s.sid] = s
-        while len(self.streams) > self.max_streams:
-            self.streams.popitem(last=False)
-        return s
+    # ------------------------------------------------------------------ helpers
+    def _pages(self, lo: float, hi: float) -> list[int]:
+        lo = max(0, int(lo))
+        hi = min(self.params_bytes, int(hi))
+        if hi <= lo:
+            return []
+        return list(range(lo // self.page_size, (hi - 1) // self.page_size + 1))
 
-    def _match(self, first: int, last: int) -> tuple[Stream | None, int, bool]:
-        """(stream, index of the last window step the read covers or passed, beyond?).
-
-        ``beyond`` is True when the read lies just past the end of the stream's window
-        (within ``slack`` pages in the stream's direction): the reader went through the
-        whole window, unseen, and then went on.
-        """
-        near: Stream | None = None
-        for s in reversed(self.streams.values()):
-            j = self._window_index(s, first, last)
-            if j >= 0:
-                return s, j, False
-            if s.window:
-                end = s.window[-1]
-                if end.delta > 0 and end.hi < first <= end.hi + self.slack:
-                    return s, len(s.window) - 1, True
-                if end.delta < 0 and end.lo - self.slack <= last < end.lo:
-                    return s, len(s.window) - 1, True
-            if near is None and s.hist.last_page >= 0 and abs(first - s.hist.last_page) <= self.slack:
-                near = s
-        return near, -1, False
-
-    @staticmethod
-    def _window_index(s: Stream, first: int, last: int) -> int:
-        j = -1
-        for i, st in enumerate(s.window):
-            if st.lo <= last and first <= st.hi:
-                j = i
-        return j
-
-    def _stray(self, s: Stream, first: int, last: int) -> bool:
-        """A read between the planned steps of a confirmed stream, not one of them.
-
-        The kernel's own readahead (of partly cached pages around the stream) and other
-        readers produce such reads; up to ``max_stray`` in a row leave the stream, its
-        window and its model untouched. More than that means the pattern changed.
-        """
-        if not s.window or not s.hits or not s.hits[-1]:
-            return False
-        lp = s.hist.last_page
-        end = s.window[-1]
-        if end.delta > 0:
-            inside = lp < first and last <= end.hi
+    def _cls(self, token) -> str:
+        """A delta's class for the model: contiguity tokens, or the byte delta (bounded vocabulary)."""
+        label = token if isinstance(token, str) else str(int(token))
+        if label in self.vocab:
+            self.vocab[label] += 1
+            self.vocab.move_to_end(label)
         else:
-            inside = end.lo <= first and last < lp
-        if not inside or s.stray >= self.max_stray:
-            return False
-        s.stray += 1
-        self.counters["stray"] += 1
-        self.streams.move_to_end(s.sid)
-        return True
+            self.vocab[label] = 1
+            if len(self.vocab) > self.cfg.model_classes:
+                self.vocab.popitem(last=False)
+        return label
 
-    def _consume(self, s: Stream, j: int, first: int, last: int, consumed: list[int]) -> int:
-        """Steps 0..j of the window happened: history, learning, consumed pages; returns pages."""
-        self.counters["continuations"] += 1
-        s.stray = 0
-        done, s.window = s.window[: j + 1], s.window[j + 1:]
-        learned = 0
-        for i, st in enumerate(done):
-            if not (st.lo <= last and first <= st.hi):
-                self.counters["implied"] += 1
-            # the pages of a step the read itself did not touch were (or are being) read
-            # from the kernel cache: the read listener reports the others exactly
-            consumed.extend(p for p in range(st.lo, st.hi + 1) if not first <= p <= last)
-            if learned < self.learn_cap or i == len(done) - 1:
-                self.model.learn_one(s.hist.features(), st.label)
-                learned += 1
-            self.vocab.observe(st.delta)
-            s.hist.push(st.delta, st.label, st.hi if st.delta > 0 else st.lo)
-        s.hits.append(True)
-        s.streak += 1
-        return sum(st.hi - st.lo + 1 for st in done)
+    def _features(self, s: Stream) -> dict:
+        h = list(s.classes)[-self.cfg.model_history:]
+        x = {}
+        for i in range(self.cfg.model_history):
+            x[f"c{i + 1}"] = h[-1 - i] if i < len(h) else "_"
+        return x
 
-    def _delta(self, hist: StreamHistory, first: int, last: int) -> tuple[int, int] | None:
-        """(delta, new last page) of a read after the stream's last page; None for a re-read.
+    def _cap_steps(self, step: float, extent: int) -> int:
+        """The window's limit in trend steps: ra_max_steps window units, bytes and pages ahead."""
+        c = self.cfg
+        unit = max(1, math.ceil(self.page_size / max(1, abs(step))))
+        by_bytes = c.ra_max_bytes // max(1, int(abs(step)))
+        pages_per_step = max(1.0, (min(abs(step), extent) + extent) / self.page_size) if abs(step) >= self.page_size else 1.0 / unit
+        by_pages = int(c.ra_max_pages / pages_per_step)
+        return max(1, min(c.ra_max_steps * unit, by_bytes, by_pages))
 
-        A read just behind a stream that moves steadily one way (``slack`` pages) is a
-        late or re-read piece of what it already passed — the kernel issues readahead
-        concurrently and the daemon may complete it out of order — not a step back.
-        """
-        lp = hist.last_page
-        if first <= lp <= last:
-            if last == lp:
-                return None  # re-read of the stream's last page(s)
-            return 1, last
-        if lp - hist.ext < first and last < lp:
+    # ------------------------------------------------------------------ matching
+    def _on_trend(self, s: Stream, off: int, end: int) -> int | None:
+        """The step index (from the anchor) this read falls on, if it is on the stream's trend."""
+        if s.trend is None:
             return None
-        if len(hist.deltas) >= 2:
-            forward = sum(1 for d in hist.deltas if d > 0)
-            if forward == len(hist.deltas) and lp - self.slack <= first and last < lp:
-                return None
-            if forward == 0 and lp < first and last <= lp + self.slack:
-                return None
-        if first > lp:
-            return first - lp, last
-        return last - lp, first  # backwards: from the nearest page of the read
+        token, step, extent = s.trend
+        rel = off - s.anchor
+        if isinstance(token, str):
+            k = math.floor(rel / step) if step > 0 else math.ceil(rel / step)
+        else:
+            k = round(rel / step)
+        if k < -1 or k > s.frontier + max(s.steps, self.cfg.ra_initial_steps) + 1:
+            return None
+        if isinstance(token, str):
+            # a contiguous stream: any read overlapping its (slightly widened) path
+            if step > 0:
+                ok = s.anchor - extent - QUANTUM <= off <= s.anchor + (s.frontier + s.steps + 1) * step + QUANTUM
+            else:
+                ok = s.anchor + (s.frontier + s.steps + 1) * step - QUANTUM <= off <= s.anchor + extent + QUANTUM
+            return k if ok else None
+        # misses come at the first read of each page that was not pushed, so their phase on
+        # the lattice wanders by up to a page (or half a step, whichever is smaller)
+        if abs(rel - k * step) <= max(QUANTUM, extent, min(abs(step) / 2, self.page_size)):
+            return k
+        return None
+
+    def _near(self, s: Stream, off: int) -> bool:
+        radius = self.cfg.stream_radius_bytes
+        if abs(off - s.last_off) <= radius or abs(off - s.last_end) <= radius:
+            return True
+        # or where the last delta, repeated, would land
+        return bool(s.deltas) and not isinstance(s.deltas[-1], str) and \
+            abs(off - (s.last_off + s.deltas[-1])) <= max(2 * QUANTUM, min(abs(s.deltas[-1]) / 2, self.page_size))
 
     # ------------------------------------------------------------------ observe
-    def observe(self, first: int, last: int, now: float) -> AddressPlan | None:
-        """One read of pages ``first..last`` reached the daemon at time ``now``."""
+    def observe(self, off: int, size: int, now: float | None = None) -> list[AddressPlan]:
+        """One READ event; returns the plans it triggers (possibly none)."""
+        t0 = time.perf_counter()
+        now = time.monotonic() if now is None else now
+        end = off + max(1, size)
         self.counters["events"] += 1
-        s, j, beyond = self._match(first, last)
-        consumed: list[int] = []
-        pages_done = max(1, last - first + 1)
-        if s is not None and j >= 0 and not beyond:
-            # Continuation: every planned step up to j happened.
-            pages_done = self._consume(s, j, first, last, consumed)
-            d = s.window[-1].delta if s.window else 0
-            if d >= 0 and last > s.hist.last_page:
-                s.hist.last_page = last
-            elif d < 0 and first < s.hist.last_page:
-                s.hist.last_page = first
-        else:
-            if s is not None and not beyond and self._stray(s, first, last):
-                return None
-            if beyond:
-                pages_done = self._consume(s, j, first, last, consumed)
-            ref = s
-            if s is None:
-                ref = next(reversed(self.streams.values()), None)
-            if ref is None:
-                s = self._new_stream(StreamHistory())
-                s.hist.start(first, last)
-                s.t_last = now
-                self._predict(s, now)
-                return None
-            moved = self._delta(ref.hist, first, last)
-            if moved is None:
-                self.counters["skipped"] += 1
-                if s is None:
-                    return None
-                self.streams.move_to_end(s.sid)
-                if not beyond:
-                    return None
-                label = None  # the window was confirmed; the read itself adds nothing
-            else:
-                delta, end = moved
-                label = self.vocab.observe(delta)
-            if label is None:
-                pass
-            elif s is not None:
-                # near the stream (or just past its window), but not a planned step
-                if beyond:
-                    x = s.hist.features()
-                    if label != OTHER:
-                        self.model.learn_one(x, label)
-                    predicted, _ = self.model.best(x)
-                    s.hits[-1] = predicted == label
-                    if not s.hits[-1]:
-                        s.streak = 0
-                else:
-                    if s.pending_x is not None:
-                        self.model.learn_one(s.pending_x, label)
-                    s.hits.append(s.predicted == label)
-                    if not s.hits[-1]:
-                        s.streak = 0
-                    s.window = []
-                s.hist.push(delta, label, end, last - first + 1)
-            else:
-                # a jump: a new stream forked from the most recent one
-                self.counters["forks"] += 1
-                if label != OTHER and ref.pending_x is not None:
-                    self.model.learn_one(ref.pending_x, label)
-                hist = ref.hist.copy()
-                hist.push(delta, label, end, last - first + 1)
-                s = self._new_stream(hist)  # t_last 0: no rate until its next read
-        self.streams.move_to_end(s.sid)
-        dt = max(now - s.t_last, 1e-4)
-        if s.t_last:
-            inst = pages_done / dt
-            s.rate = inst if s.rate == 0.0 else 0.7 * s.rate + 0.3 * inst
-        s.t_last = now
-        window = self._predict(s, now)
-        return AddressPlan(s.sid, consumed, window)
-
-    # ------------------------------------------------------------------ predict
-    def lead_pages(self, s: Stream) -> int:
-        """Pages a stream consumes while an extension of its window is being fetched."""
-        return math.ceil(s.rate * (2.0 * self.latency_s + 0.003)) + 2
-
-    def spacing(self, s: Stream) -> int:
-        """Planned pages between two tripwires: twice the lead, and at least ``min_spacing``.
-
-        Each tripwire is one (fast) daemon round trip for the reader. A sequential reader
-        makes many reads per page and meets one every ``spacing`` pages' worth of reads;
-        a strided one (steps of more than one page) makes about one read per planned page,
-        so its tripwires are ``min_spacing_strided`` apart to stay as rare.
-        """
-        strided = any(abs(d) > 1 for d in s.hist.deltas)
-        floor = self.min_spacing_strided if strided else self.min_spacing
-        return min(self.max_depth_pages // 2, max(floor, 2 * self.lead_pages(s)))
-
-    def depth_pages(self, s: Stream) -> int:
-        # like the kernel's readahead, a young stream starts small and doubles with every
-        # confirmed step: short runs waste little, long ones reach full depth quickly
-        ramp = 2 ** min(s.streak + 1, 20)
-        full = self.spacing(s) + self.lead_pages(s) + 1
-        return min(ramp, max(self.min_depth, min(self.max_depth_pages, full)))
-
-    def _predict(self, s: Stream, now: float) -> list[tuple[int, bool, float]]:
-        x = s.hist.features()
-        s.pending_x = x
-        memo: dict[tuple, tuple[str | None, float]] = {}
-        label, p = self.model.best(x)
-        memo[StreamHistory.key(x)] = (label, p)
-        s.predicted = label
-        # keep the remaining window only while its next step is still what the model says
-        if s.window and s.window[0].label != label:
-            s.window = []
-        if label is None or label == OTHER or label_delta(label) in (None, 0):
-            s.window = []
-            return []
-        confirmed = bool(s.hits) and s.hits[-1]
-        if not confirmed:
-            # plan (without fetching) only the next step: a read there confirms the stream
-            del s.window[1:]
-            self._extend(s, memo, max_steps=1)
-            return []
-        self._extend(s, memo)
-        if p < self.min_conf or not s.window:
-            return []
-        pages: list[tuple[int, bool, float]] = []
-        seen: set[int] = set()
-        cum = 1.0
-        for st in s.window:
-            cum *= st.p
-            for page in (range(st.lo, st.hi + 1) if st.delta > 0 else range(st.hi, st.lo - 1, -1)):
-                if page not in seen:
-                    seen.add(page)
-                    pages.append((page, True, cum))
-            if len(pages) >= self.max_depth_pages:
+        plans: list[AddressPlan] = []
+        s = None
+        k = None
+        for cand in reversed(self.streams.values()):
+            k = self._on_trend(cand, off, end)
+            if k is not None:
+                s = cand
                 break
-        pages = pages[: self.max_depth_pages]
-        spacing = self.spacing(s)
-        roles = s.roles
-        any_trip = False
-        last_new = False
-        for i, (page, _, c) in enumerate(pages):
-            push = roles.get(page)
-            last_new = push is None
-            if push is None:
-                s.ordinal += 1
-                push = s.ordinal - s.last_trip < spacing
-                if not push:
-                    s.last_trip = s.ordinal
-                roles[page] = push
-            any_trip = any_trip or not push
-            pages[i] = (page, push, c)
-        if not any_trip and last_new and len(pages) > 1:
-            # no tripwire ahead of the reader: make the window's (new) last page one, so
-            # that reaching the end is at least a fast read that extends the window
-            page, _, c = pages[-1]
-            roles[page] = False
-            s.last_trip = s.ordinal
-            pages[-1] = (page, False, c)
-        while len(roles) > 4 * self.max_depth_pages:
-            roles.popitem(last=False)
-        return pages
-
-    def _extend(self, s: Stream, memo: dict, max_steps: int | None = None) -> None:
-        """Roll the model forward from the end of the window until it is deep enough."""
-        vh = s.hist.copy()
-        cum = 1.0
-        n_pages = 0
-        for st in s.window:
-            vh.push(st.delta, st.label, st.hi if st.delta > 0 else st.lo)
-            cum *= st.p
-            n_pages += st.hi - st.lo + 1
-        want_pages = self.depth_pages(s) if max_steps is None else 1
-        want = self.max_steps if max_steps is None else max_steps
-        ext = max(1, min(vh.ext, 64))
-        calls = 0
-        while len(s.window) < want and n_pages < want_pages:
-            x = vh.features()
-            key = StreamHistory.key(x)
-            hit = memo.get(key)
-            if hit is None:
-                if calls >= self.max_model_calls:
+        if s is None:
+            # young streams (no trend yet) take reads near them; otherwise look for a new stream
+            for cand in reversed(self.streams.values()):
+                if cand.trend is None and self._near(cand, off):
+                    s = cand
                     break
-                hit = self.model.best(x)
-                calls += 1
-                memo[key] = hit
-            label, p = hit
-            delta = label_delta(label) if label not in (None, EMPTY) else None
-            if not delta or p < self.min_conf or cum * p < self.min_cum:
+        if s is None:
+            s = self._from_orphans(off, end, now)
+            if s is None:
+                self.orphans.append((off, end, now))
+                self.counters["orphans"] += 1
+                self._timed(t0)
+                return plans
+        self.streams.move_to_end(s.id)
+        if k is not None:
+            plan = self._advance(s, k, off, end, now)
+        else:
+            plan = self._learn_delta(s, off, end, now)
+        if plan is not None and (plan.pages or plan.consumed):
+            plans.append(plan)
+        self._timed(t0)
+        return plans
+
+    def _timed(self, t0: float) -> None:
+        self.predict_s += time.perf_counter() - t0
+        self.predicts += 1
+
+    def _token(self, s: Stream, off: int, end: int):
+        if abs(off - s.last_end) < QUANTUM and off >= s.last_off:
+            return FWD
+        if abs(end - s.last_off) < QUANTUM and end <= s.last_end:
+            return BWD
+        return off - s.last_off
+
+    def _from_orphans(self, off: int, end: int, now: float) -> Stream | None:
+        """Two contiguous orphans, or three in arithmetic progression, start a stream."""
+        orphans = list(self.orphans)
+        found = None
+        for i in range(len(orphans) - 1, -1, -1):
+            b_off, b_end, _ = orphans[i]
+            if abs(off - b_end) < QUANTUM and off > b_off or abs(end - b_off) < QUANTUM and end < b_end:
+                found = [orphans[i]]
                 break
-            cum *= p
-            if delta > 0:
-                lo = vh.last_page + delta
-                hi = lo + ext - 1
-                end = hi
+            d = off - b_off
+            if d == 0:
+                continue
+            for j in range(i - 1, -1, -1):
+                a_off = orphans[j][0]
+                if abs((b_off - a_off) - d) <= QUANTUM and abs(d) > 0:
+                    found = [orphans[j], orphans[i]]
+                    break
+            if found:
+                break
+        if not found:
+            return None
+        for o in found:
+            self.orphans.remove(o)
+        sid = self._next_id
+        self._next_id += 1
+        s = Stream(sid, found[0][0], found[0][1], now, self.cfg.vote_window)
+        for o_off, o_end, _ in found[1:]:
+            self._push_delta(s, self._token(s, o_off, o_end), o_off, o_end)
+        self.streams[sid] = s
+        while len(self.streams) > self.cfg.max_streams:
+            self.streams.popitem(last=False)
+        self.counters["streams_started"] += 1
+        return s
+
+    def _push_delta(self, s: Stream, token, off: int, end: int, learn: bool = True) -> None:
+        label = self._cls(token)
+        if learn and self.cfg.use_model and len(s.classes) >= 1:
+            self.model.learn_one(self._features(s), label)
+        s.deltas.append(token)
+        s.sizes.append(end - off)
+        s.classes.append(label)
+        s.last_off, s.last_end, s.last_size = off, end, end - off
+
+    def _learn_delta(self, s: Stream, off: int, end: int, now: float) -> AddressPlan | None:
+        """A read of a stream without a (matching) trend: vote, maybe plan."""
+        token = self._token(s, off, end)
+        if token == 0:
+            return None
+        # a pending model chain: did the reader follow it?
+        if s.chain:
+            for i, (c_off, label) in enumerate(s.chain):
+                if abs(c_off - off) < QUANTUM:
+                    self.counters["model_hits"] += 1
+                    for c_off2, label2 in s.chain[: i + 1]:
+                        # the predicted deltas happened (unseen by the daemon: they were pushed)
+                        tok = label2 if label2 in (FWD, BWD) else int(label2)
+                        self.model.learn_one(self._features(s), label2)
+                        s.deltas.append(tok)
+                        s.classes.append(label2)
+                    s.last_off, s.last_end = off, end
+                    s.chain = []
+                    s.t = now
+                    return self._vote(s, now) or self._model_plan(s)
+            s.chain = []
+        self._push_delta(s, token, off, end)
+        s.t = now
+        return self._vote(s, now) or self._model_plan(s)
+
+    def _vote(self, s: Stream, now: float) -> AddressPlan | None:
+        cfg = self.cfg
+        if len(s.deltas) < cfg.min_votes:
+            return None
+        cand, votes = majority(list(s.deltas))
+        if cand is None or votes < cfg.min_votes or cand == 0:
+            s.trend = None
+            return None
+        size = sorted(s.sizes)[len(s.sizes) // 2]
+        ps = self.page_size
+        if cand in (FWD, BWD):
+            unit = -(-max(size, QUANTUM) // ps) * ps  # whole pages
+            step, extent = (unit, unit) if cand == FWD else (-unit, unit)
+            anchor = s.last_off // ps * ps
+        else:
+            step, extent = float(cand), size
+            if abs(step) < QUANTUM // 2:
+                return None
+            anchor = s.last_off
+        s.trend = (cand, step, extent)
+        s.anchor = anchor
+        s.frontier = 0
+        s.planned.clear()
+        s.unit = max(1, math.ceil(ps / abs(step)))
+        s.steps = min(cfg.ra_initial_steps * s.unit, self._cap_steps(step, extent))
+        return self._extend(s, 0)
+
+    def _advance(self, s: Stream, k: int, off: int, end: int, now: float) -> AddressPlan | None:
+        """A read on the stream's trend at step k: confirm, report what was passed, plan ahead."""
+        token, step, extent = s.trend
+        s.t = now
+        if not isinstance(token, str) and k >= 2 and abs(step) >= 2 * self.page_size:
+            # refine the stride over the longest baseline: quantised offsets err by <= 8 KiB / k
+            step = (off - s.anchor) / k
+            s.trend = (token, step, extent)
+        passed = max(0, k - max(0, round((s.last_off - s.anchor) / step)))
+        for _ in range(min(passed, self.cfg.vote_window)):
+            s.deltas.append(token)
+            s.classes.append(self._cls(token))
+        s.last_off, s.last_end = off, end
+        consumed: list[int] = []
+        while s.planned and s.planned[0][0] < k:
+            consumed.extend(s.planned.popleft()[1])
+        hit = s.marker_step >= 0 and (k >= s.marker_step or off // self.page_size <= s.marker_page <= (end - 1) // self.page_size)
+        if hit:
+            self.counters["marker_hits"] += 1
+            if s.hit_t >= 0 and now > s.hit_t:
+                r = abs(off - s.hit_off) / (now - s.hit_t)
+                s.rate = r if s.rate == 0 else 0.5 * s.rate + 0.5 * r
+            s.hit_t, s.hit_off = now, off
+            cap = self._cap_steps(step, extent)
+            if s.rate > 0 and self.fetch_latency_s > 0:
+                # timeliness: the reader must not catch up with pages still in flight
+                need = s.rate * self.fetch_latency_s * self.cfg.lead_factor / abs(step)
+                cap = min(cap, max(self.cfg.ra_initial_steps * s.unit, math.ceil(need)))
+            s.steps = max(min(2 * s.steps, cap), min(s.steps, cap))
+            s.marker_step = s.marker_page = -1
+        plan = None
+        if hit or s.frontier - k < max(s.unit, s.steps // 2):
+            plan = self._extend(s, k)
+        if plan is None:
+            plan = AddressPlan(s.id)
+        plan.consumed = consumed
+        return plan
+
+    def _extend(self, s: Stream, k: int) -> AddressPlan | None:
+        """Plan steps up to k + window; one marker page in the middle of what is new."""
+        token, step, extent = s.trend
+        target = k + s.steps
+        first = max(s.frontier, k) + 1
+        if target < first:
+            return None
+        pages: list[int] = []
+        seen = set(p for _, ps in s.planned for p in ps)
+        widen = 0 if isinstance(token, str) or abs(step) % QUANTUM == 0 else QUANTUM
+        new_steps = []
+        for j in range(first, target + 1):
+            lo = s.anchor + j * step
+            # requests are the reads aligned to 4 KiB: the true one starts in (lo - Q, lo + Q)
+            # and, its size being the aligned size, ends by lo + extent (+ Q when it starts late)
+            ps = [p for p in self._pages(lo - widen, lo + extent + (widen if extent < 2 * QUANTUM else 0)) if p not in seen]
+            if not ps and not (0 <= lo < self.params_bytes):
+                break
+            seen.update(ps)
+            new_steps.append((j, ps))
+            pages.extend(ps)
+        if not new_steps:
+            return None
+        s.planned.extend(new_steps)
+        s.frontier = new_steps[-1][0]
+        plan = AddressPlan(s.id, pages=pages, source="trend")
+        # the marker: the first page of the step half-way into the new part of the plan
+        for j, ps in new_steps[len(new_steps) // 2:]:
+            if ps:
+                plan.markers.add(ps[0])
+                s.marker_step, s.marker_page = j, ps[0]
+                break
+        self.counters["trend_plans"] += 1
+        return plan
+
+    def _model_plan(self, s: Stream) -> AddressPlan | None:
+        """No majority: chain the learned model's next-delta predictions while confident."""
+        cfg = self.cfg
+        # only streams with a full window of history: a young stream is noise until shown otherwise
+        if not cfg.use_model or not getattr(self.model, "ready", True) or len(s.deltas) < cfg.vote_window:
+            return None
+        hist = deque(s.classes, maxlen=8)
+        off, end = s.last_off, s.last_end
+        size = max(QUANTUM, end - off)
+        chain: list[tuple[int, str]] = []
+        pages: list[int] = []
+        conf = 1.0
+        for _ in range(cfg.model_steps):
+            x = {f"c{i + 1}": (list(hist)[-1 - i] if i < len(hist) else "_") for i in range(cfg.model_history)}
+            label, p = self.model.best(x)
+            if label is None or p < cfg.model_min_proba:
+                break
+            conf *= p
+            if conf < cfg.model_min_proba * cfg.model_min_proba:
+                break
+            if label == FWD:
+                off, end = end, end + size
+            elif label == BWD:
+                off, end = off - size, off
             else:
-                hi = vh.last_page + delta
-                lo = hi - ext + 1
-                end = lo
-            if lo < 0 or hi >= self.n_pages:
+                try:
+                    d = int(label)
+                except ValueError:
+                    break
+                off, end = off + d, off + d + size
+            if off < 0 or off >= self.params_bytes:
                 break
-            s.window.append(Step(lo, hi, label, delta, p))
-            n_pages += hi - lo + 1
-            vh.push(delta, label, end)
+            chain.append((off, label))
+            pages.extend(p2 for p2 in self._pages(off, end) if p2 not in pages)
+            hist.append(label)
+        if not chain:
+            return None
+        s.chain = chain
+        self.counters["model_plans"] += 1
+        plan = AddressPlan(s.id, pages=pages, source="model", confidence=conf)
+        last_pages = self._pages(chain[-1][0], chain[-1][0] + size)
+        if last_pages:
+            plan.markers.add(last_pages[0])
+        return plan
+
+    def forget(self, stream_id: int) -> None:
+        """The controller gave up on a stream's trend (its plans were wasted)."""
+        s = self.streams.get(stream_id)
+        if s is not None:
+            s.steps = max(1, s.steps // 2)
 
     def stats(self) -> dict:
         return {
             **self.counters,
             "streams": len(self.streams),
-            "classes": len(self.vocab),
-            "latency_ms": round(self.latency_s * 1e3, 3),
+            "trending": sum(1 for s in self.streams.values() if s.trend is not None),
+            "predict_us": round(1e6 * self.predict_s / self.predicts, 2) if self.predicts else 0.0,
         }

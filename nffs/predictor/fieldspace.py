@@ -1,145 +1,216 @@
-"""Field-space prediction: which pages the next ``query`` / ``at/`` / concept batch gathers.
+"""Field-space prediction: the motion of query batches as a similarity transform.
 
-The hash spreads one point's corners over a whole level, so page deltas carry no
-signal here. Instead the predictor learns how the *points* move. After every batch,
-``history.MotionHistory`` labels the move from the previous batch with the motion
-model that explains it — ``still`` (d = 0), ``vel`` (constant velocity, d = v) or
-``acc`` (constant acceleration, d = 2v - v') — when the batch is a rigid shift of the
-previous one, else ``other``. The model (Hoeffding tree or Markov) learns that label
-from the features of the history before the move (last labels, speed, turn, rigidity,
-each candidate's last error), and predicts the next one.
+The hash spreads one point's corners over the whole table, so page deltas carry no
+signal; the points do. A camera re-uses its fan of rays from frame to frame, so two
+consecutive batches of the same size correspond point by point, and the motion between
+them is the similarity transform ``B ≈ s R A + t`` that Umeyama's method (Kabsch /
+Procrustes with scale) fits in closed form: translation (pan), rotation about any
+centre (orbit: ``t`` absorbs the centre) and scaling about a point (zoom). When the
+batch size changes, the fit falls back to centroids, spreads and principal axes.
 
-The prediction is the last batch shifted by the predicted displacement, for each of
-the next ``k`` batches (``k`` covers ``horizon_s`` seconds at the observed batch rate,
-at most ``max_steps``: a burst of new pages — the path crossing a coarse cell — is then
-fetched several batches ahead). Each batch computes steps 1, 2 and ``k`` only: the steps
-in between were the far end of the previous plans. Their corner entries (``hashgrid.corner_entries``) name
-exactly the pages those batches would gather (``hashgrid.touched_pages``). Only the
-levels whose cells are much larger than the error this motion class has been making
-(``err_factor`` × its running error × k) are prefetched: a fine level is worth fetching
-only if the prediction lands in the same cells. Work is capped: at most ``max_points``
-points over all the steps (an even subsample of the batch beyond that) and
-``max_pages`` pages, nearest step first and coarse levels first within a step.
+The fitted motion is applied again (constant velocity) to extrapolate one or more
+frames ahead; the encoding then says exactly which pages the predicted points touch.
+
+How much to trust it is measured, not assumed: each new batch is compared with the
+prediction made for it, and the prediction error ``e`` decides per level: level ``l``
+is predictable when ``e * scale_l <= field_cell_fraction`` (the error is a small part
+of a cell). Fixed ray fans moving smoothly predict every level; samples jittered along
+the rays predict only the coarse levels, whose cells are much larger than the jitter;
+random batches predict none, and nothing is issued. Coarse levels are a prefix of the
+parameter layout, so a truncated layout hashes only them.
+
+Pure computation (numpy, no trio): runs in the learning thread.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+import dataclasses
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..encoding import hashgrid
 from ..encoding.layout import FieldLayout
-from .history import MOTIONS, OTHER, MotionHistory
-from .models import Predictor
+from .config import PrefetchConfig
 
 
 @dataclass
 class FieldPlan:
-    #: the predicted next batches, nearest first: (points (n, D) float32, levels to fetch)
-    steps: list[tuple[np.ndarray, np.ndarray]]
-    label: str
-    conf: float
+    frames: list[np.ndarray] = field(default_factory=list)  # pages per frame ahead, coarse levels first
+    levels: int = 0  # levels judged predictable
+    error: float = 0.0  # measured prediction error of the last frame (field units)
+    kind: str = ""  # "rigid" (point-to-point fit) or "moments" (fallback)
+
+
+def umeyama(a: np.ndarray, b: np.ndarray, with_scale: bool = True) -> tuple[float, np.ndarray, np.ndarray]:
+    """Least-squares similarity (s, R, t) with ``b ≈ s * a @ R.T + t`` (Umeyama 1991)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    ma, mb = a.mean(axis=0), b.mean(axis=0)
+    ac, bc = a - ma, b - mb
+    n, d = a.shape
+    cov = bc.T @ ac / n
+    u, sig, vt = np.linalg.svd(cov)
+    sign = np.ones(d)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[-1] = -1.0
+    r = (u * sign) @ vt
+    var_a = (ac * ac).sum() / n
+    s = float((sig * sign).sum() / var_a) if with_scale and var_a > 0 else 1.0
+    t = mb - s * (r @ ma)
+    return s, r, t
+
+
+def apply(s: float, r: np.ndarray, t: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    return s * (np.asarray(pts, dtype=np.float64) @ r.T) + t
+
+
+def _moments(p: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+    c = p.mean(axis=0)
+    q = p - c
+    spread = float(np.sqrt((q * q).sum(axis=1).mean()))
+    if p.shape[0] > p.shape[1]:
+        _, _, vt = np.linalg.svd(q[: min(len(q), 4096)], full_matrices=False)
+    else:
+        vt = np.eye(p.shape[1])
+    return c, spread, vt
 
 
 class FieldPredictor:
-    def __init__(
-        self,
-        model: Predictor,
-        layout: FieldLayout,
-        *,
-        max_points: int = 16384,
-        max_pages: int = 256,
-        max_steps: int = 8,
-        horizon_s: float = 0.25,
-        min_conf: float = 0.5,
-        err_factor: float = 8.0,
-        tol: float = 1e-2,
-    ) -> None:
-        self.model = model
+    def __init__(self, cfg: PrefetchConfig, layout: FieldLayout, seed: int = 0) -> None:
+        self.cfg = cfg
         self.layout = layout
-        self.max_points = max_points
-        self.max_pages = max_pages
-        self.max_steps = max_steps
-        self.horizon_s = horizon_s
-        self.min_conf = min_conf
-        self.err_factor = err_factor
-        self.motion = MotionHistory(layout.dims, tol=tol)
-        self.cell = 1.0 / np.maximum(layout.level_scales.astype(np.float64), 1e-12)
-        self.err = {m: 0.0 for m in MOTIONS}
-        self.pending_x: dict | None = None
-        self.predicted: str | None = None
-        self.interval = 0.0  # seconds between batches, EWMA
-        self._t_last = 0.0
-        self.counters = {"batches": 0, "predictions": 0, "correct": 0, "steps": 0}
+        self.scales = np.array([lv.scale for lv in layout.levels], dtype=np.float64)
+        self._prefix: dict[int, FieldLayout] = {}
+        self._rng = np.random.default_rng(seed)
+        self.prev: np.ndarray | None = None
+        self.motion: tuple[float, np.ndarray, np.ndarray] | None = None
+        self.expected: np.ndarray | None = None  # prediction for the next batch (same N)
+        self.expected_moments: tuple | None = None
+        self.counters = {"batches": 0, "fits": 0, "plans": 0, "levels_sum": 0, "skipped_small": 0}
+        self.last_error = float("inf")
+        self.predict_s = 0.0
+        self.predicts = 0
 
-    def observe(self, points: np.ndarray, now: float = 0.0) -> FieldPlan | None:
-        """Learn from a batch that is being gathered now; plan the next ones."""
+    def _layout_prefix(self, k: int) -> FieldLayout:
+        if k >= self.layout.n_levels:
+            return self.layout
+        lay = self._prefix.get(k)
+        if lay is None:
+            lay = FieldLayout(dataclasses.replace(self.layout.cfg, levels=k))
+            self._prefix[k] = lay
+        return lay
+
+    def predictable_levels(self, error: float) -> int:
+        """Levels (a prefix) whose cells are large against the prediction error."""
+        ok = error * self.scales <= self.cfg.field_cell_fraction
+        return int(np.argmin(ok)) if not ok.all() else int(ok.size)
+
+    def _sample(self, pts: np.ndarray) -> np.ndarray:
+        n = pts.shape[0]
+        if n <= self.cfg.field_max_points:
+            return pts
+        idx = np.sort(self._rng.choice(n, self.cfg.field_max_points, replace=False))
+        return pts[idx]
+
+    def observe(self, points: np.ndarray) -> FieldPlan | None:
+        t0 = time.perf_counter()
+        try:
+            return self._observe(points)
+        finally:
+            self.predict_s += time.perf_counter() - t0
+            self.predicts += 1
+
+    def _observe(self, points: np.ndarray) -> FieldPlan | None:
+        cfg = self.cfg
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, self.layout.dims)
         self.counters["batches"] += 1
-        if self._t_last and now > self._t_last:
-            dt = now - self._t_last
-            self.interval = dt if self.interval == 0.0 else 0.8 * self.interval + 0.2 * dt
-        self._t_last = now
-        label, error = self.motion.observe(points)
-        if label is not None:
-            if self.pending_x is not None:
-                self.model.learn_one(self.pending_x, label)
-            if self.predicted is not None and self.predicted == label:
-                self.counters["correct"] += 1
-            if label != OTHER:
-                self.err[label] = error if self.err[label] == 0.0 else 0.7 * self.err[label] + 0.3 * error
-        x = self.motion.features()
-        self.pending_x = x
-        label, p = self.model.best(x)
-        self.predicted = label
-        if label is None or label == OTHER or p < self.min_conf or points.shape[0] == 0:
+        if pts.shape[0] < cfg.field_min_points:
+            self.counters["skipped_small"] += 1
             return None
-        if self.motion.displacement(label, 1) is None:
+        # 1. how good was the prediction made for this batch?
+        error = float("inf")
+        if self.expected is not None and self.expected.shape == pts.shape:
+            error = float(np.sqrt(((pts - self.expected) ** 2).sum(axis=1).mean()))
+        elif self.expected_moments is not None:
+            c, spread, _ = _moments(pts)
+            ec, espread = self.expected_moments
+            error = float(np.linalg.norm(c - ec) + abs(spread - espread))
+        self.last_error = error
+        # 2. fit the motion from the previous batch
+        prev = self.prev
+        self.prev = pts
+        kind = ""
+        if prev is not None and prev.shape == pts.shape:
+            self.motion = umeyama(prev, pts)
+            kind = "rigid"
+        elif prev is not None:
+            ca, sa, va = _moments(prev)
+            cb, sb, vb = _moments(pts)
+            # rotation taking a's principal axes to b's, each axis sign chosen to turn least
+            signs = np.sign((va * vb).sum(axis=1))
+            signs[signs == 0] = 1.0
+            r = (vb * signs[:, None]).T @ va
+            s = sb / sa if sa > 0 else 1.0
+            self.motion = (s, r, cb - s * (r @ ca))
+            kind = "moments"
+        else:
+            self.motion = None
+        self.expected = self.expected_moments = None
+        if self.motion is None:
             return None
-        self.counters["predictions"] += 1
-        k_max = self.max_steps
-        if self.interval > 0.0:
-            k_max = max(1, min(self.max_steps, math.ceil(self.horizon_s / self.interval)))
-        pts = np.asarray(points, dtype=np.float64)
-        per_step = max(1, self.max_points // k_max)
-        if pts.shape[0] > per_step:
-            pts = pts[:: -(-pts.shape[0] // per_step)]
-        steps = []
-        # The batches in between were the far end of earlier plans: only the nearest ones
-        # (to correct them) and the new far end are computed each time.
-        for k in sorted({1, 2, k_max} if k_max > 2 else set(range(1, k_max + 1))):
-            levels = np.flatnonzero(self.cell > self.err_factor * self.err[label] * k)
-            if levels.size == 0:
+        self.counters["fits"] += 1
+        s, r, t = self.motion
+        # 3. extrapolate; remember the next-frame prediction to measure it
+        frames: list[np.ndarray] = []
+        cur = pts
+        plan = FieldPlan(error=error, kind=kind)
+        for f in range(1, cfg.field_frames_ahead + 1):
+            cur = apply(s, r, t, cur)
+            if f == 1:
+                if kind == "rigid":
+                    self.expected = cur
+                else:
+                    c, spread, _ = _moments(cur)
+                    self.expected_moments = (c, spread)
+            k = self.predictable_levels(error * f)
+            if f == 1:
+                plan.levels = k
+            if k == 0 or not np.isfinite(error):
                 break
-            d = self.motion.displacement(label, k)
-            steps.append((np.clip(pts + d, 0.0, 1.0).astype(np.float32), levels))
-        if not steps:
+            frames.append(self._pages_of(cur, k))
+        if not frames:
             return None
-        self.counters["steps"] = len(steps)
-        return FieldPlan(steps, label, p)
+        self.counters["plans"] += 1
+        self.counters["levels_sum"] += plan.levels
+        plan.frames = frames
+        return plan
 
-    def pages(self, plan: FieldPlan) -> tuple[np.ndarray, int]:
-        """Pages the planned batches touch, nearest batch first (uint64, unique), and how
-        many of them the very next batch touches (they come first); pure numpy.
+    def _pages_of(self, pts: np.ndarray, k: int) -> np.ndarray:
+        """Pages the points touch in levels < k, coarse levels first, at most the page budget."""
+        lay = self._layout_prefix(k)
+        sample = self._sample(np.clip(pts, 0.0, 1.0).astype(np.float32))
+        entries, _ = hashgrid.corner_entries(lay, sample)
+        budget = self.cfg.field_page_budget
+        row = self.layout.features * self.layout.itemsize
+        shift = np.uint64(self.layout.page_size.bit_length() - 1)
+        # pages level by level (coarse first); first occurrence wins, order kept
+        per_level = [(entries[level].reshape(-1) * np.uint64(row)) >> shift for level in range(k)]
+        flat = np.concatenate(per_level).astype(np.int64)
+        uniq, first = np.unique(flat, return_index=True)
+        pages = uniq[np.argsort(first, kind="stable")]
+        return pages[:budget]
 
-        Not capped: the caller drops the pages that are already cheap (most of them: the
-        next batches overlap the last one) before taking at most ``max_pages``.
-        """
-        parts = []
-        for points, levels in plan.steps:
-            entries, _ = hashgrid.corner_entries(self.layout, points)
-            if levels.size < entries.shape[0]:
-                entries = entries[levels]
-            parts.append(hashgrid.touched_pages(self.layout, np.ascontiguousarray(entries)))
-        if len(parts) == 1:
-            return parts[0], len(parts[0])
-        allp = np.concatenate(parts)
-        _, first = np.unique(allp, return_index=True)
-        return allp[np.sort(first)], len(parts[0])
+    def point_pages(self, points: np.ndarray) -> np.ndarray:
+        """Every page the points touch (all levels): hints."""
+        entries, _ = hashgrid.corner_entries(self.layout, np.asarray(points, dtype=np.float32).reshape(-1, self.layout.dims))
+        return hashgrid.touched_pages(self.layout, entries).astype(np.int64)
 
     def stats(self) -> dict:
+        b = self.counters
         return {
-            **self.counters,
-            "interval_ms": round(self.interval * 1e3, 3),
-            "motion_error": {k: float(f"{v:.3g}") for k, v in self.err.items()},
+            **b,
+            "mean_levels": round(b["levels_sum"] / b["plans"], 2) if b["plans"] else 0.0,
+            "last_error": None if not np.isfinite(self.last_error) else round(self.last_error, 6),
+            "predict_us": round(1e6 * self.predict_s / self.predicts, 2) if self.predicts else 0.0,
         }

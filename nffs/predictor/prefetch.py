@@ -1,158 +1,56 @@
-"""The prefetch policy: observe accesses, predict, fetch ahead, push into the kernel cache.
+"""The prefetch policy: observe accesses, predict off the trio thread, fetch ahead, push.
 
-Wiring (``fs/daemon.py``): ``Prefetcher(store, layout, kind, push=ops.push_page,
-field=field)`` registers itself on ``store.access_listeners`` and
-``field.point_listeners``; ``await nursery.start(prefetcher.run)`` runs it in the
-daemon's nursery; ``hint(pages)`` takes the ``hints`` file; ``stats()`` goes into
-``stats`` under ``"prefetch"``.
+Wiring (the daemon)::
+
+    prefetcher = Prefetcher(store.port, layout, kind=opts.prefetch, push=ops.push_page)
+    field.point_listeners.append(prefetcher.on_points)
+    ops.hint_sink = prefetcher.hint
+    await nursery.start(prefetcher.run)
+    ... stats()["prefetch"] = prefetcher.stats()
+
+The predictor sees the store only through :mod:`nffs.tiers.port`.
 
 Never blocking a demand read:
 
-- listeners only append to bounded ring buffers and set an event (O(pages of the access));
-- learning and prediction run in the prefetch task, the point-set geometry of field
-  space in a worker thread; a backlog of reads is thinned to the newest ``max_backlog``;
-- fetches run in ``concurrency`` worker tasks (a bounded pool, 8 by default, so the
-  store's I/O slots are never all taken by prefetch), each waiting while demand reads
-  are queued on slow tiers;
-- a prefetch never writes: pushes into the kernel cache skip dirty pages and pages read
-  or pushed in the last ``repush_after_s`` seconds (the kernel may hold them dirty from
-  an mmap writer), and a page written while it was being fetched is pushed again fresh.
+- the access and point listeners only append to one bounded queue (full: drop the
+  item and count it) and wake the drain task;
+- the drain task does the ledger's bookkeeping (a dict lookup per page) and hands the
+  events to a worker thread (``trio.to_thread``) where learning and prediction run;
+- ``concurrency`` fetch tasks take planned pages; before each fetch they yield while
+  demand reads wait on a slow tier; fetches go through ``port.fetch(page, PREFETCH)``.
 
-The ledger and the statistics are described in docs/prefetch.md.
+Never stale: a fetched page is pushed into the kernel cache only if its version did not
+change between the fetch and the end of the push (else it is fetched and pushed again),
+and never over a page the kernel may hold already (read, written or pushed within
+``repush_after_s``: it could be dirty through mmap).
 """
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from collections import OrderedDict, deque
-from itertools import islice
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Sequence
 
 import numpy as np
 import trio
 
-from .address import AddressPredictor
-from .fieldspace import FieldPredictor
+from ..tiers.port import AccessEvent, AccessKind, PrefetchPort, Priority
+from .address import AddressPlan, AddressPredictor
+from .config import PrefetchConfig
+from .fieldspace import FieldPlan, FieldPredictor
+from .ledger import INFLIGHT, QUEUED, SPACES, Entry, Ledger
 from .models import Predictor, make_model
 
 log = logging.getLogger(__name__)
 
-QUEUED, INFLIGHT, READY = 0, 1, 2
-SPACES = ("address", "field", "hint")
-
 PushFn = Callable[[int, bytes], Awaitable[None]]
 
 
-class Entry:
-    __slots__ = ("space", "state", "push", "pushed", "conf", "t", "stream", "boost")
-
-    def __init__(self, space: str, push: bool, conf: float, t: float, stream: int) -> None:
-        self.space = space
-        self.state = QUEUED
-        self.push = push
-        self.pushed = False
-        self.conf = conf
-        self.t = t
-        self.stream = stream
-        self.boost = 0.0  # heat this prefetch added to the page in the store
-
-
-class Ledger:
-    """Every page asked for, from queued to used (or wasted): the source of the statistics.
-
-    - *issued*: a fetch started (queued pages that are cancelled, used first or already
-      cheap never count);
-    - *useful*: an issued page that was then used — read or gathered by the daemon, or
-      skipped over by a reader that continued past it in a pushed window (inferred);
-    - *late*: a useful page whose demand came while the prefetch was still in flight;
-    - *wasted*: an issued page not used within ``ttl_s``, or (field space) no longer cheap
-      to gather (evicted) before it was used.
-    """
-
-    def __init__(self, capacity: int = 1 << 14, ttl_s: float = 30.0, release: Callable[[int, Entry], None] | None = None) -> None:
-        self.capacity = capacity
-        self.ttl_s = ttl_s
-        #: called with every started entry that leaves the ledger (used, wasted, failed)
-        self.release = release or (lambda page, e: None)
-        self.entries: OrderedDict[int, Entry] = OrderedDict()
-        self.counts = {s: {"issued": 0, "useful": 0, "inferred": 0, "late": 0, "wasted": 0, "pushed": 0, "cancelled": 0} for s in SPACES}
-
-    def get(self, page: int) -> Entry | None:
-        return self.entries.get(page)
-
-    def add(self, page: int, entry: Entry) -> None:
-        self.entries[page] = entry
-        while len(self.entries) > self.capacity:
-            old_page, old = self.entries.popitem(last=False)
-            self._retire(old_page, old)
-
-    def _retire(self, page: int, e: Entry) -> None:
-        if e.state == QUEUED:
-            self.counts[e.space]["cancelled"] += 1
-        else:
-            self.counts[e.space]["wasted"] += 1
-            self.release(page, e)
-
-    def started(self, page: int, e: Entry) -> None:
-        e.state = INFLIGHT
-        self.counts[e.space]["issued"] += 1
-
-    def used(self, page: int, inferred: bool = False) -> None:
-        e = self.entries.get(page)
-        if e is None:
-            return
-        if e.state == QUEUED:
-            if inferred:
-                return  # not fetched yet: the reader cannot have found it in a cache
-            del self.entries[page]  # demand got there first: the fetch is pointless now
-            self.counts[e.space]["cancelled"] += 1
-            return
-        if inferred and not e.pushed:
-            return
-        del self.entries[page]
-        self.release(page, e)
-        c = self.counts[e.space]
-        c["useful"] += 1
-        if inferred:
-            c["inferred"] += 1
-        if e.state == INFLIGHT:
-            c["late"] += 1
-
-    def cancel(self, page: int) -> None:
-        e = self.entries.get(page)
-        if e is not None and e.state == QUEUED:
-            del self.entries[page]
-            self.counts[e.space]["cancelled"] += 1
-
-    def drop(self, page: int) -> None:
-        """A page whose prefetch failed or turned out pointless: forget it, as wasted."""
-        e = self.entries.pop(page, None)
-        if e is not None and e.state != QUEUED:
-            self.counts[e.space]["wasted"] += 1
-            self.release(page, e)
-
-    def expire(self, now: float, still_cheap: Callable[[int], bool], budget: int = 512) -> None:
-        """Retire entries older than the TTL, and field prefetches that lost their memory copy."""
-        for page in list(islice(self.entries, budget)):
-            e = self.entries[page]
-            if e.state == READY and e.space != "address" and not still_cheap(page):
-                del self.entries[page]
-                self.counts[e.space]["wasted"] += 1
-                self.release(page, e)
-            elif now - e.t > self.ttl_s:
-                del self.entries[page]
-                self._retire(page, e)
-
-    def pending(self, space: str) -> int:
-        return sum(1 for e in self.entries.values() if e.space == space and e.state != QUEUED)
-
-
 class RecentPages:
-    """Pages read by the daemon or pushed into the kernel cache recently (bounded LRU)."""
+    """Pages the kernel may hold (read, written or pushed recently): a bounded LRU of times."""
 
-    def __init__(self, capacity: int = 1 << 16, horizon_s: float = 120.0) -> None:
+    def __init__(self, capacity: int = 1 << 17, horizon_s: float = 120.0) -> None:
         self.capacity = capacity
         self.horizon_s = horizon_s
         self._t: OrderedDict[int, float] = OrderedDict()
@@ -171,416 +69,423 @@ class RecentPages:
 class Prefetcher:
     def __init__(
         self,
-        store,
+        port: PrefetchPort,
         layout,
-        kind: str = "hoeffding",
         *,
+        kind: str = "hoeffding",
         push: PushFn | None = None,
+        config: PrefetchConfig | None = None,
         field=None,
-        concurrency: int = 8,
-        max_backlog: int = 256,
-        repush_after_s: float = 120.0,
-        heat_boost: float = 4.0,
     ) -> None:
-        self.store = store
+        if not hasattr(port, "add_listener"):
+            # transitional: a store without the typed port (before issue #7 lands)
+            port = getattr(port, "port", None) or _legacy_port(port)
+        self.port = port
         self.layout = layout
         self.kind = kind
+        self.cfg = config or PrefetchConfig.from_env()
         self.push = push
-        self.concurrency = concurrency
-        # A fetched page must outlive, in the memory tier, the pages around it until it is
-        # used: it gets `heat_boost` x confidence accesses' worth of heat (a demand read
-        # gives one), so the store's coldest-first eviction takes other pages first.
-        self.heat_boost = heat_boost
-        self.max_backlog = max_backlog
-        self.address_model: Predictor = make_model(kind, lazy=True)
-        self.field_model: Predictor = make_model(kind, lazy=True)
-        self.address = AddressPredictor(self.address_model, layout.n_pages, layout.page_size)
-        self.fieldp = FieldPredictor(self.field_model, layout)
-        self.ledger = Ledger(release=self._withdraw)
-        self.recent = RecentPages(horizon_s=repush_after_s)
-        self._reads: deque[tuple[int, int, float]] = deque(maxlen=4096)
-        self._batches: deque[np.ndarray] = deque(maxlen=4)
-        self._hints: deque[list[int]] = deque(maxlen=64)
-        self._queue: deque[int] = deque()
-        self._wake = trio.Event()
-        self._work = trio.Event()
-        self._own_loading = 0
-        # The store runs at most `io slots` slow-tier reads at once; prefetch takes at most
-        # `concurrency` of them and waits whenever demand reads need more than the rest.
-        limiter = getattr(store, "_io_limiter", None)
-        io_slots = int(getattr(limiter, "total_tokens", 16))
-        self._demand_room = max(0, io_slots - concurrency)
-        self._stream_pages: dict[int, set[int]] = {}
-        self.counters = {
-            "reads_seen": 0,
-            "gathers_seen": 0,
-            "batches_seen": 0,
-            "reads_dropped": 0,
-            "batches_dropped": 0,
-            "hinted": 0,
-            "slow_fetches": 0,
-            "cheap_fetches": 0,
-            "errors": 0,
-            "repushed": 0,
-            "push_skipped": 0,
-        }
-        self._fetch_s = 0.0
-        self.loop_lag_max = 0.0
-        trace = os.environ.get("NFFS_PREFETCH_TRACE")
-        self._trace = open(trace, "a", buffering=1) if trace else None
-        store.access_listeners.append(self._on_access)
-        if field is not None:
-            field.point_listeners.append(self._on_points)
+        self.model: Predictor = make_model(kind, lazy=True)
+        self.address = AddressPredictor(self.cfg, self.model, page_size=layout.page_size, params_bytes=layout.params_bytes)
+        self.fieldp = FieldPredictor(self.cfg, layout)
+        self.ledger = Ledger(self.cfg, release=self._release)
+        self.recent = RecentPages(horizon_s=self.cfg.repush_after_s)
+        self._queue: deque = deque()  # ("event", AccessEvent) | ("points", ndarray) | ("hint", ...)
+        self._fetchq: deque = deque()
+        self._fetch_ready: trio.Event | None = None
+        self._wake: trio.Event | None = None
+        self._token = None
+        self._wake_pending = False
+        self.counters = {"events": 0, "batches": 0, "dropped": 0, "think_calls": 0, "think_s": 0.0,
+                         "push_redone": 0, "fetches_inflight": 0, "cheap_skipped": 0}
+        self._cheap_run = 0
+        self._last_write = -1e9
+        port.add_listener(self._on_event)
+        if field is not None:  # transitional wiring (the daemon will append on_points itself)
+            field.point_listeners.append(self.on_points)
 
-    def _t(self, *what) -> None:
-        """Debug trace (NFFS_PREFETCH_TRACE=FILE): one line per event, for tuning."""
-        if self._trace is not None:
-            self._trace.write(f"{time.monotonic():.6f} " + " ".join(map(str, what)) + "\n")
-
-    # ------------------------------------------------------------------ listeners (O(1))
-    def _on_access(self, pages) -> None:
-        # The store calls listeners from read() (a params/levels read that reached the
-        # daemon) and from its gathers (pages a query/at/concept batch needed). Only the
-        # former are address-space history; both count as uses of prefetched pages.
-        try:
-            self._access(sys._getframe(1).f_code.co_name, pages)
-        except Exception:  # never fail the demand read that called us
-            log.exception("prefetch: access listener failed")
-
-    def _access(self, caller: str, pages) -> None:
-        pages = list(pages)
-        if not pages:
+    # ------------------------------------------------------------------ listeners (any thread)
+    def _enqueue(self, item) -> None:
+        if len(self._queue) >= self.cfg.queue_capacity:
+            self.counters["dropped"] += 1
             return
-        now = time.monotonic()
-        if self._trace is not None:
-            st = [self.ledger.get(p) for p in pages]
-            self._t("access", caller, len(pages), "ready", sum(1 for e in st if e and e.state == READY),
-                    "inflight", sum(1 for e in st if e and e.state == INFLIGHT), "queued", sum(1 for e in st if e and e.state == QUEUED))
-        for page in pages:
-            self.ledger.used(page)
-        if caller == "read":
-            if self._trace is not None:
-                self._t("read", min(pages), max(pages))
-            self.counters["reads_seen"] += 1
-            for page in pages:
-                self.recent.add(page, now)
-            if len(self._reads) == self._reads.maxlen:
-                self.counters["reads_dropped"] += 1
-            self._reads.append((min(pages), max(pages), now))
+        self._queue.append(item)
+        if self._token is None or self._wake_pending:
+            return
+        self._wake_pending = True
+        try:
+            on_trio = trio.lowlevel.current_trio_token() is self._token
+        except RuntimeError:
+            on_trio = False
+        if on_trio:
             self._wake.set()
         else:
-            self.counters["gathers_seen"] += 1
+            try:
+                self._token.run_sync_soon(self._set_wake)
+            except trio.RunFinishedError:
+                pass
 
-    def _on_points(self, points: np.ndarray) -> None:
-        if self._trace is not None:
-            ready = [p for p, e in self.ledger.entries.items() if e.state == READY and e.space == "field"]
-            self._t("batch", points.shape[0], "ready", len(ready), "evicted", sum(1 for p in ready if not self.store.is_fast(p)),
-                    "dram", [t.pages for t in self.store.memory_tiers])
-        self.counters["batches_seen"] += 1
-        if len(self._batches) == self._batches.maxlen:
-            self.counters["batches_dropped"] += 1
-        self._batches.append(points)
-        self._wake.set()
+    def _set_wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
 
-    def hint(self, pages: list[int]) -> None:
-        """Pages an application announced (``hints`` file): fetch and push them."""
-        self._hints.append(list(pages)[:8192])
-        self._wake.set()
+    def _on_event(self, ev: AccessEvent) -> None:
+        self.counters["events"] += 1
+        self._enqueue(("event", ev))
 
-    # ------------------------------------------------------------------ the task
+    def on_points(self, points: np.ndarray) -> None:
+        """A batch of query/at/concept points (field space). A huge batch is thinned to a
+        fixed stride (the same points of the same-sized next batch, so the motion fit still
+        pairs them) before the copy, so the caller's thread copies little."""
+        self.counters["batches"] += 1
+        n = len(points)
+        step = -(-n // self.cfg.field_max_points) if n > self.cfg.field_max_points else 1
+        self._enqueue(("points", np.array(points[::step], dtype=np.float32, copy=True)))
+
+    def hint(self, what) -> None:
+        """An application hint: a ``hints`` line (``page P``, ``range OFF LEN``, ``point x y z``),
+        a point (ndarray of D floats, or (N, D)), or page numbers."""
+        if isinstance(what, (str, bytes)):
+            line = what.decode() if isinstance(what, bytes) else what
+            word, _, rest = line.strip().partition(" ")
+            if word == "page":
+                self._enqueue(("hint", [int(rest)], True))
+            elif word == "range":
+                off, length = (int(v) for v in rest.split())
+                ps = self.layout.page_size
+                end = min(off + length, self.layout.params_bytes)
+                if end > off >= 0:
+                    self._enqueue(("hint", list(range(off // ps, (end - 1) // ps + 1)), True))
+            elif word == "point":
+                pts = np.array([float(v) for v in rest.replace(",", " ").split()], dtype=np.float32)
+                self._enqueue(("hintpoints", pts))
+            else:
+                raise ValueError(f"unknown hint {line!r} (concepts are resolved to points by the daemon)")
+        elif isinstance(what, np.ndarray) and what.dtype.kind == "f":
+            self._enqueue(("hintpoints", what.astype(np.float32)))
+        else:
+            self._enqueue(("hint", [int(p) for p in what], True))
+
+    # ------------------------------------------------------------------ tasks
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        if 0 < self.cfg.gil_switch_interval_s < sys.getswitchinterval():
+            # our learning thread must not hold the FUSE thread up for a whole 5 ms slice
+            sys.setswitchinterval(self.cfg.gil_switch_interval_s)
+        self._token = trio.lowlevel.current_trio_token()
+        self._wake = trio.Event()
+        self._fetch_ready = trio.Event()
         async with trio.open_nursery() as nursery:
-            for _ in range(self.concurrency):
+            nursery.start_soon(self._drain)
+            for _ in range(self.cfg.concurrency):
                 nursery.start_soon(self._worker)
             nursery.start_soon(self._housekeeping)
-            nursery.start_soon(self._build_models)
+            nursery.start_soon(self._build_model)
             task_status.started()
-            while True:
-                await self._wake.wait()
-                self._wake = trio.Event()
-                try:
-                    await self._drain()
-                except Exception:  # a bug here must never take the file system down
-                    log.exception("prefetch prediction failed")
+            if self._queue:
+                self._wake.set()
 
-    async def _build_models(self) -> None:
-        """River takes seconds to import: build the trees in a thread while the mount serves."""
-        for model in (self.address_model, self.field_model):
-            build = getattr(model, "build", None)
-            if build is not None and not model.ready:
-                try:
-                    model.install(await trio.to_thread.run_sync(build))
-                except Exception:
-                    log.exception("cannot build the %s model: prefetch stays off", self.kind)
+    async def _build_model(self) -> None:
+        build = getattr(self.model, "build", None)
+        if build is None or getattr(self.model, "model", None) is not None:
+            return
+        try:
+            model = await trio.to_thread.run_sync(build)
+        except Exception:  # no river: the trend detector still works
+            log.exception("building the %s model", self.kind)
+            return
+        self._pending_model = model
+        self._wake.set()  # the drain task installs it between two thinking rounds
 
     async def _drain(self) -> None:
-        while self._hints:
-            pages = self._hints.popleft()
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            self._wake_pending = False
+            items = []
+            while self._queue:
+                items.append(self._queue.popleft())
+            pending_model = getattr(self, "_pending_model", None)
+            if pending_model is not None:
+                self._pending_model = None
+                if not items:  # no thinking round in flight: install it here
+                    self.model.install(pending_model)
+                    continue
+            if not items:
+                continue
             now = time.monotonic()
-            for page in pages:
-                if 0 <= page < self.layout.n_pages:
-                    self.counters["hinted"] += 1
-                    self._want(page, "hint", True, 1.0, now, 0)
-            self._work.set()
-        if len(self._reads) > self.max_backlog:
-            # fell behind: learn from the newest reads only
-            drop = len(self._reads) - self.max_backlog
-            self.counters["reads_dropped"] += drop
-            for _ in range(drop):
-                self._reads.popleft()
-        n = 0
-        while self._reads:
-            first, last, t = self._reads.popleft()
-            self._observe_read(first, last, t)
-            n += 1
-            if n % 16 == 0:
-                await trio.lowlevel.checkpoint()
-        while self._batches:
-            points = self._batches.popleft()
-            if self._batches:
-                # only the newest batch is worth predicting from; older ones still teach
-                self.fieldp.observe(points, time.monotonic())
+            keep = []
+            for item in items:
+                if item[0] != "event" or self._account(item[1], now):
+                    keep.append(item)
+            items = keep
+            if not items:
                 continue
-            await self._observe_batch(points)
+            t0 = time.perf_counter()
+            results = await trio.to_thread.run_sync(self._think, items, pending_model)
+            self.counters["think_calls"] += 1
+            self.counters["think_s"] += time.perf_counter() - t0
+            try:
+                self._apply(results, time.monotonic())
+            except Exception:  # a bug here must not take the mount down: log it, go on
+                log.exception("applying prefetch plans failed")
 
-    def _observe_read(self, first: int, last: int, t: float) -> None:
-        plan = self.address.observe(first, last, t)
-        if plan is None:
-            return
-        for page in plan.consumed:
-            self.ledger.used(page, inferred=True)
-        if self._trace is not None and plan.window:
-            trips = [p for p, push, _ in plan.window if not push]
-            self._t("plan", plan.stream, "consumed", plan.consumed, "window", plan.window[0][0], plan.window[-1][0], len(plan.window), "trip", trips)
-        wanted = {page for page, _, _ in plan.window}
-        old = self._stream_pages.get(plan.stream)
-        if old:
-            for page in old - wanted:
-                self.ledger.cancel(page)
-        self._stream_pages[plan.stream] = wanted
-        if len(self._stream_pages) > 4 * self.address.max_streams:
-            live = set(self.address.streams)
-            self._stream_pages = {k: v for k, v in self._stream_pages.items() if k in live}
-        now = time.monotonic()
-        for page, push, conf in plan.window:
-            self._want(page, "address", push and self.push is not None, conf, now, plan.stream)
-        if plan.window:
-            self._work.set()
-
-    async def _observe_batch(self, points: np.ndarray) -> None:
-        plan = self.fieldp.observe(points, time.monotonic())
-        if plan is None:
-            return
-        pages, n_next = await trio.to_thread.run_sync(self.fieldp.pages, plan)
-        valid = getattr(self.store, "_resident_valid", None)
-        if valid is not None and pages.size:
-            keep = ~valid[pages.astype(np.int64)]  # not yet in the gather table
-            n_next = int(keep[:n_next].sum())
-            pages = pages[keep]
-        now = time.monotonic()
-        wanted = 0
-        urgent: list[int] = []
-        entries = self.ledger.entries
-        for i, page in enumerate(pages.tolist()):
-            if page in entries or self.store.is_fast(page):
-                continue
-            self.ledger.add(page, Entry("field", False, plan.conf, now, -1))
-            if i < n_next:
-                urgent.append(page)  # the very next batch needs it: ahead of older plans
-            else:
-                self._queue.append(page)
-            wanted += 1
-            if wanted >= self.fieldp.max_pages:
-                break
-            if i % 64 == 63:
-                self._work.set()
-                await trio.lowlevel.checkpoint()  # metadata look-ups: let demand run
-        self._queue.extendleft(reversed(urgent))
-        if wanted:
-            self._work.set()
-        if self._trace is not None:
-            self._t("fplan", plan.label, len(plan.steps), "candidates", len(pages), "wanted", wanted, "queue", len(self._queue))
-
-    def _gather_ready(self, page: int) -> bool:
-        """True when a gather needs no slow-tier read for this page."""
-        valid = getattr(self.store, "_resident_valid", None)
-        if valid is not None and page < len(valid) and valid[page]:
+    def _account(self, ev: AccessEvent, now: float) -> bool:
+        """Demand bookkeeping for one access event (trio thread; a dict lookup per page).
+        Returns whether the predictor should see the event."""
+        if ev.kind == AccessKind.WRITE:
+            self._last_write = now
+            for p in np.asarray(ev.pages).tolist():
+                self.recent.add(p, now)
+            return False
+        space = "address" if ev.kind == AccessKind.READ else "field"
+        parr = np.asarray(ev.pages, dtype=np.int64)
+        sarr = np.asarray(ev.slow, dtype=bool) if len(ev.slow) else np.zeros(len(parr), dtype=bool)
+        interesting = bool(sarr.any())
+        if len(parr) > 64 and ev.kind != AccessKind.READ:
+            # a big gather: only pages the ledger knows (or recently counted useful) need a
+            # look one by one; the other slow ones are plain demand misses
+            known = self.ledger.entries.keys() | self.ledger.recent_useful.keys()
+            mask = np.isin(parr, np.fromiter(known, dtype=np.int64, count=len(known))) if known else np.zeros(len(parr), bool)
+            self.ledger.counts[space]["demand_misses"] += int((sarr & ~mask).sum())
+            parr, sarr = parr[mask], sarr[mask]
+        pages, slow = parr.tolist(), sarr.tolist()
+        for p, s in zip(pages, slow):
+            if p in self.ledger.entries:
+                interesting = True
+            self.ledger.demand(p, s, space, ev.time)
+            if ev.kind == AccessKind.READ:
+                self.recent.add(p, now)
+        if ev.kind != AccessKind.READ:
+            return False
+        if interesting:
+            self._cheap_run = 0
             return True
-        row = self.store.lookup(page)
-        return row is None or (row.mem is not None and row.mem in self.store.tier_by_id)
+        self._cheap_run += 1
+        if self._cheap_run > self.cfg.cheap_skip_after:
+            self.counters["cheap_skipped"] += 1
+            return False
+        return True
 
-    def _want(self, page: int, space: str, push: bool, conf: float, now: float, stream: int) -> None:
-        e = self.ledger.get(page)
-        if e is not None:
-            if push and not e.push:
-                e.push = True
-                if e.state == READY:
-                    self._queue.append(page)  # fetched earlier as a tripwire: push it now
-            e.conf = max(e.conf, conf)
-            return
-        if not push and space != "hint" and self.store.is_fast(page):
-            return  # already cheap, and nothing to push
-        self.ledger.add(page, Entry(space, push, conf, now, stream))
-        self._queue.append(page)
+    def _think(self, items: list, model) -> list:
+        """Learning and prediction (worker thread)."""
+        if model is not None:
+            self.model.install(model)
+        out = []
+        for item in items:
+            try:
+                if item[0] == "event":
+                    ev: AccessEvent = item[1]
+                    if ev.kind == AccessKind.READ:
+                        for plan in self.address.observe(ev.offset, ev.size, ev.time or None):
+                            out.append(("address", plan))
+                elif item[0] == "points":
+                    plan = self.fieldp.observe(item[1])
+                    if plan is not None:
+                        out.append(("field", plan))
+                elif item[0] == "hintpoints":
+                    out.append(("hint", (self.fieldp.point_pages(item[1]).tolist(), False)))
+                elif item[0] == "hint":
+                    out.append(("hint", (item[1], item[2])))
+            except Exception:
+                log.exception("prefetch prediction failed")
+        return out
 
-    # ------------------------------------------------------------------ fetching
+    def _apply(self, results: list, now: float) -> None:
+        added = 0
+        for space, plan in results:
+            if space == "address":
+                p: AddressPlan = plan
+                for page in p.consumed:
+                    self.ledger.passed(page)
+                cheap = self._cheap(p.pages)
+                for page, is_cheap in zip(p.pages, cheap):
+                    if is_cheap:
+                        continue
+                    e = self.ledger.plan(page, "address", push=True, marker=page in p.markers, now=now,
+                                         stream=p.stream, conf=p.confidence)
+                    if e is not None and e.state == QUEUED:
+                        self._fetchq.append(page)
+                        added += 1
+            elif space == "field":
+                fp: FieldPlan = plan
+                for frame in fp.frames:
+                    pages = frame.tolist()
+                    cheap = self._cheap(pages)
+                    for page, is_cheap in zip(pages, cheap):
+                        if is_cheap:
+                            continue
+                        e = self.ledger.plan(page, "field", push=False, marker=False, now=now)
+                        if e is not None and e.state == QUEUED:
+                            self._fetchq.append(page)
+                            added += 1
+            else:
+                pages, push = plan
+                for page in pages:
+                    if 0 <= page < self.port.n_pages and not self.port.is_cheap(page):
+                        e = self.ledger.plan(page, "hint", push=push, marker=False, now=now)
+                        if e is not None:
+                            self._fetchq.appendleft(page)
+                            added += 1
+        while len(self._fetchq) > self.cfg.max_queued:
+            old = self._fetchq.popleft()
+            e = self.ledger.entries.get(old)
+            if e is not None and e.state == QUEUED:
+                self.ledger.not_issued(old, e, "cancelled")
+        if added:
+            self._fetch_ready.set()
+
+    def _cheap(self, pages: Sequence[int]) -> list[bool]:
+        if not len(pages):
+            return []
+        return np.asarray(self.port.cheap_mask(np.asarray(pages, dtype=np.int64)), dtype=bool).tolist()
+
     async def _worker(self) -> None:
         while True:
-            while not self._queue:
-                self._work = trio.Event() if self._work.is_set() else self._work
-                await self._work.wait()
-            page = self._queue.popleft()
             try:
-                await self._fetch(page)
-            except Exception:  # a bug here must never take the file system down
-                log.exception("prefetch of page %d failed", page)
-                self.ledger.drop(page)
+                await self._work()
+            except Exception:  # never take the mount down: log, and keep serving
+                log.exception("prefetch worker failed")
+                await trio.sleep(0.1)
 
-    async def _fetch(self, page: int) -> None:
-        """Fetch one queued page into the memory tier (and push it), at background priority."""
-        store = self.store
-        e = self.ledger.get(page)
-        if e is None:
-            return
-        if e.state == READY:
-            if e.push and not e.pushed:
-                await self._push_page(page, e, None)
-            return
-        if e.state != QUEUED:
-            return
-        # background priority: never take an I/O slot a queued demand read could use
-        while store.demand_waiting - self._own_loading > self._demand_room:
-            await trio.sleep(0.0005)
-        if self.ledger.get(page) is not e or e.state != QUEUED:
-            return
-        self.ledger.started(page, e)
-        writes = store.counters.get("writes", 0)
-        slow = not store.is_fast(page)
-        e.boost = self.heat_boost * e.conf
-        store.raise_heat(page, e.boost)
-        t0 = time.monotonic()
-        if slow:
-            self._own_loading += 1
-        try:
-            data = await store.page_bytes(page, promote=True)
-        except OSError as exc:
-            self.counters["errors"] += 1
-            log.debug("prefetch of page %d failed: %s", page, exc)
-            self.ledger.drop(page)
-            return
-        finally:
-            if slow:
-                self._own_loading -= 1
-        if self._trace is not None:
-            self._t("fetched", page, "slow" if slow else "cheap", f"{time.monotonic() - t0:.4f}")
-        if slow:
-            dt = time.monotonic() - t0
-            self.counters["slow_fetches"] += 1
-            self._fetch_s += dt
-            self.address.latency_s = 0.8 * self.address.latency_s + 0.2 * dt
-        else:
-            self.counters["cheap_fetches"] += 1
-        if self.ledger.get(page) is e:
-            e.state = READY
-        if e.push:
-            await self._push_page(page, e, data, writes)
-
-    async def _push_page(self, page: int, e: Entry, data: bytes | None, writes: int | None = None) -> None:
-        if self.push is None:
-            return
-        if page in self.store.dirty or page in self.recent:
-            self.counters["push_skipped"] += 1
-            e.pushed = True  # the kernel most likely has it already
-            return
-        store = self.store
-        if data is None or writes is None:
-            writes = store.counters.get("writes", 0)
+    async def _work(self) -> None:
+        cfg = self.cfg
+        while True:
+            if not self._fetchq:
+                if self._fetch_ready.is_set():
+                    self._fetch_ready = trio.Event()
+                await self._fetch_ready.wait()
+                continue
+            page = self._fetchq.popleft()
+            e = self.ledger.entries.get(page)
+            if e is None or e.state != QUEUED:
+                continue
+            # tier load: while demand waits on a slow tier, only a few prefetches stay in flight
+            waited = 0.0
+            limit = max(1, int(cfg.concurrency * cfg.load_depth_factor))
+            while (self.port.demand_waiting() > 0 and self.counters["fetches_inflight"] >= limit
+                   and waited < cfg.demand_yield_max_s):
+                await trio.sleep(cfg.demand_yield_s)
+                waited += cfg.demand_yield_s
+            if self.ledger.entries.get(page) is not e or e.state != QUEUED:
+                continue
+            if self.port.is_cheap(page):
+                self.ledger.not_issued(page, e, "cheap")
+                continue
+            e.state = INFLIGHT
+            self.counters["fetches_inflight"] += 1
+            t_fetch = time.monotonic()
             try:
-                data = await store.page_bytes(page, promote=False)
-            except OSError:
-                self.counters["errors"] += 1
+                res = await self.port.fetch(page, Priority.PREFETCH)
+                # the lead a stream needs is the whole time from plan to arrival
+                dt = time.monotonic() - e.t
+                if res is not None and res.from_slow_tier:
+                    lat = self.address.fetch_latency_s
+                    self.address.fetch_latency_s = dt if lat == 0 else 0.9 * lat + 0.1 * dt
+            except Exception:
+                log.debug("prefetch of page %d failed", page, exc_info=True)
+                res = None
+            finally:
+                self.counters["fetches_inflight"] -= 1
+            if res is None or res.data is None:
+                self.ledger.not_issued(page, e, "failed")
+                continue
+            if res.joined:
+                self.ledger.not_issued(page, e, "joined")
+                continue
+            if not res.from_slow_tier:
+                self.ledger.not_issued(page, e, "cheap")
+                continue
+            self.ledger.issued(page, e)
+            try:
+                self.port.lend_heat(page, cfg.heat_boost * e.conf)
+                e.heat = cfg.heat_boost * e.conf
+            except Exception:
+                pass
+            if e.push and not e.marker and self.push is not None and self.ledger.entries.get(page) is e:
+                await self._push(page, e, res.data, res.version)
+            self.ledger.arrived(page, e, time.monotonic())
+
+    async def _push(self, page: int, e: Entry, data: bytes, version: int) -> None:
+        """Push the page into the kernel cache, never leaving older bytes than the store's."""
+        c = self.ledger.counts[e.space]
+        if page in self.recent or time.monotonic() - self._last_write < self.cfg.write_quiet_s:
+            c["push_skipped"] += 1
+            return
+        for _ in range(8):
+            if self.port.page_version(page) != version:
+                # changed: fetch the new bytes at once (demand class: a stale copy may be in
+                # the kernel cache until this push lands)
+                self.counters["push_redone"] += 1
+                res = await self.port.fetch(page, Priority.DEMAND)
+                if res.data is None:
+                    return
+                data, version = res.data, res.version
+                continue
+            if page in self.recent:  # read or written while we fetched
+                c["push_skipped"] += 1
                 return
-        t0 = time.monotonic()
-        try:
             await self.push(page, data)
-            if store.counters.get("writes", 0) != writes:
-                # a write landed while this page was fetched or pushed: push fresh bytes
-                self.counters["repushed"] += 1
-                await self.push(page, await store.page_bytes(page, promote=False))
-        except OSError as exc:
-            self.counters["errors"] += 1
-            log.debug("push of page %d failed: %s", page, exc)
-            return
-        e.pushed = True
-        self._withdraw(page, e)  # the kernel cache has it now; the memory copy may go
-        if self._trace is not None:
-            self._t("pushed", page, f"{time.monotonic() - t0:.4f}")
-        self.recent.add(page, time.monotonic())
-        self.ledger.counts[e.space]["pushed"] += 1
+            self.recent.add(page, time.monotonic())
+            if self.port.page_version(page) == version:
+                e.pushed = True
+                c["pushed"] += 1
+                return
+            # changed during the push: the kernel may hold the old bytes; push the new ones
+        log.warning("page %d kept changing while being pushed", page)
 
-    def _withdraw(self, page: int, e: Entry) -> None:
-        """Take back the heat a prefetch lent a page, once it is used, pushed or given up."""
-        if e.boost:
-            self.store.raise_heat(page, -e.boost)
-            e.boost = 0.0
+    def _release(self, page: int, e: Entry) -> None:
+        if e.heat:
+            try:
+                self.port.lend_heat(page, -e.heat)
+            except Exception:
+                pass
+            e.heat = 0.0
 
     async def _housekeeping(self) -> None:
-        tick = 0.25
         while True:
-            t = time.monotonic()
-            await trio.sleep(tick)
-            now = time.monotonic()
-            lag = now - t - tick
-            self.loop_lag_max = max(self.loop_lag_max, lag)
-            if lag > 0.005:
-                if self._trace is not None:
-                    self._t("lag", f"{lag:.4f}")
-            self.ledger.expire(now, self._gather_ready)
+            await trio.sleep(0.5)
+            try:
+                self.ledger.expire(time.monotonic(), self.port.is_cheap)
+            except Exception:
+                log.exception("prefetch ledger expiry failed")
 
     # ------------------------------------------------------------------ statistics
     def stats(self) -> dict:
-        counts = self.ledger.counts
-        total = {k: sum(counts[s][k] for s in SPACES) for k in counts["address"]}
-        durable_reads = sum(t.counters.reads for t in self.store.durable_tiers)
-        slow = self.counters["slow_fetches"]
-        demand_slow = max(0, durable_reads - slow)
-        avoided = max(0, total["useful"] - total["late"])
-
-        def ratios(c: dict) -> dict:
-            issued = c["issued"]
-            return {
-                **c,
-                "accuracy": round(c["useful"] / issued, 4) if issued else None,
-            }
-
+        spaces = {s: self.ledger.summary(s) for s in SPACES}
+        total = {k: sum(spaces[s][k] for s in SPACES) for k in ("issued", "useful", "late", "wasted", "demand_misses", "pushed")}
+        without = total["useful"] + total["late"] + total["demand_misses"]
+        m = self.model.stats()
+        think = self.counters["think_calls"]
         return {
             "predictor": self.kind,
-            "ready": self.address_model.ready and self.field_model.ready,
-            "issued": total["issued"],
-            "useful": total["useful"],
-            "late": total["late"],
-            "wasted": total["wasted"],
-            "pending": len(self.ledger.entries),
+            "ready": bool(getattr(self.model, "ready", True)),
+            **total,
+            "prefetch_slow_reads": total["issued"],
             "accuracy": round(total["useful"] / total["issued"], 4) if total["issued"] else None,
-            "coverage": round(avoided / (avoided + demand_slow), 4) if avoided + demand_slow else None,
-            "misses_avoided": avoided,
-            "demand_slow_reads": demand_slow,
-            "prefetch_slow_reads": slow,
-            "mean_fetch_ms": round(1e3 * self._fetch_s / slow, 3) if slow else None,
+            "coverage": round(total["useful"] / without, 4) if without else None,
+            "timeliness": round(total["useful"] / (total["useful"] + total["late"]), 4) if total["useful"] + total["late"] else None,
+            "model_bytes": m.get("model_bytes", 0),
+            "learn_us": m.get("learn_us", 0.0),
+            "predict_us": round((self.address.predict_s + self.fieldp.predict_s) * 1e6
+                                / max(1, self.address.predicts + self.fieldp.predicts), 2),
+            "spaces": spaces,
+            "model": m,
+            "address_model": self.address.stats(),
+            "field_model": self.fieldp.stats(),
             "queue": len(self._queue),
-            "loop_lag_max_ms": round(self.loop_lag_max * 1e3, 3),
-            "spaces": {s: ratios(counts[s]) for s in SPACES},
-            "models": {"address": self.address_model.stats(), "field": self.field_model.stats()},
-            "model_bytes": self.address_model.model_bytes() + self.field_model.model_bytes(),
-            "learn_us": _mean_us(self.address_model, self.field_model, "learn"),
-            "predict_us": _mean_us(self.address_model, self.field_model, "predict"),
-            "address": self.address.stats(),
-            "field": self.fieldp.stats(),
-            **self.counters,
+            "queued_fetches": len(self._fetchq),
+            "fetches_inflight": self.counters["fetches_inflight"],
+            "dropped": self.counters["dropped"],
+            "events": self.counters["events"],
+            "batches": self.counters["batches"],
+            "think_mean_ms": round(1e3 * self.counters["think_s"] / think, 3) if think else 0.0,
+            "push_redone": self.counters["push_redone"],
+            "cheap_skipped": self.counters["cheap_skipped"],
+            "slow_tier_reads": self.port.slow_tier_reads(),
         }
 
 
-def _mean_us(a: Predictor, b: Predictor, what: str) -> float:
-    n = getattr(a, what + "s") + getattr(b, what + "s")
-    s = getattr(a, f"_{what}_s") + getattr(b, f"_{what}_s")
-    return round(1e6 * s / n, 2) if n else 0.0
+def _legacy_port(store):
+    from .legacy import LegacyStorePort
+
+    return LegacyStorePort(store)

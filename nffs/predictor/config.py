@@ -1,0 +1,134 @@
+"""Every tuning constant of the prefetcher, in one place (docs/prefetch.md explains each).
+
+Nothing else in ``nffs/predictor`` hard-codes a threshold, a window or a budget: the
+predictors and the policy take a :class:`PrefetchConfig`. The defaults were chosen
+from first principles (Leap's majority vote, Linux readahead's ramp, a 5 ms tier) and
+checked with the sensitivity run in docs/prefetch.md (each constant halved and doubled
+in the simulator), not fitted to the workload suite.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, fields, replace
+
+
+@dataclass(frozen=True)
+class PrefetchConfig:
+    # ---------------------------------------------------------------- plumbing
+    #: access events and point batches waiting for the learning thread; beyond it the
+    #: listener drops the newest and counts it (``dropped`` in stats)
+    queue_capacity: int = 4096
+    #: prefetch fetches in flight at once (kept below the store's I/O slots)
+    concurrency: int = 32
+    #: while demand reads wait on a slow tier, a prefetch worker sleeps this long before
+    #: looking again (demand always goes first)
+    demand_yield_s: float = 0.002
+    #: ... but never waits longer than this in a row (so prefetch is not starved for ever)
+    demand_yield_max_s: float = 0.05
+    #: the interpreter's thread switch interval while the prefetcher runs: the learning
+    #: thread holds the GIL for Python work, and with the default 5 ms a FUSE request on
+    #: the trio thread can wait that long for it (0: leave the interpreter's setting)
+    gil_switch_interval_s: float = 0.0005
+    #: planned pages waiting to be fetched; the oldest plans are dropped beyond it
+    max_queued: int = 8192
+    #: after this many READ events in a row that neither waited on a slow tier nor touched
+    #: a planned page, such events skip the predictor (the data is in memory already:
+    #: nothing to gain, and the kernel's readahead works); the next slow one resumes it
+    cheap_skip_after: int = 64
+
+    # ---------------------------------------------------------------- address space
+    #: byte deltas kept per stream for the majority vote (Leap's window)
+    vote_window: int = 8
+    #: a trend needs at least this many deltas in the window, and a strict majority
+    min_votes: int = 3
+    #: readahead window (in trend steps) when a trend is first confirmed
+    ra_initial_steps: int = 4
+    #: the window doubles on each confirmed marker hit up to this many steps ...
+    ra_max_steps: int = 256
+    #: ... and never reaches further than this many bytes ahead of the reader
+    ra_max_bytes: int = 32 << 20
+    #: nor further than this many pages ahead
+    ra_max_pages: int = 1024
+    #: ... nor further than the reader goes in ``lead_factor`` x the measured fetch time
+    #: (its speed is measured between marker hits): deep enough to be timely, no deeper
+    lead_factor: float = 4.0
+    #: a read within this many bytes of a young stream's position (or at its last delta
+    #: repeated) joins it; other reads are orphans until three form a progression
+    stream_radius_bytes: int = 256 << 10
+    #: streams followed at once (least recently used is forgotten)
+    max_streams: int = 32
+    #: use the learned model at all (False: majority-vote trends only; for ablations)
+    use_model: bool = True
+    #: the learned model (markov / hoeffding) predicts the next delta when no majority
+    #: holds; it is trusted only above this probability ...
+    model_min_proba: float = 0.7
+    #: ... and then chains at most this many steps ahead
+    model_steps: int = 8
+    #: distinct byte deltas the model knows as classes (the rest are "other")
+    model_classes: int = 32
+    #: history depth given to the model as features (last k delta classes)
+    model_history: int = 3
+
+    # ---------------------------------------------------------------- field space
+    #: frames predicted ahead of the last batch
+    field_frames_ahead: int = 2
+    #: a level is predictable when the measured prediction error of the last frame,
+    #: in that level's cells, is below this fraction of a cell
+    field_cell_fraction: float = 0.25
+    #: pages fetched per predicted frame at most (coarse levels first)
+    field_page_budget: int = 4096
+    #: points hashed per predicted frame at most (a random subsample beyond)
+    field_max_points: int = 1 << 16
+    #: batches below this size are single lookups (concepts, at/): no motion model
+    field_min_points: int = 16
+
+    # ---------------------------------------------------------------- feedback
+    #: outcomes (useful / late / wasted) remembered per space for the controller
+    feedback_window: int = 128
+    #: a space stops issuing when wasted / outcomes exceeds this over the window ...
+    stop_waste: float = 0.5
+    #: ... or late / outcomes exceeds this
+    stop_late: float = 0.6
+    #: outcomes needed before the controller judges at all
+    feedback_min: int = 32
+    #: a stopped space keeps predicting in the shadow; it resumes when this share of
+    #: its shadow predictions is demanded (over the last ``feedback_window``)
+    resume_accuracy: float = 0.8
+    #: while demand reads wait on a slow tier, prefetch keeps at most this share of
+    #: ``concurrency`` in flight (tier load); the rest waits
+    load_depth_factor: float = 0.25
+
+    # ---------------------------------------------------------------- ledger
+    #: a fetched page not demanded within this many seconds is wasted
+    ledger_ttl_s: float = 10.0
+    #: pages the ledger follows at once (the oldest are retired, as wasted)
+    ledger_capacity: int = 1 << 16
+    #: a page read by the daemon or pushed within this many seconds may be in the
+    #: kernel's cache (possibly dirty through mmap): never push over it
+    repush_after_s: float = 120.0
+    #: after a write reached the daemon, pages are fetched but not pushed into the kernel
+    #: cache for this long: a push racing a write could briefly leave older bytes there
+    write_quiet_s: float = 2.0
+    #: heat lent to a fetched page per unit of confidence (taken back when used/wasted)
+    heat_boost: float = 4.0
+
+    def with_(self, **changes) -> "PrefetchConfig":
+        return replace(self, **changes)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_env(cls, var: str = "NFFS_PREFETCH_CONFIG") -> "PrefetchConfig":
+        """Defaults, overridden by a JSON object in ``$NFFS_PREFETCH_CONFIG`` (sensitivity runs
+        through real mounts); unknown names are an error."""
+        text = os.environ.get(var, "").strip()
+        if not text:
+            return cls()
+        changes = json.loads(text)
+        unknown = set(changes) - set(cls.names())
+        if unknown:
+            raise ValueError(f"unknown prefetch settings in ${var}: {sorted(unknown)}")
+        return cls(**changes)

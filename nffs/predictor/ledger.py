@@ -1,0 +1,258 @@
+"""The ledger (every prefetched page from plan to outcome) and the feedback controller.
+
+Definitions (SPEC 5, issue #8), per space (address, field, hint):
+
+- *issued*: a prefetch fetch that really read a slow tier (``FetchResult.from_slow_tier``
+  and not joined to a demand fetch). Pages found cheap, cancelled because demand came
+  first, or still queued never count.
+- *useful*: an issued page that was then demanded while resident — a READ/GATHER that
+  found it without waiting (``slow`` false), or (address space) a pushed page the reader
+  passed on its way to a later position of its stream (it was read from the kernel's
+  cache, where we put it). A useful page later demanded from a slow tier (evicted
+  before its real use) is moved from useful to wasted.
+- *late*: an issued page demanded while its fetch was in flight (the demand waited less,
+  but waited).
+- *wasted*: an issued page never demanded within ``ledger_ttl_s``, evicted and fetched
+  again by demand, or arriving after the reader passed it.
+- *demand misses*: demanded pages that waited on a slow tier and were not in flight as
+  prefetches. Misses without prefetch ≈ useful + late + demand misses, so
+  ``coverage = useful / (useful + late + demand misses)``; ``accuracy = useful / issued``;
+  ``timeliness = useful / (useful + late)``.
+
+The controller keeps the last outcomes per space. A space whose wasted or late share
+exceeds ``stop_waste`` / ``stop_late`` stops issuing; its predictions are then only
+recorded as *shadow* entries (never fetched) and it resumes once ``resume_accuracy`` of
+its shadow predictions are demanded.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from itertools import islice
+from typing import Callable
+
+from .config import PrefetchConfig
+
+QUEUED, INFLIGHT, READY, SHADOW = 0, 1, 2, 3
+SPACES = ("address", "field", "hint")
+COUNTS = ("issued", "useful", "late", "wasted", "demand_misses", "cancelled", "cheap", "joined", "failed",
+          "pushed", "push_skipped", "inferred", "shadow", "shadow_hits", "reclassified")
+
+
+class Entry:
+    __slots__ = ("space", "state", "push", "marker", "pushed", "passed", "t", "stream", "conf", "heat", "arrived_t")
+
+    def __init__(self, space: str, state: int, push: bool, marker: bool, t: float, stream: int, conf: float) -> None:
+        self.space = space
+        self.state = state
+        self.push = push
+        self.marker = marker
+        self.pushed = False
+        self.passed = False
+        self.t = t
+        self.stream = stream
+        self.conf = conf
+        self.heat = 0.0
+        self.arrived_t = 0.0
+
+
+class Controller:
+    """Stops a space that does not pay; resumes it when its shadow predictions come true."""
+
+    def __init__(self, cfg: PrefetchConfig) -> None:
+        self.cfg = cfg
+        self.active = True
+        self.outcomes: deque = deque(maxlen=cfg.feedback_window)
+        self.shadow: deque = deque(maxlen=cfg.feedback_window)
+        self.stops = 0
+        self.resumes = 0
+
+    def outcome(self, what: str) -> None:
+        self.outcomes.append(what)
+        c = self.cfg
+        if not self.active or len(self.outcomes) < c.feedback_min:
+            return
+        n = len(self.outcomes)
+        wasted = sum(1 for o in self.outcomes if o == "w") / n
+        late = sum(1 for o in self.outcomes if o == "l") / n
+        if wasted > c.stop_waste or late > c.stop_late:
+            self.active = False
+            self.stops += 1
+            self.shadow.clear()
+
+    def shadow_outcome(self, hit: bool) -> None:
+        self.shadow.append(hit)
+        c = self.cfg
+        if self.active or len(self.shadow) < c.feedback_min:
+            return
+        if sum(self.shadow) / len(self.shadow) >= c.resume_accuracy:
+            self.active = True
+            self.resumes += 1
+            self.outcomes.clear()
+
+    def accuracy(self) -> float:
+        if not self.outcomes:
+            return 1.0
+        return sum(1 for o in self.outcomes if o == "u") / len(self.outcomes)
+
+    def stats(self) -> dict:
+        return {"active": self.active, "stops": self.stops, "resumes": self.resumes,
+                "window_accuracy": round(self.accuracy(), 4)}
+
+
+class Ledger:
+    def __init__(self, cfg: PrefetchConfig, release: Callable[[int, Entry], None] | None = None) -> None:
+        self.cfg = cfg
+        self.entries: OrderedDict[int, Entry] = OrderedDict()
+        self.counts = {s: {k: 0 for k in COUNTS} for s in SPACES}
+        self.control = {s: Controller(cfg) for s in SPACES}
+        #: recently useful pages: a later slow demand of one turns it into wasted
+        self.recent_useful: OrderedDict[int, str] = OrderedDict()
+        self.release = release or (lambda page, e: None)
+
+    # ------------------------------------------------------------------ planning
+    def plan(self, page: int, space: str, *, push: bool, marker: bool, now: float, stream: int = 0,
+             conf: float = 1.0) -> Entry | None:
+        """A page a predictor wants; None when it is already known. Shadow entry when stopped."""
+        if page in self.entries:
+            return None
+        active = self.control[space].active or space == "hint"
+        e = Entry(space, QUEUED if active else SHADOW, push, marker, now, stream, conf)
+        self.entries[page] = e
+        if not active:
+            self.counts[space]["shadow"] += 1
+        while len(self.entries) > self.cfg.ledger_capacity:
+            old_page, old = self.entries.popitem(last=False)
+            self._retire(old_page, old)
+        return e
+
+    # ------------------------------------------------------------------ fetch lifecycle
+    def not_issued(self, page: int, e: Entry, why: str) -> None:
+        """The fetch did not read a slow tier (cheap, joined a demand, failed): forget it."""
+        if self.entries.get(page) is e:
+            del self.entries[page]
+        self.counts[e.space][why] += 1
+
+    def issued(self, page: int, e: Entry) -> None:
+        self.counts[e.space]["issued"] += 1
+
+    def arrived(self, page: int, e: Entry, now: float) -> None:
+        """The fetch completed (issued). Resolves entries the reader passed while in flight."""
+        if self.entries.get(page) is not e:
+            return  # demand already resolved it (late)
+        e.state = READY
+        e.arrived_t = now
+        if e.passed:
+            self._wasted(page, e)
+
+    # ------------------------------------------------------------------ demand
+    def demand(self, page: int, slow: bool, space: str, t: float = 0.0) -> None:
+        """A page the daemon read or gathered; ``t`` is when the request began (0: unknown)."""
+        e = self.entries.get(page)
+        if e is None:
+            if slow:
+                self.counts[space]["demand_misses"] += 1
+                sp = self.recent_useful.pop(page, None)
+                if sp is not None:
+                    c = self.counts[sp]
+                    c["useful"] -= 1
+                    c["wasted"] += 1
+                    c["reclassified"] += 1
+                    self.control[sp].outcome("w")
+            return
+        del self.entries[page]
+        if e.state == QUEUED:
+            self.counts[e.space]["cancelled"] += 1
+            if slow:
+                self.counts[space]["demand_misses"] += 1
+        elif e.state == SHADOW:
+            self.counts[e.space]["shadow_hits"] += 1
+            self.control[e.space].shadow_outcome(True)
+            if slow:
+                self.counts[space]["demand_misses"] += 1
+        elif e.state == INFLIGHT:
+            self.counts[e.space]["late"] += 1
+            self.control[e.space].outcome("l")
+            self.release(page, e)
+        else:  # READY
+            if slow and t and e.arrived_t >= t:
+                # the request began while our fetch was in flight and waited for it
+                self.counts[e.space]["late"] += 1
+                self.control[e.space].outcome("l")
+                self.release(page, e)
+            elif slow:  # evicted before use, fetched again by demand
+                self._wasted(page, e, already_removed=True)
+                self.counts[space]["demand_misses"] += 1
+            else:
+                self._useful(page, e)
+
+    def passed(self, page: int) -> None:
+        """The reader went past this planned page without the daemon seeing a read of it."""
+        e = self.entries.get(page)
+        if e is None:
+            return
+        if e.state == READY:
+            del self.entries[page]
+            if e.pushed:
+                self.counts[e.space]["inferred"] += 1
+                self._useful(page, e)
+            else:
+                self._wasted(page, e, already_removed=True)
+        elif e.state == INFLIGHT:
+            e.passed = True
+        elif e.state == QUEUED:
+            del self.entries[page]
+            self.counts[e.space]["cancelled"] += 1
+        elif e.state == SHADOW:
+            del self.entries[page]
+            self.counts[e.space]["shadow_hits"] += 1
+            self.control[e.space].shadow_outcome(True)
+
+    def _useful(self, page: int, e: Entry) -> None:
+        self.counts[e.space]["useful"] += 1
+        self.control[e.space].outcome("u")
+        self.recent_useful[page] = e.space
+        if len(self.recent_useful) > self.cfg.ledger_capacity:
+            self.recent_useful.popitem(last=False)
+        self.release(page, e)
+
+    def _wasted(self, page: int, e: Entry, already_removed: bool = False) -> None:
+        if not already_removed and self.entries.get(page) is e:
+            del self.entries[page]
+        self.counts[e.space]["wasted"] += 1
+        self.control[e.space].outcome("w")
+        self.release(page, e)
+
+    def _retire(self, page: int, e: Entry) -> None:
+        if e.state == QUEUED:
+            self.counts[e.space]["cancelled"] += 1
+        elif e.state == SHADOW:
+            self.control[e.space].shadow_outcome(False)
+        elif e.state == READY:
+            self._wasted(page, e, already_removed=True)
+        else:  # in flight: the worker resolves it when the fetch completes
+            e.passed = True
+
+    def expire(self, now: float, still_resident: Callable[[int], bool], budget: int = 1024) -> None:
+        """Retire entries past their TTL; field/hint pages that lost their memory copy are wasted."""
+        ttl = self.cfg.ledger_ttl_s
+        for page in list(islice(self.entries, budget)):
+            e = self.entries[page]
+            if e.state == READY and e.space != "address" and not still_resident(page):
+                self._wasted(page, e)
+            elif now - e.t > ttl and e.state != INFLIGHT:
+                del self.entries[page]
+                self._retire(page, e)
+
+    def pending(self, space: str) -> int:
+        return sum(1 for e in self.entries.values() if e.space == space and e.state in (INFLIGHT, READY))
+
+    def summary(self, space: str) -> dict:
+        c = dict(self.counts[space])
+        issued, useful, late = c["issued"], c["useful"], c["late"]
+        without = useful + late + c["demand_misses"]
+        c["pending"] = self.pending(space)
+        c["accuracy"] = round(useful / issued, 4) if issued else None
+        c["coverage"] = round(useful / without, 4) if without else None
+        c["timeliness"] = round(useful / (useful + late), 4) if useful + late else None
+        c.update(self.control[space].stats())
+        return c
