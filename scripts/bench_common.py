@@ -209,11 +209,14 @@ def drop_file_cache(path: str) -> None:
 
 
 def rss_bytes(pid: int) -> int:
+    """The daemon's own memory: RssAnon. The memory tier's pages are mapped into the daemon
+    (its arena file on tmpfs) and show in VmRSS as shared file pages, but they are the tier's
+    storage, counted in the tier's `used_bytes`, not daemon memory."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith("RssAnon:"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
+    raise RuntimeError(f"no RssAnon for {pid}")
 
 
 def machine() -> dict[str, Any]:

@@ -17,7 +17,8 @@ For each N (10^3, 10^4, 10^5; 10^6 with --full), cumulatively on the same field:
   * the fresh daemon's RSS after reading all N pages once through `params` (1 MiB reads,
     cold kernel cache: each page is loaded from its home and promoted to the dram tier)
     ("after reading all").
-RSS is VmRSS from /proc/<pid>/status, the pid from the mount's `stats` file, always taken
+RSS is RssAnon from /proc/<pid>/status (the memory tier's mapped arena is the tier's
+storage, not daemon memory), the pid from the mount's `stats` file, always taken
 once the daemon has settled: `nffs mount` returns before the prefetcher has loaded its
 libraries (a worker thread does that), so every memory figure waits until `stats` says
 the prefetcher is ready and RSS stops moving. The slope of RSS against N (least squares

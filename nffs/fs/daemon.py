@@ -86,10 +86,12 @@ def serve(field_dir: str, mountpoint: str, opts: MountOptions, on_ready: Callabl
             read_only=opts.read_only,
             stats_extra=(lambda: {"mountpoint": os.path.abspath(mountpoint), "prefetch": prefetcher.stats() if prefetcher else {"predictor": "none"}}),
         )
-        if opts.prefetch != "none" and False:  # TEMP: predictor moves to the store port
+        if opts.prefetch != "none":
             from ..predictor.prefetch import Prefetcher
 
-            prefetcher = Prefetcher(opened.store, opened.layout, kind=opts.prefetch, push=ops.push_page, field=fld)
+            # the predictor sees the store only through its typed port (nffs/tiers/port.py)
+            prefetcher = Prefetcher(opened.store.port, opened.layout, kind=opts.prefetch, push=ops.push_page)
+            fld.point_listeners.append(prefetcher.on_points)
             ops.hint_sink = prefetcher.hint
         fuse_options = set(pyfuse3.default_options)
         fuse_options.update({"fsname=nffs", "subtype=nffs"})

@@ -75,11 +75,7 @@ class Prefetcher:
         kind: str = "hoeffding",
         push: PushFn | None = None,
         config: PrefetchConfig | None = None,
-        field=None,
     ) -> None:
-        if not hasattr(port, "add_listener"):
-            # transitional: a store without the typed port (before issue #7 lands)
-            port = getattr(port, "port", None) or _legacy_port(port)
         self.port = port
         self.layout = layout
         self.kind = kind
@@ -101,8 +97,6 @@ class Prefetcher:
         self._cheap_run = 0
         self._last_write = -1e9
         port.add_listener(self._on_event)
-        if field is not None:  # transitional wiring (the daemon will append on_points itself)
-            field.point_listeners.append(self.on_points)
 
     # ------------------------------------------------------------------ listeners (any thread)
     def _enqueue(self, item) -> None:
@@ -373,7 +367,6 @@ class Prefetcher:
                 continue
             e.state = INFLIGHT
             self.counters["fetches_inflight"] += 1
-            t_fetch = time.monotonic()
             try:
                 res = await self.port.fetch(page, Priority.PREFETCH)
                 # the lead a stream needs is the whole time from plan to arrival
@@ -483,9 +476,3 @@ class Prefetcher:
             "cheap_skipped": self.counters["cheap_skipped"],
             "slow_tier_reads": self.port.slow_tier_reads(),
         }
-
-
-def _legacy_port(store):
-    from .legacy import LegacyStorePort
-
-    return LegacyStorePort(store)
