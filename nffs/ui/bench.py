@@ -50,7 +50,7 @@ QUICK_TOTAL_S = 270.0  # `nffs bench --quick` must finish in under 5 minutes (pl
 STOP_GRACE_S = 60.0  # after SIGINT, time for a script to unmount and clean up
 
 
-PREFETCH_QUICK = ["--workloads", "scan,camera", "--predictors", "hoeffding,none", "--frames", "40", "--warmup", "8",
+PREFETCH_QUICK = ["--workloads", "scan,camera", "--predictors", "hoeffding,none", "--frames", "16", "--warmup", "6",
                   "--think-us", "100", "--frame-ms", "10"]
 SUITES: dict[str, Suite] = {
     "io": Suite("hot, cold and sequential reads", "bench_io.py", ["--quick", "--rounds", "2"], [], 60),
@@ -58,7 +58,7 @@ SUITES: dict[str, Suite] = {
     "query": Suite("inference, vectorisation, single point, isolation, batch sizes", "bench_query.py",
                    ["--quick", "--rounds", "2", "--sweep"], ["--sweep"], 90),
     "prefetch": Suite("p99 and slow-tier reads, default predictor vs none", "bench_prefetch.py", PREFETCH_QUICK,
-                      ["--predictors", "hoeffding,markov,none"], 60),
+                      ["--predictors", "hoeffding,markov,none"], 80),
     "scale": Suite("mount time and daemon memory vs pages", "bench_scale.py", ["--quick", "--mounts", "1"], [], 50),
     "noharm": Suite("do no harm: random reads and random batches, default predictor vs none", None, [], [], 60),
     "occupancy": Suite("tier occupancy over time (for the plot)", None, [], [], 25),
