@@ -273,9 +273,6 @@ class SlabHomes:
         """After a failed write-back: the next one opens every slab afresh."""
         self.close()
 
-    def slab_files(self) -> list[str]:
-        return [n for n in self.root.listdir() if parse_slab_name(n) is not None]
-
     def close(self) -> None:
         self.close_writers()
         with self._fd_lock:

@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Iterable
+from typing import Awaitable, Callable
 
 import numpy as np
 import trio
@@ -1400,6 +1400,8 @@ class PageStore:
         }
 
     def close(self) -> None:
+        if self.read_only and self.field_dir is not None and self.generation:
+            generations.drop_lease(self.field_dir)  # a reader that leaves pins nothing
         self.table.close()
         for t in self.tiers:
             t.close()
@@ -1465,7 +1467,3 @@ class StorePort:
 
     def slow_tier_reads(self) -> int:
         return sum(t.counters.reads for t in self._store.durable_tiers)
-
-
-def pages_of_range(offset: int, size: int, page_size: int) -> Iterable[int]:
-    return range(offset // page_size, (offset + max(size, 1) - 1) // page_size + 1)
