@@ -31,6 +31,9 @@ class StoreConfig:
     #: a slow-tier operation (slot read, write-back batch, migration) that takes longer than
     #: this is given up with EIO: a hung network file system must not hang fsync for ever
     durable_io_timeout_s: float = 20.0
+    #: times a write looks for a memory slot before giving up with EIO: other writers may take
+    #: the slot that a write-back just freed, each attempt waits for a write-back of its own
+    write_attempts: int = 64
     #: threads for write-back and migration
     background_threads: int = 2
     #: dirty bytes in memory tiers that start a write-back before the interval is up (like the

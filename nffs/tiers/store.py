@@ -48,6 +48,7 @@ _h = xxhash.xxh3_64_intdigest
 class _InFlight:
     done: trio.Event
     priority: Priority
+    home: Home  # the version being read: joiners use the bytes only while it is still current
     data: bytes | None = None
     error: BaseException | None = None
     cancelled: bool = False  # the fetching task was cancelled: joiners fetch for themselves
@@ -398,16 +399,18 @@ class PageStore:
                 self.counters["late_joins"] += 1
             await flight.done.wait()
             if flight.error is None:
-                return flight.data, False
-            if not flight.cancelled:
+                if flight.home == self.table.home(page):
+                    return flight.data, False
+                # the page was written (and went home) while that fetch read an older version
+            elif not flight.cancelled:
                 raise flight.error
-            flight = self._inflight.get(page)  # the fetch we joined was cancelled: fetch it ourselves
+            flight = self._inflight.get(page)  # fetch the current version ourselves
         if self.table.mem(page) is not None:
             return None, False
         home = self.table.home(page)
         if home is None:
             return None, False
-        flight = _InFlight(trio.Event(), priority)
+        flight = _InFlight(trio.Event(), priority, home)
         self._inflight[page] = flight
         try:
             data = await self._read_home(page, home, priority)
@@ -585,7 +588,7 @@ class PageStore:
         `full` is the new content of a whole-page write: a page not in memory is then
         installed with it directly (no old content to read); the flag says so.
         """
-        for _ in range(4):
+        for _ in range(self.cfg.write_attempts):
             loc = self.table.mem(page)
             if loc is not None:
                 mt, slot = loc
