@@ -44,6 +44,25 @@ log = logging.getLogger(__name__)
 _h = xxhash.xxh3_64_intdigest
 
 
+def _release_heap() -> None:
+    """Return freed heap memory to the system (glibc keeps a write-back batch's 64 KiB page
+    copies otherwise, and the daemon's memory would grow with the largest batch it wrote)."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
+
+
 @dataclass
 class _InFlight:
     done: trio.Event
@@ -923,6 +942,8 @@ class PageStore:
                 rows.append((page, Home(tier.id, new_slot, stored_checksum(data, mask, self.chunk, self.n_chunks), mask)))
             for tid, writes in by_tier.items():
                 self._write_slots(tiers[tid], writes)
+            by_tier.clear()
+            _release_heap()  # the batch's page copies are gone: give their memory back
             if rows and not self.table.commit_homes(rows, abandoned=lambda: gave_up):
                 return [], bad, False
             return rows, bad, self._readers_active()
