@@ -1088,6 +1088,10 @@ class PageStore:
                 self._check_entries(ent)
                 exact = np.unique(ent.reshape(-1) >> shift)
                 return exact, exact
+            if not pending:
+                # every level is complete in memory: any entry of the table reads valid bytes,
+                # and the take below refuses entries past the table (no per-entry scan)
+                return np.arange(self.n_pages), np.zeros(0, dtype=np.int64)
             mark = np.zeros(self.n_pages, dtype=bool)
             exact_mark = np.zeros(self.n_pages, dtype=bool)
             for l in range(n_levels):
@@ -1134,10 +1138,12 @@ class PageStore:
                 # a small batch checks just the chunks holding its rows (slot == page here)
                 bad = arena.bad_slots_of_chunks(np.unique((ent.reshape(-1) * row_bytes) >> chunk_shift))
             else:
-                bad = [int(p) for p in pages.tolist() if not arena.verify(int(p))]
+                per_page = arena.chunks_per_page
+                every = (pages[:, None] * per_page + np.arange(per_page)).reshape(-1)
+                bad = arena.bad_slots_of_chunks(every)
             if bad:
                 return None, bad
-            table = arena.bytes[: self.n_pages * self.page_size]
+            table = arena.bytes[: self.layout.total_entries * row_bytes]  # entries past the table raise
             if word is not None:
                 rows = np.take(table.view(word), ent).view(dtype).reshape(ent.shape + (feats,))
             else:
