@@ -125,6 +125,12 @@ class Prefetcher:
 
     def _on_event(self, ev: AccessEvent) -> None:
         self.counters["events"] += 1
+        if (ev.kind == AccessKind.READ and self._cheap_run > self.cfg.cheap_skip_after and not ev.slow.any()
+                and not any(p in self.ledger.entries for p in ev.pages.tolist())):
+            # a run of reads served from memory that we did not prefetch: nothing to learn or
+            # count, and waking the predictor for each would cost more than the read itself
+            self.counters["cheap_skipped"] += 1
+            return
         self._enqueue(("event", ev))
 
     def on_points(self, points: np.ndarray) -> None:
