@@ -530,7 +530,13 @@ def field_summary(field_dir: str) -> dict[str, Any]:
                 capacity = None
             tiers.append({**spec.to_dict(), "capacity": capacity, "capacity_spec": spec.capacity, "pages": home,
                           "used_bytes": home * cfg.page_size, "home_pages": home})
-        concepts = int(meta.conn.execute("SELECT COUNT(*) FROM concepts").fetchone()[0])
+        from .concepts import ConceptCatalog
+
+        catalog = ConceptCatalog.open(field_dir, read_only=True)
+        try:
+            concepts = catalog.count
+        finally:
+            catalog.close()
         return {"field_dir": os.path.abspath(field_dir), "settings": cfg.to_dict(),
                 "field": {**cfg.to_dict(), "params_bytes": layout.params_bytes, "n_pages": layout.n_pages},
                 "params_bytes": layout.params_bytes, "n_pages": layout.n_pages,

@@ -350,7 +350,6 @@ def open_field(field_dir: str, tier_overrides: list[TierSpec] | None = None, *, 
             meta.sync()
         store = PageStore(layout, table, tiers, store_cfg, read_only=read_only, field_dir=field_dir)
         store.recover()
-        store.meta = meta  # concept catalogue access for the FUSE layer until it has its own catalogue
     except BaseException:
         for t in opened:
             t.close()

@@ -19,11 +19,6 @@ SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tiers(id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL);
-CREATE TABLE IF NOT EXISTS concepts(
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name BLOB UNIQUE NOT NULL,
-    point TEXT
-);
 """
 
 class IncompatibleField(Exception):
@@ -116,37 +111,3 @@ class MetaDB:
 
     def tier_names(self) -> dict[int, str]:
         return dict(self.conn.execute("SELECT id, name FROM tiers"))
-
-    # -- concepts -------------------------------------------------------------------
-    def concept_list(self) -> list[tuple[int, bytes, str | None]]:
-        return [(r[0], bytes(r[1]), r[2]) for r in self.conn.execute("SELECT id, name, point FROM concepts ORDER BY id")]
-
-    def concept_by_name(self, name: bytes) -> tuple[int, str | None] | None:
-        r = self.conn.execute("SELECT id, point FROM concepts WHERE name=?", (name,)).fetchone()
-        return None if r is None else (r[0], r[1])
-
-    def concept_by_id(self, cid: int) -> tuple[bytes, str | None] | None:
-        r = self.conn.execute("SELECT name, point FROM concepts WHERE id=?", (cid,)).fetchone()
-        return None if r is None else (bytes(r[0]), r[1])
-
-    def concept_create(self, name: bytes) -> int:
-        with self.lock:
-            self._begin()
-            cur = self.conn.execute("INSERT INTO concepts(name) VALUES (?)", (name,))
-            return int(cur.lastrowid)
-
-    def concept_set_point(self, cid: int, point: str | None) -> None:
-        with self.lock:
-            self._begin()
-            self.conn.execute("UPDATE concepts SET point=? WHERE id=?", (point, cid))
-
-    def concept_rename(self, cid: int, new_name: bytes) -> None:
-        with self.lock:
-            self._begin()
-            self.conn.execute("DELETE FROM concepts WHERE name=? AND id<>?", (new_name, cid))
-            self.conn.execute("UPDATE concepts SET name=? WHERE id=?", (new_name, cid))
-
-    def concept_delete(self, cid: int) -> None:
-        with self.lock:
-            self._begin()
-            self.conn.execute("DELETE FROM concepts WHERE id=?", (cid,))
