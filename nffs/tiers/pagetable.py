@@ -298,10 +298,6 @@ class PageTable:
             return None
         return self.mem_tiers[code >> 40], code & ((1 << 40) - 1)
 
-    def mem_codes(self, pages: np.ndarray) -> np.ndarray:
-        """Vectorised lookup (dense index only): packed codes, -1 where not in memory."""
-        return self._dense_index[pages]
-
     def set_mem(self, page: int, mt: MemTier, slot: int, *, dirty_gen: int, home_tier: int, has_home: bool) -> None:
         code = (mt.index << 40) | slot
         if self.dense:

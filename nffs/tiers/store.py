@@ -468,40 +468,28 @@ class PageStore:
             mt, slot = loc
             view = mt.arena.checked_view(slot, start, size)
             if view is not None:
-                mt.heat[slot] += 1.0
-                c = self.memory_tiers[mt.index].counters
-                c.reads += 1
-                c.hits += 1
+                self._count_hits(mt, slot, 1)
                 if self._listeners:
                     self._emit(AccessKind.READ, [first], [False], offset, size)
                 return view if zero_copy else view.tobytes()
         last = (offset + size - 1) // ps
-        if loc is not None and (first == last or (loc[0].direct and self._direct_resident(loc[0], first, last))):
+        if loc is not None and first < last and loc[0].direct and self._direct_resident(loc[0], first, last):
+            # pages first..last sit side by side in a direct-mapped arena: one range of it
             mt, slot = loc
             arena = mt.arena
-            if first == last:
-                self._fill_implicit(first, mt, slot, start, size)
-                intact = arena.verify(slot, start, size)
-            else:
-                end = start + size
-                parts = [(slot + i, max(0, start - i * ps), min(ps, end - i * ps) - max(0, start - i * ps))
-                         for i in range(last - first + 1)]
-                for i, (sl, a, n) in enumerate(parts):
-                    self._fill_implicit(first + i, mt, sl, a, n)
-                intact = all(arena.verify(sl, a, n) for sl, a, n in parts)
-            if intact:
-                heat = mt.heat
-                heat[slot:slot + last - first + 1] += 1.0
-                c = self.memory_tiers[mt.index].counters
-                c.reads += last - first + 1
-                c.hits += last - first + 1
+            end = start + size
+            parts = [(slot + i, max(0, start - i * ps), min(ps, end - i * ps) - max(0, start - i * ps))
+                     for i in range(last - first + 1)]
+            for i, (sl, a, n) in enumerate(parts):
+                self._fill_implicit(first + i, mt, sl, a, n)
+            if all(arena.verify(sl, a, n) for sl, a, n in parts):
+                self._count_hits(mt, slot, last - first + 1)
                 if self._listeners:
                     self._emit(AccessKind.READ, list(range(first, last + 1)), [False] * (last - first + 1), offset, size)
                 base = slot * ps + start
                 view = arena.view[base:base + size]
                 return view if zero_copy else view.tobytes()
-            if first == last:
-                self._bad_memory_copy(first, mt, slot)
+            # a bad chunk somewhere: the page by page path below finds and handles it
         if first == last:
             out = bytearray(size)
             slow = await self._read_page_into(first, start, memoryview(out))
@@ -521,6 +509,13 @@ class PageStore:
         self._emit(AccessKind.READ, pages, slows, offset, size)
         return out
 
+    def _count_hits(self, mt: MemTier, slot: int, pages: int) -> None:
+        """Reads of `pages` consecutive slots answered from a memory tier."""
+        mt.heat[slot:slot + pages] += 1.0
+        c = self.memory_tiers[mt.index].counters
+        c.reads += pages
+        c.hits += pages
+
     @staticmethod
     def _direct_resident(mt: MemTier, first: int, last: int) -> bool:
         """Pages first..last all resident in a direct-mapped arena: one contiguous range of it."""
@@ -539,10 +534,7 @@ class PageStore:
                 except ChecksumMismatch:
                     self._bad_memory_copy(page, mt, slot)
                     continue
-                self._touch(mt, slot)
-                tier = self.memory_tiers[mt.index]
-                tier.counters.reads += 1
-                tier.counters.hits += 1
+                self._count_hits(mt, slot, 1)
                 return False
             try:
                 data, slow = await self._fetch(page, Priority.DEMAND)
