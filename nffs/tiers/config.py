@@ -41,7 +41,7 @@ class StoreConfig:
     #: final fsync has little left to do
     dirty_background_bytes: int = 32 << 20
     #: a write-back batch writes at most this many bytes before its group commit
-    writeback_batch_bytes: int = 64 << 20
+    writeback_batch_bytes: int = 16 << 20
     #: bytes gathered into one pwritev when consecutive slots are written
     coalesce_bytes: int = 8 << 20
     #: background tick: watermarks, write-back timer and tier health (seconds, at most)
