@@ -91,6 +91,13 @@ def init_field(ws: Workspace, name: str, *options: str) -> str:
     return field
 
 
+def prefetch_args(choice: str) -> list[str]:
+    """Mount flags for a benchmark's ``--prefetch`` choice: "default" passes none, so the
+    measured mount runs the predictor `nffs mount` picks by itself (SPEC 8's targets hold
+    with the default options)."""
+    return [] if choice == "default" else ["--prefetch", choice]
+
+
 def tier_args(ws: Workspace, name: str, dram_capacity: str | None = None, home_dir: str | None = None) -> list[str]:
     """A dram tier on tmpfs (/dev/shm) and an nvme home tier (on disk unless home_dir says otherwise)."""
     dram = os.path.join(ws.shm, f"{name}-dram")

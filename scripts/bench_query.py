@@ -34,7 +34,7 @@ Also measured (after the rounds):
     while another handle runs 1 Mi-point queries back to back; target <= 5 ms;
   * --sweep: query points/s and take points/s for batch sizes 1 .. 1 Mi (for plots).
 
-Usage: python scripts/bench_query.py [--quick] [--rounds N] [--batch N] [--scalar-sample N] [--prefetch none|hoeffding|markov]
+Usage: python scripts/bench_query.py [--quick] [--rounds N] [--batch N] [--scalar-sample N] [--prefetch default|none|hoeffding|markov]
        [--sweep] [--json FILE]
 """
 from __future__ import annotations
@@ -52,7 +52,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_common import (  # noqa: E402
-    MinimalMount, NffsMount, Workspace, human_rate, init_field, median, print_machine, print_table,
+    MinimalMount, NffsMount, Workspace, human_rate, init_field, median, prefetch_args, print_machine, print_table,
     result_row, tier_args, verdict, write_json,
 )
 from nffs.encoding.hashgrid import corner_entries, entry_elements  # noqa: E402
@@ -250,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-round", type=int, default=3, help="batches (and takes) per round, the best one counts (default 3)")
     p.add_argument("--batch", type=int, default=1 << 16, help="points per request (default 65536)")
     p.add_argument("--scalar-sample", type=int, default=None, help="points per round for the scalar loop (default 128, quick 32)")
-    p.add_argument("--prefetch", default="none", choices=["none", "markov", "hoeffding"],
-                   help="prefetcher of the mount (default none; the field-space predictor watches every batch otherwise)")
+    p.add_argument("--prefetch", default="default", choices=["default", "none", "markov", "hoeffding"],
+                   help="prefetcher of the measured mount (default: the mount's default, as SPEC 8 targets are for the default options)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--sweep", action="store_true", help="also measure points/s for batch sizes 1 .. 1 Mi")
     p.add_argument("--singles", type=int, default=None, help="one-point requests timed (default 300, quick 100)")
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     layout = FieldLayout(FieldConfig())
     with Workspace() as ws:
         field = init_field(ws, "field")
-        nm = NffsMount(ws, field, *tier_args(ws, "field"), "--prefetch", args.prefetch)
+        nm = NffsMount(ws, field, *tier_args(ws, "field"), *prefetch_args(args.prefetch))
         params = rng.uniform(-1.0, 1.0, layout.n_params).astype(np.float32)
         t = time.perf_counter()
         write_params(nm.file("params"), params)
