@@ -36,6 +36,9 @@ class PrefetchConfig:
     #: a planned page, such events skip the predictor (the data is in memory already:
     #: nothing to gain, and the kernel's readahead works); the next slow one resumes it
     cheap_skip_after: int = 64
+    #: a GATHER event of at most this many pages, all served from memory and none of them
+    #: planned by us, skips the predictor at once (a single-point query touches ~60 pages)
+    small_gather_pages: int = 256
 
     # ---------------------------------------------------------------- address space
     #: byte deltas kept per stream for the majority vote (Leap's window)

@@ -93,7 +93,7 @@ class Prefetcher:
         self._token = None
         self._wake_pending = False
         self.counters = {"events": 0, "batches": 0, "dropped": 0, "think_calls": 0, "think_s": 0.0,
-                         "push_redone": 0, "fetches_inflight": 0, "cheap_skipped": 0}
+                         "push_redone": 0, "fetches_inflight": 0, "cheap_skipped": 0, "small_batches": 0}
         self._cheap_run = 0
         self._last_write = -1e9
         port.add_listener(self._on_event)
@@ -131,6 +131,13 @@ class Prefetcher:
             # count, and waking the predictor for each would cost more than the read itself
             self.counters["cheap_skipped"] += 1
             return
+        if (ev.kind == AccessKind.GATHER and len(ev.pages) <= self.cfg.small_gather_pages and not ev.slow.any()
+                and not any(p in self.ledger.entries for p in ev.pages.tolist())):
+            # a small lookup (single points, at/, concepts) served from memory, of pages we did
+            # not plan: nothing to count, and a round trip through the learning thread per lookup
+            # would cost several times the lookup itself
+            self.counters["cheap_skipped"] += 1
+            return
         self._enqueue(("event", ev))
 
     def on_points(self, points: np.ndarray) -> None:
@@ -139,6 +146,9 @@ class Prefetcher:
         pairs them) before the copy, so the caller's thread copies little."""
         self.counters["batches"] += 1
         n = len(points)
+        if n < self.cfg.field_min_points:  # single lookups have no motion to learn (see FieldPredictor)
+            self.counters["small_batches"] += 1
+            return
         step = -(-n // self.cfg.field_max_points) if n > self.cfg.field_max_points else 1
         self._enqueue(("points", np.array(points[::step], dtype=np.float32, copy=True)))
 

@@ -166,13 +166,28 @@ class MemoryArena:
         """
         c = self.chunk
         base = slot * self.page_size
-        valid = int(self.valid[slot])
+        first = offset // c
         view = self.view
-        sums = self.sums[slot]
-        for i in range(offset // c, (offset + length - 1) // c + 1):
-            if not valid >> i & 1 or _h(view[base + i * c:base + (i + 1) * c]) != int(sums[i]):
+        if (offset + length - 1) // c == first:  # one chunk (every 4 KiB read): no loop, no views of arrays
+            lo = base + first * c
+            if self.valid.item(slot) >> first & 1 and _h(view[lo:lo + c]) == self.sums.item(slot, first):
+                return view[base + offset:base + offset + length]
+            return None
+        valid = self.valid.item(slot)
+        sums = self.sums[slot].tolist()
+        for i in range(first, (offset + length - 1) // c + 1):
+            if not valid >> i & 1 or _h(view[base + i * c:base + (i + 1) * c]) != sums[i]:
                 return None
         return view[base + offset:base + offset + length]
+
+    def bad_slots_of_chunk_list(self, chunks: list[int]) -> list[int]:
+        """:meth:`bad_slots_of_chunks` for a short Python list (a lookup of a few points): no
+        numpy round trips, one hash call per chunk."""
+        c = self.chunk
+        view = self.view
+        per_page = self.chunks_per_page
+        want = self.sums.reshape(-1).item
+        return sorted({cid // per_page for cid in chunks if _h(view[cid * c:(cid + 1) * c]) != want(cid)})
 
     def bad_slots_of_chunks(self, chunks: np.ndarray) -> list[int]:
         """Slots whose listed chunks (global ids: slot * chunks_per_page + i) fail their checksum."""

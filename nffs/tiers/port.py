@@ -27,14 +27,25 @@ class AccessKind(enum.Enum):
     WRITE = "write"
 
 
-@dataclass(frozen=True)
 class AccessEvent:
-    kind: AccessKind
-    pages: np.ndarray  # int64 page numbers in access order (unique for GATHER)
-    slow: np.ndarray  # bool per page: the demand had to wait on a non-memory tier (a miss)
-    offset: int = 0  # READ: byte offset and size of the request within params
-    size: int = 0
-    time: float = 0.0  # time.monotonic() of the request
+    """One access the store saw. A plain slotted class, not a dataclass: the store builds
+    one per read that reaches the daemon, and a frozen dataclass's __init__ alone cost
+    more than a memory-tier read (about 1.6 µs). Treat it as immutable."""
+
+    __slots__ = ("kind", "pages", "slow", "offset", "size", "time")
+
+    def __init__(self, kind: AccessKind, pages: np.ndarray, slow: np.ndarray, offset: int = 0, size: int = 0,
+                 time: float = 0.0) -> None:
+        self.kind = kind
+        self.pages = pages  # int64 page numbers in access order (unique for GATHER)
+        self.slow = slow  # bool per page: the demand had to wait on a non-memory tier (a miss)
+        self.offset = offset  # READ: byte offset and size of the request within params
+        self.size = size
+        self.time = time  # time.monotonic() of the request
+
+    def __repr__(self) -> str:
+        return (f"AccessEvent({self.kind}, pages={self.pages.tolist()}, slow={self.slow.tolist()}, "
+                f"offset={self.offset}, size={self.size}, time={self.time})")
 
 
 AccessListener = Callable[[AccessEvent], None]
