@@ -35,6 +35,20 @@ DECODER_FILE = "decoder.npz"
 INFER_CHUNK = 1 << 16
 #: batches up to this many points are encoded on the calling (trio) thread
 INLINE_POINTS = 64
+#: a batch of at least this many points is split into parts that run at once, one per core
+PARALLEL_MIN_POINTS = 1 << 14
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+#: parts of one batch (and of concurrent batches) computed at once: numpy releases the GIL
+#: in the hashing, take and interpolation of a part, so each core can run one
+INFER_WORKERS = max(1, min(8, _cores()))
 
 
 class Field:
@@ -46,6 +60,7 @@ class Field:
         self.decoder_bytes: bytes | None = None
         #: called with every batch of points read through query, at/ and concepts (field-space prefetch)
         self.point_listeners: list[Callable[[np.ndarray], None]] = []
+        self._parts = trio.CapacityLimiter(INFER_WORKERS)
         self._load_decoder()
 
     # -- decoder ---------------------------------------------------------------------
@@ -110,11 +125,24 @@ class Field:
         must not give the batch rows of two different widths.
         """
         decoder = self.decoder
-        if points.shape[0] <= INFER_CHUNK:
+        n = points.shape[0]
+        if n < PARALLEL_MIN_POINTS:
             return await self._run(points, decoder)
-        parts = []
-        for start in range(0, points.shape[0], INFER_CHUNK):
-            parts.append(await self._run(points[start:start + INFER_CHUNK], decoder))
+        for listener in self.point_listeners:  # the batch as one: the motion model pairs whole batches
+            listener(points)
+        # parts of at most INFER_CHUNK points (bounded temporaries), at least one per worker,
+        # computed INFER_WORKERS at a time and put back in order
+        step = min(INFER_CHUNK, -(-n // INFER_WORKERS))
+        starts = list(range(0, n, step))
+        parts: list[np.ndarray | None] = [None] * len(starts)
+
+        async def part(i: int, start: int) -> None:
+            async with self._parts:
+                parts[i] = await self._run(points[start:start + step], decoder, observe=False)
+
+        async with trio.open_nursery() as nursery:
+            for i, start in enumerate(starts):
+                nursery.start_soon(part, i, start)
         return await trio.to_thread.run_sync(np.concatenate, parts)
 
     async def _run(self, points: np.ndarray, decoder: Decoder | None, *, observe: bool = True) -> np.ndarray:

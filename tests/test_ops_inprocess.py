@@ -450,6 +450,23 @@ async def test_big_batches_leave_the_trio_thread_small_ones_stay(env: Env, monke
     assert hops == []
 
 
+async def test_a_batch_split_over_cores_answers_in_order_and_is_observed_once(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A big batch is cut into parts computed at once (one per core, SPEC 8 inference): the
+    answer must equal the same points answered one small batch at a time, in order, and the
+    field-space prefetcher must see the batch once, whole (its motion model pairs batches)."""
+    monkeypatch.setattr(field_module, "PARALLEL_MIN_POINTS", 256)
+    monkeypatch.setattr(field_module, "INFER_WORKERS", 3)
+    monkeypatch.setattr(field_module, "INFER_CHUNK", 200)  # parts of 200 points: the last one short
+    seen: list[int] = []
+    env.field.point_listeners.append(lambda pts: seen.append(len(pts)))
+    rng = np.random.default_rng(5)
+    pts = rng.random((1000, DIMS), dtype=np.float32)
+    big = await env.field.infer(pts)
+    assert seen == [1000]
+    small = [await env.field.infer(pts[i:i + 50]) for i in range(0, len(pts), 50)]
+    assert np.array_equal(np.concatenate(small), big)
+
+
 async def test_concurrent_reads_of_one_query_handle_share_one_answer(env: Env) -> None:
     ops = env.ops
     fh = await open_path(ops, "query", os.O_RDWR)
