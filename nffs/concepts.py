@@ -28,8 +28,6 @@ from .errors import ReadOnly
 log = logging.getLogger(__name__)
 
 CATALOG_NAME = "concepts.db"
-#: where fields made before the catalog existed kept their concepts (imported once)
-LEGACY_META_NAME = "meta.db"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS concepts(
@@ -67,14 +65,10 @@ class ConceptCatalog:
         """
         path = os.path.join(field_dir, CATALOG_NAME)
         if read_only:
-            if not os.path.exists(path):
-                # never written by this version: show what an older field holds, in memory
-                catalog = cls.in_memory(read_only=True)
-                catalog._import_legacy(os.path.join(field_dir, LEGACY_META_NAME))
-                return catalog
+            if not os.path.exists(path):  # no concept was ever made: an empty catalog, in memory
+                return cls.in_memory(read_only=True)
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
             return cls(conn, read_only=True)
-        fresh = not os.path.exists(path)
         # Create the file ourselves so that it is private from its first byte.
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
@@ -90,10 +84,7 @@ class ConceptCatalog:
                 os.chmod(path + suffix, 0o600)
             except FileNotFoundError:
                 pass
-        catalog = cls(conn)
-        if fresh:
-            catalog._import_legacy(os.path.join(field_dir, LEGACY_META_NAME))
-        return catalog
+        return cls(conn)
 
     @classmethod
     def in_memory(cls, *, read_only: bool = False) -> "ConceptCatalog":
@@ -183,29 +174,6 @@ class ConceptCatalog:
         return bool(cur.rowcount)
 
     # ------------------------------------------------------------------ helpers
-    def _import_legacy(self, meta_path: str) -> None:
-        """Copy the concepts of a field made before concepts.db existed (ids kept).
-
-        Read-only access to the old table, once, when the catalog file is created; the
-        page metadata is never written from here.
-        """
-        if not os.path.exists(meta_path):
-            return
-        try:
-            old = sqlite3.connect(f"file:{meta_path}?mode=ro", uri=True)
-            try:
-                rows = old.execute("SELECT id, name, point FROM concepts ORDER BY id").fetchall()
-            finally:
-                old.close()
-        except sqlite3.Error:
-            return  # no legacy table: nothing to import
-        if not rows:
-            return
-        with self._transaction():
-            self._conn.executemany("INSERT OR IGNORE INTO concepts(id, name, point) VALUES (?, ?, ?)", rows)
-        (self._count,) = self._conn.execute("SELECT COUNT(*) FROM concepts").fetchone()
-        log.info("imported %d concept(s) from %s into %s", len(rows), meta_path, CATALOG_NAME)
-
     def _check_writable(self) -> None:
         if self.read_only:
             raise ReadOnly("the concept catalog is open read-only")

@@ -81,25 +81,3 @@ def test_read_only_catalog_changes_nothing(tmp_path: Path) -> None:
         ro.close()
 
 
-def test_concepts_of_an_older_field_are_imported_once(tmp_path: Path) -> None:
-    meta = sqlite3.connect(tmp_path / "meta.db")
-    meta.execute("CREATE TABLE concepts(id INTEGER PRIMARY KEY, name BLOB UNIQUE NOT NULL, point TEXT)")
-    meta.executemany("INSERT INTO concepts VALUES (?, ?, ?)", [(3, b"old", None), (7, b"pinned", "0.1 0.2 0.3")])
-    meta.commit()
-    meta.close()
-    ro = ConceptCatalog.open(str(tmp_path), read_only=True)  # a read-only mount shows them, writes nothing
-    assert ro.count == 2 and not (tmp_path / CATALOG_NAME).exists()
-    ro.close()
-    cat = ConceptCatalog.open(str(tmp_path))
-    try:
-        assert cat.count == 2
-        assert cat.by_id(3).name == b"old" and cat.by_id(7).point == "0.1 0.2 0.3"
-        assert cat.create(b"new").id > 7
-        cat.delete(3)
-    finally:
-        cat.close()
-    again = ConceptCatalog.open(str(tmp_path))  # not imported a second time
-    try:
-        assert again.by_id(3) is None and again.count == 2
-    finally:
-        again.close()
