@@ -30,6 +30,22 @@ from .tierroot import TierRoot
 log = logging.getLogger(__name__)
 
 ARENA_FILE = "arena"
+
+
+def chunk_runs(mask: int, n_chunks: int) -> list[tuple[int, int]]:
+    """Runs [first, last) of set bits of a chunk mask, in order: contiguous chunk ranges."""
+    runs = []
+    i = 0
+    while i < n_chunks:
+        if mask >> i & 1:
+            j = i
+            while j < n_chunks and mask >> j & 1:
+                j += 1
+            runs.append((i, j))
+            i = j
+        else:
+            i += 1
+    return runs
 _h = xxhash.xxh3_64_intdigest
 
 
@@ -223,15 +239,26 @@ class MemoryArena:
         return self.view[base:base + length].tobytes()
 
     def snapshot(self, slot: int) -> tuple[bytes, int]:
-        """A consistent, verified copy of a slot and its stored-chunk mask (write-back, any thread)."""
+        """A consistent, verified copy of a slot's stored chunks and their mask (write-back, any
+        thread). Compact: the stored chunks one after the other (the whole page when all are
+        stored), so a 4 KiB write to a 1 MiB page costs 4 KiB of copy, not 1 MiB; its xxh3 is
+        the page's stored checksum (`homes.stored_checksum`)."""
         base = self._base(slot)
+        c = self.chunk
         with self.lock:
-            data = self.view[base:base + self.page_size].tobytes()
             stored = int(self.stored[slot])
+            if stored == self.full_mask:
+                data = self.view[base:base + self.page_size].tobytes()
+            else:
+                data = b"".join(self.view[base + a * c:base + b * c] for a, b in chunk_runs(stored, self.chunks_per_page))
             ok = self.verify_valid(slot)
         if not ok:
             raise ChecksumMismatch(f"memory copy in slot {slot} fails its checksum")
         return data, stored
+
+    def stored_bytes(self, slot: int) -> int:
+        """Bytes a write-back of the slot writes (its stored chunks)."""
+        return int(self.stored[slot]).bit_count() * self.chunk
 
     def copy_from(self, slot: int, other: "MemoryArena", other_slot: int) -> None:
         """Move a copy between memory tiers with its masks."""

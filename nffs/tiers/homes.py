@@ -26,6 +26,7 @@ import numpy as np
 import xxhash
 
 from ..errors import PageIOError
+from .arena import chunk_runs as mask_runs
 from .tierroot import TierRoot
 
 log = logging.getLogger(__name__)
@@ -43,22 +44,6 @@ def chunk_size(page_size: int) -> int:
     return min(page_size, max(4096, page_size // 64))
 
 
-def mask_runs(mask: int, n_chunks: int) -> list[tuple[int, int]]:
-    """Runs [first, last) of set bits: the stored chunks of a page, as contiguous ranges."""
-    runs = []
-    i = 0
-    while i < n_chunks:
-        if mask >> i & 1:
-            j = i
-            while j < n_chunks and mask >> j & 1:
-                j += 1
-            runs.append((i, j))
-            i = j
-        else:
-            i += 1
-    return runs
-
-
 def stored_checksum(data: bytes | memoryview, mask: int, chunk: int, n_chunks: int) -> int:
     """xxh3 of the stored chunks of a page, in order (of the whole page when all are stored)."""
     if mask == (1 << n_chunks) - 1:
@@ -68,6 +53,11 @@ def stored_checksum(data: bytes | memoryview, mask: int, chunk: int, n_chunks: i
     for a, b in mask_runs(mask, n_chunks):
         h.update(view[a * chunk:b * chunk])
     return h.intdigest()
+
+
+def compact_checksum(compact: bytes) -> int:
+    """:func:`stored_checksum` of a page given as its stored chunks one after the other."""
+    return xxhash.xxh3_64_intdigest(compact)
 
 
 def slab_name(index: int) -> str:
@@ -197,18 +187,23 @@ class SlabHomes:
             data += bytes(self.page_size - len(data))
         return data
 
-    def write_partial(self, slot: int, data: bytes, mask: int, chunk: int, n_chunks: int) -> int:
-        """Write only the stored chunks of a page into its slot; returns the slab touched."""
+    def write_partial(self, slot: int, compact: bytes, mask: int, chunk: int, n_chunks: int) -> int:
+        """Write only the stored chunks of a page into its slot; returns the slab touched.
+
+        `compact` holds the stored chunks one after the other (`MemoryArena.snapshot`)."""
         slab, index = divmod(slot, self.slots_per_slab)
         fd, created = self._fd(slab, create=True)
         if created:
             self.root.fsync()
-        view = memoryview(data)
+        view = memoryview(compact)
         base = index * self.page_size
+        pos = 0
         for a, b in mask_runs(mask, n_chunks):
-            n = os.pwrite(fd, view[a * chunk:b * chunk], base + a * chunk)
-            if n != (b - a) * chunk:
+            length = (b - a) * chunk
+            n = os.pwrite(fd, view[pos:pos + length], base + a * chunk)
+            if n != length:
                 raise OSError(28, f"short write to {slab_name(slab)}")
+            pos += length
         return slab
 
     def write_many(self, items: list[tuple[int, bytes]], coalesce_bytes: int) -> set[int]:

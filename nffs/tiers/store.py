@@ -35,7 +35,7 @@ from .config import StoreConfig
 from .pagetable import Home, MemTier, PageTable
 from .port import AccessEvent, AccessKind, AccessListener, FetchResult, Priority
 from . import generations
-from .homes import chunk_size, mask_runs, stored_checksum
+from .homes import chunk_size, compact_checksum, mask_runs, stored_checksum
 from .scheduler import IOScheduler
 from .tier import Tier
 
@@ -895,12 +895,24 @@ class PageStore:
             if not items:
                 self._last_writeback = time.monotonic()
                 return 0
-            per_batch = max(1, self.cfg.writeback_batch_bytes // self.page_size)
             written = 0
             first_error: NffsError | None = None
-            for i in range(0, len(items), per_batch):
+            # batches of about writeback_batch_bytes of *stored* bytes (what is copied and
+            # written), so 4 KiB writes to many big pages make one batch, one fdatasync and
+            # one commit, not one per 16 MiB of page size
+            limit = self.cfg.writeback_batch_bytes
+            batches: list[list[tuple[MemTier, int]]] = [[]]
+            size = 0
+            for mt, s in items:
+                n = mt.arena.stored_bytes(s)
+                if batches[-1] and size + n > limit:
+                    batches.append([])
+                    size = 0
+                batches[-1].append((mt, s))
+                size += n
+            for batch in batches:
                 try:
-                    written += await self._writeback_batch(items[i:i + per_batch])
+                    written += await self._writeback_batch(batch)
                 except NffsError as exc:
                     first_error = first_error or exc
             self._last_writeback = time.monotonic()
@@ -946,7 +958,7 @@ class PageStore:
                     continue
                 by_tier.setdefault(tier.id, []).append((new_slot, data, mask))
                 tiers[tier.id] = tier
-                rows.append((page, Home(tier.id, new_slot, stored_checksum(data, mask, self.chunk, self.n_chunks), mask)))
+                rows.append((page, Home(tier.id, new_slot, compact_checksum(data), mask)))
             for tid, writes in by_tier.items():
                 self._write_slots(tiers[tid], writes)
             by_tier.clear()

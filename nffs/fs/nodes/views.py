@@ -135,7 +135,8 @@ class ByteView(Node):
         self.ctx.check_writable()
         if off >= self.size:
             raise fs_error(errno.EFBIG, "write past the end of a fixed-size file")
-        buf = buf[: self.size - off]  # a write across the end is short
+        if off + len(buf) > self.size:
+            buf = memoryview(buf)[: self.size - off]  # a write across the end is short
         with store_errors():
             await self.ctx.store.write(self.start + off, buf)
         await self.ctx.cache.notify_aliases(self.start + off, buf, source=self.inode)
