@@ -508,13 +508,21 @@ class PageStore:
             return out
         out = bytearray(size)
         view = memoryview(out)
+        fetched_slow: set[int] = set()
+        missing = [p for p in range(first, last + 1) if self.table.mem(p) is None]
+        if len(missing) > 1:
+            # bring them all at once (demand class, bounded): a 1 MiB read of 4 KiB pages on a
+            # home tier is 256 slab reads, which one after the other cost 256 latencies
+            slow = await self._ensure_pages(np.array(missing, dtype=np.int64), install_implicit=False)
+            fetched_slow = {p for p, s in zip(missing, slow) if s}
         pages, slows = [], []
         pos, end = offset, offset + size
         while pos < end:
             page = pos // ps
             start = pos - page * ps
             length = min(ps - start, end - pos)
-            slows.append(await self._read_page_into(page, start, view[pos - offset:pos - offset + length]))
+            was_slow = await self._read_page_into(page, start, view[pos - offset:pos - offset + length])
+            slows.append(was_slow or page in fetched_slow)
             pages.append(page)
             pos += length
         self._emit(AccessKind.READ, pages, slows, offset, size)
