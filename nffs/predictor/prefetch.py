@@ -125,14 +125,14 @@ class Prefetcher:
 
     def _on_event(self, ev: AccessEvent) -> None:
         self.counters["events"] += 1
-        if (ev.kind == AccessKind.READ and self._cheap_run > self.cfg.cheap_skip_after and not ev.slow.any()
-                and not any(p in self.ledger.entries for p in ev.pages.tolist())):
+        if (ev.kind == AccessKind.READ and self._cheap_run > self.cfg.cheap_skip_after and not ev.any_slow
+                and not any(p in self.ledger.entries for p in ev.page_list)):
             # a run of reads served from memory that we did not prefetch: nothing to learn or
             # count, and waking the predictor for each would cost more than the read itself
             self.counters["cheap_skipped"] += 1
             return
-        if (ev.kind == AccessKind.GATHER and len(ev.pages) <= self.cfg.small_gather_pages and not ev.slow.any()
-                and not any(p in self.ledger.entries for p in ev.pages.tolist())):
+        if (ev.kind == AccessKind.GATHER and not ev.any_slow and len(ev.page_list) <= self.cfg.small_gather_pages
+                and not any(p in self.ledger.entries for p in ev.page_list)):
             # a small lookup (single points, at/, concepts) served from memory, of pages we did
             # not plan: nothing to count, and a round trip through the learning thread per lookup
             # would cost several times the lookup itself

@@ -28,23 +28,48 @@ class AccessKind(enum.Enum):
 
 
 class AccessEvent:
-    """One access the store saw. A plain slotted class, not a dataclass: the store builds
-    one per read that reaches the daemon, and a frozen dataclass's __init__ alone cost
-    more than a memory-tier read (about 1.6 µs). Treat it as immutable."""
+    """One access the store saw. A plain slotted class, not a dataclass, with its page
+    numbers kept as the store had them (a Python list on the read path) and turned into
+    arrays only when asked for: the store builds one per read that reaches the daemon,
+    and listeners mostly look at ``any_slow`` and ``page_list`` only. Treat it as
+    immutable."""
 
-    __slots__ = ("kind", "pages", "slow", "offset", "size", "time")
+    __slots__ = ("kind", "_pages", "_slow", "offset", "size", "time", "any_slow")
 
-    def __init__(self, kind: AccessKind, pages: np.ndarray, slow: np.ndarray, offset: int = 0, size: int = 0,
-                 time: float = 0.0) -> None:
+    def __init__(self, kind: AccessKind, pages: "np.ndarray | list[int]", slow: "np.ndarray | list[bool]",
+                 offset: int = 0, size: int = 0, time: float = 0.0) -> None:
         self.kind = kind
-        self.pages = pages  # int64 page numbers in access order (unique for GATHER)
-        self.slow = slow  # bool per page: the demand had to wait on a non-memory tier (a miss)
+        self._pages = pages  # page numbers in access order (unique for GATHER)
+        self._slow = slow  # per page: the demand had to wait on a non-memory tier (a miss)
         self.offset = offset  # READ: byte offset and size of the request within params
         self.size = size
         self.time = time  # time.monotonic() of the request
+        #: some page of the access waited on a slow tier
+        self.any_slow = bool(slow.any()) if isinstance(slow, np.ndarray) else True in slow
+
+    @property
+    def pages(self) -> np.ndarray:
+        """int64 page numbers."""
+        p = self._pages
+        if not isinstance(p, np.ndarray):
+            p = self._pages = np.array(p, dtype=np.int64)
+        return p
+
+    @property
+    def slow(self) -> np.ndarray:
+        """bool per page."""
+        s = self._slow
+        if not isinstance(s, np.ndarray):
+            s = self._slow = np.array(s, dtype=bool)
+        return s
+
+    @property
+    def page_list(self) -> list[int]:
+        p = self._pages
+        return p.tolist() if isinstance(p, np.ndarray) else p
 
     def __repr__(self) -> str:
-        return (f"AccessEvent({self.kind}, pages={self.pages.tolist()}, slow={self.slow.tolist()}, "
+        return (f"AccessEvent({self.kind}, pages={self.page_list}, slow={self.slow.tolist()}, "
                 f"offset={self.offset}, size={self.size}, time={self.time})")
 
 

@@ -43,9 +43,6 @@ from .tier import Tier
 SMALL_GATHER_ENTRIES = 1024
 #: the unsigned word that holds one row of 2, 4 or 8 bytes (a row taken as one word)
 _ROW_WORDS = {2: np.uint16, 4: np.uint32, 8: np.uint64}
-#: the `slow` mask of every one-page memory hit (shared, read-only)
-_NOT_SLOW_1 = np.zeros(1, dtype=bool)
-_NOT_SLOW_1.flags.writeable = False
 log = logging.getLogger(__name__)
 
 _h = xxhash.xxh3_64_intdigest
@@ -203,11 +200,7 @@ class PageStore:
     def _emit(self, kind: AccessKind, pages: list[int], slow: list[bool], offset: int = 0, size: int = 0) -> None:
         if not self._listeners:
             return
-        if len(pages) == 1 and not slow[0]:  # a memory hit of one page: the common event, built cheaply
-            event = AccessEvent(kind, np.array(pages, dtype=np.int64), _NOT_SLOW_1, offset, size, time.monotonic())
-        else:
-            event = AccessEvent(kind, np.array(pages, dtype=np.int64), np.array(slow, dtype=bool), offset, size,
-                                time.monotonic())
+        event = AccessEvent(kind, pages, slow, offset, size, time.monotonic())
         for listener in self._listeners:
             try:
                 listener(event)
