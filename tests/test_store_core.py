@@ -417,6 +417,35 @@ async def test_corrupted_home_is_eio_and_fsck_reports_it(tmp_path: Path, page_si
     assert not report.clean and any("page 0" in p for p in report.problems)
 
 
+async def test_cold_multi_page_read_fetches_together_and_still_refuses_a_corrupted_home(tmp_path: Path) -> None:
+    """A read over several pages that live only in their homes fetches them in one batch
+    (runs of slots in one pread); a corrupted home among them still makes the read EIO,
+    the pages around it read back intact, and nothing corrupted is installed."""
+    ps = 4096
+    field = make_field(tmp_path, page_size=ps, memory="1M")
+    opened = open_field(str(field))
+    data = pattern(21, 8 * ps)
+    await opened.store.write(0, data)
+    await opened.store.sync()
+    opened.close()
+    rows = homes_rows(field)
+    _tier, slot, _sum, _mask = rows[3]
+    name, base = slab_offset(max(4096, (1 << 30) // ps), slot, ps)
+    flip(str(tmp_path / "n" / name), base + 100)
+    opened = open_field(str(field))
+    try:
+        with pytest.raises(PageIOError) as info:
+            await opened.store.read(0, 8 * ps)
+        assert info.value.errno == errno.EIO
+        assert bytes(await opened.store.read(0, 3 * ps)) == data[:3 * ps]
+        assert bytes(await opened.store.read(4 * ps, 4 * ps)) == data[4 * ps:]
+        assert opened.store.table.mem(3) is None  # never installed
+        with pytest.raises(PageIOError):
+            await opened.store.read(3 * ps + 50, 100)
+    finally:
+        opened.close()
+
+
 async def test_home_storing_some_chunks_reads_init_elsewhere(tmp_path: Path) -> None:
     """A 4 KiB write into a 64 KiB page stores one chunk; the rest reads as the init, also
     when the slab slot held another page before (reused slot) or ends before the slot does."""

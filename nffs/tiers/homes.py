@@ -187,6 +187,50 @@ class SlabHomes:
             data += bytes(self.page_size - len(data))
         return data
 
+    def read_many(self, slots: list[int], max_bytes: int = 1 << 20) -> dict[int, bytes | OSError]:
+        """Several slots, runs of consecutive slots of one slab in one pread of up to
+        `max_bytes` (a cold multi-page read); per slot its page or the error of its run."""
+        out: dict[int, bytes | OSError] = {}
+        ordered = sorted(set(slots))
+        per_run = max(1, max_bytes // self.page_size)
+        i = 0
+        while i < len(ordered):
+            j = i + 1
+            while (j < len(ordered) and j - i < per_run and ordered[j] == ordered[j - 1] + 1
+                   and ordered[j] // self.slots_per_slab == ordered[i] // self.slots_per_slab):
+                j += 1
+            run = ordered[i:j]
+            if len(run) == 1:
+                try:
+                    out[run[0]] = self.read(run[0])
+                except OSError as exc:
+                    out[run[0]] = exc
+                i = j
+                continue
+            slab, index = divmod(run[0], self.slots_per_slab)
+            length = len(run) * self.page_size
+            try:
+                fd, _ = self._fd(slab, create=False)
+                try:
+                    data = os.pread(fd, length, index * self.page_size)
+                except OSError as exc:
+                    if exc.errno == errno.EIO:
+                        self._forget(slab, fd)
+                    raise
+                os.posix_fadvise(fd, index * self.page_size, length, os.POSIX_FADV_DONTNEED)
+            except OSError as exc:
+                for slot in run:
+                    out[slot] = exc
+                i = j
+                continue
+            if len(data) < length:  # unstored chunks past the end of the slab read as zeros
+                data += bytes(length - len(data))
+            view = memoryview(data)
+            for k, slot in enumerate(run):
+                out[slot] = bytes(view[k * self.page_size:(k + 1) * self.page_size])
+            i = j
+        return out
+
     def write_partial(self, slot: int, compact: bytes, mask: int, chunk: int, n_chunks: int) -> int:
         """Write only the stored chunks of a page into its slot; returns the slab touched.
 

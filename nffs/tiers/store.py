@@ -35,7 +35,7 @@ from .config import StoreConfig
 from .pagetable import Home, MemTier, PageTable
 from .port import AccessEvent, AccessKind, AccessListener, FetchResult, Priority
 from . import generations
-from .homes import chunk_size, compact_checksum, mask_runs, stored_checksum
+from .homes import SlabHomes, chunk_size, compact_checksum, mask_runs, stored_checksum
 from .scheduler import IOScheduler
 from .tier import Tier
 
@@ -409,6 +409,81 @@ class PageStore:
         self._touch_home(page)
         return data
 
+    async def _fetch_batch(self, pages: list[int], priority: Priority) -> set[int]:
+        """Bring several pages home -> memory with one worker call per home tier (the
+        multi-page read path: a 1 MiB read of 4 KiB pages is one hop to a worker thread, not
+        256). Returns the pages read from a slow tier and installed.
+
+        Best effort: pages in memory, in flight, implicit or on an unavailable tier are left
+        out, and a page that fails (I/O error, checksum) is simply not installed — the
+        caller's page-by-page path then reads it again and reports the error as a single
+        read does. The in-flight entries let concurrent readers of these pages join."""
+        groups: dict[int, list[tuple[int, Home]]] = {}
+        for p in pages:
+            if p in self._inflight or self.table.mem(p) is not None:
+                continue
+            home = self.table.home(p)
+            if home is None:
+                continue
+            tier = self.tier_by_id.get(home.tier)
+            if tier is None or tier.homes is None or tier.root is None or not tier.root.still_here():
+                continue
+            groups.setdefault(home.tier, []).append((p, home))
+        done: set[int] = set()
+        for tier_id, items in groups.items():
+            tier = self.tier_by_id[tier_id]
+            homes = tier.homes
+            assert homes is not None
+            flights = {p: _InFlight(trio.Event(), priority, home) for p, home in items}
+            self._inflight.update(flights)
+            epoch = homes.begin_read()
+
+            def read_all(items: list[tuple[int, Home]] = items, homes: SlabHomes = homes) -> list[bytes | None]:
+                out: list[bytes | None] = []
+                got = homes.read_many([home.slot for _, home in items], self.cfg.coalesce_bytes)
+                for p, home in items:
+                    data = got[home.slot]
+                    if isinstance(data, OSError):
+                        out.append(None)
+                        continue
+                    if stored_checksum(data, home.mask, self.chunk, self.n_chunks) != home.checksum:
+                        out.append(None)
+                        continue
+                    out.append(self._complete_page(p, data, home.mask))
+                return out
+
+            try:
+                datas = await self.io.run(priority, read_all, latency=tier.latency)
+                for (p, home), data in zip(items, datas):
+                    if data is None:
+                        continue
+                    flights[p].data = data
+                    tier.counters.reads += 1
+                    self._touch_home(p)
+                    if self.table.mem(p) is None and self.table.home(p) == home:
+                        loc = self._install(p, data, has_home=True, home_tier=home.tier, stored=home.mask)
+                        if loc is not None:
+                            self.memory_tiers[loc[0].index].counters.promotions += 1
+                    done.add(p)
+            except BaseException as exc:
+                for f in flights.values():
+                    if f.data is None:
+                        f.error = exc if isinstance(exc, Exception) else PageIOError("fetch cancelled")
+                        f.cancelled = True  # joiners fetch for themselves and see their own error
+                if isinstance(exc, (OSError, NffsError)):
+                    return done  # the page-by-page path reads (and reports) them one by one
+                raise
+            finally:
+                homes.end_read(epoch)
+                for p, f in flights.items():
+                    if f.data is None and f.error is None:
+                        # failed in the batch: a joiner reads it itself (and meets the error itself)
+                        f.error = PageIOError(f"page {p}: batch read failed")
+                        f.cancelled = True
+                    del self._inflight[p]
+                    f.done.set()
+        return done
+
     async def _fetch(self, page: int, priority: Priority) -> tuple[bytes | None, bool]:
         """Bring a materialised page into memory. Returns (bytes, came_from_slow_tier).
 
@@ -504,10 +579,9 @@ class PageStore:
         fetched_slow: set[int] = set()
         missing = [p for p in range(first, last + 1) if self.table.mem(p) is None]
         if len(missing) > 1:
-            # bring them all at once (demand class, bounded): a 1 MiB read of 4 KiB pages on a
-            # home tier is 256 slab reads, which one after the other cost 256 latencies
-            slow = await self._ensure_pages(np.array(missing, dtype=np.int64), install_implicit=False)
-            fetched_slow = {p for p, s in zip(missing, slow) if s}
+            # bring them all at once: a 1 MiB read of 4 KiB pages on a home tier is 256 slab
+            # reads, which one by one cost 256 latencies and 256 hops to a worker thread
+            fetched_slow = await self._fetch_batch(missing, Priority.DEMAND)
         pages, slows = [], []
         pos, end = offset, offset + size
         while pos < end:
