@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [(0, rss0, m.mount_seconds, rss0, rss0, 0.0, 0.0)]
         print(f"N=0: mount {m.mount_seconds * 1e3:.0f} ms, prefetcher ready and RSS settled after {ready_s:.1f} s, RSS {rss0 / MIB:.1f} MiB")
         done = 0
+        files_per_tier: list[tuple[int, int]] = []
         for n in counts:
             if m is None:
                 m = NffsMount(ws, field, *tiers, *extra)
@@ -162,9 +163,12 @@ def main(argv: list[str] | None = None) -> int:
             read_s = read_range(m.file("params"), n)
             read_rss = rss_bytes(m.pid)
             rows.append((n, writer_rss, median(times), fresh_rss, read_rss, write_s, read_s))
+            home_dir = tiers[3].split("=", 1)[1].split(",", 1)[0]  # --tier nvme=PATH,kind=nvme
+            home_files = len(os.listdir(home_dir))
+            files_per_tier.append((n, home_files))
             print(f"N={n:,}: materialised in {write_s:.1f} s, read back in {read_s:.1f} s, mount {median(times) * 1e3:.0f} ms, "
-                  f"RSS writer {writer_rss / MIB:.1f} MiB / fresh {fresh_rss / MIB:.1f} MiB / after reading all {read_rss / MIB:.1f} MiB",
-                  flush=True)
+                  f"RSS writer {writer_rss / MIB:.1f} MiB / fresh {fresh_rss / MIB:.1f} MiB / after reading all {read_rss / MIB:.1f} MiB, "
+                  f"{home_files} files in the home tier (target < 1,000)", flush=True)
             m.unmount()
             m = None
 
@@ -195,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
               f"N={rows[-1][0]:,} (least-squares slope {mount_slope * 1e5 * 1e3:+.0f} ms per 10^5 pages; "
               f"single mounts vary by a few hundred ms on a busy machine)")
         print(f"mount time vs virtual size: T=2^45 / T=2^19 = {ratio_virtual:.2f}x")
+        most_files = max(f for _, f in files_per_tier)
+        print(f"files in the home tier: {', '.join(f'{f} at N={n:,}' for n, f in files_per_tier)} (target < 1,000: "
+              f"{verdict(most_files, 999, higher_is_better=False)})")
         worst = max(slopes.values())
         write_json(args.json, "bench_scale", [
             result_row("scale_memory", "scale: daemon memory per materialised page (worst slope)", worst, None, "",
@@ -202,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             result_row("scale_mount_virtual", "scale: mount time T=2^45 vs T=2^19 (O(1) in virtual size)", virtual[1][2],
                        virtual[0][2], "mount of T=2^19", "s", ratio_virtual, 1.5, higher_is_better=False),
         ], args=vars(args), points=[{"pages": n, "rss_writer": w, "mount_s": ms, "rss_fresh": f, "rss_read": r}
-                                    for n, w, ms, f, r, _, _ in rows])
+                                    for n, w, ms, f, r, _, _ in rows], files_per_tier=files_per_tier)
     return 0
 
 

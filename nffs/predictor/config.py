@@ -110,6 +110,9 @@ class PrefetchConfig:
     #: a page read by the daemon or pushed within this many seconds may be in the
     #: kernel's cache (possibly dirty through mmap): never push over it
     repush_after_s: float = 120.0
+    #: buckets of the table that remembers when pages were last read, written or pushed (4
+    #: bytes each; more buckets, fewer pushes skipped for a page that only shares a bucket)
+    recent_buckets: int = 1 << 20
     #: after a write reached the daemon, pages are fetched but not pushed into the kernel
     #: cache for this long: a push racing a write could briefly leave older bytes there
     write_quiet_s: float = 2.0

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Awaitable, Callable, Sequence
 
 import numpy as np
@@ -48,22 +48,42 @@ PushFn = Callable[[int, bytes], Awaitable[None]]
 
 
 class RecentPages:
-    """Pages the kernel may hold (read, written or pushed recently): a bounded LRU of times."""
+    """Pages the kernel may hold (read, written or pushed within ``horizon_s``).
 
-    def __init__(self, capacity: int = 1 << 17, horizon_s: float = 120.0) -> None:
-        self.capacity = capacity
+    Never a false "no": a push over such a page could overwrite bytes an mmap writer has
+    not synced yet. A false "yes" only skips a push. So: a fixed table of the latest time
+    per hash bucket, 4 bytes a bucket whatever the number of pages (the LRU of page ->
+    time it replaces cost ~140 B of daemon memory per page and forgot pages beyond its
+    capacity, which is a false "no").
+    """
+
+    _GOLDEN = 0x9E3779B97F4A7C15  # Fibonacci hashing: consecutive pages land far apart
+
+    def __init__(self, buckets: int = 1 << 20, horizon_s: float = 120.0) -> None:
+        self.bits = max(1, (buckets - 1).bit_length())
         self.horizon_s = horizon_s
-        self._t: OrderedDict[int, float] = OrderedDict()
+        self._t0 = time.monotonic() - 1.0  # stored times are > 0; 0 means never
+        self._t = np.zeros(1 << self.bits, dtype=np.float32)
+
+    def _bucket(self, page: int) -> int:
+        return ((page * self._GOLDEN) & 0xFFFFFFFFFFFFFFFF) >> (64 - self.bits)
 
     def add(self, page: int, now: float) -> None:
-        self._t[page] = now
-        self._t.move_to_end(page)
-        if len(self._t) > self.capacity:
-            self._t.popitem(last=False)
+        b = self._bucket(page)
+        t = now - self._t0
+        if t > self._t.item(b):
+            self._t[b] = t
+
+    def add_many(self, pages: np.ndarray, now: float) -> None:
+        if len(pages) == 0:
+            return
+        b = ((np.asarray(pages, dtype=np.uint64) * np.uint64(self._GOLDEN)) >> np.uint64(64 - self.bits)).astype(np.int64)
+        np.maximum.at(self._t, b, np.float32(now - self._t0))
 
     def __contains__(self, page: int) -> bool:
-        t = self._t.get(page)
-        return t is not None and time.monotonic() - t < self.horizon_s
+        t = self._t.item(self._bucket(page))
+        # float32 seconds: the slack covers their rounding
+        return t > 0.0 and time.monotonic() - self._t0 - t < self.horizon_s + 1.0
 
 
 class Prefetcher:
@@ -85,7 +105,7 @@ class Prefetcher:
         self.address = AddressPredictor(self.cfg, self.model, page_size=layout.page_size, params_bytes=layout.params_bytes)
         self.fieldp = FieldPredictor(self.cfg, layout)
         self.ledger = Ledger(self.cfg, release=self._release)
-        self.recent = RecentPages(horizon_s=self.cfg.repush_after_s)
+        self.recent = RecentPages(self.cfg.recent_buckets, horizon_s=self.cfg.repush_after_s)
         self._queue: deque = deque()  # ("event", AccessEvent) | ("points", ndarray) | ("hint", ...)
         self._fetchq: deque = deque()
         self._fetch_ready: trio.Event | None = None
@@ -244,8 +264,7 @@ class Prefetcher:
         Returns whether the predictor should see the event."""
         if ev.kind == AccessKind.WRITE:
             self._last_write = now
-            for p in np.asarray(ev.pages).tolist():
-                self.recent.add(p, now)
+            self.recent.add_many(ev.pages, now)
             return False
         space = "address" if ev.kind == AccessKind.READ else "field"
         parr = np.asarray(ev.pages, dtype=np.int64)
