@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         nm = NffsMount(ws, field, *tier_args(ws, "field", dram_capacity="25%"), *prefetch_args(args.prefetch))
         params = nm.file("params")
         params_size = os.path.getsize(params)
-        need = rounds * (size + n_writes * PAGE)
+        need = rounds * (size + n_writes * 4 * PAGE)
         if need > params_size:
             raise SystemExit(f"bench_write: params is {params_size} bytes; {rounds} round(s) need {need}: "
                              f"raise --log2-table-size or lower --size/--writes/--rounds")

@@ -75,7 +75,9 @@ class RecentPages:
             self._t[b] = t
 
     def add_many(self, pages: np.ndarray, now: float) -> None:
-        if len(pages) == 0:
+        if len(pages) <= 8:  # a write of a page or two: ufunc.at costs more than the loop
+            for p in np.asarray(pages).tolist():
+                self.add(p, now)
             return
         b = ((np.asarray(pages, dtype=np.uint64) * np.uint64(self._GOLDEN)) >> np.uint64(64 - self.bits)).astype(np.int64)
         np.maximum.at(self._t, b, np.float32(now - self._t0))

@@ -220,11 +220,14 @@ class MemoryArena:
             return self.verify(slot)
         c = self.chunk
         base = self._base(slot)
-        sums = self.sums[slot]
-        return all(
-            _h(self.view[base + i * c:base + (i + 1) * c]) == int(sums[i])
-            for i in range(self.chunks_per_page) if valid >> i & 1
-        )
+        sums = self.sums[slot].tolist()
+        view = self.view
+        while valid:  # the set bits only: a page with one written chunk checks one
+            i = (valid & -valid).bit_length() - 1
+            valid &= valid - 1
+            if _h(view[base + i * c:base + (i + 1) * c]) != sums[i]:
+                return False
+        return True
 
     def read_into(self, slot: int, offset: int, out: memoryview) -> None:
         if not self.verify(slot, offset, len(out)):
