@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .encoding.decoder import Decoder
 from .encoding.layout import FieldLayout
 from .tiers.store import PageStore
+from .workers import run_niced
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,9 @@ DECODER_FILE = "decoder.npz"
 INFER_CHUNK = 1 << 16
 #: batches up to this many points are encoded on the calling (trio) thread
 INLINE_POINTS = 64
+#: the encoding, interpolation and decoder of big batches run this many nice levels below the
+#: daemon (see `workers.run_niced`): FUSE requests come first
+INFER_NICE = 5
 #: a batch of at least this many points is split into parts that run at once, one per core
 PARALLEL_MIN_POINTS = 1 << 14
 
@@ -158,9 +162,9 @@ class Field:
             entries, weights = hashgrid.corner_entries_small(self.layout, points)
             rows = await self.store.gather_rows(entries)  # (L, C, N, F), all pages fetched at once
             return self._finish(weights, rows, decoder)
-        entries, weights = await trio.to_thread.run_sync(hashgrid.corner_entries, self.layout, points)
+        entries, weights = await trio.to_thread.run_sync(run_niced, INFER_NICE, hashgrid.corner_entries, self.layout, points)
         rows = await self.store.gather_rows(entries)
-        return await trio.to_thread.run_sync(self._finish, weights, rows, decoder)
+        return await trio.to_thread.run_sync(run_niced, INFER_NICE, self._finish, weights, rows, decoder)
 
     def _finish(self, weights: np.ndarray, rows: np.ndarray, decoder: Decoder | None) -> np.ndarray:
         enc = hashgrid.interpolate(self.layout, weights, rows)

@@ -433,7 +433,8 @@ async def test_big_batches_leave_the_trio_thread_small_ones_stay(env: Env, monke
     real = trio.to_thread.run_sync
 
     async def counting(fn, *args, **kwargs):
-        hops.append(getattr(fn, "__name__", "?"))
+        inner = args[1] if getattr(fn, "__name__", "") == "run_niced" else fn  # run_niced(nice, fn, ...)
+        hops.append(getattr(inner, "__name__", "?"))
         return await real(fn, *args, **kwargs)
 
     monkeypatch.setattr(field_module.trio.to_thread, "run_sync", counting)

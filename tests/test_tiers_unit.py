@@ -1,6 +1,7 @@
 """Page store and tier specs without FUSE: parsing, placement, recovery, moves."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -104,3 +105,35 @@ async def test_move_home_and_lock(tmp_path: Path) -> None:
     assert len(list((tmp_path / "n").glob("slab-*"))) == 1
     assert await store.read(0, 8192) == b"\x01" * 8192
     opened.close()
+
+
+def test_cpu_work_runs_niced_and_the_thread_gets_its_priority_back() -> None:
+    """Heavy worker jobs run a few nice levels lower (a FUSE request must not wait for a core
+    behind a 1 Mi-point query), and the worker thread is restored afterwards when allowed."""
+    import threading
+
+    from nffs.workers import run_niced
+
+    seen: list[int] = []
+
+    def job() -> str:
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return "done"
+
+    result: list[object] = []
+
+    def worker() -> None:
+        tid = threading.get_native_id()
+        before = os.getpriority(os.PRIO_PROCESS, tid)
+        result.append(run_niced(5, job))
+        result.append(os.getpriority(os.PRIO_PROCESS, tid) - before)
+        result.append(before)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert result[0] == "done"
+    assert seen == [min(19, result[2] + 5)]  # type: ignore[operator]
+    if os.geteuid() == 0:
+        assert result[1] == 0  # restored (CAP_SYS_NICE)
+    assert run_niced(0, lambda: 7) == 7

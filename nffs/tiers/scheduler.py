@@ -13,6 +13,7 @@ from typing import Any, Callable, TypeVar
 import trio
 
 from ..errors import TierTimeout
+from ..workers import run_niced
 from .config import StoreConfig
 from .port import Priority
 
@@ -63,8 +64,9 @@ class IOScheduler:
                     self._room.set()
 
     async def cpu(self, fn: Callable[..., T], *args: Any) -> T:
-        """CPU-heavy work (hashing, gathers) off the trio thread, outside the I/O classes."""
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._threads)
+        """CPU-heavy work (hashing, gathers) off the trio thread, outside the I/O classes, at
+        `cpu_nice` below the daemon's priority."""
+        return await trio.to_thread.run_sync(run_niced, self.cfg.cpu_nice, fn, *args, limiter=self._threads)
 
     def queue_depths(self) -> dict[str, int]:
         return {

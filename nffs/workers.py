@@ -1,0 +1,30 @@
+"""Helpers for work that runs in worker threads (shared by the field and the storage core)."""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+
+
+def run_niced(nice: int, fn: Callable[..., T], *args: Any) -> T:
+    """Run `fn` in the calling (worker) thread at a lower CPU priority (Linux: a thread is a
+    task with its own nice value), then restore it: long numpy work must not keep the FUSE
+    thread waiting for a core. Without CAP_SYS_NICE the restore fails and the worker thread
+    simply stays a little lower, which suits a worker."""
+    if nice <= 0:
+        return fn(*args)
+    tid = threading.get_native_id()
+    try:
+        before = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, before + nice)
+    except (OSError, AttributeError):
+        return fn(*args)
+    try:
+        return fn(*args)
+    finally:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, before)
+        except OSError:
+            pass
