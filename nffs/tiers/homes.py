@@ -91,7 +91,9 @@ class SlabHomes:
     # -- allocation (trio thread) -----------------------------------------------------------
     def load_used(self, used: np.ndarray) -> None:
         """Free slots are those the page table does not reference (after any crash too)."""
-        used = np.unique(used.astype(np.int64))
+        used = np.sort(used.astype(np.int64))  # sort + neighbour test: np.unique hashes, 4x slower here
+        if used.size:
+            used = used[np.concatenate(([True], used[1:] != used[:-1]))]
         self.committed = int(used.size)
         self._fresh = int(used[-1]) + 1 if used.size else 0
         holes = np.setdiff1d(np.arange(self._fresh, dtype=np.int64), used, assume_unique=True)

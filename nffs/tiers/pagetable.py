@@ -172,6 +172,30 @@ class PageTable:
             conn.close()
         return np.concatenate(parts) if parts else np.zeros(0, dtype=ROW)
 
+    def scan_homes(self) -> dict[int, np.ndarray]:
+        """At mount, one pass over the homes table: the pages with a home (as `load_homed`)
+        and, per tier, the slots they use (free slots are the others). One scan with C-level
+        conversion, instead of two with a Python generator each: mounting 10^6 materialised
+        pages spent most of its 3.4 s here."""
+        cur = self._reader.execute("SELECT page, tier, slot FROM homes ORDER BY page")
+        parts = []
+        while True:
+            chunk = cur.fetchmany(1 << 16)
+            if not chunk:
+                break
+            parts.append(np.array(chunk, dtype=np.int64))
+        rows = np.concatenate(parts) if parts else np.zeros((0, 3), dtype=np.int64)
+        if self._generation is None:
+            self._homed = np.ascontiguousarray(rows[:, 0])
+            self._homed_recent.clear()
+            self._homed_loaded = True
+        else:
+            self.load_homed()
+        tiers = rows[:, 1]
+        # the tier of each run of rows (np.unique would hash all of them: 0.2 s per 10^6 rows)
+        present = sorted(set(tiers[np.r_[True, tiers[1:] != tiers[:-1]]].tolist())) if tiers.size else []
+        return {int(t): np.ascontiguousarray(rows[tiers == t, 2]) for t in present}
+
     def load_homed(self) -> None:
         """At mount: the set of pages with homes (one scan; the rows themselves stay in SQLite)."""
         if self._generation is not None:
@@ -254,19 +278,6 @@ class PageTable:
             if len(self._homed_recent) >= self._row_limit:
                 self._homed = np.union1d(self._homed, np.fromiter(self._homed_recent, dtype=np.int64))
                 self._homed_recent.clear()
-
-    def used_slots(self, tier_id: int) -> np.ndarray:
-        if self._generation is not None:
-            rows = self._generation
-            return rows["slot"][rows["tier"] == tier_id].astype(np.int64)
-        cur = self._reader.execute("SELECT slot FROM homes WHERE tier=?", (tier_id,))
-        out = []
-        while True:
-            chunk = cur.fetchmany(1 << 16)
-            if not chunk:
-                break
-            out.append(np.fromiter((r[0] for r in chunk), dtype=np.int64, count=len(chunk)))
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
     def count_by_tier(self) -> dict[int, int]:
         if self._generation is not None:

@@ -144,9 +144,10 @@ class PageStore:
     # ================================================================== start-up
     def recover(self) -> None:
         """Free slots are the ones the page table does not reference: crash leftovers vanish."""
+        used = self.table.scan_homes()
         for t in self.durable_tiers:
             if t.homes is not None:
-                t.homes.load_used(self.table.used_slots(t.id))
+                t.homes.load_used(used.get(t.id, np.zeros(0, dtype=np.int64)))
         if self.field_dir is not None:
             if self.read_only:
                 gen = generations.load_current(self.field_dir)
@@ -156,7 +157,6 @@ class PageStore:
                     generations.renew_lease(self.field_dir, gen.number)
             else:
                 self.generation = generations.current_number(self.field_dir)
-        self.table.load_homed()
 
     # ================================================================== helpers
     def _check_range(self, offset: int, size: int) -> None:
