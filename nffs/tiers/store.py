@@ -470,6 +470,9 @@ class PageStore:
                     if f.data is None:
                         f.error = exc if isinstance(exc, Exception) else PageIOError("fetch cancelled")
                         f.cancelled = True  # joiners fetch for themselves and see their own error
+                if isinstance(exc, TierTimeout):
+                    # a tier that did not answer in time: fail the read now, not once per page
+                    raise self._tier_error(tier, exc, items[0][0]) from None
                 if isinstance(exc, (OSError, NffsError)):
                     return done  # the page-by-page path reads (and reports) them one by one
                 raise
