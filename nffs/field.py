@@ -36,8 +36,8 @@ DECODER_FILE = "decoder.npz"
 INFER_CHUNK = 1 << 16
 #: batches up to this many points are encoded on the calling (trio) thread
 INLINE_POINTS = 64
-#: the encoding, interpolation and decoder of big batches run this many nice levels below the
-#: daemon (see `workers.run_niced`): FUSE requests come first
+#: the encoding, interpolation and decoder of big batches run at this nice level (see
+#: `workers.run_niced`): FUSE requests come first
 INFER_NICE = 5
 #: a batch of at least this many points is split into parts that run at once, one per core
 PARALLEL_MIN_POINTS = 1 << 14

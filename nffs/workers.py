@@ -9,16 +9,19 @@ T = TypeVar("T")
 
 
 def run_niced(nice: int, fn: Callable[..., T], *args: Any) -> T:
-    """Run `fn` in the calling (worker) thread at a lower CPU priority (Linux: a thread is a
-    task with its own nice value), then restore it: long numpy work must not keep the FUSE
-    thread waiting for a core. Without CAP_SYS_NICE the restore fails and the worker thread
-    simply stays a little lower, which suits a worker."""
+    """Run `fn` in the calling (worker) thread at nice level `nice` or lower priority (Linux:
+    a thread is a task with its own nice value), then restore the thread's level: long
+    numpy work must not keep the FUSE thread waiting for a core. Without CAP_SYS_NICE the
+    restore fails and the worker thread stays at `nice` (never lower: the level is absolute,
+    so reuse of the thread does not push it further down), which suits a worker."""
     if nice <= 0:
         return fn(*args)
     tid = threading.get_native_id()
     try:
         before = os.getpriority(os.PRIO_PROCESS, tid)
-        os.setpriority(os.PRIO_PROCESS, tid, before + nice)
+        if before >= nice:
+            return fn(*args)
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
     except (OSError, AttributeError):
         return fn(*args)
     try:

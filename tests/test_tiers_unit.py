@@ -133,7 +133,7 @@ def test_cpu_work_runs_niced_and_the_thread_gets_its_priority_back() -> None:
     t.start()
     t.join()
     assert result[0] == "done"
-    assert seen == [min(19, result[2] + 5)]  # type: ignore[operator]
+    assert seen == [max(5, result[2])]  # type: ignore[call-overload]
     if os.geteuid() == 0:
         assert result[1] == 0  # restored (CAP_SYS_NICE)
     assert run_niced(0, lambda: 7) == 7

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class StoreConfig:
-    #: CPU-heavy worker jobs (big gathers, their page scans) run this many nice levels below
-    #: the daemon, so that a FUSE request never waits long for a core while a 1 Mi-point
-    #: query keeps every core busy (SPEC 8 isolation)
+    #: CPU-heavy worker jobs (big gathers, their page scans) run at this nice level (or the
+    #: daemon's, if that is lower priority already), so that a FUSE request never waits long
+    #: for a core while a 1 Mi-point query keeps every core busy (SPEC 8 isolation)
     cpu_nice: int = 5
     #: memory tiers are kept below this fill ratio; above it the coldest copies move down...
     high_watermark: float = 0.90

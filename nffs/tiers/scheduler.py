@@ -65,7 +65,7 @@ class IOScheduler:
 
     async def cpu(self, fn: Callable[..., T], *args: Any) -> T:
         """CPU-heavy work (hashing, gathers) off the trio thread, outside the I/O classes, at
-        `cpu_nice` below the daemon's priority."""
+        nice level `cpu_nice`."""
         return await trio.to_thread.run_sync(run_niced, self.cfg.cpu_nice, fn, *args, limiter=self._threads)
 
     def queue_depths(self) -> dict[str, int]:
