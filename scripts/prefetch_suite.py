@@ -27,8 +27,10 @@ Page sizes 4 KiB, 64 KiB and 1 MiB (``--quick``: 64 KiB and a subset of workload
 
 For each run: p50/p99 of the per-read (or per-frame) latency, total time, slow-tier
 reads (the nvme tier's own read counter, from ``stats``), and the prefetcher's
-accuracy, coverage and timeliness from ``stats``; ratios are none/predictor (higher is
-better for the predictor). One table is printed; ``--json`` writes everything.
+accuracy, coverage and timeliness from ``stats``, and ``pend``: prefetched pages still
+pending (fetched, never demanded) when the run ends — they count against accuracy
+(useful / issued), ``accuracy_resolved`` in the JSON leaves them out; ratios are
+none/predictor (higher is better for the predictor). One table is printed; ``--json`` writes everything.
 
     python scripts/prefetch_suite.py [--quick] [--seed N] [--json FILE]
         [--predictors none,markov,hoeffding] [--workloads a,b,...] [--page-sizes 4K,64K,1M]
@@ -195,6 +197,7 @@ class Suite:
             "mean_ms": float(ms.mean()), "total_s": total,
             "slow_tier_reads": self.slow_reads(after) - self.slow_reads(self.before),
             "issued": pf.get("issued"), "useful": pf.get("useful"), "late": pf.get("late"), "wasted": pf.get("wasted"),
+            "pending": pf.get("pending"), "accuracy_resolved": pf.get("accuracy_resolved"),
             "accuracy": pf.get("accuracy"), "coverage": coverage, "coverage_whole_mount": pf.get("coverage"),
             "timeliness": pf.get("timeliness"),
             "model_bytes": pf.get("model_bytes"), "learn_us": pf.get("learn_us"), "predict_us": pf.get("predict_us"),
@@ -449,7 +452,7 @@ def fmt(v, spec: str) -> str:
 
 def table(results: list[dict]) -> str:
     head = (f"{'workload':22} {'page':>5} {'predictor':9} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'total s':>7} "
-            f"{'slow rd':>7} {'acc':>5} {'cov':>5} {'time':>5} {'p99 x':>6} {'tot x':>6} {'rd x':>6} verdict")
+            f"{'slow rd':>7} {'pend':>5} {'acc':>5} {'cov':>5} {'time':>5} {'p99 x':>6} {'tot x':>6} {'rd x':>6} verdict")
     lines = [head, "-" * len(head)]
     base = {(r["workload"], r["page_size"]): r for r in results if r["predictor"] == "none"}
     for r in results:
@@ -474,12 +477,12 @@ def table(results: list[dict]) -> str:
                 verdict = ("ok" if ok else "MISS") + f" (within {target}x)"
         page = f"{r['page_size'] >> 10}K" if r["page_size"] < (1 << 20) else f"{r['page_size'] >> 20}M"
         lines.append(f"{r['workload']:22} {page:>5} {r['predictor']:9} {r['n']:5d} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} "
-                     f"{r['total_s']:7.2f} {r['slow_tier_reads']:7d} {fmt(r['accuracy'], '5.2f')} {fmt(r['coverage'], '5.2f')} "
+                     f"{r['total_s']:7.2f} {r['slow_tier_reads']:7d} {fmt(r.get('pending'), '5d')} {fmt(r['accuracy'], '5.2f')} {fmt(r['coverage'], '5.2f')} "
                      f"{fmt(r['timeliness'], '5.2f')} {fmt(p99x, '6.1f')} {fmt(totx, '6.2f')} {fmt(rdx, '6.1f')} {verdict}")
     return "\n".join(lines)
 
 
-SENSITIVE = ["vote_window", "min_votes", "ra_initial_steps", "lead_factor", "stream_radius_bytes",
+SENSITIVE = ["vote_window", "min_votes", "ra_initial_steps", "lead_margin", "stream_radius_bytes",
              "stop_waste", "concurrency", "field_cell_fraction"]
 
 

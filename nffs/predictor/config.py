@@ -50,9 +50,19 @@ class PrefetchConfig:
     ra_max_bytes: int = 32 << 20
     #: nor further than this many pages ahead
     ra_max_pages: int = 1024
-    #: ... nor further than the reader goes in ``lead_factor`` x the measured fetch time
-    #: (its speed is measured between marker hits): deep enough to be timely, no deeper
-    lead_factor: float = 4.0
+    #: ... nor further than timeliness needs. The *lead* a stream needs is how far its reader
+    #: goes while one prefetch is on its way: reader speed (measured between marker hits)
+    #: x the measured reaction time (from the read that triggers a plan to the arrival of
+    #: the plan's first page), times this safety margin. The window is twice the lead (the
+    #: marker sits one lead ahead of the reader, so a hit still leaves a lead in flight):
+    #: a reader that stops leaves at most two leads of fetched, unread pages behind.
+    lead_margin: float = 2.0
+    #: a stream whose pages were late (demanded while in flight), or whose reader overtook
+    #: its window, doubles its lead (up to this factor) at the next marker hit ...
+    ra_boost_max: float = 8.0
+    #: ... and a stream all on time since the last marker hit lets that boost decay by this
+    #: factor per hit (never below 1): the window follows measured lateness, not a guess
+    ra_boost_decay: float = 0.8
     #: a read within this many bytes of a young stream's position (or at its last delta
     #: repeated) joins it; other reads are orphans until three form a progression
     stream_radius_bytes: int = 256 << 10

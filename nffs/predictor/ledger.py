@@ -39,7 +39,8 @@ COUNTS = ("issued", "useful", "late", "wasted", "demand_misses", "cancelled", "c
 
 
 class Entry:
-    __slots__ = ("space", "state", "push", "marker", "pushed", "passed", "t", "stream", "conf", "heat", "arrived_t")
+    __slots__ = ("space", "state", "push", "marker", "pushed", "passed", "t", "stream", "conf", "heat", "arrived_t",
+                 "head_t")
 
     def __init__(self, space: str, state: int, push: bool, marker: bool, t: float, stream: int, conf: float) -> None:
         self.space = space
@@ -53,6 +54,7 @@ class Entry:
         self.conf = conf
         self.heat = 0.0
         self.arrived_t = 0.0
+        self.head_t = 0.0  # first page of an address plan: the time of the read that triggered it
 
 
 class Controller:
@@ -108,6 +110,9 @@ class Ledger:
         #: recently useful pages: a later slow demand of one turns it into wasted
         self.recent_useful: OrderedDict[int, str] = OrderedDict()
         self.release = release or (lambda page, e: None)
+        #: called with the entry of a page demanded before its prefetch arrived (late, or still
+        #: queued): the address predictor deepens that stream's lead
+        self.on_late: Callable[[Entry], None] = lambda e: None
 
     # ------------------------------------------------------------------ planning
     def plan(self, page: int, space: str, *, push: bool, marker: bool, now: float, stream: int = 0,
@@ -164,6 +169,7 @@ class Ledger:
             self.counts[e.space]["cancelled"] += 1
             if slow:
                 self.counts[space]["demand_misses"] += 1
+                self.on_late(e)
         elif e.state == SHADOW:
             self.counts[e.space]["shadow_hits"] += 1
             self.control[e.space].shadow_outcome(True)
@@ -172,12 +178,14 @@ class Ledger:
         elif e.state == INFLIGHT:
             self.counts[e.space]["late"] += 1
             self.control[e.space].outcome("l")
+            self.on_late(e)
             self.release(page, e)
         else:  # READY
             if slow and t and e.arrived_t >= t:
                 # the request began while our fetch was in flight and waited for it
                 self.counts[e.space]["late"] += 1
                 self.control[e.space].outcome("l")
+                self.on_late(e)
                 self.release(page, e)
             elif slow:  # evicted before use, fetched again by demand
                 self._wasted(page, e, already_removed=True)
@@ -252,6 +260,8 @@ class Ledger:
         without = useful + late + c["demand_misses"]
         c["pending"] = self.pending(space)
         c["accuracy"] = round(useful / issued, 4) if issued else None
+        resolved = issued - c["pending"]
+        c["accuracy_resolved"] = round(useful / resolved, 4) if resolved > 0 else None
         c["coverage"] = round(useful / without, 4) if without else None
         c["timeliness"] = round(useful / (useful + late), 4) if useful + late else None
         c.update(self.control[space].stats())

@@ -85,6 +85,7 @@ class Prefetcher:
         self.address = AddressPredictor(self.cfg, self.model, page_size=layout.page_size, params_bytes=layout.params_bytes)
         self.fieldp = FieldPredictor(self.cfg, layout)
         self.ledger = Ledger(self.cfg, release=self._release)
+        self.ledger.on_late = self._on_late
         self.recent = RecentPages(horizon_s=self.cfg.repush_after_s)
         self._queue: deque = deque()  # ("event", AccessEvent) | ("points", ndarray) | ("hint", ...)
         self._fetchq: deque = deque()
@@ -95,6 +96,7 @@ class Prefetcher:
         self.counters = {"events": 0, "batches": 0, "dropped": 0, "think_calls": 0, "think_s": 0.0,
                          "push_redone": 0, "fetches_inflight": 0, "cheap_skipped": 0}
         self._cheap_run = 0
+        self._head_samples = 0
         self._last_write = -1e9
         port.add_listener(self._on_event)
 
@@ -118,6 +120,12 @@ class Prefetcher:
                 self._token.run_sync_soon(self._set_wake)
             except trio.RunFinishedError:
                 pass
+
+    def _on_late(self, e: Entry) -> None:
+        """A page demanded before its prefetch arrived: tell its stream (deepens its lead)."""
+        if e.space == "address" and e.stream:
+            late = self.address.late
+            late[e.stream] = late.get(e.stream, 0) + 1
 
     def _set_wake(self) -> None:
         if self._wake is not None:
@@ -171,6 +179,7 @@ class Prefetcher:
         if 0 < self.cfg.gil_switch_interval_s < sys.getswitchinterval():
             # our learning thread must not hold the FUSE thread up for a whole 5 ms slice
             sys.setswitchinterval(self.cfg.gil_switch_interval_s)
+        log.info("prefetcher %s running (module %s)", self.kind, __file__)
         self._token = trio.lowlevel.current_trio_token()
         self._wake = trio.Event()
         self._fetch_ready = trio.Event()
@@ -298,12 +307,16 @@ class Prefetcher:
                 for page in p.consumed:
                     self.ledger.passed(page)
                 cheap = self._cheap(p.pages)
+                head = True
                 for page, is_cheap in zip(p.pages, cheap):
                     if is_cheap:
                         continue
                     e = self.ledger.plan(page, "address", push=True, marker=page in p.markers, now=now,
                                          stream=p.stream, conf=p.confidence)
                     if e is not None and e.state == QUEUED:
+                        if head:  # the plan's first page measures the reaction time
+                            e.head_t = p.t_event or now
+                            head = False
                         self._fetchq.append(page)
                         added += 1
             elif space == "field":
@@ -374,12 +387,10 @@ class Prefetcher:
             e.state = INFLIGHT
             self.counters["fetches_inflight"] += 1
             try:
+                t_fetch = time.monotonic()
                 res = await self.port.fetch(page, Priority.PREFETCH)
-                # the lead a stream needs is the whole time from plan to arrival
-                dt = time.monotonic() - e.t
                 if res is not None and res.from_slow_tier:
-                    lat = self.address.fetch_latency_s
-                    self.address.fetch_latency_s = dt if lat == 0 else 0.9 * lat + 0.1 * dt
+                    self._note_latency(e, t_fetch, time.monotonic())
             except Exception:
                 log.debug("prefetch of page %d failed", page, exc_info=True)
                 res = None
@@ -403,6 +414,24 @@ class Prefetcher:
             if e.push and not e.marker and self.push is not None and self.ledger.entries.get(page) is e:
                 await self._push(page, e, res.data, res.version)
             self.ledger.arrived(page, e, time.monotonic())
+
+    def _note_latency(self, e: Entry, t_fetch: float, t_done: float) -> None:
+        """The reaction time a stream's lead must cover: from the read that triggered a plan to
+        the arrival of the plan's first page (event delivery, thinking, queueing and the slow
+        read). Only plan heads are sampled: the later pages of a window wait behind it but are
+        needed later too, and counting their wait would deepen windows that are on time.
+        Until a head has been measured, the fetch's own duration stands in."""
+        if e.head_t:
+            dt = t_done - e.head_t
+            self._head_samples += 1
+        elif self._head_samples:
+            return
+        else:
+            dt = t_done - t_fetch
+        if dt <= 0:
+            return
+        lat = self.address.fetch_latency_s
+        self.address.fetch_latency_s = dt if lat == 0 else 0.8 * lat + 0.2 * dt
 
     async def _push(self, page: int, e: Entry, data: bytes, version: int) -> None:
         """Push the page into the kernel cache, never leaving older bytes than the store's."""
@@ -451,7 +480,9 @@ class Prefetcher:
     # ------------------------------------------------------------------ statistics
     def stats(self) -> dict:
         spaces = {s: self.ledger.summary(s) for s in SPACES}
-        total = {k: sum(spaces[s][k] for s in SPACES) for k in ("issued", "useful", "late", "wasted", "demand_misses", "pushed")}
+        total = {k: sum(spaces[s][k] for s in SPACES)
+                 for k in ("issued", "useful", "late", "wasted", "pending", "demand_misses", "pushed")}
+        resolved = total["issued"] - total["pending"]
         without = total["useful"] + total["late"] + total["demand_misses"]
         m = self.model.stats()
         think = self.counters["think_calls"]
@@ -460,7 +491,10 @@ class Prefetcher:
             "ready": bool(getattr(self.model, "ready", True)),
             **total,
             "prefetch_slow_reads": total["issued"],
+            # SPEC 5: useful / issued, pending pages (fetched, not yet demanded) count against it
             "accuracy": round(total["useful"] / total["issued"], 4) if total["issued"] else None,
+            # the same over the prefetches whose outcome is known (pending ones left out)
+            "accuracy_resolved": round(total["useful"] / resolved, 4) if resolved > 0 else None,
             "coverage": round(total["useful"] / without, 4) if without else None,
             "timeliness": round(total["useful"] / (total["useful"] + total["late"]), 4) if total["useful"] + total["late"] else None,
             "model_bytes": m.get("model_bytes", 0),
