@@ -329,10 +329,11 @@ class AddressPredictor:
 
     def _vote(self, s: Stream, now: float) -> AddressPlan | None:
         cfg = self.cfg
-        if len(s.deltas) < cfg.min_votes:
+        if len(s.deltas) < min(cfg.min_votes, cfg.min_votes_contiguous):
             return None
         cand, votes = majority(list(s.deltas))
-        if cand is None or votes < cfg.min_votes or cand == 0:
+        need = cfg.min_votes_contiguous if cand in (FWD, BWD) else cfg.min_votes
+        if cand is None or votes < need or cand == 0:
             s.trend = None
             return None
         size = sorted(s.sizes)[len(s.sizes) // 2]

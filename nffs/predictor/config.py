@@ -35,13 +35,18 @@ class PrefetchConfig:
     #: after this many READ events in a row that neither waited on a slow tier nor touched
     #: a planned page, such events skip the predictor (the data is in memory already:
     #: nothing to gain, and the kernel's readahead works); the next slow one resumes it
-    cheap_skip_after: int = 64
+    cheap_skip_after: int = 8
 
     # ---------------------------------------------------------------- address space
     #: byte deltas kept per stream for the majority vote (Leap's window)
     vote_window: int = 8
     #: a trend needs at least this many deltas in the window, and a strict majority
     min_votes: int = 3
+    #: ... but a contiguous run (each read starting where the last ended, forward or
+    #: backward) needs only this many: contiguity is a strong signal on its own (Linux
+    #: readahead starts at the second sequential read), and every read before the trend is
+    #: a miss that lands in the p99 of short runs and of interleaved readers
+    min_votes_contiguous: int = 2
     #: readahead window (in trend steps) when a trend is first confirmed
     ra_initial_steps: int = 4
     #: the window doubles on each confirmed marker hit up to this many steps ...
