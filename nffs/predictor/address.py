@@ -60,7 +60,7 @@ class AddressPlan:
 class Stream:
     __slots__ = ("id", "last_off", "last_end", "last_size", "deltas", "sizes", "steps", "anchor",
                  "frontier", "planned", "marker_step", "marker_page", "t", "classes", "chain", "trend", "unit", "hit_t", "hit_off", "rate",
-                 "boost", "late_seen", "sized")
+                 "boost", "late_seen", "sized", "phases")
 
     def __init__(self, sid: int, off: int, end: int, now: float, window: int) -> None:
         self.id = sid
@@ -81,6 +81,9 @@ class Stream:
         self.boost = 1.0  # lead multiplier from measured lateness (1: none seen)
         self.late_seen = 0  # this stream's late count at the last marker hit
         self.sized = False  # the current window was sized from the measured speed (ramp over)
+        #: offsets of the reads within one step: (0,) for a plain trend; a periodic trend
+        #: (strides a, b, a, b, ...: step a + b) has (0, a) — the lag-p vote below
+        self.phases: tuple[float, ...] = (0.0,)
         self.unit = 1  # trend steps per window unit (a step smaller than a page: a page's worth)
         self.t = now
         self.classes: deque = deque(maxlen=8)  # delta classes for the model
@@ -182,13 +185,11 @@ class AddressPredictor:
             return None
         token, step, extent = s.trend
         rel = off - s.anchor
+        reach = s.frontier + max(s.steps, self.cfg.ra_initial_steps) + 1
         if isinstance(token, str):
             k = math.floor(rel / step) if step > 0 else math.ceil(rel / step)
-        else:
-            k = round(rel / step)
-        if k < -1 or k > s.frontier + max(s.steps, self.cfg.ra_initial_steps) + 1:
-            return None
-        if isinstance(token, str):
+            if k < -1 or k > reach:
+                return None
             # a contiguous stream: any read overlapping its (slightly widened) path
             if step > 0:
                 ok = s.anchor - extent - QUANTUM <= off <= s.anchor + (s.frontier + s.steps + 1) * step + QUANTUM
@@ -197,17 +198,23 @@ class AddressPredictor:
             return k if ok else None
         # misses come at the first read of each page that was not pushed, so their phase on
         # the lattice wanders by up to a page (or half a step, whichever is smaller)
-        if abs(rel - k * step) <= max(QUANTUM, extent, min(abs(step) / 2, self.page_size)):
-            return k
+        gaps = [abs(b - a) for a, b in zip(s.phases, [*s.phases[1:], step])]
+        tol = max(QUANTUM, extent, min(min(gaps) / 2, self.page_size))
+        for ph in s.phases:
+            k = round((rel - ph) / step)
+            if abs(rel - ph - k * step) <= tol and -1 <= k <= reach:
+                return k
         return None
 
     def _near(self, s: Stream, off: int) -> bool:
         radius = self.cfg.stream_radius_bytes
         if abs(off - s.last_off) <= radius or abs(off - s.last_end) <= radius:
             return True
-        # or where the last delta, repeated, would land
-        return bool(s.deltas) and not isinstance(s.deltas[-1], str) and \
-            abs(off - (s.last_off + s.deltas[-1])) <= max(2 * QUANTUM, min(abs(s.deltas[-1]) / 2, self.page_size))
+        # or where the last delta, repeated, would land — or the one before it (a period of two)
+        for d in list(s.deltas)[-2:]:
+            if not isinstance(d, str) and abs(off - (s.last_off + d)) <= max(2 * QUANTUM, min(abs(d) / 2, self.page_size)):
+                return True
+        return False
 
     # ------------------------------------------------------------------ observe
     def observe(self, off: int, size: int, now: float | None = None) -> list[AddressPlan]:
@@ -331,11 +338,16 @@ class AddressPredictor:
         cfg = self.cfg
         if len(s.deltas) < min(cfg.min_votes, cfg.min_votes_contiguous):
             return None
-        cand, votes = majority(list(s.deltas))
+        deltas = list(s.deltas)
+        cand, votes = majority(deltas)
         need = cfg.min_votes_contiguous if cand in (FWD, BWD) else cfg.min_votes
+        phases: tuple[float, ...] = (0.0,)
         if cand is None or votes < need or cand == 0:
-            s.trend = None
-            return None
+            periodic = self._periodic(deltas)
+            if periodic is None:
+                s.trend = None
+                return None
+            cand, phases = periodic
         size = sorted(s.sizes)[len(s.sizes) // 2]
         ps = self.page_size
         if cand in (FWD, BWD):
@@ -348,6 +360,7 @@ class AddressPredictor:
                 return None
             anchor = s.last_off
         s.trend = (cand, step, extent)
+        s.phases = phases
         s.sized = False
         s.anchor = anchor
         s.frontier = 0
@@ -356,18 +369,53 @@ class AddressPredictor:
         s.steps = min(cfg.ra_initial_steps * s.unit, self._cap_steps(step, extent))
         return self._extend(s, 0)
 
+    def _periodic(self, deltas: list) -> tuple[float, tuple[float, ...]] | None:
+        """No single delta holds a majority: try Leap's vote on lag-p differences (p = 2, 3):
+        strides a, b, a, b, ... have no majority delta, but every two consecutive deltas sum
+        to a + b. Returns (step = the period's sum, offsets of the reads within a period, in
+        the order they come next), or None. Byte deltas only (contiguous runs have a majority)."""
+        cfg = self.cfg
+        if any(isinstance(d, str) for d in deltas):
+            return None
+        for p in (2, 3):
+            sums = [sum(deltas[i:i + p]) for i in range(len(deltas) - p + 1)]
+            if len(sums) < cfg.min_votes:
+                continue
+            total, votes = majority(sums)
+            if total is None or votes < cfg.min_votes or abs(total) < QUANTUM:
+                continue
+            # the next delta is the one p back; each phase's delta averaged over its periods
+            nxt = []
+            for j in range(p):
+                same = deltas[len(deltas) - p + j::-p]
+                nxt.append(sum(same) / len(same))
+            if max(nxt) - min(nxt) <= QUANTUM:
+                return None  # one stride after all (its majority failed on noise)
+            phases = [0.0]
+            for d in nxt[:-1]:
+                phases.append(phases[-1] + d)
+            return float(total), tuple(phases)
+        return None
+
     def _advance(self, s: Stream, k: int, off: int, end: int, now: float) -> AddressPlan | None:
         """A read on the stream's trend at step k: confirm, report what was passed, plan ahead."""
         token, step, extent = s.trend
         s.t = now
-        if not isinstance(token, str) and k >= 2 and abs(step) >= 2 * self.page_size:
+        if not isinstance(token, str) and k >= 2 and abs(step) >= 2 * self.page_size and len(s.phases) == 1:
             # refine the stride over the longest baseline: quantised offsets err by <= 8 KiB / k
             step = (off - s.anchor) / k
             s.trend = (token, step, extent)
         passed = max(0, k - max(0, round((s.last_off - s.anchor) / step)))
-        for _ in range(min(passed, self.cfg.vote_window)):
-            s.deltas.append(token)
-            s.classes.append(self._cls(token))
+        if len(s.phases) > 1:  # a periodic trend: its deltas, in turn
+            seq = [b - a for a, b in zip(s.phases, [*s.phases[1:], s.phases[0] + step])]
+            for _ in range(min(passed, self.cfg.vote_window)):
+                for d in seq:
+                    s.deltas.append(d)
+                    s.classes.append(self._cls(d))
+        else:
+            for _ in range(min(passed, self.cfg.vote_window)):
+                s.deltas.append(token)
+                s.classes.append(self._cls(token))
         s.last_off, s.last_end = off, end
         consumed: list[int] = []
         while s.planned and s.planned[0][0] < k:
@@ -436,14 +484,19 @@ class AddressPredictor:
             return None
         pages: list[int] = []
         seen = set(p for _, ps in s.planned for p in ps)
-        widen = 0 if isinstance(token, str) or abs(step) % QUANTUM == 0 else QUANTUM
+        widen = 0 if isinstance(token, str) or all((step + ph) % QUANTUM == 0 for ph in s.phases) else QUANTUM
         new_steps = []
         for j in range(first, target + 1):
-            lo = s.anchor + j * step
-            # requests are the reads aligned to 4 KiB: the true one starts in (lo - Q, lo + Q)
-            # and, its size being the aligned size, ends by lo + extent (+ Q when it starts late)
-            ps = [p for p in self._pages(lo - widen, lo + extent + (widen if extent < 2 * QUANTUM else 0)) if p not in seen]
-            if not ps and not (0 <= lo < self.params_bytes):
+            ps = []
+            inside = False
+            for ph in s.phases:
+                lo = s.anchor + j * step + ph
+                inside = inside or 0 <= lo < self.params_bytes
+                # requests are the reads aligned to 4 KiB: the true one starts in (lo - Q, lo + Q)
+                # and, its size being the aligned size, ends by lo + extent (+ Q when it starts late)
+                ps += [p for p in self._pages(lo - widen, lo + extent + (widen if extent < 2 * QUANTUM else 0))
+                       if p not in seen and p not in ps]
+            if not ps and not inside:
                 break
             seen.update(ps)
             new_steps.append((j, ps))

@@ -97,6 +97,7 @@ class Prefetcher:
                          "push_redone": 0, "fetches_inflight": 0, "cheap_skipped": 0}
         self._cheap_run = 0
         self._head_samples = 0
+        self._reaction_parts = [0.0, 0.0, 0.0]
         self._last_write = -1e9
         port.add_listener(self._on_event)
 
@@ -424,6 +425,9 @@ class Prefetcher:
         if e.head_t:
             dt = t_done - e.head_t
             self._head_samples += 1
+            # where the reaction time goes: trigger -> plan, plan -> fetch start, the fetch
+            for i, part in enumerate((e.t - e.head_t, t_fetch - e.t, t_done - t_fetch)):
+                self._reaction_parts[i] += part
         elif self._head_samples:
             return
         else:
@@ -514,5 +518,8 @@ class Prefetcher:
             "think_mean_ms": round(1e3 * self.counters["think_s"] / think, 3) if think else 0.0,
             "push_redone": self.counters["push_redone"],
             "cheap_skipped": self.counters["cheap_skipped"],
+            # mean reaction time of plan heads split: trigger read -> plan, plan -> fetch, fetch
+            "reaction_parts_ms": [round(1e3 * x / self._head_samples, 3) if self._head_samples else 0.0
+                                  for x in self._reaction_parts],
             "slow_tier_reads": self.port.slow_tier_reads(),
         }
