@@ -62,6 +62,9 @@ class PrefetchConfig:
     #: marker sits one lead ahead of the reader, so a hit still leaves a lead in flight):
     #: a reader that stops leaves at most two leads of fetched, unread pages behind.
     lead_margin: float = 2.0
+    #: the reaction time is the median of this many recent samples (plan heads): robust to
+    #: one-off stalls of a loaded machine, quick to follow a lasting change
+    reaction_samples: int = 15
     #: a stream whose pages were late (demanded while in flight), or whose reader overtook
     #: its window, doubles its lead (up to this factor) at the next marker hit ...
     ra_boost_max: float = 8.0

@@ -98,6 +98,7 @@ class Prefetcher:
         self._cheap_run = 0
         self._head_samples = 0
         self._reaction_parts = [0.0, 0.0, 0.0]
+        self._reactions: deque = deque(maxlen=self.cfg.reaction_samples)
         self._last_write = -1e9
         port.add_listener(self._on_event)
 
@@ -421,7 +422,9 @@ class Prefetcher:
         the arrival of the plan's first page (event delivery, thinking, queueing and the slow
         read). Only plan heads are sampled: the later pages of a window wait behind it but are
         needed later too, and counting their wait would deepen windows that are on time.
-        Until a head has been measured, the fetch's own duration stands in."""
+        Until a head has been measured, the fetch's own duration stands in. The estimate is
+        the median of the last ``reaction_samples``: a loaded machine's one-off 50 ms fetch
+        must not deepen every window for a while (real, lasting lateness raises the boost)."""
         if e.head_t:
             dt = t_done - e.head_t
             self._head_samples += 1
@@ -434,8 +437,8 @@ class Prefetcher:
             dt = t_done - t_fetch
         if dt <= 0:
             return
-        lat = self.address.fetch_latency_s
-        self.address.fetch_latency_s = dt if lat == 0 else 0.8 * lat + 0.2 * dt
+        self._reactions.append(dt)
+        self.address.fetch_latency_s = float(np.median(self._reactions))
 
     async def _push(self, page: int, e: Entry, data: bytes, version: int) -> None:
         """Push the page into the kernel cache, never leaving older bytes than the store's."""
