@@ -96,6 +96,9 @@ class PrefetchConfig:
     field_cell_fraction: float = 0.25
     #: pages fetched per predicted frame at most (coarse levels first)
     field_page_budget: int = 4096
+    #: ... and never fewer than this once stops have cut it (each stop quarters the budget;
+    #: a full feedback window at ``resume_accuracy`` doubles it back)
+    field_budget_min: int = 8
     #: points hashed per predicted frame at most (a random subsample beyond)
     field_max_points: int = 1 << 16
     #: batches below this size are single lookups (concepts, at/): no motion model

@@ -67,6 +67,7 @@ class Controller:
         self.shadow: deque = deque(maxlen=cfg.feedback_window)
         self.stops = 0
         self.resumes = 0
+        self.shadow_seen = 0  # shadow outcomes since the last stop
 
     def outcome(self, what: str) -> None:
         self.outcomes.append(what)
@@ -80,11 +81,18 @@ class Controller:
             self.active = False
             self.stops += 1
             self.shadow.clear()
+            self.shadow_seen = 0
 
     def shadow_outcome(self, hit: bool) -> None:
+        """A shadow prediction came true (or not). Resuming takes ``feedback_min`` of them after
+        the first stop and twice as many after each further stop: right predictions that did
+        not pay when fetched (pages evicted before use, or late on a busy tier) stop the space
+        again, and each such cycle costs a burst of wasted fetches — so it backs off."""
         self.shadow.append(hit)
+        self.shadow_seen += 1
         c = self.cfg
-        if self.active or len(self.shadow) < c.feedback_min:
+        need = c.feedback_min << min(10, max(0, self.stops - 1))
+        if self.active or len(self.shadow) < c.feedback_min or self.shadow_seen < need:
             return
         if sum(self.shadow) / len(self.shadow) >= c.resume_accuracy:
             self.active = True

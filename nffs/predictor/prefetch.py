@@ -99,6 +99,9 @@ class Prefetcher:
         self._head_samples = 0
         self._reaction_parts = [0.0, 0.0, 0.0]
         self._reactions: deque = deque(maxlen=self.cfg.reaction_samples)
+        self._field_budget = self.cfg.field_page_budget
+        self._field_stops_seen = 0
+        self._field_judged = 0
         self._last_write = -1e9
         port.add_listener(self._on_event)
 
@@ -323,13 +326,18 @@ class Prefetcher:
                         added += 1
             elif space == "field":
                 fp: FieldPlan = plan
+                budget = self._field_budget_now()
                 for frame in fp.frames:
                     pages = frame.tolist()
                     cheap = self._cheap(pages)
                     for page, is_cheap in zip(pages, cheap):
                         if is_cheap:
                             continue
+                        if budget <= 0:
+                            break
                         e = self.ledger.plan(page, "field", push=False, marker=False, now=now)
+                        if e is not None:
+                            budget -= 1
                         if e is not None and e.state == QUEUED:
                             self._fetchq.append(page)
                             added += 1
@@ -348,6 +356,32 @@ class Prefetcher:
                 self.ledger.not_issued(old, e, "cancelled")
         if added:
             self._fetch_ready.set()
+
+    def _field_budget_now(self) -> int:
+        """Pages the field space may plan per batch. Its predictions can be right and still
+        not pay: a frame whose pages outgrow the memory tier evicts what it prefetched, and a
+        tier busy with the frame's own misses delivers prefetches late. The controller then
+        stops the space, and its shadow predictions (right) resume it — an oscillation that
+        costs a burst of wasted fetches each time. So each stop quarters the budget (down to
+        ``field_budget_min``) and a full window of outcomes at ``resume_accuracy`` or better
+        doubles it (up to ``field_page_budget``): depth follows measured waste."""
+        c = self.ledger.control["field"]
+        cfg = self.cfg
+        if c.stops > self._field_stops_seen:
+            self._field_stops_seen = c.stops
+            self._field_budget = max(cfg.field_budget_min, self._field_budget // 4)
+            self._field_judged = self._field_outcomes()
+            log.info("field prefetch stopped (%d): budget %d pages per batch", c.stops, self._field_budget)
+        elif (c.active and self._field_budget < cfg.field_page_budget
+              and self._field_outcomes() - self._field_judged >= cfg.feedback_window
+              and c.accuracy() >= cfg.resume_accuracy):
+            self._field_judged = self._field_outcomes()
+            self._field_budget = min(cfg.field_page_budget, 2 * self._field_budget)
+        return self._field_budget
+
+    def _field_outcomes(self) -> int:
+        k = self.ledger.counts["field"]
+        return k["useful"] + k["late"] + k["wasted"]
 
     def _cheap(self, pages: Sequence[int]) -> list[bool]:
         if not len(pages):
@@ -521,6 +555,7 @@ class Prefetcher:
             "think_mean_ms": round(1e3 * self.counters["think_s"] / think, 3) if think else 0.0,
             "push_redone": self.counters["push_redone"],
             "cheap_skipped": self.counters["cheap_skipped"],
+            "field_budget": self._field_budget,
             # mean reaction time of plan heads split: trigger read -> plan, plan -> fetch, fetch
             "reaction_parts_ms": [round(1e3 * x / self._head_samples, 3) if self._head_samples else 0.0
                                   for x in self._reaction_parts],
