@@ -370,14 +370,14 @@ class AddressPredictor:
         return self._extend(s, 0)
 
     def _periodic(self, deltas: list) -> tuple[float, tuple[float, ...]] | None:
-        """No single delta holds a majority: try Leap's vote on lag-p differences (p = 2, 3):
+        """No single delta holds a majority: try Leap's vote on lag-p differences (p = 2 .. max_period):
         strides a, b, a, b, ... have no majority delta, but every two consecutive deltas sum
         to a + b. Returns (step = the period's sum, offsets of the reads within a period, in
         the order they come next), or None. Byte deltas only (contiguous runs have a majority)."""
         cfg = self.cfg
         if any(isinstance(d, str) for d in deltas):
             return None
-        for p in (2, 3):
+        for p in range(2, cfg.max_period + 1):
             sums = [sum(deltas[i:i + p]) for i in range(len(deltas) - p + 1)]
             if len(sums) < cfg.min_votes:
                 continue

@@ -47,6 +47,10 @@ class PrefetchConfig:
     #: readahead starts at the second sequential read), and every read before the trend is
     #: a miss that lands in the p99 of short runs and of interleaved readers
     min_votes_contiguous: int = 2
+    #: when no delta holds a majority, the vote runs over sums of p consecutive deltas for
+    #: p = 2 .. this (strides a, b, a, b, ... : every two sum to a + b); longer cycles are
+    #: left to the learned model (a vote over p deltas needs p x min_votes of history)
+    max_period: int = 3
     #: readahead window (in trend steps) when a trend is first confirmed
     ra_initial_steps: int = 4
     #: the window doubles on each confirmed marker hit up to this many steps ...
