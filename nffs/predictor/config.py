@@ -113,11 +113,11 @@ class PrefetchConfig:
     feedback_window: int = 128
     #: a space stops issuing when wasted / outcomes exceeds this over the window ...
     stop_waste: float = 0.5
-    #: ... or late / outcomes exceeds this. High on purpose: a late prefetch still pays (the
-    #: demand read joins it and waits less), and lateness deepens the stream instead
-    #: (``ra_boost_max``); at 0.6 a 4 KiB-page reader near the store's prefetch bandwidth
-    #: stopped four times and fell from 38x to 1.2x p99 (docs/prefetch.md 6.0)
-    stop_late: float = 0.9
+    #: ... or late / outcomes exceeds this. A late prefetch still pays a little (the demand
+    #: joins it), but a stream late this often is asking for more than the tier delivers:
+    #: deepening it only floods the memory tier (0.9 let a 1 MiB-read scan evict its own
+    #: working set from the dram tier, docs/prefetch.md 6.0)
+    stop_late: float = 0.6
     #: outcomes needed before the controller judges at all
     feedback_min: int = 32
     #: a stopped space keeps predicting in the shadow; it resumes when this share of
