@@ -52,11 +52,15 @@ class AddressPlan:
     consumed: list[int] = field(default_factory=list)  # planned pages the reader has passed
     source: str = "trend"  # "trend" or "model"
     confidence: float = 1.0
+    #: time of the read that triggered the plan: the reaction time (trigger to the arrival of
+    #: the plan's first page) is what the stream's lead must cover
+    t_event: float = 0.0
 
 
 class Stream:
     __slots__ = ("id", "last_off", "last_end", "last_size", "deltas", "sizes", "steps", "anchor",
-                 "frontier", "planned", "marker_step", "marker_page", "t", "classes", "chain", "trend", "unit", "hit_t", "hit_off", "rate")
+                 "frontier", "planned", "marker_step", "marker_page", "t", "classes", "chain", "trend", "unit", "hit_t", "hit_off", "rate",
+                 "boost", "late_seen", "sized", "phases")
 
     def __init__(self, sid: int, off: int, end: int, now: float, window: int) -> None:
         self.id = sid
@@ -74,6 +78,12 @@ class Stream:
         self.hit_t = -1.0
         self.hit_off = 0
         self.rate = 0.0  # bytes/s the reader advances (measured between marker hits)
+        self.boost = 1.0  # lead multiplier from measured lateness (1: none seen)
+        self.late_seen = 0  # this stream's late count at the last marker hit
+        self.sized = False  # the current window was sized from the measured speed (ramp over)
+        #: offsets of the reads within one step: (0,) for a plain trend; a periodic trend
+        #: (strides a, b, a, b, ...: step a + b) has (0, a) — the lag-p vote below
+        self.phases: tuple[float, ...] = (0.0,)
         self.unit = 1  # trend steps per window unit (a step smaller than a page: a page's worth)
         self.t = now
         self.classes: deque = deque(maxlen=8)  # delta classes for the model
@@ -125,8 +135,12 @@ class AddressPredictor:
                          "marker_hits": 0, "model_hits": 0}
         self.predict_s = 0.0
         self.predicts = 0
-        #: measured mean time of a prefetch fetch (set by the policy): bounds the lead needed
+        #: measured reaction time (set by the policy): from the read that triggers a plan to
+        #: the arrival of that plan's first page; the lead a stream needs is its speed x this
         self.fetch_latency_s = 0.0
+        #: late prefetches per stream (incremented by the policy on the trio thread: a plain
+        #: int += under the GIL; read at marker hits in the learning thread)
+        self.late: dict[int, int] = {}
 
     # ------------------------------------------------------------------ helpers
     def _pages(self, lo: float, hi: float) -> list[int]:
@@ -171,13 +185,11 @@ class AddressPredictor:
             return None
         token, step, extent = s.trend
         rel = off - s.anchor
+        reach = s.frontier + max(s.steps, self.cfg.ra_initial_steps) + 1
         if isinstance(token, str):
             k = math.floor(rel / step) if step > 0 else math.ceil(rel / step)
-        else:
-            k = round(rel / step)
-        if k < -1 or k > s.frontier + max(s.steps, self.cfg.ra_initial_steps) + 1:
-            return None
-        if isinstance(token, str):
+            if k < -1 or k > reach:
+                return None
             # a contiguous stream: any read overlapping its (slightly widened) path
             if step > 0:
                 ok = s.anchor - extent - QUANTUM <= off <= s.anchor + (s.frontier + s.steps + 1) * step + QUANTUM
@@ -186,17 +198,23 @@ class AddressPredictor:
             return k if ok else None
         # misses come at the first read of each page that was not pushed, so their phase on
         # the lattice wanders by up to a page (or half a step, whichever is smaller)
-        if abs(rel - k * step) <= max(QUANTUM, extent, min(abs(step) / 2, self.page_size)):
-            return k
+        gaps = [abs(b - a) for a, b in zip(s.phases, [*s.phases[1:], step])]
+        tol = max(QUANTUM, extent, min(min(gaps) / 2, self.page_size))
+        for ph in s.phases:
+            k = round((rel - ph) / step)
+            if abs(rel - ph - k * step) <= tol and -1 <= k <= reach:
+                return k
         return None
 
     def _near(self, s: Stream, off: int) -> bool:
         radius = self.cfg.stream_radius_bytes
         if abs(off - s.last_off) <= radius or abs(off - s.last_end) <= radius:
             return True
-        # or where the last delta, repeated, would land
-        return bool(s.deltas) and not isinstance(s.deltas[-1], str) and \
-            abs(off - (s.last_off + s.deltas[-1])) <= max(2 * QUANTUM, min(abs(s.deltas[-1]) / 2, self.page_size))
+        # or where the last delta, repeated, would land — or the one before it (a period of two)
+        for d in list(s.deltas)[-2:]:
+            if not isinstance(d, str) and abs(off - (s.last_off + d)) <= max(2 * QUANTUM, min(abs(d) / 2, self.page_size)):
+                return True
+        return False
 
     # ------------------------------------------------------------------ observe
     def observe(self, off: int, size: int, now: float | None = None) -> list[AddressPlan]:
@@ -232,6 +250,7 @@ class AddressPredictor:
         else:
             plan = self._learn_delta(s, off, end, now)
         if plan is not None and (plan.pages or plan.consumed):
+            plan.t_event = now
             plans.append(plan)
         self._timed(t0)
         return plans
@@ -317,12 +336,18 @@ class AddressPredictor:
 
     def _vote(self, s: Stream, now: float) -> AddressPlan | None:
         cfg = self.cfg
-        if len(s.deltas) < cfg.min_votes:
+        if len(s.deltas) < min(cfg.min_votes, cfg.min_votes_contiguous):
             return None
-        cand, votes = majority(list(s.deltas))
-        if cand is None or votes < cfg.min_votes or cand == 0:
-            s.trend = None
-            return None
+        deltas = list(s.deltas)
+        cand, votes = majority(deltas)
+        need = cfg.min_votes_contiguous if cand in (FWD, BWD) else cfg.min_votes
+        phases: tuple[float, ...] = (0.0,)
+        if cand is None or votes < need or cand == 0:
+            periodic = self._periodic(deltas)
+            if periodic is None:
+                s.trend = None
+                return None
+            cand, phases = periodic
         size = sorted(s.sizes)[len(s.sizes) // 2]
         ps = self.page_size
         if cand in (FWD, BWD):
@@ -335,6 +360,8 @@ class AddressPredictor:
                 return None
             anchor = s.last_off
         s.trend = (cand, step, extent)
+        s.phases = phases
+        s.sized = False
         s.anchor = anchor
         s.frontier = 0
         s.planned.clear()
@@ -342,43 +369,111 @@ class AddressPredictor:
         s.steps = min(cfg.ra_initial_steps * s.unit, self._cap_steps(step, extent))
         return self._extend(s, 0)
 
+    def _periodic(self, deltas: list) -> tuple[float, tuple[float, ...]] | None:
+        """No single delta holds a majority: try Leap's vote on lag-p differences (p = 2 .. max_period):
+        strides a, b, a, b, ... have no majority delta, but every two consecutive deltas sum
+        to a + b. Returns (step = the period's sum, offsets of the reads within a period, in
+        the order they come next), or None. Byte deltas only (contiguous runs have a majority)."""
+        cfg = self.cfg
+        if any(isinstance(d, str) for d in deltas):
+            return None
+        for p in range(2, cfg.max_period + 1):
+            sums = [sum(deltas[i:i + p]) for i in range(len(deltas) - p + 1)]
+            if len(sums) < cfg.min_votes:
+                continue
+            total, votes = majority(sums)
+            if total is None or votes < cfg.min_votes or abs(total) < QUANTUM:
+                continue
+            # the next delta is the one p back; each phase's delta averaged over its periods
+            nxt = []
+            for j in range(p):
+                same = deltas[len(deltas) - p + j::-p]
+                nxt.append(sum(same) / len(same))
+            if max(nxt) - min(nxt) <= QUANTUM:
+                return None  # one stride after all (its majority failed on noise)
+            phases = [0.0]
+            for d in nxt[:-1]:
+                phases.append(phases[-1] + d)
+            return float(total), tuple(phases)
+        return None
+
     def _advance(self, s: Stream, k: int, off: int, end: int, now: float) -> AddressPlan | None:
         """A read on the stream's trend at step k: confirm, report what was passed, plan ahead."""
         token, step, extent = s.trend
         s.t = now
-        if not isinstance(token, str) and k >= 2 and abs(step) >= 2 * self.page_size:
+        if not isinstance(token, str) and k >= 2 and abs(step) >= 2 * self.page_size and len(s.phases) == 1:
             # refine the stride over the longest baseline: quantised offsets err by <= 8 KiB / k
             step = (off - s.anchor) / k
             s.trend = (token, step, extent)
         passed = max(0, k - max(0, round((s.last_off - s.anchor) / step)))
-        for _ in range(min(passed, self.cfg.vote_window)):
-            s.deltas.append(token)
-            s.classes.append(self._cls(token))
+        if len(s.phases) > 1:  # a periodic trend: its deltas, in turn
+            seq = [b - a for a, b in zip(s.phases, [*s.phases[1:], s.phases[0] + step])]
+            for _ in range(min(passed, self.cfg.vote_window)):
+                for d in seq:
+                    s.deltas.append(d)
+                    s.classes.append(self._cls(d))
+        else:
+            for _ in range(min(passed, self.cfg.vote_window)):
+                s.deltas.append(token)
+                s.classes.append(self._cls(token))
         s.last_off, s.last_end = off, end
         consumed: list[int] = []
         while s.planned and s.planned[0][0] < k:
             consumed.extend(s.planned.popleft()[1])
         hit = s.marker_step >= 0 and (k >= s.marker_step or off // self.page_size <= s.marker_page <= (end - 1) // self.page_size)
-        if hit:
-            self.counters["marker_hits"] += 1
-            if s.hit_t >= 0 and now > s.hit_t:
+        overtook = k > s.frontier  # the reader got past everything planned: the window was short
+        if hit or overtook:
+            self.counters["marker_hits"] += int(hit)
+            if hit and s.hit_t >= 0 and now > s.hit_t:
                 r = abs(off - s.hit_off) / (now - s.hit_t)
                 s.rate = r if s.rate == 0 else 0.5 * s.rate + 0.5 * r
-            s.hit_t, s.hit_off = now, off
-            cap = self._cap_steps(step, extent)
-            if s.rate > 0 and self.fetch_latency_s > 0:
-                # timeliness: the reader must not catch up with pages still in flight
-                need = s.rate * self.fetch_latency_s * self.cfg.lead_factor / abs(step)
-                cap = min(cap, max(self.cfg.ra_initial_steps * s.unit, math.ceil(need)))
-            s.steps = max(min(2 * s.steps, cap), min(s.steps, cap))
+            if hit:
+                s.hit_t, s.hit_off = now, off
+            s.steps = self._window(s, step, extent, overtook)
             s.marker_step = s.marker_page = -1
         plan = None
-        if hit or s.frontier - k < max(s.unit, s.steps // 2):
+        if hit or overtook or s.frontier - k < max(s.unit, s.steps // 2):
             plan = self._extend(s, k)
         if plan is None:
             plan = AddressPlan(s.id)
         plan.consumed = consumed
         return plan
+
+    def _window(self, s: Stream, step: float, extent: int, overtook: bool) -> int:
+        """The stream's new window (in trend steps) at a marker hit.
+
+        From first principles: the reader must not reach a page before it arrives, so the
+        lead (how far ahead of the reader the marker sits) must cover the reader's speed x
+        the reaction time x ``lead_margin``; the window is two leads (the marker one lead
+        ahead, one lead planned beyond it). Lateness since the last hit (pages demanded in
+        flight, or the reader overtaking the window) doubles a boost on that lead; a stream
+        all on time lets it decay — it never grows a window that is already on time. Until
+        the speed is known the window ramps by doubling, like Linux readahead. Never more
+        than twice the last window at once, never less than two window units (a page's worth
+        of steps each), never beyond the byte/page/step caps.
+        """
+        cfg = self.cfg
+        late = self.late.get(s.id, 0)
+        fresh = late - s.late_seen
+        s.late_seen = late
+        if s.sized:
+            # lateness says something about the lead formula only once the window follows it;
+            # during the ramp, late pages are the ramp's own (it starts short on purpose)
+            if fresh > 0 or overtook:
+                s.boost = min(cfg.ra_boost_max, 2.0 * s.boost)
+            else:
+                s.boost = max(1.0, s.boost * cfg.ra_boost_decay)
+        cap = self._cap_steps(step, extent)
+        floor = min(cap, 2 * s.unit)
+        if s.rate > 0 and self.fetch_latency_s > 0:
+            lead = s.rate * self.fetch_latency_s * cfg.lead_margin * s.boost / abs(step)
+            want = 2 * max(s.unit, math.ceil(lead))
+            s.sized = want <= 2 * s.steps
+            if not s.sized:
+                want = 2 * s.steps  # ramp: at most double per hit
+            return max(floor, min(cap, want))
+        s.sized = False
+        return max(floor, min(cap, 2 * s.steps))
 
     def _extend(self, s: Stream, k: int) -> AddressPlan | None:
         """Plan steps up to k + window; one marker page in the middle of what is new."""
@@ -389,14 +484,19 @@ class AddressPredictor:
             return None
         pages: list[int] = []
         seen = set(p for _, ps in s.planned for p in ps)
-        widen = 0 if isinstance(token, str) or abs(step) % QUANTUM == 0 else QUANTUM
+        widen = 0 if isinstance(token, str) or all((step + ph) % QUANTUM == 0 for ph in s.phases) else QUANTUM
         new_steps = []
         for j in range(first, target + 1):
-            lo = s.anchor + j * step
-            # requests are the reads aligned to 4 KiB: the true one starts in (lo - Q, lo + Q)
-            # and, its size being the aligned size, ends by lo + extent (+ Q when it starts late)
-            ps = [p for p in self._pages(lo - widen, lo + extent + (widen if extent < 2 * QUANTUM else 0)) if p not in seen]
-            if not ps and not (0 <= lo < self.params_bytes):
+            ps = []
+            inside = False
+            for ph in s.phases:
+                lo = s.anchor + j * step + ph
+                inside = inside or 0 <= lo < self.params_bytes
+                # requests are the reads aligned to 4 KiB: the true one starts in (lo - Q, lo + Q)
+                # and, its size being the aligned size, ends by lo + extent (+ Q when it starts late)
+                ps += [p for p in self._pages(lo - widen, lo + extent + (widen if extent < 2 * QUANTUM else 0))
+                       if p not in seen and p not in ps]
+            if not ps and not inside:
                 break
             seen.update(ps)
             new_steps.append((j, ps))
@@ -406,9 +506,13 @@ class AddressPredictor:
         s.planned.extend(new_steps)
         s.frontier = new_steps[-1][0]
         plan = AddressPlan(s.id, pages=pages, source="trend")
-        # the marker: the first page of the step half-way into the new part of the plan
-        for j, ps in new_steps[len(new_steps) // 2:]:
-            if ps:
+        # the marker: the first page of the first new step at least half a window (one lead)
+        # ahead of the reader, so that when the reader reaches it a lead is still planned
+        # beyond it; markers are one lead apart, which also bounds how much of a stopped
+        # reader's tail goes unseen
+        lead_at = k + max(1, s.steps // 2)
+        for j, ps in new_steps:
+            if ps and (j >= lead_at or j == new_steps[-1][0]):
                 plan.markers.add(ps[0])
                 s.marker_step, s.marker_page = j, ps[0]
                 break
@@ -471,5 +575,10 @@ class AddressPredictor:
             **self.counters,
             "streams": len(self.streams),
             "trending": sum(1 for s in self.streams.values() if s.trend is not None),
+            "reaction_ms": round(1e3 * self.fetch_latency_s, 3),
+            # the most recent trending streams: window (steps), speed (MB/s), lateness boost
+            "windows": [{"steps": s.steps, "step": round(s.trend[1]), "mb_s": round(s.rate / 1e6, 2),
+                         "boost": round(s.boost, 2)}
+                        for s in list(self.streams.values())[-4:] if s.trend is not None],
             "predict_us": round(1e6 * self.predict_s / self.predicts, 2) if self.predicts else 0.0,
         }

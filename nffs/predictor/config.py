@@ -35,7 +35,7 @@ class PrefetchConfig:
     #: after this many READ events in a row that neither waited on a slow tier nor touched
     #: a planned page, such events skip the predictor (the data is in memory already:
     #: nothing to gain, and the kernel's readahead works); the next slow one resumes it
-    cheap_skip_after: int = 64
+    cheap_skip_after: int = 8
     #: a GATHER event of at most this many pages, all served from memory and none of them
     #: planned by us, skips the predictor at once (a single-point query touches ~60 pages)
     small_gather_pages: int = 256
@@ -45,6 +45,15 @@ class PrefetchConfig:
     vote_window: int = 8
     #: a trend needs at least this many deltas in the window, and a strict majority
     min_votes: int = 3
+    #: ... but a contiguous run (each read starting where the last ended, forward or
+    #: backward) needs only this many: contiguity is a strong signal on its own (Linux
+    #: readahead starts at the second sequential read), and every read before the trend is
+    #: a miss that lands in the p99 of short runs and of interleaved readers
+    min_votes_contiguous: int = 2
+    #: when no delta holds a majority, the vote runs over sums of p consecutive deltas for
+    #: p = 2 .. this (strides a, b, a, b, ... : every two sum to a + b); longer cycles are
+    #: left to the learned model (a vote over p deltas needs p x min_votes of history)
+    max_period: int = 3
     #: readahead window (in trend steps) when a trend is first confirmed
     ra_initial_steps: int = 4
     #: the window doubles on each confirmed marker hit up to this many steps ...
@@ -53,9 +62,22 @@ class PrefetchConfig:
     ra_max_bytes: int = 32 << 20
     #: nor further than this many pages ahead
     ra_max_pages: int = 1024
-    #: ... nor further than the reader goes in ``lead_factor`` x the measured fetch time
-    #: (its speed is measured between marker hits): deep enough to be timely, no deeper
-    lead_factor: float = 4.0
+    #: ... nor further than timeliness needs. The *lead* a stream needs is how far its reader
+    #: goes while one prefetch is on its way: reader speed (measured between marker hits)
+    #: x the measured reaction time (from the read that triggers a plan to the arrival of
+    #: the plan's first page), times this safety margin. The window is twice the lead (the
+    #: marker sits one lead ahead of the reader, so a hit still leaves a lead in flight):
+    #: a reader that stops leaves at most two leads of fetched, unread pages behind.
+    lead_margin: float = 2.0
+    #: the reaction time is the median of this many recent samples (plan heads): robust to
+    #: one-off stalls of a loaded machine, quick to follow a lasting change
+    reaction_samples: int = 15
+    #: a stream whose pages were late (demanded while in flight), or whose reader overtook
+    #: its window, doubles its lead (up to this factor) at the next marker hit ...
+    ra_boost_max: float = 8.0
+    #: ... and a stream all on time since the last marker hit lets that boost decay by this
+    #: factor per hit (never below 1): the window follows measured lateness, not a guess
+    ra_boost_decay: float = 0.8
     #: a read within this many bytes of a young stream's position (or at its last delta
     #: repeated) joins it; other reads are orphans until three form a progression
     stream_radius_bytes: int = 256 << 10
@@ -81,6 +103,9 @@ class PrefetchConfig:
     field_cell_fraction: float = 0.25
     #: pages fetched per predicted frame at most (coarse levels first)
     field_page_budget: int = 4096
+    #: ... and never fewer than this once stops have cut it (each stop quarters the budget;
+    #: a full feedback window at ``resume_accuracy`` doubles it back)
+    field_budget_min: int = 8
     #: points hashed per predicted frame at most (a random subsample beyond)
     field_max_points: int = 1 << 16
     #: batches below this size are single lookups (concepts, at/): no motion model
@@ -91,7 +116,10 @@ class PrefetchConfig:
     feedback_window: int = 128
     #: a space stops issuing when wasted / outcomes exceeds this over the window ...
     stop_waste: float = 0.5
-    #: ... or late / outcomes exceeds this
+    #: ... or late / outcomes exceeds this. A late prefetch still pays a little (the demand
+    #: joins it), but a stream late this often is asking for more than the tier delivers:
+    #: deepening it only floods the memory tier (0.9 let a 1 MiB-read scan evict its own
+    #: working set from the dram tier, docs/prefetch.md 6.0)
     stop_late: float = 0.6
     #: outcomes needed before the controller judges at all
     feedback_min: int = 32

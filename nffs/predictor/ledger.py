@@ -39,7 +39,8 @@ COUNTS = ("issued", "useful", "late", "wasted", "demand_misses", "cancelled", "c
 
 
 class Entry:
-    __slots__ = ("space", "state", "push", "marker", "pushed", "passed", "t", "stream", "conf", "heat", "arrived_t")
+    __slots__ = ("space", "state", "push", "marker", "pushed", "passed", "t", "stream", "conf", "heat", "arrived_t",
+                 "head_t")
 
     def __init__(self, space: str, state: int, push: bool, marker: bool, t: float, stream: int, conf: float) -> None:
         self.space = space
@@ -53,6 +54,7 @@ class Entry:
         self.conf = conf
         self.heat = 0.0
         self.arrived_t = 0.0
+        self.head_t = 0.0  # first page of an address plan: the time of the read that triggered it
 
 
 class Controller:
@@ -65,6 +67,7 @@ class Controller:
         self.shadow: deque = deque(maxlen=cfg.feedback_window)
         self.stops = 0
         self.resumes = 0
+        self.shadow_seen = 0  # shadow outcomes since the last stop
 
     def outcome(self, what: str) -> None:
         self.outcomes.append(what)
@@ -78,11 +81,18 @@ class Controller:
             self.active = False
             self.stops += 1
             self.shadow.clear()
+            self.shadow_seen = 0
 
     def shadow_outcome(self, hit: bool) -> None:
+        """A shadow prediction came true (or not). Resuming takes ``feedback_min`` of them after
+        the first stop and twice as many after each further stop: right predictions that did
+        not pay when fetched (pages evicted before use, or late on a busy tier) stop the space
+        again, and each such cycle costs a burst of wasted fetches — so it backs off."""
         self.shadow.append(hit)
+        self.shadow_seen += 1
         c = self.cfg
-        if self.active or len(self.shadow) < c.feedback_min:
+        need = c.feedback_min << min(10, max(0, self.stops - 1))
+        if self.active or len(self.shadow) < c.feedback_min or self.shadow_seen < need:
             return
         if sum(self.shadow) / len(self.shadow) >= c.resume_accuracy:
             self.active = True
@@ -108,6 +118,9 @@ class Ledger:
         #: recently useful pages: a later slow demand of one turns it into wasted
         self.recent_useful: OrderedDict[int, str] = OrderedDict()
         self.release = release or (lambda page, e: None)
+        #: called with the entry of a page demanded before its prefetch arrived (late, or still
+        #: queued): the address predictor deepens that stream's lead
+        self.on_late: Callable[[Entry], None] = lambda e: None
 
     # ------------------------------------------------------------------ planning
     def plan(self, page: int, space: str, *, push: bool, marker: bool, now: float, stream: int = 0,
@@ -164,6 +177,7 @@ class Ledger:
             self.counts[e.space]["cancelled"] += 1
             if slow:
                 self.counts[space]["demand_misses"] += 1
+                self.on_late(e)
         elif e.state == SHADOW:
             self.counts[e.space]["shadow_hits"] += 1
             self.control[e.space].shadow_outcome(True)
@@ -172,12 +186,14 @@ class Ledger:
         elif e.state == INFLIGHT:
             self.counts[e.space]["late"] += 1
             self.control[e.space].outcome("l")
+            self.on_late(e)
             self.release(page, e)
         else:  # READY
             if slow and t and e.arrived_t >= t:
                 # the request began while our fetch was in flight and waited for it
                 self.counts[e.space]["late"] += 1
                 self.control[e.space].outcome("l")
+                self.on_late(e)
                 self.release(page, e)
             elif slow:  # evicted before use, fetched again by demand
                 self._wasted(page, e, already_removed=True)
@@ -252,6 +268,8 @@ class Ledger:
         without = useful + late + c["demand_misses"]
         c["pending"] = self.pending(space)
         c["accuracy"] = round(useful / issued, 4) if issued else None
+        resolved = issued - c["pending"]
+        c["accuracy_resolved"] = round(useful / resolved, 4) if resolved > 0 else None
         c["coverage"] = round(useful / without, 4) if without else None
         c["timeliness"] = round(useful / (useful + late), 4) if useful + late else None
         c.update(self.control[space].stats())

@@ -107,6 +107,7 @@ class Prefetcher:
         self.address = AddressPredictor(self.cfg, self.model, page_size=layout.page_size, params_bytes=layout.params_bytes)
         self.fieldp = FieldPredictor(self.cfg, layout)
         self.ledger = Ledger(self.cfg, release=self._release)
+        self.ledger.on_late = self._on_late
         self.recent = RecentPages(self.cfg.recent_buckets, horizon_s=self.cfg.repush_after_s)
         self._queue: deque = deque()  # ("event", AccessEvent) | ("points", ndarray) | ("hint", ...)
         self._fetchq: deque = deque()
@@ -117,6 +118,12 @@ class Prefetcher:
         self.counters = {"events": 0, "batches": 0, "dropped": 0, "think_calls": 0, "think_s": 0.0,
                          "push_redone": 0, "fetches_inflight": 0, "cheap_skipped": 0, "small_batches": 0}
         self._cheap_run = 0
+        self._head_samples = 0
+        self._reaction_parts = [0.0, 0.0, 0.0]
+        self._reactions: deque = deque(maxlen=self.cfg.reaction_samples)
+        self._field_budget = self.cfg.field_page_budget
+        self._field_stops_seen = 0
+        self._field_judged = 0
         self._last_write = -1e9
         port.add_listener(self._on_event)
 
@@ -140,6 +147,12 @@ class Prefetcher:
                 self._token.run_sync_soon(self._set_wake)
             except trio.RunFinishedError:
                 pass
+
+    def _on_late(self, e: Entry) -> None:
+        """A page demanded before its prefetch arrived: tell its stream (deepens its lead)."""
+        if e.space == "address" and e.stream:
+            late = self.address.late
+            late[e.stream] = late.get(e.stream, 0) + 1
 
     def _set_wake(self) -> None:
         if self._wake is not None:
@@ -203,6 +216,7 @@ class Prefetcher:
         if 0 < self.cfg.gil_switch_interval_s < sys.getswitchinterval():
             # our learning thread must not hold the FUSE thread up for a whole 5 ms slice
             sys.setswitchinterval(self.cfg.gil_switch_interval_s)
+        log.info("prefetcher %s running (module %s)", self.kind, __file__)
         self._token = trio.lowlevel.current_trio_token()
         self._wake = trio.Event()
         self._fetch_ready = trio.Event()
@@ -329,23 +343,32 @@ class Prefetcher:
                 for page in p.consumed:
                     self.ledger.passed(page)
                 cheap = self._cheap(p.pages)
+                head = True
                 for page, is_cheap in zip(p.pages, cheap):
                     if is_cheap:
                         continue
                     e = self.ledger.plan(page, "address", push=True, marker=page in p.markers, now=now,
                                          stream=p.stream, conf=p.confidence)
                     if e is not None and e.state == QUEUED:
+                        if head:  # the plan's first page measures the reaction time
+                            e.head_t = p.t_event or now
+                            head = False
                         self._fetchq.append(page)
                         added += 1
             elif space == "field":
                 fp: FieldPlan = plan
+                budget = self._field_budget_now()
                 for frame in fp.frames:
                     pages = frame.tolist()
                     cheap = self._cheap(pages)
                     for page, is_cheap in zip(pages, cheap):
                         if is_cheap:
                             continue
+                        if budget <= 0:
+                            break
                         e = self.ledger.plan(page, "field", push=False, marker=False, now=now)
+                        if e is not None:
+                            budget -= 1
                         if e is not None and e.state == QUEUED:
                             self._fetchq.append(page)
                             added += 1
@@ -364,6 +387,32 @@ class Prefetcher:
                 self.ledger.not_issued(old, e, "cancelled")
         if added:
             self._fetch_ready.set()
+
+    def _field_budget_now(self) -> int:
+        """Pages the field space may plan per batch. Its predictions can be right and still
+        not pay: a frame whose pages outgrow the memory tier evicts what it prefetched, and a
+        tier busy with the frame's own misses delivers prefetches late. The controller then
+        stops the space, and its shadow predictions (right) resume it — an oscillation that
+        costs a burst of wasted fetches each time. So each stop quarters the budget (down to
+        ``field_budget_min``) and a full window of outcomes at ``resume_accuracy`` or better
+        doubles it (up to ``field_page_budget``): depth follows measured waste."""
+        c = self.ledger.control["field"]
+        cfg = self.cfg
+        if c.stops > self._field_stops_seen:
+            self._field_stops_seen = c.stops
+            self._field_budget = max(cfg.field_budget_min, self._field_budget // 4)
+            self._field_judged = self._field_outcomes()
+            log.info("field prefetch stopped (%d): budget %d pages per batch", c.stops, self._field_budget)
+        elif (c.active and self._field_budget < cfg.field_page_budget
+              and self._field_outcomes() - self._field_judged >= cfg.feedback_window
+              and c.accuracy() >= cfg.resume_accuracy):
+            self._field_judged = self._field_outcomes()
+            self._field_budget = min(cfg.field_page_budget, 2 * self._field_budget)
+        return self._field_budget
+
+    def _field_outcomes(self) -> int:
+        k = self.ledger.counts["field"]
+        return k["useful"] + k["late"] + k["wasted"]
 
     def _cheap(self, pages: Sequence[int]) -> list[bool]:
         if not len(pages):
@@ -405,12 +454,10 @@ class Prefetcher:
             e.state = INFLIGHT
             self.counters["fetches_inflight"] += 1
             try:
+                t_fetch = time.monotonic()
                 res = await self.port.fetch(page, Priority.PREFETCH)
-                # the lead a stream needs is the whole time from plan to arrival
-                dt = time.monotonic() - e.t
                 if res is not None and res.from_slow_tier:
-                    lat = self.address.fetch_latency_s
-                    self.address.fetch_latency_s = dt if lat == 0 else 0.9 * lat + 0.1 * dt
+                    self._note_latency(e, t_fetch, time.monotonic())
             except Exception:
                 log.debug("prefetch of page %d failed", page, exc_info=True)
                 res = None
@@ -434,6 +481,29 @@ class Prefetcher:
             if e.push and not e.marker and self.push is not None and self.ledger.entries.get(page) is e:
                 await self._push(page, e, res.data, res.version)
             self.ledger.arrived(page, e, time.monotonic())
+
+    def _note_latency(self, e: Entry, t_fetch: float, t_done: float) -> None:
+        """The reaction time a stream's lead must cover: from the read that triggered a plan to
+        the arrival of the plan's first page (event delivery, thinking, queueing and the slow
+        read). Only plan heads are sampled: the later pages of a window wait behind it but are
+        needed later too, and counting their wait would deepen windows that are on time.
+        Until a head has been measured, the fetch's own duration stands in. The estimate is
+        the median of the last ``reaction_samples``: a loaded machine's one-off 50 ms fetch
+        must not deepen every window for a while (real, lasting lateness raises the boost)."""
+        if e.head_t:
+            dt = t_done - e.head_t
+            self._head_samples += 1
+            # where the reaction time goes: trigger -> plan, plan -> fetch start, the fetch
+            for i, part in enumerate((e.t - e.head_t, t_fetch - e.t, t_done - t_fetch)):
+                self._reaction_parts[i] += part
+        elif self._head_samples:
+            return
+        else:
+            dt = t_done - t_fetch
+        if dt <= 0:
+            return
+        self._reactions.append(dt)
+        self.address.fetch_latency_s = float(np.median(self._reactions))
 
     async def _push(self, page: int, e: Entry, data: bytes, version: int) -> None:
         """Push the page into the kernel cache, never leaving older bytes than the store's."""
@@ -482,7 +552,9 @@ class Prefetcher:
     # ------------------------------------------------------------------ statistics
     def stats(self) -> dict:
         spaces = {s: self.ledger.summary(s) for s in SPACES}
-        total = {k: sum(spaces[s][k] for s in SPACES) for k in ("issued", "useful", "late", "wasted", "demand_misses", "pushed")}
+        total = {k: sum(spaces[s][k] for s in SPACES)
+                 for k in ("issued", "useful", "late", "wasted", "pending", "demand_misses", "pushed")}
+        resolved = total["issued"] - total["pending"]
         without = total["useful"] + total["late"] + total["demand_misses"]
         m = self.model.stats()
         think = self.counters["think_calls"]
@@ -491,7 +563,10 @@ class Prefetcher:
             "ready": bool(getattr(self.model, "ready", True)),
             **total,
             "prefetch_slow_reads": total["issued"],
+            # SPEC 5: useful / issued, pending pages (fetched, not yet demanded) count against it
             "accuracy": round(total["useful"] / total["issued"], 4) if total["issued"] else None,
+            # the same over the prefetches whose outcome is known (pending ones left out)
+            "accuracy_resolved": round(total["useful"] / resolved, 4) if resolved > 0 else None,
             "coverage": round(total["useful"] / without, 4) if without else None,
             "timeliness": round(total["useful"] / (total["useful"] + total["late"]), 4) if total["useful"] + total["late"] else None,
             "model_bytes": m.get("model_bytes", 0),
@@ -511,5 +586,9 @@ class Prefetcher:
             "think_mean_ms": round(1e3 * self.counters["think_s"] / think, 3) if think else 0.0,
             "push_redone": self.counters["push_redone"],
             "cheap_skipped": self.counters["cheap_skipped"],
+            "field_budget": self._field_budget,
+            # mean reaction time of plan heads split: trigger read -> plan, plan -> fetch, fetch
+            "reaction_parts_ms": [round(1e3 * x / self._head_samples, 3) if self._head_samples else 0.0
+                                  for x in self._reaction_parts],
             "slow_tier_reads": self.port.slow_tier_reads(),
         }

@@ -293,18 +293,20 @@ def _summary(lat: list[float], port: FakePort, pf, elapsed: float) -> dict:
            "total_s": round(elapsed, 3), "slow_reads": port.slow_reads, "demand_slow_reads": port.demand_slow_reads}
     if pf is not None:
         st = pf.stats()
-        out.update({k: st[k] for k in ("issued", "useful", "late", "wasted", "accuracy", "coverage", "timeliness")})
+        out.update({k: st.get(k) for k in ("issued", "useful", "late", "wasted", "pending", "accuracy", "coverage",
+                                           "timeliness")})
         out["stats"] = st
     return out
 
 
 async def run_address(kind: str, predictor: str, *, page_size: int = 65536, n: int = 2000, read: int = 4096,
                       stride: int | None = None, think_s: float = 0.0002, latency: float = 0.005, seed: int = 0,
-                      config=None, readers: int = 2) -> dict:
-    """One address-space workload through the real Prefetcher over a FakePort; latencies per read."""
+                      config=None, readers: int = 2, log2_table_size: int = 17) -> dict:
+    """One address-space workload through the real Prefetcher over a FakePort; latencies per read.
+    (``log2_table_size`` 20 gives a 128 MiB file: runs stop mid-file, as real readers do.)"""
     from .prefetch import Prefetcher
 
-    layout = _layout(page_size)
+    layout = _layout(page_size, log2_table_size)
     size = layout.params_bytes
     port = FakePort(layout.n_pages, page_size, latency=latency)
     kern = SimKernel(port)
