@@ -197,10 +197,13 @@ class PageStore:
             for p, _ in items[: len(items) // 2]:
                 del self._home_heat[p]
 
-    def _emit(self, kind: AccessKind, pages: list[int], slow: list[bool], offset: int = 0, size: int = 0) -> None:
+    def _emit(self, kind: AccessKind, pages: list[int], slow: list[bool], offset: int = 0, size: int = 0,
+              started: float | None = None) -> None:
+        """Tell the listeners; `started` is when the request began (a request that waited on
+        a slow tier: its wait must not look shorter than it was), else now."""
         if not self._listeners:
             return
-        event = AccessEvent(kind, pages, slow, offset, size, time.monotonic())
+        event = AccessEvent(kind, pages, slow, offset, size, time.monotonic() if started is None else started)
         for listener in self._listeners:
             try:
                 listener(event)
@@ -572,10 +575,11 @@ class PageStore:
                 view = arena.view[base:base + size]
                 return view if zero_copy else view.tobytes()
             # a bad chunk somewhere: the page by page path below finds and handles it
+        started = time.monotonic()
         if first == last:
             out = bytearray(size)
             slow = await self._read_page_into(first, start, memoryview(out))
-            self._emit(AccessKind.READ, [first], [slow], offset, size)
+            self._emit(AccessKind.READ, [first], [slow], offset, size, started)
             return out
         out = bytearray(size)
         view = memoryview(out)
@@ -595,7 +599,7 @@ class PageStore:
             slows.append(was_slow or page in fetched_slow)
             pages.append(page)
             pos += length
-        self._emit(AccessKind.READ, pages, slows, offset, size)
+        self._emit(AccessKind.READ, pages, slows, offset, size, started)
         return out
 
     def _count_hits(self, mt: MemTier, slot: int, pages: int) -> None:
@@ -1169,6 +1173,7 @@ class PageStore:
 
     async def _gather_direct(self, ent: np.ndarray, feats: int, row_bytes: int) -> np.ndarray:
         """Pages of the first memory tier sit at slot == page: the gather is one take."""
+        started = time.monotonic()
         t = self.memory_tiers[0]
         mt = t.mem
         assert mt is not None
@@ -1214,7 +1219,7 @@ class PageStore:
             slow = await self._ensure_pages(missing, install_implicit=True)
             if self._listeners:
                 slow_pages = {p for p, was_slow in zip(missing.tolist(), slow) if was_slow}
-                self._emit(AccessKind.GATHER, exact.tolist(), [p in slow_pages for p in exact.tolist()])
+                self._emit(AccessKind.GATHER, exact.tolist(), [p in slow_pages for p in exact.tolist()], started=started)
             if (mt.slot_page[pages] >= 0).all():
                 break
         else:
@@ -1267,6 +1272,7 @@ class PageStore:
         """:meth:`_gather_direct` for a few points (a single-point query touches ~60 pages):
         the same steps on Python sets and lists, which beat numpy's per-call overhead at this
         size. Every chunk holding a row taken is verified, as on every read."""
+        started = time.monotonic()
         mt = self.memory_tiers[0].mem
         assert mt is not None
         entries = ent.reshape(-1).tolist()
@@ -1278,12 +1284,12 @@ class PageStore:
             missing = [p for p in pages if resident(p) < 0]
             if not missing:
                 if self._listeners:
-                    self._emit(AccessKind.GATHER, pages, [False] * len(pages))
+                    self._emit(AccessKind.GATHER, pages, [False] * len(pages), started=started)
                 break
             slow = await self._ensure_pages(np.array(missing, dtype=np.int64), install_implicit=True)
             if self._listeners:
                 slow_pages = {p for p, was_slow in zip(missing, slow) if was_slow}
-                self._emit(AccessKind.GATHER, pages, [p in slow_pages for p in pages])
+                self._emit(AccessKind.GATHER, pages, [p in slow_pages for p in pages], started=started)
             if all(resident(p) >= 0 for p in pages):
                 break
         else:
@@ -1319,6 +1325,7 @@ class PageStore:
         fetched pages are used from the bytes the fetch returned, so a memory tier smaller
         than the batch's working set costs each page one slow read, never two.
         """
+        started = time.monotonic()
         flat = elements.reshape(-1)
         epp = self.elems_per_page
         pages_of = flat // epp
@@ -1365,7 +1372,7 @@ class PageStore:
                         nursery.start_soon(fetch, page)
             if errors:
                 raise errors[0]
-            self._emit(AccessKind.GATHER, ordered.tolist(), [slow.get(p, False) for p in ordered.tolist()])
+            self._emit(AccessKind.GATHER, ordered.tolist(), [slow.get(p, False) for p in ordered.tolist()], started=started)
             parts = [views[p] for p in ordered.tolist()]
 
             def take() -> tuple[np.ndarray | None, list[int]]:
