@@ -451,3 +451,18 @@ def test_parse_point_rejects(text: str, dims: int, message: str) -> None:
 def test_parse_point_round_trips(values: list[float], separator: str) -> None:
     point = parse_point(separator.join(repr(v) for v in values), len(values))
     np.testing.assert_array_equal(point, np.array(values, dtype=np.float32))
+
+
+def test_implicit_values_at_scattered_indices_match_the_contiguous_form() -> None:
+    """A gather over never-written pages computes just its elements: the same values as the
+    page-at-a-time form and the scalar SPEC formula."""
+    from nffs.encoding.init import implicit_values_at
+
+    rng = np.random.default_rng(3)
+    idx = rng.integers(0, 1 << 40, 500)
+    for init, scale, dtype in (("uniform", 1e-4, np.float32), ("uniform", 0.5, np.float16), ("zeros", 1.0, np.float32)):
+        got = implicit_values_at(11, idx, init, scale, dtype)
+        want = np.array([implicit_values(11, int(i), 1, init, scale, dtype)[0] for i in idx], dtype=dtype)
+        assert got.dtype == np.dtype(dtype) and np.array_equal(got, want)
+        assert [np.float32(v) for v in got[:5].astype(np.float32)] == [
+            np.float32(np.dtype(dtype).type(implicit_value_scalar(11, int(i), init, scale))) for i in idx[:5]]

@@ -87,6 +87,41 @@ async def test_gather_rows_equals_a_plain_take(tmp_path: Path) -> None:
     opened.close()
 
 
+async def test_gather_over_homed_resident_and_never_written_pages(tmp_path: Path) -> None:
+    """The general gather (memory tier smaller than the field, not direct-mapped) over pages
+    of every kind at once: homed but not in memory, dirty in memory, and never written
+    (those take their elements from the init formula without a page of init). The oracle
+    is the whole of params read back, and the init formula itself."""
+    field = make_field(tmp_path, memory="16K")  # 4 slots of 4 KiB: not direct-mapped
+    opened = open_field(str(field))
+    store, layout = opened.store, opened.layout
+    ps = layout.page_size
+    n_pages = layout.params_bytes // ps
+    rng = np.random.default_rng(4)
+    homed = [1, 5, 9]
+    for p in homed:
+        await store.write(p * ps, rng.integers(0, 256, ps, dtype=np.uint8).tobytes())
+    await store.sync()
+    opened.close()
+    opened = open_field(str(field))  # memory copies are not trusted across a restart: homed only
+    store = opened.store
+    try:
+        await store.write(3 * ps + 64, np.array([1.5, -2.5], np.float32).tobytes())  # dirty, no home yet
+        assert store.table.mem(3) is not None and store.table.home(3) is None
+        everything = np.frombuffer(bytes(await store.read(0, layout.params_bytes)), dtype=np.float32)
+        f = layout.features
+        pages = [1, 3, 5, 9, 2, 7, n_pages - 1]  # homed, dirty, homed, homed, never written x3
+        entries = np.array([p * ps // (4 * f) + k for p in pages for k in (0, 7, 100, 511)], dtype=np.int64)
+        entries = entries[entries < layout.total_entries].reshape(1, 1, -1).astype(np.uint64)
+        rows = await store.gather_rows(entries)
+        want = everything.reshape(-1, f)[entries.astype(np.int64)]
+        assert np.array_equal(rows, want)
+        never = implicit_values(3, 2 * ps // 4, ps // 4, "uniform", 1e-4, np.float32)
+        assert np.array_equal(rows[0, 0, 16:20].reshape(-1)[:2], never[:2])  # page 2, entry 0
+    finally:
+        opened.close()
+
+
 async def test_move_home_and_lock(tmp_path: Path) -> None:
     field = tmp_path / "f"
     init_field(str(field), FieldConfig(levels=4, log2_table_size=12, page_size=4096),

@@ -27,6 +27,24 @@ def implicit_values(seed: int, start: int, count: int, init: str, init_scale: fl
     return (init_scale * (2.0 * u - 1.0)).astype(dtype)
 
 
+def implicit_values_at(seed: int, indices: np.ndarray, init: str, init_scale: float, dtype: np.dtype) -> np.ndarray:
+    """:func:`implicit_values` of arbitrary element indices (a gather over never-written
+    pages needs a few scattered elements of each, not the whole pages)."""
+    dtype = np.dtype(dtype)
+    idx = np.asarray(indices)
+    if init == "zeros":
+        return np.zeros(idx.shape, dtype=dtype)
+    z = idx.astype(np.uint64)
+    z += np.uint64(((seed * _GOLDEN) + 1) & _MASK64)
+    z ^= z >> np.uint64(30)
+    z *= np.uint64(0xBF58476D1CE4E5B9)
+    z ^= z >> np.uint64(27)
+    z *= np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    u = (z >> np.uint64(40)).astype(np.float64) * (1.0 / 2**24)
+    return (init_scale * (2.0 * u - 1.0)).astype(dtype)
+
+
 def implicit_value_scalar(seed: int, index: int, init: str, init_scale: float) -> float:
     """The SPEC formula one element at a time, in plain Python ints (the test oracle)."""
     if init == "zeros":

@@ -219,6 +219,19 @@ class PageTable:
         i = int(np.searchsorted(homed, page))
         return i < homed.size and int(homed[i]) == page
 
+    def maybe_homed_many(self, pages: np.ndarray) -> np.ndarray:
+        """:meth:`_maybe_homed` of many pages at once: False only for pages surely without a
+        home (never materialised durably), True for the others."""
+        pages = np.asarray(pages, dtype=np.int64)
+        if not self._homed_loaded:
+            return np.ones(pages.shape, dtype=bool)
+        homed = self._homed
+        i = np.minimum(np.searchsorted(homed, pages), max(0, homed.size - 1))
+        out = homed[i] == pages if homed.size else np.zeros(pages.shape, dtype=bool)
+        if self._homed_recent:
+            out |= np.isin(pages, np.fromiter(self._homed_recent, dtype=np.int64, count=len(self._homed_recent)))
+        return out
+
     def home(self, page: int) -> Home | None:
         cached = self._rows.get(page, _NO_ROW)
         if cached is _NO_ROW and not self._maybe_homed(page):
