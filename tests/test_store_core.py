@@ -446,6 +446,38 @@ async def test_cold_multi_page_read_fetches_together_and_still_refuses_a_corrupt
         opened.close()
 
 
+async def test_freed_memory_slots_are_given_back_when_the_tier_is_quiet(tmp_path: Path) -> None:
+    """Evictions leave freed slots' memory allocated (a slot is usually reused at once, and
+    punching a hole costs ~30 µs); once a background tick passes without evictions the
+    holes are punched, and every page still reads back right."""
+    ps = 4096
+    field = make_field(tmp_path, page_size=ps, memory="64K", log2=13)  # 16 slots, 64 pages
+    opened = open_field(str(field))
+    store = opened.store
+    data = pattern(31, 48 * ps)
+    try:
+        await store.write(0, data)
+        await store.sync()
+        for p in range(48):  # stream through the tier: evictions
+            await store.read(p * ps, ps)
+        arena = store.memory_tiers[0].mem.arena
+        path = arena_path(opened)
+        before = os.stat(path).st_blocks
+        # drop what is left so that many slots are free
+        for p in range(48):
+            loc = store.table.mem(p)
+            if loc is not None and not loc[0].dirty_gen[loc[1]]:
+                store._drop_copy(p, *loc)
+        assert arena.unpunched() > 0
+        await store._maintain_memory()  # evictions happened since the last look: not quiet yet
+        await store._maintain_memory()  # a quiet tick: holes punched
+        assert arena.unpunched() == 0
+        assert os.stat(path).st_blocks < before
+        assert bytes(await store.read(0, 48 * ps)) == data
+    finally:
+        opened.close()
+
+
 async def test_home_storing_some_chunks_reads_init_elsewhere(tmp_path: Path) -> None:
     """A 4 KiB write into a 64 KiB page stores one chunk; the rest reads as the init, also
     when the slab slot held another page before (reused slot) or ends before the slot does."""

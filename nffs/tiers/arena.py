@@ -82,6 +82,10 @@ class MemoryArena:
         self.stored = np.zeros(n_slots, dtype=np.uint64)
         self.lock = threading.Lock()
         self._free: list[int] = []
+        #: free slots whose memory is still allocated (released, not punched yet): punching a
+        #: hole costs ~30 µs on tmpfs, wasted when the slot is reused at once (streaming
+        #: through a full tier), so it is left to `take_for_trim` when the tier is idle
+        self._unpunched: set[int] = set()
         self._fresh = 0  # slots >= this were never handed out
         self.used = 0
 
@@ -89,7 +93,9 @@ class MemoryArena:
     def alloc(self) -> int | None:
         if self._free:
             self.used += 1
-            return self._free.pop()
+            slot = self._free.pop()
+            self._unpunched.discard(slot)
+            return slot
         if self._fresh < self.n_slots:
             slot = self._fresh
             self._fresh += 1
@@ -102,9 +108,38 @@ class MemoryArena:
         self.used += 1
 
     def release(self, slot: int, *, direct: bool = False) -> None:
+        """The slot's copy is gone. A direct-mapped slot's memory is given back at once (its
+        page alone can come back to it); another slot goes to the free list with its memory
+        still allocated (see `_unpunched`)."""
         self.used -= 1
-        if not direct:
+        if direct:
+            self.drop_contents(slot)
+        else:
             self._free.append(slot)
+            self._unpunched.add(slot)
+
+    def unpunched(self) -> int:
+        return len(self._unpunched)
+
+    def take_for_trim(self, limit: int) -> list[int]:
+        """Up to `limit` free slots whose memory is still allocated, taken out of the free
+        list (so nothing allocates them while a worker punches them); hand them back with
+        `return_trimmed`."""
+        slots = []
+        while self._unpunched and len(slots) < limit:
+            slots.append(self._unpunched.pop())
+        if slots:
+            taken = set(slots)
+            self._free = [s for s in self._free if s not in taken]
+        return slots
+
+    def punch(self, slots: list[int]) -> None:
+        """Give the memory of these (taken, free) slots back to the system (worker thread)."""
+        for slot in slots:
+            self.drop_contents(slot)
+
+    def return_trimmed(self, slots: list[int]) -> None:
+        self._free.extend(slots)
 
     # -- bytes -------------------------------------------------------------------------
     def _base(self, slot: int) -> int:

@@ -49,6 +49,10 @@ class StoreConfig:
     writeback_batch_bytes: int = 16 << 20
     #: bytes gathered into one pwritev when consecutive slots are written
     coalesce_bytes: int = 8 << 20
+    #: free memory-tier slots whose memory is given back (a hole punched in the arena file)
+    #: per background tick, once a tick passed without evictions (under eviction pressure a
+    #: freed slot is reused at once, and punching it would be wasted work)
+    trim_slots_per_tick: int = 4096
     #: background tick: watermarks, write-back timer and tier health (seconds, at most)
     background_tick_s: float = 0.5
     #: page-table rows kept in memory (homes); the rest is SQLite's job (its cache is small

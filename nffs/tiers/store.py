@@ -140,6 +140,7 @@ class PageStore:
         #: awaited with the pages a reader's refresh changed (the FUSE layer refreshes its caches)
         self.on_pages_changed: Callable[[list[int]], Awaitable[None]] | None = None
         self.port = StorePort(self)
+        self._evictions_at_last_tick = 0
 
     # ================================================================== start-up
     def recover(self) -> None:
@@ -325,7 +326,6 @@ class PageStore:
             self._unpin_release.add((mt.index, slot))
         else:
             mt.arena.release(slot, direct=mt.direct)
-            mt.arena.drop_contents(slot)
         if counted:
             self.counters["evictions"] += 1
         if mt.direct:
@@ -336,7 +336,6 @@ class PageStore:
         if mt.pins[slot] == 0 and (mt.index, slot) in self._unpin_release:
             self._unpin_release.discard((mt.index, slot))
             mt.arena.release(slot, direct=mt.direct)
-            mt.arena.drop_contents(slot)
 
     def _install(self, page: int, data: bytes | bytearray | memoryview | None, *, has_home: bool, home_tier: int,
                  stored: int) -> tuple[MemTier, int] | None:
@@ -1452,9 +1451,20 @@ class PageStore:
                     reported = str(exc)
 
     async def _maintain_memory(self) -> None:
+        evictions = self.counters["evictions"]
+        quiet = evictions == self._evictions_at_last_tick  # no eviction since the last tick
+        self._evictions_at_last_tick = evictions
         for i, t in enumerate(self.memory_tiers):
             mt = t.mem
             assert mt is not None
+            if quiet and mt.arena.unpunched():
+                # the tier is not streaming: give the memory of its free slots back (in a
+                # worker, with the slots out of the free list meanwhile)
+                slots = mt.arena.take_for_trim(self.cfg.trim_slots_per_tick)
+                try:
+                    await self.io.cpu(mt.arena.punch, slots)
+                finally:
+                    mt.arena.return_trimmed(slots)
             cap = self._mem_capacity(t)
             if mt.resident <= self.cfg.high_watermark * cap:
                 continue
