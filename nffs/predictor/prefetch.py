@@ -159,15 +159,19 @@ class Prefetcher:
             self._wake.set()
 
     def _on_event(self, ev: AccessEvent) -> None:
+        """Called by the store for every access (trio thread): as little as possible here."""
         self.counters["events"] += 1
-        if (ev.kind == AccessKind.READ and self._cheap_run > self.cfg.cheap_skip_after and not ev.any_slow
-                and not any(p in self.ledger.entries for p in ev.page_list)):
-            # a run of reads served from memory that we did not prefetch: nothing to learn or
-            # count, and waking the predictor for each would cost more than the read itself
-            self.counters["cheap_skipped"] += 1
-            return
-        if (ev.kind == AccessKind.GATHER and not ev.any_slow and len(ev.page_list) <= self.cfg.small_gather_pages
-                and not any(p in self.ledger.entries for p in ev.page_list)):
+        if ev.kind is AccessKind.READ and not ev.any_slow and self._cheap_run > self.cfg.cheap_skip_after:
+            pages = ev.page_list
+            entries = self.ledger.entries
+            planned = pages[0] in entries if len(pages) == 1 else not entries.keys().isdisjoint(pages)
+            if not planned:
+                # a run of reads served from memory that we did not prefetch: nothing to learn
+                # or count, and waking the predictor for each would cost more than the read
+                self.counters["cheap_skipped"] += 1
+                return
+        elif (ev.kind is AccessKind.GATHER and not ev.any_slow and len(ev.page_list) <= self.cfg.small_gather_pages
+                and self.ledger.entries.keys().isdisjoint(ev.page_list)):
             # a small lookup (single points, at/, concepts) served from memory, of pages we did
             # not plan: nothing to count, and a round trip through the learning thread per lookup
             # would cost several times the lookup itself
