@@ -3,6 +3,7 @@ policy over a FakePort (nffs/predictor/sim.py)."""
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -279,3 +280,21 @@ def test_no_stale_push_after_write() -> None:
         return kern.stale
 
     assert trio.run(main) == 0
+
+
+def test_reads_skipped_as_cheap_still_keep_their_pages_from_being_pushed_over() -> None:
+    """Reads served from memory skip the predictor once a run of them is long, but the kernel
+    caches what they read (an mmap writer may dirty it): such pages must stay 'recent', so
+    that no prefetch push ever overwrites them."""
+    from nffs.predictor.prefetch import Prefetcher
+    from nffs.tiers.port import AccessEvent, AccessKind
+
+    layout = sim._layout(65536)
+    port = sim.FakePort(layout.n_pages, 65536)
+    pf = Prefetcher(port, layout, kind="markov", push=None)
+    pf._cheap_run = pf.cfg.cheap_skip_after + 1  # a long run of cheap reads so far
+    now = time.monotonic()
+    for page in (7, 1234, 99):
+        pf._on_event(AccessEvent(AccessKind.READ, [page], [False], page * 65536, 4096, now))
+    assert pf.stats()["cheap_skipped"] >= 3
+    assert all(p in pf.recent for p in (7, 1234, 99))

@@ -167,7 +167,12 @@ class Prefetcher:
             planned = pages[0] in entries if len(pages) == 1 else not entries.keys().isdisjoint(pages)
             if not planned:
                 # a run of reads served from memory that we did not prefetch: nothing to learn
-                # or count, and waking the predictor for each would cost more than the read
+                # or count, and waking the predictor for each would cost more than the read.
+                # The kernel caches what it read, though: never push over these pages later
+                # (an mmap writer may have dirtied them)
+                recent = self.recent
+                for p in pages:
+                    recent.add(p, ev.time)
                 self.counters["cheap_skipped"] += 1
                 return
         elif (ev.kind is AccessKind.GATHER and not ev.any_slow and len(ev.page_list) <= self.cfg.small_gather_pages
