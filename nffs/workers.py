@@ -19,10 +19,12 @@ def run_niced(nice: int, fn: Callable[..., T], *args: Any) -> T:
     tid = threading.get_native_id()
     try:
         before = os.getpriority(os.PRIO_PROCESS, tid)
-        if before >= nice:
-            return fn(*args)
-        os.setpriority(os.PRIO_PROCESS, tid, nice)
+        lowered = before < nice
+        if lowered:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
     except (OSError, AttributeError):
+        lowered = False
+    if not lowered:
         return fn(*args)
     try:
         return fn(*args)

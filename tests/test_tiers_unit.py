@@ -172,3 +172,34 @@ def test_cpu_work_runs_niced_and_the_thread_gets_its_priority_back() -> None:
     if os.geteuid() == 0:
         assert result[1] == 0  # restored (CAP_SYS_NICE)
     assert run_niced(0, lambda: 7) == 7
+
+
+def test_a_niced_job_that_fails_runs_once() -> None:
+    """An OSError raised by the job itself is the job's error: it is not taken for a failed
+    priority change and the job is not run a second time."""
+    from nffs.workers import run_niced
+
+    calls: list[int] = []
+
+    def failing() -> None:
+        calls.append(1)
+        raise OSError(5, "the job's own I/O error")
+
+    import threading
+
+    results: list[list[int]] = []
+
+    def worker(nice: int) -> None:
+        # already at that level (a reused worker thread): no priority change at all
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 5)
+        calls.clear()
+        try:
+            run_niced(nice, failing)
+        except OSError:
+            results.append(list(calls))
+
+    for nice in (0, 5, 19):
+        t = threading.Thread(target=worker, args=(nice,))
+        t.start()
+        t.join()
+    assert results == [[1], [1], [1]]
