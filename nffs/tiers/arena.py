@@ -231,23 +231,14 @@ class MemoryArena:
                 return None
         return view[base + offset:base + offset + length]
 
-    def bad_slots_of_chunk_list(self, chunks: list[int]) -> list[int]:
-        """:meth:`bad_slots_of_chunks` for a short Python list (a lookup of a few points): no
-        numpy round trips, one hash call per chunk."""
+    def bad_slots_of_chunks(self, chunks: list[int]) -> list[int]:
+        """Slots whose listed chunks (global ids: slot * chunks_per_page + i) fail their
+        checksum; one hash call per chunk, no numpy round trip per chunk list."""
         c = self.chunk
         view = self.view
         per_page = self.chunks_per_page
         want = self.sums.reshape(-1).item
         return sorted({cid // per_page for cid in chunks if _h(view[cid * c:(cid + 1) * c]) != want(cid)})
-
-    def bad_slots_of_chunks(self, chunks: np.ndarray) -> list[int]:
-        """Slots whose listed chunks (global ids: slot * chunks_per_page + i) fail their checksum."""
-        c = self.chunk
-        view = self.view
-        per_page = self.chunks_per_page
-        expected = self.sums.reshape(-1)[chunks].tolist()
-        return sorted({cid // per_page for cid, want in zip(chunks.tolist(), expected)
-                       if _h(view[cid * c:(cid + 1) * c]) != want})
 
     def verify_valid(self, slot: int) -> bool:
         valid = int(self.valid[slot])

@@ -172,21 +172,26 @@ class SlabHomes:
             return fd, not existed
 
     def read(self, slot: int) -> bytes:
-        slab, index = divmod(slot, self.slots_per_slab)
+        return self._read_run(slot, 1)
+
+    def _read_run(self, first: int, count: int) -> bytes:
+        """`count` consecutive slots of one slab, in one pread."""
+        slab, index = divmod(first, self.slots_per_slab)
+        length = count * self.page_size
         fd, _ = self._fd(slab, create=False)
         try:
-            data = os.pread(fd, self.page_size, index * self.page_size)
+            data = os.pread(fd, length, index * self.page_size)
         except OSError as exc:
             # some network file systems keep failing a handle once it saw an error: the next
             # read opens the slab afresh
             if exc.errno == errno.EIO:
                 self._forget(slab, fd)
             raise
-        os.posix_fadvise(fd, index * self.page_size, self.page_size, os.POSIX_FADV_DONTNEED)
-        if len(data) != self.page_size:
+        os.posix_fadvise(fd, index * self.page_size, length, os.POSIX_FADV_DONTNEED)
+        if len(data) != length:
             # chunks a home does not store may lie past the end of the slab file; whatever
             # is missing there is checked by the page's checksum, not by the length
-            data += bytes(self.page_size - len(data))
+            data += bytes(length - len(data))
         return data
 
     def read_many(self, slots: list[int], max_bytes: int = 1 << 20) -> dict[int, bytes | OSError]:
@@ -202,35 +207,19 @@ class SlabHomes:
                    and ordered[j] // self.slots_per_slab == ordered[i] // self.slots_per_slab):
                 j += 1
             run = ordered[i:j]
-            if len(run) == 1:
-                try:
-                    out[run[0]] = self.read(run[0])
-                except OSError as exc:
-                    out[run[0]] = exc
-                i = j
-                continue
-            slab, index = divmod(run[0], self.slots_per_slab)
-            length = len(run) * self.page_size
+            i = j
             try:
-                fd, _ = self._fd(slab, create=False)
-                try:
-                    data = os.pread(fd, length, index * self.page_size)
-                except OSError as exc:
-                    if exc.errno == errno.EIO:
-                        self._forget(slab, fd)
-                    raise
-                os.posix_fadvise(fd, index * self.page_size, length, os.POSIX_FADV_DONTNEED)
+                data = self._read_run(run[0], len(run))
             except OSError as exc:
                 for slot in run:
                     out[slot] = exc
-                i = j
                 continue
-            if len(data) < length:  # unstored chunks past the end of the slab read as zeros
-                data += bytes(length - len(data))
+            if len(run) == 1:
+                out[run[0]] = data
+                continue
             view = memoryview(data)
             for k, slot in enumerate(run):
                 out[slot] = bytes(view[k * self.page_size:(k + 1) * self.page_size])
-            i = j
         return out
 
     def write_partial(self, slot: int, compact: bytes, mask: int, chunk: int, n_chunks: int) -> int:

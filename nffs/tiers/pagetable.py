@@ -136,7 +136,7 @@ class PageTable:
         self._generation = rows
         self._rows.clear()
         if self._homed_loaded:
-            self.load_homed()
+            self._set_homed(rows["page"])
 
     def _generation_home(self, page: int) -> Home | None:
         rows = self._generation
@@ -173,10 +173,10 @@ class PageTable:
         return np.concatenate(parts) if parts else np.zeros(0, dtype=ROW)
 
     def scan_homes(self) -> dict[int, np.ndarray]:
-        """At mount, one pass over the homes table: the pages with a home (as `load_homed`)
-        and, per tier, the slots they use (free slots are the others). One scan with C-level
-        conversion, instead of two with a Python generator each: mounting 10^6 materialised
-        pages spent most of its 3.4 s here."""
+        """At mount, one pass over the homes table: the pages with a home (a reader on a
+        generation takes them from the generation instead) and, per tier, the slots they use
+        (free slots are the others). One scan with C-level conversion, instead of two with a
+        Python generator each: mounting 10^6 materialised pages spent most of its 3.4 s here."""
         cur = self._reader.execute("SELECT page, tier, slot FROM homes ORDER BY page")
         parts = []
         while True:
@@ -185,30 +185,15 @@ class PageTable:
                 break
             parts.append(np.array(chunk, dtype=np.int64))
         rows = np.concatenate(parts) if parts else np.zeros((0, 3), dtype=np.int64)
-        if self._generation is None:
-            self._homed = np.ascontiguousarray(rows[:, 0])
-            self._homed_recent.clear()
-            self._homed_loaded = True
-        else:
-            self.load_homed()
+        self._set_homed(rows[:, 0] if self._generation is None else self._generation["page"])
         tiers = rows[:, 1]
         # the tier of each run of rows (np.unique would hash all of them: 0.2 s per 10^6 rows)
         present = sorted(set(tiers[np.r_[True, tiers[1:] != tiers[:-1]]].tolist())) if tiers.size else []
         return {int(t): np.ascontiguousarray(rows[tiers == t, 2]) for t in present}
 
-    def load_homed(self) -> None:
-        """At mount: the set of pages with homes (one scan; the rows themselves stay in SQLite)."""
-        if self._generation is not None:
-            self._homed = np.asarray(self._generation["page"], dtype=np.int64)
-        else:
-            cur = self._reader.execute("SELECT page FROM homes ORDER BY page")
-            parts = []
-            while True:
-                chunk = cur.fetchmany(1 << 16)
-                if not chunk:
-                    break
-                parts.append(np.fromiter((r[0] for r in chunk), dtype=np.int64, count=len(chunk)))
-            self._homed = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    def _set_homed(self, pages: np.ndarray) -> None:
+        """The sorted pages that have a home (the rows themselves stay in SQLite)."""
+        self._homed = np.ascontiguousarray(pages, dtype=np.int64)
         self._homed_recent.clear()
         self._homed_loaded = True
 

@@ -31,6 +31,7 @@ import xxhash
 from ..encoding.init import implicit_values, implicit_values_at
 from ..encoding.layout import FieldLayout
 from ..errors import ChecksumMismatch, InvalidInput, NoSpace, NffsError, PageIOError, ReadOnly, TierTimeout, TierUnavailable
+from .arena import MemoryArena
 from .config import StoreConfig
 from .pagetable import Home, MemTier, PageTable
 from .port import AccessEvent, AccessKind, AccessListener, FetchResult, Priority
@@ -391,10 +392,10 @@ class PageStore:
         epoch = homes.begin_read()
 
         def read_verified() -> bytes:
-            data = homes.read(home.slot)
-            if stored_checksum(data, home.mask, self.chunk, self.n_chunks) != home.checksum:
+            data = self._page_from_home(page, homes.read(home.slot), home)
+            if data is None:
                 raise ChecksumMismatch(f"page {page}: tier {tier.name} slot {home.slot} fails its checksum")
-            return self._complete_page(page, data, home.mask)
+            return data
 
         try:
             data = await self.io.run(priority, read_verified, latency=tier.latency)
@@ -410,6 +411,21 @@ class PageStore:
         tier.counters.reads += 1
         self._touch_home(page)
         return data
+
+    def _page_from_home(self, page: int, data: bytes, home: Home) -> bytes | None:
+        """The whole page from the bytes of its home slot, or None when they fail the
+        checksum committed with the home (worker thread)."""
+        if stored_checksum(data, home.mask, self.chunk, self.n_chunks) != home.checksum:
+            return None
+        return self._complete_page(page, data, home.mask)
+
+    def _install_fetched(self, page: int, data: bytes, home: Home) -> None:
+        """A page just read from `home` becomes a clean memory copy, unless a write installed a
+        newer copy (or moved its home) while the read was in flight."""
+        if self.table.mem(page) is None and self.table.home(page) == home:
+            loc = self._install(page, data, has_home=True, home_tier=home.tier, stored=home.mask)
+            if loc is not None:
+                self.memory_tiers[loc[0].index].counters.promotions += 1
 
     async def _fetch_batch(self, pages: list[int], priority: Priority) -> set[int]:
         """Bring several pages home -> memory with one worker call per home tier (the
@@ -445,13 +461,7 @@ class PageStore:
                 got = homes.read_many([home.slot for _, home in items], self.cfg.coalesce_bytes)
                 for p, home in items:
                     data = got[home.slot]
-                    if isinstance(data, OSError):
-                        out.append(None)
-                        continue
-                    if stored_checksum(data, home.mask, self.chunk, self.n_chunks) != home.checksum:
-                        out.append(None)
-                        continue
-                    out.append(self._complete_page(p, data, home.mask))
+                    out.append(None if isinstance(data, OSError) else self._page_from_home(p, data, home))
                 return out
 
             try:
@@ -462,10 +472,7 @@ class PageStore:
                     flights[p].data = data
                     tier.counters.reads += 1
                     self._touch_home(p)
-                    if self.table.mem(p) is None and self.table.home(p) == home:
-                        loc = self._install(p, data, has_home=True, home_tier=home.tier, stored=home.mask)
-                        if loc is not None:
-                            self.memory_tiers[loc[0].index].counters.promotions += 1
+                    self._install_fetched(p, data, home)
                     done.add(p)
             except BaseException as exc:
                 for f in flights.values():
@@ -518,11 +525,7 @@ class PageStore:
         try:
             data = await self._read_home(page, home, priority)
             flight.data = data
-            # re-check: a write may have installed a newer copy while we waited
-            if self.table.mem(page) is None and self.table.home(page) == home:
-                loc = self._install(page, data, has_home=True, home_tier=home.tier, stored=home.mask)
-                if loc is not None:
-                    self.memory_tiers[loc[0].index].counters.promotions += 1
+            self._install_fetched(page, data, home)
             return data, True
         except BaseException as exc:
             flight.error = exc if isinstance(exc, Exception) else PageIOError("fetch cancelled")
@@ -1230,8 +1233,6 @@ class PageStore:
             lo, hi = self._level_pages[l]
             if (mt.slot_page[lo:hi + 1] >= 0).all() and (arena.valid[lo:hi + 1] == np.uint64(arena.full_mask)).all():
                 self._level_ready[l] = True
-        word = {2: np.uint16, 4: np.uint32, 8: np.uint64}.get(row_bytes)
-        dtype = self.layout.dtype
 
         chunk_shift = arena.chunk.bit_length() - 1
         small = ent.size <= 4096
@@ -1239,19 +1240,14 @@ class PageStore:
         def take() -> tuple[np.ndarray | None, list[int]]:
             if small:
                 # a small batch checks just the chunks holding its rows (slot == page here)
-                bad = arena.bad_slots_of_chunks(np.unique((ent.reshape(-1) * row_bytes) >> chunk_shift))
+                bad = arena.bad_slots_of_chunks(np.unique((ent.reshape(-1) * row_bytes) >> chunk_shift).tolist())
             else:
                 per_page = arena.chunks_per_page
                 every = (pages[:, None] * per_page + np.arange(per_page)).reshape(-1)
-                bad = arena.bad_slots_of_chunks(every)
+                bad = arena.bad_slots_of_chunks(every.tolist())
             if bad:
                 return None, bad
-            table = arena.bytes[: self.layout.total_entries * row_bytes]  # entries past the table raise
-            if word is not None:
-                rows = np.take(table.view(word), ent).view(dtype).reshape(ent.shape + (feats,))
-            else:
-                rows = np.take(table.view(dtype).reshape(-1, feats), ent, axis=0)
-            return rows, []
+            return self._take_rows(arena, ent, feats, row_bytes), []
 
         self._gathers_active += 1
         try:
@@ -1266,6 +1262,16 @@ class PageStore:
             return await self._gather_direct(ent, feats, row_bytes)
         mt.heat[pages[:64]] += 1.0
         return rows  # type: ignore[return-value]
+
+    def _take_rows(self, arena: MemoryArena, ent: np.ndarray, feats: int, row_bytes: int) -> np.ndarray:
+        """Rows of a direct-mapped arena (slot == page): one take, a row as one word when it
+        fits one; entries past the parameter table raise."""
+        table = arena.bytes[: self.layout.total_entries * row_bytes]
+        word = _ROW_WORDS.get(row_bytes)
+        dtype = self.layout.dtype
+        if word is not None:
+            return np.take(table.view(word), ent).view(dtype).reshape(ent.shape + (feats,))
+        return np.take(table.view(dtype).reshape(-1, feats), ent, axis=0)
 
     async def _gather_small(self, ent: np.ndarray, feats: int, row_bytes: int, shift: int) -> np.ndarray:
         """:meth:`_gather_direct` for a few points (a single-point query touches ~60 pages):
@@ -1299,19 +1305,14 @@ class PageStore:
             if valid(p) != full:
                 self._fill_implicit(p, mt, p)
         chunk_shift = arena.chunk.bit_length() - 1
-        bad = arena.bad_slots_of_chunk_list(sorted({(e * row_bytes) >> chunk_shift for e in entries}))
+        bad = arena.bad_slots_of_chunks(sorted({(e * row_bytes) >> chunk_shift for e in entries}))
         if bad:
             for page in bad:
                 loc = self.table.mem(page)
                 if loc is not None:
                     self._bad_memory_copy(page, *loc)
             return await self._gather_small(ent, feats, row_bytes, shift)
-        table = arena.bytes[: self.layout.total_entries * row_bytes]
-        word = _ROW_WORDS.get(row_bytes)
-        if word is not None:
-            rows = np.take(table.view(word), ent).view(self.layout.dtype).reshape(ent.shape + (feats,))
-        else:
-            rows = np.take(table.view(self.layout.dtype).reshape(-1, feats), ent, axis=0)
+        rows = self._take_rows(arena, ent, feats, row_bytes)
         heat = mt.heat
         for p in pages[:64]:
             heat[p] = heat.item(p) + 1.0
