@@ -15,16 +15,9 @@ def implicit_values(seed: int, start: int, count: int, init: str, init_scale: fl
     dtype = np.dtype(dtype)
     if init == "zeros":
         return np.zeros(count, dtype=dtype)
-    base = np.uint64(((seed * _GOLDEN) + start + 1) & _MASK64)
     z = np.arange(count, dtype=np.uint64)
-    z += base
-    z ^= z >> np.uint64(30)
-    z *= np.uint64(0xBF58476D1CE4E5B9)
-    z ^= z >> np.uint64(27)
-    z *= np.uint64(0x94D049BB133111EB)
-    z ^= z >> np.uint64(31)
-    u = (z >> np.uint64(40)).astype(np.float64) * (1.0 / 2**24)
-    return (init_scale * (2.0 * u - 1.0)).astype(dtype)
+    z += np.uint64(((seed * _GOLDEN) + start + 1) & _MASK64)
+    return _finish(z, init_scale, dtype)
 
 
 def implicit_values_at(seed: int, indices: np.ndarray, init: str, init_scale: float, dtype: np.dtype) -> np.ndarray:
@@ -36,6 +29,12 @@ def implicit_values_at(seed: int, indices: np.ndarray, init: str, init_scale: fl
         return np.zeros(idx.shape, dtype=dtype)
     z = idx.astype(np.uint64)
     z += np.uint64(((seed * _GOLDEN) + 1) & _MASK64)
+    return _finish(z, init_scale, dtype)
+
+
+def _finish(z: np.ndarray, init_scale: float, dtype: np.dtype) -> np.ndarray:
+    """SplitMix64's finaliser on z = seed * golden + index + 1 (in place), then the top 24
+    bits as a uniform value in [-init_scale, init_scale)."""
     z ^= z >> np.uint64(30)
     z *= np.uint64(0xBF58476D1CE4E5B9)
     z ^= z >> np.uint64(27)
