@@ -28,7 +28,7 @@ is shown too, as some of the daemon's per-page tables are capped.
 Mount time vs virtual size: empty fields with log2_table_size 19 (53 MiB) and 45
 (1.3 PiB), same page size, mounted --mounts times each.
 
-Usage: python scripts/bench_scale.py [--quick] [--full] [--mounts N] [--prefetch hoeffding|markov|none] [--json FILE]
+Usage: python scripts/bench_scale.py [--quick] [--full] [--mounts N] [--prefetch default|none|markov|hoeffding] [--json FILE]
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_common import (  # noqa: E402
-    NffsMount, Workspace, drop_file_cache, init_field, median, print_machine, print_table, result_row, rss_bytes, tier_args,
+    NffsMount, Workspace, drop_file_cache, init_field, median, prefetch_args, print_machine, print_table, result_row, rss_bytes, tier_args,
     verdict, write_json,
 )
 
@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="N = 10^3 and 10^4 only, 2 mounts each")
     p.add_argument("--full", action="store_true", help="also N = 10^6 (several minutes, ~4 GiB of home files on disk)")
     p.add_argument("--mounts", type=int, default=None, help="mount cycles per measurement (default 3, quick 2)")
-    p.add_argument("--prefetch", default="hoeffding", choices=["none", "markov", "hoeffding"],
-                   help="prefetcher of the mounts (default hoeffding, the nffs default)")
+    p.add_argument("--prefetch", default="default", choices=["default", "none", "markov", "hoeffding"],
+                   help="prefetcher of the mounts (default: the mount's default)")
     p.add_argument("--dram-capacity", default="1G", help="capacity of the dram tier (default 1G)")
     p.add_argument("--log2-table-size", type=int, default=30)
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results here")
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.full:
         counts.append(1_000_000)
     n_mounts = args.mounts or (2 if args.quick else 3)
-    extra = ["--prefetch", args.prefetch]
+    extra = prefetch_args(args.prefetch)
 
     print_machine()
     with Workspace() as ws:

@@ -637,28 +637,27 @@ def main(argv: list[str] | None = None) -> int:
         plan = [(ps, w) for ps in pages for w in workloads if w in ADDRESS]
         plan += [(ps, w) for ps in field_pages for w in workloads if w not in ADDRESS]
         for page_size, workload in plan:
-            if True:
-                if workload in ADDRESS:
-                    name = f"addr{page_size}"
-                    field = suite.field(name, address_init(page_size))
-                    params = suite.address_params(workload, page_size, 0)
-                    params["seed"] = int(suite.rng.integers(1 << 30))
-                    body = suite.address(workload)
-                else:
-                    name = f"field{page_size}"
-                    field = suite.field(name, field_init(page_size), concepts=200)
-                    params = suite.field_params(workload, page_size)
-                    body = suite.fieldspace(workload)
-                for predictor in predictors:
-                    r = suite.run(workload, field, name, predictor, body, params)
-                    results.append(r)
-                    print(f"  {workload:22} {page_size >> 10:5d}K {predictor:9} p50 {r['p50_ms']:8.3f} p99 {r['p99_ms']:8.3f} ms "
-                          f"total {r['total_s']:6.2f}s slow reads {r['slow_tier_reads']:6d} acc {r['accuracy']} "
-                          f"cov {r['coverage']} time {r['timeliness']} pending {r['pending']}", flush=True)
-                    if r["floor"]:
-                        print(f"  {'':22} {'':6} warm floor p50 {r['floor']['p50_ms']:8.3f} p99 {r['floor']['p99_ms']:8.3f} ms "
-                              f"(slow reads {r['floor']['slow_tier_reads']}): p99 ceiling "
-                              f"{r['p99_ms'] / r['floor']['p99_ms']:.1f}x", flush=True)
+            if workload in ADDRESS:
+                name = f"addr{page_size}"
+                field = suite.field(name, address_init(page_size))
+                params = suite.address_params(workload, page_size, 0)
+                params["seed"] = int(suite.rng.integers(1 << 30))
+                body = suite.address(workload)
+            else:
+                name = f"field{page_size}"
+                field = suite.field(name, field_init(page_size), concepts=200)
+                params = suite.field_params(workload, page_size)
+                body = suite.fieldspace(workload)
+            for predictor in predictors:
+                r = suite.run(workload, field, name, predictor, body, params)
+                results.append(r)
+                print(f"  {workload:22} {page_size >> 10:5d}K {predictor:9} p50 {r['p50_ms']:8.3f} p99 {r['p99_ms']:8.3f} ms "
+                      f"total {r['total_s']:6.2f}s slow reads {r['slow_tier_reads']:6d} acc {r['accuracy']} "
+                      f"cov {r['coverage']} time {r['timeliness']} pending {r['pending']}", flush=True)
+                if r["floor"]:
+                    print(f"  {'':22} {'':6} warm floor p50 {r['floor']['p50_ms']:8.3f} p99 {r['floor']['p99_ms']:8.3f} ms "
+                          f"(slow reads {r['floor']['slow_tier_reads']}): p99 ceiling "
+                          f"{r['p99_ms'] / r['floor']['p99_ms']:.1f}x", flush=True)
     finally:
         suite.close()
     print()
