@@ -734,14 +734,19 @@ async def test_memory_pressure_with_all_dirty_pages_writes_back(tmp_path: Path) 
 
 
 # ------------------------------------------------------------------------------- concurrency
-async def test_demand_read_joins_a_prefetch(tmp_path: Path) -> None:
-    field = make_field(tmp_path, page_size=4096, latency="50ms")
+async def reopened_with_page_1_at_home(tmp_path: Path, latency: str) -> tuple[OpenField, bytes]:
+    """A field whose page 1 (4 KiB) lives only in its home on a tier of that latency."""
+    field = make_field(tmp_path, page_size=4096, latency=latency)
     opened = open_field(str(field))
     data = pattern(4, 4096)
     await opened.store.write(4096, data)
     await opened.store.sync()
     opened.close()
-    opened = open_field(str(field))
+    return open_field(str(field)), data
+
+
+async def test_demand_read_joins_a_prefetch(tmp_path: Path) -> None:
+    opened, data = await reopened_with_page_1_at_home(tmp_path, "50ms")
     store = opened.store
     got: dict[str, bytes] = {}
     try:
@@ -1050,13 +1055,7 @@ async def test_two_full_memory_tiers_of_dirty_pages_make_room(tmp_path: Path) ->
 async def test_demand_read_joined_to_a_cancelled_prefetch_still_reads(tmp_path: Path) -> None:
     """A prefetch cancelled while a demand read waits on it (daemon shutdown of the prefetch
     task, any cancel scope) must not turn the demand read into EIO: the demand fetches itself."""
-    field = make_field(tmp_path, page_size=4096, latency="100ms")
-    opened = open_field(str(field))
-    data = pattern(4, 4096)
-    await opened.store.write(4096, data)
-    await opened.store.sync()
-    opened.close()
-    opened = open_field(str(field))
+    opened, data = await reopened_with_page_1_at_home(tmp_path, "100ms")
     store = opened.store
     got: dict[str, object] = {}
     try:
