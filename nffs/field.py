@@ -132,8 +132,6 @@ class Field:
         n = points.shape[0]
         if n < PARALLEL_MIN_POINTS:
             return await self._run(points, decoder)
-        for listener in self.point_listeners:  # the batch as one: the motion model pairs whole batches
-            listener(points)
         # parts of at most INFER_CHUNK points (bounded temporaries), at least one per worker,
         # computed INFER_WORKERS at a time and put back in order
         step = min(INFER_CHUNK, -(-n // INFER_WORKERS))
@@ -147,13 +145,13 @@ class Field:
         async with trio.open_nursery() as nursery:
             for i, start in enumerate(starts):
                 nursery.start_soon(part, i, start)
-        return await trio.to_thread.run_sync(np.concatenate, parts)
+        out = await trio.to_thread.run_sync(np.concatenate, parts)
+        for listener in self.point_listeners:  # the batch as one: the motion model pairs whole batches
+            listener(points)
+        return out
 
     async def _run(self, points: np.ndarray, decoder: Decoder | None, *, observe: bool = True) -> np.ndarray:
         """Corners -> gather -> interpolate (-> decoder), off the trio thread for big batches."""
-        if observe:
-            for listener in self.point_listeners:
-                listener(points)
         if points.shape[0] == 0:
             width = self.layout.encoding_width if decoder is None else decoder.out_width
             return np.zeros((0, width), dtype=np.float32)
@@ -161,10 +159,17 @@ class Field:
             # the small-batch path: all levels at once, a few dozen numpy calls (SPEC 8 "single point")
             entries, weights = hashgrid.corner_entries_small(self.layout, points)
             rows = await self.store.gather_rows(entries)  # (L, C, N, F), all pages fetched at once
-            return self._finish(weights, rows, decoder)
-        entries, weights = await trio.to_thread.run_sync(run_niced, INFER_NICE, hashgrid.corner_entries, self.layout, points)
-        rows = await self.store.gather_rows(entries)
-        return await trio.to_thread.run_sync(run_niced, INFER_NICE, self._finish, weights, rows, decoder)
+            out = self._finish(weights, rows, decoder)
+        else:
+            entries, weights = await trio.to_thread.run_sync(run_niced, INFER_NICE, hashgrid.corner_entries, self.layout, points)
+            rows = await self.store.gather_rows(entries)
+            out = await trio.to_thread.run_sync(run_niced, INFER_NICE, self._finish, weights, rows, decoder)
+        if observe:
+            # after the answer: the prediction from this batch is for the next ones, and
+            # computing it alongside this one would only slow this one down
+            for listener in self.point_listeners:
+                listener(points)
+        return out
 
     def _finish(self, weights: np.ndarray, rows: np.ndarray, decoder: Decoder | None) -> np.ndarray:
         enc = hashgrid.interpolate(self.layout, weights, rows)

@@ -317,6 +317,38 @@ async def test_corrupted_clean_memory_copy_is_never_returned(tmp_path: Path, mem
 
 
 @pytest.mark.parametrize("memory", ["1M", "64K"], ids=["direct", "slotted"])
+async def test_gather_never_returns_a_corrupted_memory_copy(tmp_path: Path, memory: str) -> None:
+    """Gathers (query, at/, concepts) verify the chunks they take rows from, whether the
+    memory tier maps pages directly or by slot, in small and in big batches: a flipped row
+    is refetched from its clean home (or EIO), never answered."""
+    field = make_field(tmp_path, page_size=16384, memory=memory)
+    opened = open_field(str(field))
+    store, layout = opened.store, opened.layout
+    try:
+        data = pattern(3, 16384)
+        await store.write(16384, data)  # page 1, synced: a clean home to come back to
+        await store.sync()
+        f = layout.features
+        values = np.frombuffer(initial_bytes(opened), dtype=layout.dtype).copy()
+        values[16384 // layout.itemsize:32768 // layout.itemsize] = np.frombuffer(data, dtype=layout.dtype)
+        want_rows = values.reshape(-1, f)
+        first = 16384 // (layout.itemsize * f)  # the first entry of page 1
+        for n in (1, 3000):  # the small-batch path and the vectorised one
+            entries = (first + np.arange(n) * 7 % (16384 // (layout.itemsize * f))).astype(np.uint64).reshape(1, 1, -1)
+            want = want_rows[entries.astype(np.int64)].tobytes()  # bytes: the random pattern holds NaNs
+            assert (await store.gather_rows(entries)).tobytes() == want
+            mt, slot = store.table.mem(1)
+            flip(arena_path(opened), slot * 16384)  # the bytes of the first entry taken
+            try:
+                got = await store.gather_rows(entries)
+            except PageIOError:
+                continue
+            assert got.tobytes() == want, "a gather returned corrupted memory bytes"
+    finally:
+        opened.close()
+
+
+@pytest.mark.parametrize("memory", ["1M", "64K"], ids=["direct", "slotted"])
 async def test_corrupted_dirty_memory_copy_is_eio_never_data(tmp_path: Path, memory: str) -> None:
     field = make_field(tmp_path, page_size=16384, memory=memory)
     opened = open_field(str(field))

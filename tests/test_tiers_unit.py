@@ -108,6 +108,12 @@ async def test_gather_over_homed_resident_and_never_written_pages(tmp_path: Path
     try:
         await store.write(3 * ps + 64, np.array([1.5, -2.5], np.float32).tobytes())  # dirty, no home yet
         assert store.table.mem(3) is not None and store.table.home(3) is None
+        # the prefetcher's cheap test, page by page and for many pages at once: in memory
+        # (3) or never written (0, 2, 7, last) is cheap; homed and out of memory (1, 5, 9) is not
+        port = store.port
+        some = np.array([0, 1, 2, 3, 5, 7, 9, n_pages - 1], dtype=np.int64)
+        assert port.cheap_mask(some).tolist() == [port.is_cheap(int(p)) for p in some.tolist()] == [
+            True, False, True, True, False, True, False, True]
         everything = np.frombuffer(bytes(await store.read(0, layout.params_bytes)), dtype=np.float32)
         f = layout.features
         pages = [1, 3, 5, 9, 2, 7, n_pages - 1]  # homed, dirty, homed, homed, never written x3

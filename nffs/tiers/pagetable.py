@@ -46,6 +46,10 @@ CREATE INDEX IF NOT EXISTS homes_tier_slot ON homes(tier, slot);
 _SIGN = 1 << 63
 
 
+#: a memory location is coded as (tier index << 40) | slot
+SLOT_MASK = (1 << 40) - 1
+
+
 def to_signed64(value: int) -> int:
     """SQLite integers are signed; xxh3 digests are not."""
     return value - (1 << 64) if value >= _SIGN else value
@@ -305,7 +309,19 @@ class PageTable:
             code = self._sparse_index.get(page, -1)
         if code < 0:
             return None
-        return self.mem_tiers[code >> 40], code & ((1 << 40) - 1)
+        return self.mem_tiers[code >> 40], code & SLOT_MASK
+
+    def mem_many(self, pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`mem` of many pages at once: (memory tier index, slot) per page, tier -1 where
+        the page has no memory copy. One array lookup for a dense table."""
+        pages = np.asarray(pages, dtype=np.int64)
+        if self.dense:
+            codes = self._dense_index[pages]
+        else:
+            get = self._sparse_index.get
+            codes = np.fromiter((get(p, -1) for p in pages.tolist()), dtype=np.int64, count=pages.size)
+        tiers = np.where(codes >= 0, codes >> 40, -1)
+        return tiers, codes & SLOT_MASK
 
     def set_mem(self, page: int, mt: MemTier, slot: int, *, dirty_gen: int, home_tier: int, has_home: bool) -> None:
         code = (mt.index << 40) | slot

@@ -68,6 +68,11 @@ class AccessEvent:
         p = self._pages
         return p.tolist() if isinstance(p, np.ndarray) else p
 
+    @property
+    def slow_list(self) -> list[bool]:
+        s = self._slow
+        return s.tolist() if isinstance(s, np.ndarray) else s
+
     def __repr__(self) -> str:
         return (f"AccessEvent({self.kind}, pages={self.page_list}, slow={self.slow.tolist()}, "
                 f"offset={self.offset}, size={self.size}, time={self.time})")

@@ -338,6 +338,15 @@ class PageStore:
             self._unpin_release.discard((mt.index, slot))
             mt.arena.release(slot, direct=mt.direct)
 
+    def _unpin_many(self, mt: MemTier, slots: np.ndarray) -> None:
+        """:meth:`_unpin` of distinct slots of one tier at once."""
+        mt.pins[slots] -= 1
+        if self._unpin_release:
+            for slot in slots[mt.pins[slots] == 0].tolist():
+                if (mt.index, slot) in self._unpin_release:
+                    self._unpin_release.discard((mt.index, slot))
+                    mt.arena.release(slot, direct=mt.direct)
+
     def _install(self, page: int, data: bytes | bytearray | memoryview | None, *, has_home: bool, home_tier: int,
                  stored: int) -> tuple[MemTier, int] | None:
         """A copy of the page in memory: `data` is the whole page (None: all implicit so far);
@@ -1319,11 +1328,16 @@ class PageStore:
         return rows
 
     async def _gather_elements(self, elements: np.ndarray) -> np.ndarray:
-        """General gather: a compact table of the touched pages, then one take.
+        """General gather: elements taken where the touched pages' memory copies are, by slot.
 
-        Pages already in memory are pinned first, so fetching the others cannot evict them;
-        fetched pages are used from the bytes the fetch returned, so a memory tier smaller
-        than the batch's working set costs each page one slow read, never two.
+        Pages already in memory are pinned first (one array update per tier), so fetching
+        the others cannot evict them, and their elements are taken straight from the arena:
+        no per-page view and no copy of whole pages. Fetched pages are used from the bytes
+        the fetch returned, so a memory tier smaller than the batch's working set costs each
+        page one slow read, never two. Every chunk an element is taken from is verified
+        first, as on every read (only those: a 64 KiB page holding one corner costs one chunk
+        check, not the whole page). A gather counts as an access of its pages (heat), so the
+        frames of a camera keep their working set in memory against prefetched pages.
         """
         started = time.monotonic()
         flat = elements.reshape(-1)
@@ -1336,30 +1350,34 @@ class PageStore:
         # a big batch's page scan is ~20 ms of numpy: not on the trio thread
         pages_of, ordered = await self.io.cpu(touched) if flat.size > 4096 else touched()
         dtype = self.layout.dtype
-        views: dict[int, np.ndarray] = {}
-        pinned: list[tuple[MemTier, int]] = []
+        page_tier, page_slot = self.table.mem_many(ordered)
+        pinned: list[tuple[MemTier, np.ndarray]] = []
+        views: dict[int, np.ndarray] = {}  # fetched pages used from the fetch's bytes
 
-        def pin_resident(page: int) -> bool:
-            loc = self.table.mem(page)
-            if loc is None:
-                return False
-            mt, slot = loc
-            self._fill_implicit(page, mt, slot)
-            mt.pins[slot] += 1
-            pinned.append(loc)
-            views[page] = np.frombuffer(mt.arena.page_view(slot), dtype=dtype)
-            return True
+        def pin(idx: np.ndarray) -> None:
+            """Pin the memory copies of ordered[idx], their implicit chunks filled first."""
+            tiers = page_tier[idx]
+            for t in np.unique(tiers).tolist():
+                mt = self.table.mem_tiers[t]
+                sel = idx[tiers == t]
+                slots = page_slot[sel]
+                for i in np.flatnonzero(mt.arena.valid[slots] != np.uint64(mt.arena.full_mask)).tolist():
+                    self._fill_implicit(int(ordered[sel[i]]), mt, int(slots[i]))
+                mt.pins[slots] += 1
+                mt.heat[slots] += 1.0
+                pinned.append((mt, slots))
 
         try:
-            missing = [p for p in ordered.tolist() if not pin_resident(p)]
+            pin(np.flatnonzero(page_tier >= 0))
             implicit = np.zeros(0, dtype=np.int64)
-            if missing:
+            missing: list[int] = []
+            absent = ordered[page_tier < 0]
+            if absent.size:
                 # pages surely never written take their few elements from the init formula
                 # below: no task, no page of init computed, nothing installed
-                arr = np.array(missing, dtype=np.int64)
-                homed = self.table.maybe_homed_many(arr)
-                implicit = arr[~homed]
-                missing = arr[homed].tolist()
+                homed = self.table.maybe_homed_many(absent)
+                implicit = absent[~homed]
+                missing = absent[homed].tolist()
             slow: dict[int, bool] = {}
             errors: list[BaseException] = []
             limit = trio.CapacityLimiter(self.cfg.demand_threads)
@@ -1373,11 +1391,16 @@ class PageStore:
                         return
                 if data is not None:
                     views[page] = np.frombuffer(data, dtype=dtype)
-                elif not pin_resident(page):
-                    if self.table.home(page) is not None:
-                        errors.append(PageIOError(f"page {page}: could not be read for a gather"))
-                    else:
-                        views[page] = np.frombuffer(self.implicit_page(page), dtype=dtype)
+                    return
+                loc = self.table.mem(page)
+                if loc is not None:
+                    i = int(np.searchsorted(ordered, page))
+                    page_tier[i], page_slot[i] = loc[0].index, loc[1]
+                    pin(np.array([i]))
+                elif self.table.home(page) is not None:
+                    errors.append(PageIOError(f"page {page}: could not be read for a gather"))
+                else:
+                    views[page] = np.frombuffer(self.implicit_page(page), dtype=dtype)
 
             if missing:
                 async with trio.open_nursery() as nursery:
@@ -1386,34 +1409,53 @@ class PageStore:
             if errors:
                 raise errors[0]
             self._emit(AccessKind.GATHER, ordered.tolist(), [slow.get(p, False) for p in ordered.tolist()], started=started)
-            known = np.array(sorted(views), dtype=np.int64)
-            parts = [views[p] for p in known.tolist()]
+            tiers_used = sorted({mt.index for mt, _ in pinned})
+            itemsize = self.itemsize
 
             def take() -> tuple[np.ndarray | None, list[int]]:
-                bad = [int(mt.slot_page[slot]) for mt, slot in pinned if not mt.arena.verify(slot)]
+                inverse = np.searchsorted(ordered, pages_of)
+                within = flat - pages_of * epp
+                tier_of = page_tier[inverse]
+                out = np.empty(flat.shape, dtype=dtype)
+                bad: list[int] = []
+                everything = len(tiers_used) == 1 and bool((tier_of >= 0).all())
+                for t in tiers_used:
+                    mt = self.table.mem_tiers[t]
+                    arena = mt.arena
+                    sel = None if everything else np.flatnonzero(tier_of == t)
+                    idx = (page_slot[inverse] * epp + within) if sel is None else page_slot[inverse[sel]] * epp + within[sel]
+                    chunks = np.unique((idx * itemsize) >> (arena.chunk.bit_length() - 1))
+                    bad_slots = arena.bad_slots_of_chunks(chunks.tolist())
+                    if bad_slots:
+                        bad.extend(int(mt.slot_page[s]) for s in bad_slots)
+                        continue
+                    values = arena.bytes.view(dtype)[idx]
+                    if sel is None:
+                        out = values
+                    else:
+                        out[sel] = values
                 if bad:
                     return None, bad
-                if not implicit.size:
-                    inverse = np.searchsorted(known, pages_of)
+                if everything:
+                    return out.reshape(elements.shape), []
+                rest = tier_of < 0
+                if implicit.size:
+                    on_implicit = np.isin(pages_of, implicit)
+                    cfg = self.layout.cfg
+                    out[on_implicit] = implicit_values_at(cfg.seed, flat[on_implicit], cfg.init, cfg.init_scale, dtype)
+                    rest &= ~on_implicit
+                if views and rest.any():
+                    known = np.array(sorted(views), dtype=np.int64)
+                    parts = [views[p] for p in known.tolist()]
                     table = np.concatenate(parts) if len(parts) > 1 else parts[0]
-                    values = table[inverse * epp + (flat - pages_of * epp)]
-                    return values.astype(dtype, copy=False).reshape(elements.shape), []
-                out = np.empty(flat.shape, dtype=dtype)
-                on_implicit = np.isin(pages_of, implicit)
-                cfg = self.layout.cfg
-                out[on_implicit] = implicit_values_at(cfg.seed, flat[on_implicit], cfg.init, cfg.init_scale, dtype)
-                if parts:
-                    rest = ~on_implicit
                     p_rest = pages_of[rest]
-                    inverse = np.searchsorted(known, p_rest)
-                    table = np.concatenate(parts) if len(parts) > 1 else parts[0]
-                    out[rest] = table[inverse * epp + (flat[rest] - p_rest * epp)]
+                    out[rest] = table[np.searchsorted(known, p_rest) * epp + (flat[rest] - p_rest * epp)]
                 return out.reshape(elements.shape), []
 
             values, bad = await self.io.cpu(take) if flat.size > 4096 else take()
         finally:
-            for mt, slot in pinned:
-                self._unpin(mt, slot)
+            for mt, slots in pinned:
+                self._unpin_many(mt, slots)
         if bad:
             for page in bad:
                 loc = self.table.mem(page)
@@ -1645,7 +1687,18 @@ class StorePort:
         return s.table.mem(page) is not None or s.table.home(page) is None
 
     def cheap_mask(self, pages: np.ndarray) -> np.ndarray:
-        return np.fromiter((self.is_cheap(int(p)) for p in pages.tolist()), dtype=bool, count=len(pages))
+        """:meth:`is_cheap` of many pages: one table lookup for all; the exact home lookup
+        only for pages that are not in memory and may have a home."""
+        t = self._store.table
+        pages = np.asarray(pages, dtype=np.int64)
+        cheap = t.mem_many(pages)[0] >= 0
+        rest = np.flatnonzero(~cheap)
+        if rest.size:
+            maybe = t.maybe_homed_many(pages[rest])
+            cheap[rest[~maybe]] = True
+            for i in rest[maybe].tolist():
+                cheap[i] = t.home(int(pages[i])) is None
+        return cheap
 
     async def fetch(self, page: int, priority: Priority = Priority.PREFETCH) -> FetchResult:
         s = self._store
