@@ -103,6 +103,8 @@ class Prefetcher:
         self.kind = kind
         self.cfg = config or PrefetchConfig.from_env()
         self.push = push
+        #: called on the trio thread once the learned model is built (its library loaded)
+        self.on_model_built: Callable[[], None] | None = None
         self.model: Predictor = make_model(kind, lazy=True)
         self.address = AddressPredictor(self.cfg, self.model, page_size=layout.page_size, params_bytes=layout.params_bytes)
         self.fieldp = FieldPredictor(self.cfg, layout)
@@ -250,6 +252,8 @@ class Prefetcher:
             return
         self._pending_model = model
         self._wake.set()  # the drain task installs it between two thinking rounds
+        if self.on_model_built is not None:
+            self.on_model_built()
 
     async def _drain(self) -> None:
         while True:
