@@ -211,6 +211,17 @@ def test_field_jitter_keeps_coarse_levels_and_random_batches_none() -> None:
     assert all(p is None for p in plans)
 
 
+def test_field_frames_bigger_than_memory_are_not_prefetched() -> None:
+    """A frame whose pages do not fit the memory tiers cannot be served from memory: its
+    prefetches would evict each other and the frame's own pages. Nothing is issued then;
+    the same camera with room in memory is prefetched."""
+    cam = sim.Camera("translate", rays=16, samples=4, seed=3)
+    roomy = trio.run(lambda: sim.run_field(cam, "hoeffding", frames=16, warmup=4, log2_table_size=18))
+    assert roomy["issued"] > 0 and roomy["stats"]["field_oversized"] == 0
+    small = trio.run(lambda: sim.run_field(cam, "hoeffding", frames=16, warmup=4, log2_table_size=18, memory_pages=64))
+    assert small["issued"] == 0 and small["stats"]["field_oversized"] > 0
+
+
 # ------------------------------------------------------------------ ledger and controller
 def test_controller_stops_on_waste_and_resumes_on_shadow_hits() -> None:
     cfg = PrefetchConfig(feedback_min=8, feedback_window=16)

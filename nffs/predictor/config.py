@@ -106,6 +106,12 @@ class PrefetchConfig:
     #: ... and never fewer than this once stops have cut it (each stop quarters the budget;
     #: a full feedback window at ``resume_accuracy`` doubles it back)
     field_budget_min: int = 8
+    #: a predicted frame touching more pages than this part of the memory tiers' capacity
+    #: is not prefetched: the frame's working set does not fit, so its prefetches would
+    #: evict its own pages (and each other) before use — every fetch waste. Consecutive
+    #: frames share most pages (a smooth camera brings tens of new ones), so a frame up to
+    #: three quarters of memory still leaves room for the next ones
+    field_memory_fraction: float = 0.75
     #: points hashed per predicted frame at most (a random subsample beyond)
     field_max_points: int = 1 << 16
     #: batches below this size are single lookups (concepts, at/): no motion model

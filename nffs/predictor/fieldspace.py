@@ -40,6 +40,7 @@ class FieldPlan:
     levels: int = 0  # levels judged predictable
     error: float = 0.0  # measured prediction error of the last frame (field units)
     kind: str = ""  # "rigid" (point-to-point fit) or "moments" (fallback)
+    touched: int = 0  # pages the next frame touches in its predictable levels (before the budget)
 
 
 def umeyama(a: np.ndarray, b: np.ndarray, with_scale: bool = True) -> tuple[float, np.ndarray, np.ndarray]:
@@ -178,7 +179,10 @@ class FieldPredictor:
                 plan.levels = k
             if k == 0 or not np.isfinite(error):
                 break
-            frames.append(self._pages_of(cur, k))
+            pages, touched = self._pages_of(cur, k)
+            if f == 1:
+                plan.touched = touched
+            frames.append(pages)
         if not frames:
             return None
         self.counters["plans"] += 1
@@ -186,8 +190,9 @@ class FieldPredictor:
         plan.frames = frames
         return plan
 
-    def _pages_of(self, pts: np.ndarray, k: int) -> np.ndarray:
-        """Pages the points touch in levels < k, coarse levels first, at most the page budget."""
+    def _pages_of(self, pts: np.ndarray, k: int) -> tuple[np.ndarray, int]:
+        """Pages the points touch in levels < k, coarse levels first, at most the page budget;
+        and how many they touch in all."""
         lay = self._layout_prefix(k)
         sample = self._sample(np.clip(pts, 0.0, 1.0).astype(np.float32))
         entries, _ = hashgrid.corner_entries(lay, sample)
@@ -199,7 +204,7 @@ class FieldPredictor:
         flat = np.concatenate(per_level).astype(np.int64)
         uniq, first = np.unique(flat, return_index=True)
         pages = uniq[np.argsort(first, kind="stable")]
-        return pages[:budget]
+        return pages[:budget], int(uniq.size)
 
     def point_pages(self, points: np.ndarray) -> np.ndarray:
         """Every page the points touch (all levels): hints."""

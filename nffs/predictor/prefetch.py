@@ -118,7 +118,8 @@ class Prefetcher:
         self._token = None
         self._wake_pending = False
         self.counters = {"events": 0, "batches": 0, "dropped": 0, "think_calls": 0, "think_s": 0.0,
-                         "push_redone": 0, "fetches_inflight": 0, "cheap_skipped": 0, "small_batches": 0}
+                         "push_redone": 0, "fetches_inflight": 0, "cheap_skipped": 0, "small_batches": 0,
+                         "field_oversized": 0}
         self._cheap_run = 0
         self._head_samples = 0
         self._reaction_parts = [0.0, 0.0, 0.0]
@@ -380,6 +381,9 @@ class Prefetcher:
                         added += 1
             elif space == "field":
                 fp: FieldPlan = plan
+                if fp.touched > self.cfg.field_memory_fraction * self.port.memory_capacity_pages():
+                    self.counters["field_oversized"] += 1  # the frame does not fit memory: do no harm
+                    continue
                 budget = self._field_budget_now()
                 for frame in fp.frames:
                     pages = frame.tolist()
@@ -612,6 +616,8 @@ class Prefetcher:
             "push_redone": self.counters["push_redone"],
             "cheap_skipped": self.counters["cheap_skipped"],
             "field_budget": self._field_budget,
+            # predicted frames not prefetched because they touch more than memory can hold
+            "field_oversized": self.counters["field_oversized"],
             # mean reaction time of plan heads split: trigger read -> plan, plan -> fetch, fetch
             "reaction_parts_ms": [round(1e3 * x / self._head_samples, 3) if self._head_samples else 0.0
                                   for x in self._reaction_parts],

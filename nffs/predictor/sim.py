@@ -55,6 +55,9 @@ class FakePort:
     def add_listener(self, listener) -> None:
         self.listeners.append(listener)
 
+    def memory_capacity_pages(self) -> int:
+        return self.memory_pages
+
     def _emit(self, ev: AccessEvent) -> None:
         for listener in self.listeners:
             listener(ev)
@@ -333,13 +336,13 @@ async def run_address(kind: str, predictor: str, *, page_size: int = 65536, n: i
 async def run_field(camera: Camera | None, predictor: str, *, frames: int = 40, page_size: int = 4096,
                     log2_table_size: int = 22,
                     think_s: float = 0.01, latency: float = 0.005, warmup: int = 8, config=None,
-                    random_batches: int = 0, seed: int = 0) -> dict:
+                    random_batches: int = 0, seed: int = 0, memory_pages: int = 1 << 30) -> dict:
     """Frames of query points: gather their pages (the daemon's GATHER) with the prefetcher watching."""
     from ..encoding import hashgrid
     from .prefetch import Prefetcher
 
     layout = _layout(page_size, log2_table_size)
-    port = FakePort(layout.n_pages, page_size, latency=latency)
+    port = FakePort(layout.n_pages, page_size, latency=latency, memory_pages=memory_pages)
     pf = None if predictor == "none" else Prefetcher(port, layout, kind=predictor, push=None, config=config)
     if camera is not None:
         batches = camera.frames(frames)

@@ -113,5 +113,9 @@ class PrefetchPort(Protocol):
     def demand_waiting(self) -> int:
         """Demand reads currently waiting on a slow tier."""
 
+    def memory_capacity_pages(self) -> int:
+        """Pages the memory tiers hold at most: a plan bigger than a part of it would evict
+        the pages it is meant to serve."""
+
     def slow_tier_reads(self) -> int:
         """Page reads served by durable tiers so far (demand + prefetch), for honest coverage."""

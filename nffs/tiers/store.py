@@ -1740,5 +1740,9 @@ class StorePort:
     def demand_waiting(self) -> int:
         return self._store.io.demand_waiting
 
+    def memory_capacity_pages(self) -> int:
+        s = self._store
+        return sum(s._mem_capacity(t) for t in s.memory_tiers)
+
     def slow_tier_reads(self) -> int:
         return sum(t.counters.reads for t in self._store.durable_tiers)
