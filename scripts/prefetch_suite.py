@@ -189,6 +189,10 @@ class Suite:
                 self.before = before
         finally:
             nffs("umount", self.mnt)
+        if os.environ.get("NFFS_BENCH_DUMP"):  # per-read latencies for `nffs bench --plot`
+            with open(os.environ["NFFS_BENCH_DUMP"], "a") as f:
+                f.write(json.dumps({"workload": workload, "predictor": predictor,
+                                    "lat_ms": (lat * 1e3).round(4).tolist()}) + "\n")
         pf = after.get("prefetch", {}) or {}
         pf0 = self.before.get("prefetch", {}) or {}
 
@@ -664,8 +668,25 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": results}, f, indent=1, default=str)
+            json.dump({"args": vars(args), "results": results, "ratios": ratios(results)}, f, indent=1, default=str)
     return 0
+
+
+def ratios(results: list[dict]) -> list[dict]:
+    """One entry per (workload, page size, predictor other than none): the p99 ratio against
+    `none` and the predictor's accuracy and coverage (what `nffs bench` tabulates)."""
+    base = {(r["workload"], r["page_size"]): r for r in results if r["predictor"] == "none"}
+    out = []
+    for r in results:
+        b = base.get((r["workload"], r["page_size"]))
+        if r["predictor"] == "none" or b is None:
+            continue
+        out.append({"workload": r["workload"], "page_size": r["page_size"], "predictor": r["predictor"],
+                    "p99_ms": r["p99_ms"], "p99_none_ms": b["p99_ms"],
+                    "p99_none_over_predictor": b["p99_ms"] / r["p99_ms"] if r["p99_ms"] else None,
+                    "target": TARGET.get(r["workload"], ("report", 0)),
+                    "accuracy": r["accuracy"], "coverage": r["coverage"]})
+    return out
 
 
 if __name__ == "__main__":

@@ -21,9 +21,11 @@ def fake_results() -> dict:
         "query": {"json": {"rows": rows[1:], "sweep": [
             {"batch": b, "query_points_per_s": 1e5 * (1 + i), "take_points_per_s": 3e5 * (1 + i)}
             for i, b in enumerate((1, 16, 256, 4096))]}},
-        "prefetch": {"json": {"ratios": [{"workload": "scan", "predictor": "hoeffding", "p99_ms": 0.5, "p99_none_ms": 6.0,
-                                          "p99_none_over_predictor": 12.0, "accuracy": 0.95, "coverage": 0.85}]},
-                     "latencies": [{"workload": "scan", "predictor": p, "lat_ms": [0.1 * k for k in range(1, 200)]}
+        "prefetch": {"json": {"ratios": [{"workload": "seq", "predictor": "hoeffding", "p99_ms": 0.5, "p99_none_ms": 6.0,
+                                          "p99_none_over_predictor": 12.0, "accuracy": 0.95, "coverage": 0.85},
+                                         {"workload": "random", "predictor": "hoeffding", "p99_ms": 6.1, "p99_none_ms": 6.0,
+                                          "p99_none_over_predictor": 0.98, "accuracy": None, "coverage": 0.0}]},
+                     "latencies": [{"workload": "seq", "predictor": p, "lat_ms": [0.1 * k for k in range(1, 200)]}
                                    for p in ("hoeffding", "none")]},
         "occupancy": {"occupancy": {"workload": "test", "samples": [
             {"t": 0.1 * i, "tiers": {"dram": {"used_bytes": i * 65536, "pages": i, "dirty_pages": i // 2,
@@ -38,11 +40,12 @@ def test_table_has_every_row_with_target_and_verdict() -> None:
     keys = [r["key"] for r in rows]
     assert keys[:3] == ["hot", "single_point", "isolation"]
     assert "3.00 ms" in render_table(rows) and "<= 5.00 ms" in render_table(rows)
-    assert "prefetch_scan_hoeffding_p99" in keys and "prefetch_scan_hoeffding_coverage" in keys
+    assert "prefetch_seq_hoeffding_p99" in keys and "prefetch_seq_hoeffding_coverage" in keys
+    assert not any(k.startswith("prefetch_random") for k in keys)  # do-no-harm rows are not p99 targets
     text = render_table(rows)
     assert "1.30x" in text and ">= 0.8x" in text and "meets" in text
     assert "40.00x" in text and "<= 3x" in text and "MISSES" in text
-    assert "12.00x" in text and ">= 5x" in text  # scan prefetch target
+    assert "12.00x" in text and ">= 5x" in text  # the sequential reader's prefetch target
     assert "85.0%" in text and ">= 90%" in text
     assert "stopped at 60 s" in render_table(rows, [("prefetch: p99", "stopped at 60 s")])
 
