@@ -60,7 +60,7 @@ class AddressPlan:
 class Stream:
     __slots__ = ("id", "last_off", "last_end", "last_size", "deltas", "sizes", "steps", "anchor",
                  "frontier", "planned", "marker_step", "marker_page", "t", "classes", "chain", "trend", "unit", "hit_t", "hit_off", "rate",
-                 "boost", "late_seen", "sized", "phases")
+                 "boost", "late_seen", "sized", "phases", "seen")
 
     def __init__(self, sid: int, off: int, end: int, now: float, window: int) -> None:
         self.id = sid
@@ -89,6 +89,7 @@ class Stream:
         self.classes: deque = deque(maxlen=8)  # delta classes for the model
         self.chain: list[tuple[int, str]] = []  # (offset, class) predicted by the model, pending
         self.trend: tuple | None = None  # (token, step bytes, extent bytes)
+        self.seen = 0  # the predictor's event count at this stream's last read
 
 
 def _close(a, b, tol: int) -> bool:
@@ -121,11 +122,14 @@ def majority(tokens, tol: int = QUANTUM):
 
 
 class AddressPredictor:
-    def __init__(self, cfg: PrefetchConfig, model: Predictor, *, page_size: int, params_bytes: int) -> None:
+    def __init__(self, cfg: PrefetchConfig, model: Predictor, *, page_size: int, params_bytes: int,
+                 memory_pages: int = 1 << 40) -> None:
         self.cfg = cfg
         self.model = model
         self.page_size = page_size
         self.params_bytes = params_bytes
+        #: pages the memory tiers hold (bounds every window, ``ra_max_memory_fraction``)
+        self.memory_pages = memory_pages
         self.n_pages = (params_bytes + page_size - 1) // page_size
         self.streams: OrderedDict[int, Stream] = OrderedDict()
         self.orphans: deque = deque(maxlen=16)  # (off, end, t)
@@ -175,7 +179,8 @@ class AddressPredictor:
         unit = max(1, math.ceil(self.page_size / max(1, abs(step))))
         by_bytes = c.ra_max_bytes // max(1, int(abs(step)))
         pages_per_step = max(1.0, (min(abs(step), extent) + extent) / self.page_size) if abs(step) >= self.page_size else 1.0 / unit
-        by_pages = int(c.ra_max_pages / pages_per_step)
+        max_pages = min(c.ra_max_pages, max(2, int(c.ra_max_memory_fraction * self.memory_pages)))
+        by_pages = int(max_pages / pages_per_step)
         return max(1, min(c.ra_max_steps * unit, by_bytes, by_pages))
 
     # ------------------------------------------------------------------ matching
@@ -232,9 +237,14 @@ class AddressPredictor:
                 s = cand
                 break
         if s is None:
-            # young streams (no trend yet) take reads near them; otherwise look for a new stream
+            # young streams (no trend yet) take reads near them — if the stream's reader read
+            # recently: a read that lands near a stream after many others is a coincidence of
+            # random reads, not its reader's next read (in a small file, random reads land
+            # near every stream sooner or later); otherwise look for a new stream
+            idle = self.cfg.young_stream_idle_events
+            events = self.counters["events"]
             for cand in reversed(self.streams.values()):
-                if cand.trend is None and self._near(cand, off):
+                if cand.trend is None and events - cand.seen <= idle and self._near(cand, off):
                     s = cand
                     break
         if s is None:
@@ -245,6 +255,7 @@ class AddressPredictor:
                 self._timed(t0)
                 return plans
         self.streams.move_to_end(s.id)
+        s.seen = self.counters["events"]
         if k is not None:
             plan = self._advance(s, k, off, end, now)
         else:

@@ -30,6 +30,11 @@ class PrefetchConfig:
     #: thread holds the GIL for Python work, and with the default 5 ms a FUSE request on
     #: the trio thread can wait that long for it (0: leave the interpreter's setting)
     gil_switch_interval_s: float = 0.0005
+    #: at most one thinking round (a hop to the learning thread) per this interval: events
+    #: that arrive meanwhile are handled together in the next round
+    think_interval_s: float = 0.002
+    #: consecutive planned pages fetched (and pushed) together as one run, at most
+    fetch_run_pages: int = 16
     #: planned pages waiting to be fetched; the oldest plans are dropped beyond it
     max_queued: int = 8192
     #: after this many READ events in a row that neither waited on a slow tier nor touched
@@ -62,6 +67,10 @@ class PrefetchConfig:
     ra_max_bytes: int = 32 << 20
     #: nor further than this many pages ahead
     ra_max_pages: int = 1024
+    #: nor more pages than this part of the memory tiers' capacity: a window that outgrows
+    #: memory evicts its own pages before the reader gets there, and a false trend (random
+    #: reads that happen to line up) costs at most this much
+    ra_max_memory_fraction: float = 0.25
     #: ... nor further than timeliness needs. The *lead* a stream needs is how far its reader
     #: goes while one prefetch is on its way: reader speed (measured between marker hits)
     #: x the measured reaction time (from the read that triggers a plan to the arrival of
@@ -81,6 +90,10 @@ class PrefetchConfig:
     #: a read within this many bytes of a young stream's position (or at its last delta
     #: repeated) joins it; other reads are orphans until three form a progression
     stream_radius_bytes: int = 256 << 10
+    #: ... within this many reads (of any stream) after the stream's last one: a reader's next
+    #: read comes within a few of the others' (interleaved readers), while random reads land
+    #: near every stream sooner or later and would found false trends
+    young_stream_idle_events: int = 32
     #: streams followed at once (least recently used is forgotten)
     max_streams: int = 32
     #: use the learned model at all (False: majority-vote trends only; for ablations)

@@ -35,7 +35,7 @@ from typing import Awaitable, Callable, Sequence
 import numpy as np
 import trio
 
-from ..tiers.port import AccessEvent, AccessKind, PrefetchPort, Priority
+from ..tiers.port import AccessEvent, AccessKind, FetchResult, PrefetchPort, Priority
 from .address import AddressPlan, AddressPredictor
 from .config import PrefetchConfig
 from .fieldspace import FieldPlan, FieldPredictor
@@ -106,7 +106,8 @@ class Prefetcher:
         #: called on the trio thread once the learned model is built (its library loaded)
         self.on_model_built: Callable[[], None] | None = None
         self.model: Predictor = make_model(kind, lazy=True)
-        self.address = AddressPredictor(self.cfg, self.model, page_size=layout.page_size, params_bytes=layout.params_bytes)
+        self.address = AddressPredictor(self.cfg, self.model, page_size=layout.page_size, params_bytes=layout.params_bytes,
+                                        memory_pages=port.memory_capacity_pages())
         self.fieldp = FieldPredictor(self.cfg, layout)
         self.ledger = Ledger(self.cfg, release=self._release)
         self.ledger.on_late = self._on_late
@@ -288,6 +289,10 @@ class Prefetcher:
                 self._apply(results, time.monotonic())
             except Exception:  # a bug here must not take the mount down: log it, go on
                 log.exception("applying prefetch plans failed")
+            if self.cfg.think_interval_s > 0:
+                # let events gather: one thinking round per interval at most, so a reader
+                # going faster than a thread hop pays one hop per batch, not one per read
+                await trio.sleep(self.cfg.think_interval_s)
 
     def _account(self, ev: AccessEvent, now: float) -> bool:
         """Demand bookkeeping for one access event (trio thread; a dict lookup per page).
@@ -478,36 +483,75 @@ class Prefetcher:
             if self.port.is_cheap(page):
                 self.ledger.not_issued(page, e, "cheap")
                 continue
-            e.state = INFLIGHT
+            run = self._take_run(page, e)
+            for p, x in run:
+                x.state = INFLIGHT
             self.counters["fetches_inflight"] += 1
             try:
                 t_fetch = time.monotonic()
-                res = await self.port.fetch(page, Priority.PREFETCH)
-                if res is not None and res.from_slow_tier:
+                if len(run) == 1:
+                    results: list[FetchResult | None] = [await self.port.fetch(page, Priority.PREFETCH)]
+                else:  # one read of ascending slots, the results back in the reader's order
+                    got = await self.port.fetch_many(sorted(p for p, _ in run), Priority.PREFETCH)
+                    by_page = {r.page: r for r in got}
+                    results = [by_page.get(p) for p, _ in run]
+                if any(r is not None and r.from_slow_tier for r in results):
                     self._note_latency(e, t_fetch, time.monotonic())
             except Exception:
-                log.debug("prefetch of page %d failed", page, exc_info=True)
-                res = None
+                log.debug("prefetch of pages %s failed", [p for p, _ in run], exc_info=True)
+                results = [None] * len(run)
             finally:
                 self.counters["fetches_inflight"] -= 1
-            if res is None or res.data is None:
-                self.ledger.not_issued(page, e, "failed")
-                continue
-            if res.joined:
-                self.ledger.not_issued(page, e, "joined")
-                continue
-            if not res.from_slow_tier:
-                self.ledger.not_issued(page, e, "cheap")
-                continue
-            self.ledger.issued(page, e)
-            try:
-                self.port.lend_heat(page, cfg.heat_boost * e.conf)
-                e.heat = cfg.heat_boost * e.conf
-            except Exception:
-                pass
-            if e.push and not e.marker and self.push is not None and self.ledger.entries.get(page) is e:
-                await self._push(page, e, res.data, res.version)
-            self.ledger.arrived(page, e, time.monotonic())
+            to_push: list[tuple[int, Entry, bytes, int]] = []
+            for (p, x), res in zip(run, results):
+                if res is None or res.data is None:
+                    self.ledger.not_issued(p, x, "failed")
+                    continue
+                if res.joined:
+                    self.ledger.not_issued(p, x, "joined")
+                    continue
+                if not res.from_slow_tier:
+                    self.ledger.not_issued(p, x, "cheap")
+                    continue
+                self.ledger.issued(p, x)
+                try:
+                    self.port.lend_heat(p, cfg.heat_boost * x.conf)
+                    x.heat = cfg.heat_boost * x.conf
+                except Exception:
+                    pass
+                if x.push and not x.marker and self.push is not None and self.ledger.entries.get(p) is x:
+                    to_push.append((p, x, res.data, res.version))
+                else:
+                    self.ledger.arrived(p, x, time.monotonic())
+            # pushed one page at a time, in the reader's order, each arriving as it lands (a
+            # page the reader passes before it arrived counts as late or wasted: pushing
+            # the run as one would hold its first pages back for the last)
+            for p, x, data, version in to_push:
+                await self._push(p, x, data, version)
+                self.ledger.arrived(p, x, time.monotonic())
+
+    def _take_run(self, page: int, e: Entry) -> list[tuple[int, Entry]]:
+        """The page and the queued pages right after it that continue it one page at a time
+        (a stream's window, forward or backward, planned together), in the reader's order:
+        fetched as one run, one I/O and one slot instead of one per page
+        (``fetch_run_pages`` at most)."""
+        run = [(page, e)]
+        q = self._fetchq
+        step = 0
+        while q and len(run) < self.cfg.fetch_run_pages:
+            nxt = q[0]
+            d = nxt - run[-1][0]
+            if d not in (1, -1) or (step and d != step):
+                break
+            x = self.ledger.entries.get(nxt)
+            if x is None or x.state != QUEUED or x.space != e.space or x.push != e.push:
+                break
+            if self.port.is_cheap(nxt):
+                break
+            q.popleft()
+            step = d
+            run.append((nxt, x))
+        return run
 
     def _note_latency(self, e: Entry, t_fetch: float, t_done: float) -> None:
         """The reaction time a stream's lead must cover: from the read that triggered a plan to

@@ -105,6 +105,22 @@ class FakePort:
             slow = await self._load(page, demand=False)
         return FetchResult(page, self.content(page), version, slow, joined)
 
+    async def fetch_many(self, pages: list[int], priority: Priority = Priority.PREFETCH) -> list[FetchResult]:
+        """A run of pages in one slot: one latency for all (a contiguous read)."""
+        out: list = [None] * len(pages)
+
+        async def one(i: int, page: int) -> None:
+            joined = page in self.inflight
+            version = self.versions.get(page, 0)
+            slow = await self._load(page, demand=False)
+            out[i] = FetchResult(page, self.content(page), version, slow, joined)
+
+        async with self._slots:
+            async with trio.open_nursery() as nursery:
+                for i, page in enumerate(pages):
+                    nursery.start_soon(one, i, int(page))
+        return out
+
     def page_version(self, page: int) -> int:
         return self.versions.get(int(page), 0)
 
@@ -148,10 +164,14 @@ class SimKernel:
             self.cached.popitem(last=False)
 
     async def push(self, page: int, data: bytes) -> None:
-        # data encodes the version it was read at; find it back for the staleness check
-        version = next((v for v in range(0, 1 + self.port.versions.get(page, 0))
-                        if bytes([(page * 7 + v * 13) % 251]) == data[:1]), -1)
-        self._add(page, version)
+        """`data` holds one or more consecutive pages from `page` on."""
+        ps = self.port.page_size
+        for k in range(max(1, len(data) // ps)):
+            p = page + k
+            # data encodes the version it was read at; find it back for the staleness check
+            version = next((v for v in range(0, 1 + self.port.versions.get(p, 0))
+                            if bytes([(p * 7 + v * 13) % 251]) == data[k * ps:k * ps + 1]), -1)
+            self._add(p, version)
 
     def invalidate(self, page: int) -> None:
         self.cached.pop(page, None)

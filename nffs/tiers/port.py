@@ -104,6 +104,9 @@ class PrefetchPort(Protocol):
     async def fetch(self, page: int, priority: Priority = Priority.PREFETCH) -> FetchResult:
         """Bring the page to the fastest memory tier (bounded concurrency, yields to demand)."""
 
+    async def fetch_many(self, pages: list[int], priority: Priority = Priority.PREFETCH) -> list[FetchResult]:
+        """:meth:`fetch` of a run of pages as one I/O (one slot of the class), in order."""
+
     def page_version(self, page: int) -> int:
         """Changes whenever the page's content changes (writes, concept updates)."""
 

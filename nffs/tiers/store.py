@@ -436,10 +436,11 @@ class PageStore:
             if loc is not None:
                 self.memory_tiers[loc[0].index].counters.promotions += 1
 
-    async def _fetch_batch(self, pages: list[int], priority: Priority) -> set[int]:
+    async def _fetch_batch(self, pages: list[int], priority: Priority) -> dict[int, bytes]:
         """Bring several pages home -> memory with one worker call per home tier (the
         multi-page read path: a 1 MiB read of 4 KiB pages is one hop to a worker thread, not
-        256). Returns the pages read from a slow tier and installed.
+        256). Returns the pages read from a slow tier (and installed when memory had room),
+        with their bytes.
 
         Best effort: pages in memory, in flight, implicit or on an unavailable tier are left
         out, and a page that fails (I/O error, checksum) is simply not installed — the
@@ -456,7 +457,7 @@ class PageStore:
             if tier is None or tier.homes is None or tier.root is None or not tier.root.still_here():
                 continue
             groups.setdefault(home.tier, []).append((p, home))
-        done: set[int] = set()
+        done: dict[int, bytes] = {}
         for tier_id, items in groups.items():
             tier = self.tier_by_id[tier_id]
             homes = tier.homes
@@ -473,6 +474,7 @@ class PageStore:
                     out.append(None if isinstance(data, OSError) else self._page_from_home(p, data, home))
                 return out
 
+            pinned: list[tuple[MemTier, int]] = []
             try:
                 datas = await self.io.run(priority, read_all, latency=tier.latency)
                 for (p, home), data in zip(items, datas):
@@ -482,7 +484,11 @@ class PageStore:
                     tier.counters.reads += 1
                     self._touch_home(p)
                     self._install_fetched(p, data, home)
-                    done.add(p)
+                    done[p] = data
+                    loc = self.table.mem(p)
+                    if loc is not None:  # the batch's next pages must not evict this one
+                        loc[0].pins[loc[1]] += 1
+                        pinned.append(loc)
             except BaseException as exc:
                 for f in flights.values():
                     if f.data is None:
@@ -495,6 +501,8 @@ class PageStore:
                     return done  # the page-by-page path reads (and reports) them one by one
                 raise
             finally:
+                for mt, slot in pinned:
+                    self._unpin(mt, slot)
                 homes.end_read(epoch)
                 for p, f in flights.items():
                     if f.data is None and f.error is None:
@@ -594,7 +602,7 @@ class PageStore:
             return out
         out = bytearray(size)
         view = memoryview(out)
-        fetched_slow: set[int] = set()
+        fetched_slow: dict[int, bytes] = {}
         missing = [p for p in range(first, last + 1) if self.table.mem(p) is None]
         if len(missing) > 1:
             # bring them all at once: a 1 MiB read of 4 KiB pages on a home tier is 256 slab
@@ -1709,6 +1717,32 @@ class StorePort:
             data, slow = await s._fetch(page, priority)
         except NffsError:
             return FetchResult(page, None, -1, False, joined)
+        return self._result(page, data, slow, joined)
+
+    async def fetch_many(self, pages: list[int], priority: Priority = Priority.PREFETCH) -> list[FetchResult]:
+        """:meth:`fetch` of several pages in one slot of the class and one worker call per
+        home tier (consecutive slots in one read): a run of a sequential stream costs one
+        I/O, not one per page. Pages the batch leaves out (in flight, failed) take the
+        page-by-page path."""
+        s = self._store
+        valid = [p for p in pages if 0 <= p < s.n_pages]
+        joined = {p for p in valid if p in s._inflight}
+        try:
+            done = await s._fetch_batch(valid, priority)
+        except NffsError:
+            done = {}
+        out = []
+        for p in pages:
+            if p in done:
+                out.append(self._result(p, done[p], True, False))
+            else:
+                res = await self.fetch(p, priority)
+                out.append(FetchResult(p, res.data, res.version, res.from_slow_tier, res.joined or p in joined))
+        return out
+
+    def _result(self, page: int, data: bytes | None, slow: bool, joined: bool) -> FetchResult:
+        """What a fetch gives the prefetcher: the page's current bytes and version."""
+        s = self._store
         loc = s.table.mem(page)
         if loc is not None:
             mt, slot = loc
@@ -1720,7 +1754,9 @@ class StorePort:
             return FetchResult(page, data, int(s._version[mt.index][slot]), slow, joined)
         if data is None and s.table.home(page) is None:
             return FetchResult(page, s.implicit_page(page), 0, False, joined)
-        return FetchResult(page, None, -1, slow, joined)
+        # read from its home but not kept in memory (no room): still a read of the slow tier,
+        # and its bytes are the home's (page_version -1 until a write brings it to memory)
+        return FetchResult(page, data, -1, slow, joined)
 
     def page_version(self, page: int) -> int:
         s = self._store
