@@ -644,6 +644,17 @@ def _read_pass(path: Path, kind: str, n_random: int, seed: int) -> dict:
             "p50_ms": _pct(lat, 0.5) * 1e3, "p99_ms": _pct(lat, 0.99) * 1e3}
 
 
+def _wait_ready(mnt: Path, timeout: float = 60.0) -> None:
+    """Until the mount's prefetcher has its learned model (river loads in the background
+    after a mount; reads at that moment share the CPU with the import)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pf = json.loads((mnt / "stats").read_text()).get("prefetch") or {}
+        if pf.get("ready", True):
+            return
+        time.sleep(0.05)
+
+
 def bench(args: argparse.Namespace) -> int:
     """Reads of `params` with the field's only durable tier on MooseFS, under a local DRAM tier.
 
@@ -705,6 +716,7 @@ def bench(args: argparse.Namespace) -> int:
                         _fadvise_dontneed([*chunk_files, *homes])
                         _nffs("mount", str(field), str(m), *tiers, "--prefetch", pred)
                         try:
+                            _wait_ready(m)  # steady state, as the prefetch suite measures it
                             _fadvise_dontneed([m / "params"])
                             r = _read_pass(m / "params", kind, args.reads, seed=rnd)
                             st = json.loads((m / "stats").read_text())
