@@ -234,11 +234,13 @@ class MemoryArena:
     def bad_slots_of_chunks(self, chunks: list[int]) -> list[int]:
         """Slots whose listed chunks (global ids: slot * chunks_per_page + i) fail their
         checksum; one hash call per chunk, no numpy round trip per chunk list."""
+        if not chunks:
+            return []
         c = self.chunk
         view = self.view
         per_page = self.chunks_per_page
-        want = self.sums.reshape(-1).item
-        return sorted({cid // per_page for cid in chunks if _h(view[cid * c:(cid + 1) * c]) != want(cid)})
+        want = self.sums.reshape(-1)[chunks].tolist()  # one take, not an .item() per chunk
+        return sorted({cid // per_page for cid, w in zip(chunks, want) if _h(view[cid * c:(cid + 1) * c]) != w})
 
     def verify_valid(self, slot: int) -> bool:
         valid = int(self.valid[slot])
