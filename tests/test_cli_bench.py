@@ -22,9 +22,11 @@ def fake_results() -> dict:
             {"batch": b, "query_points_per_s": 1e5 * (1 + i), "take_points_per_s": 3e5 * (1 + i)}
             for i, b in enumerate((1, 16, 256, 4096))]}},
         "prefetch": {"json": {"ratios": [{"workload": "seq", "predictor": "hoeffding", "p99_ms": 0.5, "p99_none_ms": 6.0,
-                                          "p99_none_over_predictor": 12.0, "accuracy": 0.95, "coverage": 0.85},
+                                          "p99_none_over_predictor": 12.0, "accuracy": 0.95, "coverage": 0.85,
+                                          "target": ["p99x", 5]},
                                          {"workload": "random", "predictor": "hoeffding", "p99_ms": 6.1, "p99_none_ms": 6.0,
-                                          "p99_none_over_predictor": 0.98, "accuracy": None, "coverage": 0.0}]},
+                                          "p99_none_over_predictor": 0.98, "accuracy": None, "coverage": 0.0,
+                                          "target": ["noharm", 1.15]}]},
                      "latencies": [{"workload": "seq", "predictor": p, "lat_ms": [0.1 * k for k in range(1, 200)]}
                                    for p in ("hoeffding", "none")]},
         "occupancy": {"occupancy": {"workload": "test", "samples": [

@@ -150,6 +150,7 @@ async def _run(ops: FieldOperations, store, prefetcher, opts: MountOptions, on_r
             await nursery.start(store.run_reader, opts.refresh_interval)
             nursery.start_soon(_refresh_on_signal, store)
         if prefetcher is not None:
+            prefetcher.on_model_built = _freeze_long_lived  # river's objects too (no collection: cheap)
             await nursery.start(prefetcher.run)
         nursery.start_soon(_terminate_on_signal)
         if opts.metrics_listen:
@@ -157,8 +158,6 @@ async def _run(ops: FieldOperations, store, prefetcher, opts: MountOptions, on_r
 
             await nursery.start(metrics_http.start, opts.metrics_listen, ops.stats)
         _freeze_long_lived(collect=True)  # before the first request: the pause costs nobody
-        if prefetcher is not None:
-            prefetcher.on_model_built = _freeze_long_lived  # river's objects too (no collection: cheap)
         if on_ready is not None:
             on_ready()
         await pyfuse3.main()

@@ -102,8 +102,7 @@ class FieldOperations(pyfuse3.Operations):
         self.ctx.hint_sink = sink
 
     async def push_page(self, page: int, data: bytes) -> None:
-        """The prefetcher's last step: a page's bytes (or consecutive pages') into the kernel
-        cache of every view."""
+        """The prefetcher's last step: a page's bytes into the kernel cache of every view."""
         await self.cache.push_page(page, data)
 
     # ------------------------------------------------------------------ dispatch

@@ -128,7 +128,9 @@ class PrefetchConfig:
     #: is not prefetched: the frame's working set does not fit, so its prefetches would
     #: evict its own pages (and each other) before use — every fetch waste. Consecutive
     #: frames share most pages (a smooth camera brings tens of new ones), so a frame up to
-    #: three quarters of memory still leaves room for the next ones
+    #: three quarters of memory still leaves room for the next ones. (The count covers the
+    #: levels judged predictable, hashed for at most ``field_max_points`` points: a lower
+    #: bound of the frame's working set.)
     field_memory_fraction: float = 0.75
     #: points hashed per predicted frame at most (a random subsample beyond)
     field_max_points: int = 1 << 16

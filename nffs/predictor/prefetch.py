@@ -166,7 +166,7 @@ class Prefetcher:
     def _on_event(self, ev: AccessEvent) -> None:
         """Called by the store for every access (trio thread): as little as possible here."""
         self.counters["events"] += 1
-        self._last_event_t = ev.time
+        self._last_event_t = max(self._last_event_t, ev.time)  # ev.time: when its request began
         if ev.kind is AccessKind.READ and not ev.any_slow and self._cheap_run > self.cfg.cheap_skip_after:
             pages = ev.page_list
             entries = self.ledger.entries
@@ -499,7 +499,7 @@ class Prefetcher:
             run = self._take_run(page, e)
             for p, x in run:
                 x.state = INFLIGHT
-            self.counters["fetches_inflight"] += 1
+            self.counters["fetches_inflight"] += len(run)  # pages: the tier-load limit counts pages
             try:
                 t_fetch = time.monotonic()
                 if len(run) == 1:
@@ -514,7 +514,7 @@ class Prefetcher:
                 log.debug("prefetch of pages %s failed", [p for p, _ in run], exc_info=True)
                 results = [None] * len(run)
             finally:
-                self.counters["fetches_inflight"] -= 1
+                self.counters["fetches_inflight"] -= len(run)
             to_push: list[tuple[int, Entry, bytes, int]] = []
             for (p, x), res in zip(run, results):
                 if res is None or res.data is None:
@@ -539,9 +539,14 @@ class Prefetcher:
             # pushed one page at a time, in the reader's order, each arriving as it lands (a
             # page the reader passes before it arrived counts as late or wasted: pushing
             # the run as one would hold its first pages back for the last)
-            for p, x, data, version in to_push:
-                await self._push(p, x, data, version)
-                self.ledger.arrived(p, x, time.monotonic())
+            try:
+                for p, x, data, version in to_push:
+                    await self._push(p, x, data, version)
+                    self.ledger.arrived(p, x, time.monotonic())
+            finally:  # a failed or cancelled push must not leave the rest INFLIGHT for ever
+                for p, x, _, _ in to_push:
+                    if x.state == INFLIGHT:
+                        self.ledger.arrived(p, x, time.monotonic())
 
     def _take_run(self, page: int, e: Entry) -> list[tuple[int, Entry]]:
         """The page and the queued pages right after it that continue it one page at a time

@@ -164,14 +164,10 @@ class SimKernel:
             self.cached.popitem(last=False)
 
     async def push(self, page: int, data: bytes) -> None:
-        """`data` holds one or more consecutive pages from `page` on."""
-        ps = self.port.page_size
-        for k in range(max(1, len(data) // ps)):
-            p = page + k
-            # data encodes the version it was read at; find it back for the staleness check
-            version = next((v for v in range(0, 1 + self.port.versions.get(p, 0))
-                            if bytes([(p * 7 + v * 13) % 251]) == data[k * ps:k * ps + 1]), -1)
-            self._add(p, version)
+        # data encodes the version it was read at; find it back for the staleness check
+        version = next((v for v in range(0, 1 + self.port.versions.get(page, 0))
+                        if bytes([(page * 7 + v * 13) % 251]) == data[:1]), -1)
+        self._add(page, version)
 
     def invalidate(self, page: int) -> None:
         self.cached.pop(page, None)

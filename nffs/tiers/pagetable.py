@@ -312,8 +312,9 @@ class PageTable:
         return self.mem_tiers[code >> 40], code & SLOT_MASK
 
     def mem_many(self, pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`mem` of many pages at once: (memory tier index, slot) per page, tier -1 where
-        the page has no memory copy. One array lookup for a dense table."""
+        """:meth:`mem` of many pages at once: (memory tier index, slot) per page; where the
+        page has no memory copy the tier is -1 (and the slot meaningless). One array lookup
+        for a dense table."""
         pages = np.asarray(pages, dtype=np.int64)
         if self.dense:
             codes = self._dense_index[pages]

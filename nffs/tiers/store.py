@@ -261,8 +261,10 @@ class PageStore:
                 slot = mt.arena.alloc()
                 if slot is not None:
                     return mt, slot
-            if attempt == 0 and not self._evict_for_room():
-                break
+            if attempt == 0:
+                # even when nothing of the full tier could go (all pinned), making room below
+                # it may have freed a slot in a lower memory tier: look once more
+                self._evict_for_room()
         return None
 
     def _evict_for_room(self) -> bool:
@@ -1743,18 +1745,22 @@ class StorePort:
         s = self._store
         valid = [p for p in pages if 0 <= p < s.n_pages]
         joined = {p for p in valid if p in s._inflight}
+        skipped = {p for p in valid if p in s._inflight or s.table.mem(p) is not None or s.table.home(p) is None}
         try:
             done = await s._fetch_batch(valid, priority)
-        except NffsError:
-            done = {}
-        out = []
+        except NffsError:  # a tier that timed out or failed: once for the run, not once per page
+            done, skipped = {}, set()
+        # every result of the batch before any further await: their bytes are current now
+        out: dict[int, FetchResult] = {p: self._result(p, done[p], True, False) for p in pages if p in done}
         for p in pages:
-            if p in done:
-                out.append(self._result(p, done[p], True, False))
-            else:
+            if p in out:
+                continue
+            if p in skipped:  # in flight (join it), in memory or implicit: the page-by-page path
                 res = await self.fetch(p, priority)
-                out.append(FetchResult(p, res.data, res.version, res.from_slow_tier, res.joined or p in joined))
-        return out
+                out[p] = FetchResult(p, res.data, res.version, res.from_slow_tier, res.joined or p in joined)
+            else:  # the batch read it and it failed (I/O error, checksum): failed, not retried here
+                out[p] = FetchResult(p, None, -1, False, p in joined)
+        return [out[p] for p in pages]
 
     def _result(self, page: int, data: bytes | None, slow: bool, joined: bool) -> FetchResult:
         """What a fetch gives the prefetcher: the page's current bytes and version."""

@@ -83,13 +83,11 @@ class PageCacheSync:
         await trio.to_thread.run_sync(push)
 
     async def push_page(self, page: int, data: bytes) -> None:
-        """Put the current bytes of a page — or of consecutive pages from `page` on, when
-        `data` is longer — into the kernel page cache of params and every level view.
+        """Put a page's current bytes into the kernel page cache of params and every level view.
 
         The prefetcher's last step: the next read of these bytes never reaches the daemon.
         """
-        lo, _ = self.layout.page_byte_range(page)
-        hi = min(lo + len(data), self.layout.params_bytes)
+        lo, hi = self.layout.page_byte_range(page)
         await self.notify_aliases(lo, memoryview(data)[: hi - lo], source=-1)
 
     async def refresh_pages(self, pages: list[int], read: ReadBytes) -> None:
