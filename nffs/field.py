@@ -146,8 +146,7 @@ class Field:
             for i, start in enumerate(starts):
                 nursery.start_soon(part, i, start)
         out = await trio.to_thread.run_sync(np.concatenate, parts)
-        for listener in self.point_listeners:  # the batch as one: the motion model pairs whole batches
-            listener(points)
+        self._observed(points)  # the batch as one: the motion model pairs whole batches
         return out
 
     async def _run(self, points: np.ndarray, decoder: Decoder | None, *, observe: bool = True) -> np.ndarray:
@@ -165,11 +164,15 @@ class Field:
             rows = await self.store.gather_rows(entries)
             out = await trio.to_thread.run_sync(run_niced, INFER_NICE, self._finish, weights, rows, decoder)
         if observe:
-            # after the answer: the prediction from this batch is for the next ones, and
-            # computing it alongside this one would only slow this one down
-            for listener in self.point_listeners:
-                listener(points)
+            self._observed(points)
         return out
+
+    def _observed(self, points: np.ndarray) -> None:
+        """Tell the listeners (field-space prefetch) of a batch, after its answer: the
+        prediction from it is for the next batches, and computing it alongside this one
+        would only slow this one down."""
+        for listener in self.point_listeners:
+            listener(points)
 
     def _finish(self, weights: np.ndarray, rows: np.ndarray, decoder: Decoder | None) -> np.ndarray:
         enc = hashgrid.interpolate(self.layout, weights, rows)
