@@ -441,7 +441,8 @@ async def test_big_batches_leave_the_trio_thread_small_ones_stay(env: Env, monke
     rng = np.random.default_rng(1)
     pts = rng.random((INLINE_POINTS * 3, DIMS), dtype=np.float32)
     small = [await env.field.infer(pts[i:i + INLINE_POINTS]) for i in range(0, len(pts), INLINE_POINTS)]
-    assert hops == []
+    assert [h for h in hops if h in ("corner_entries", "_finish")] == []  # the store's gather may hop
+    hops.clear()
     big = await env.field.infer(pts)
     field_hops = [h for h in hops if h in ("corner_entries", "_finish")]
     assert field_hops == ["corner_entries", "_finish"]  # the store's gather may hop too

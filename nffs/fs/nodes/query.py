@@ -28,13 +28,17 @@ import pyfuse3
 import trio
 
 from ...errors import InvalidInput
-from ...field import INLINE_POINTS
 from .. import inodes as ino
 from ..errors import store_errors
 from ..latency import QueryStats
 from .base import DYNAMIC_TIMEOUT, Handle, MountContext, Node, make_attr
 
 _F32LE = np.dtype("<f4")
+
+
+#: requests of up to this many points are checked, and their answers viewed, on the trio
+#: thread: tens of microseconds, less than the two hops to a worker thread they would cost
+PARSE_INLINE_POINTS = 8192
 
 
 def _answer_view(out: np.ndarray) -> memoryview:
@@ -125,7 +129,7 @@ class QueryNode(Node):
         try:
             if error is not None:
                 raise InvalidInput(error)
-            if len(request) > INLINE_POINTS * self.row_bytes:  # megabytes to check and copy: not on the trio thread
+            if len(request) > PARSE_INLINE_POINTS * self.row_bytes:  # megabytes to check and copy: not on the trio thread
                 points = await trio.to_thread.run_sync(self.parse, request)
                 with store_errors():
                     out = await self.ctx.field.infer(points)
