@@ -52,6 +52,7 @@ from typing import Callable
 import numpy as np
 import xxhash
 
+from ..arrays import sorted_unique
 from .layout import HASH_PRIMES, FieldLayout
 
 log = logging.getLogger(__name__)
@@ -628,14 +629,7 @@ def touched_pages(layout: FieldLayout, entries: np.ndarray) -> np.ndarray:
         seen = np.zeros(layout.n_pages, dtype=bool)
         seen[first.view(np.int64)] = True
         return np.flatnonzero(seen).astype(np.uint64)
-    # sort + neighbour test: np.unique on millions of uint64 is far slower (numpy 2.x).
-    pages = np.sort(first)
-    if pages.size:
-        keep = np.empty(pages.size, dtype=bool)
-        keep[0] = True
-        np.not_equal(pages[1:], pages[:-1], out=keep[1:])
-        pages = pages[keep]
-    return pages
+    return sorted_unique(first)
 
 
 # ---------------------------------------------------------------------------

@@ -46,8 +46,9 @@ CREATE INDEX IF NOT EXISTS homes_tier_slot ON homes(tier, slot);
 _SIGN = 1 << 63
 
 
-#: a memory location is coded as (tier index << 40) | slot
-SLOT_MASK = (1 << 40) - 1
+#: a memory location is coded as (tier index << SLOT_BITS) | slot
+SLOT_BITS = 40
+SLOT_MASK = (1 << SLOT_BITS) - 1
 
 
 def to_signed64(value: int) -> int:
@@ -128,7 +129,7 @@ class PageTable:
         self._homed_loaded = False
         self._rows: dict[int, object] = {}
         self._row_limit = row_cache
-        # memory index: page -> (mem tier index << 40) | slot, or -1
+        # memory index: page -> (mem tier index << SLOT_BITS) | slot, or -1
         self.dense = n_pages <= dense_limit
         self._dense_index = np.full(n_pages if self.dense else 0, -1, dtype=np.int64)
         self._sparse_index: dict[int, int] = {}
@@ -309,7 +310,7 @@ class PageTable:
             code = self._sparse_index.get(page, -1)
         if code < 0:
             return None
-        return self.mem_tiers[code >> 40], code & SLOT_MASK
+        return self.mem_tiers[code >> SLOT_BITS], code & SLOT_MASK
 
     def mem_many(self, pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`mem` of many pages at once: (memory tier index, slot) per page; where the
@@ -321,11 +322,11 @@ class PageTable:
         else:
             get = self._sparse_index.get
             codes = np.fromiter((get(p, -1) for p in pages.tolist()), dtype=np.int64, count=pages.size)
-        tiers = np.where(codes >= 0, codes >> 40, -1)
+        tiers = np.where(codes >= 0, codes >> SLOT_BITS, -1)
         return tiers, codes & SLOT_MASK
 
     def set_mem(self, page: int, mt: MemTier, slot: int, *, dirty_gen: int, home_tier: int, has_home: bool) -> None:
-        code = (mt.index << 40) | slot
+        code = (mt.index << SLOT_BITS) | slot
         if self.dense:
             self._dense_index[page] = code
         else:

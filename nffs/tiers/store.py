@@ -28,6 +28,7 @@ import numpy as np
 import trio
 import xxhash
 
+from ..arrays import sorted_unique
 from ..encoding.init import implicit_values, implicit_values_at
 from ..encoding.layout import FieldLayout
 from ..errors import ChecksumMismatch, InvalidInput, NoSpace, NffsError, PageIOError, ReadOnly, TierTimeout, TierUnavailable
@@ -45,17 +46,6 @@ SMALL_GATHER_ENTRIES = 1024
 #: the unsigned word that holds one row of 2, 4 or 8 bytes (a row taken as one word)
 _ROW_WORDS = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 
-
-def sorted_unique(a: np.ndarray) -> np.ndarray:
-    """np.unique by sort and a neighbour test: numpy 2.x's np.unique hashes, several times
-    slower on the few thousand to millions of integers a gather looks at."""
-    out = np.sort(a.reshape(-1))
-    if out.size > 1:
-        keep = np.empty(out.size, dtype=bool)
-        keep[0] = True
-        np.not_equal(out[1:], out[:-1], out=keep[1:])
-        out = out[keep]
-    return out
 log = logging.getLogger(__name__)
 
 _h = xxhash.xxh3_64_intdigest
@@ -684,6 +674,13 @@ class PageStore:
                 return False
         raise PageIOError(f"page {page}: no intact copy could be read")
 
+    def _drop_bad_copies(self, pages: list[int]) -> None:
+        """The memory copies a gather found failing their checksum (before it looks again)."""
+        for page in pages:
+            loc = self.table.mem(page)
+            if loc is not None:
+                self._bad_memory_copy(page, *loc)
+
     def _bad_memory_copy(self, page: int, mt: MemTier, slot: int) -> None:
         """A memory copy failed its checksum: never return it. Clean -> re-read the home; dirty -> EIO."""
         tier = self.memory_tiers[mt.index]
@@ -1286,10 +1283,7 @@ class PageStore:
         finally:
             self._gathers_active -= 1
         if bad:
-            for page in bad:
-                loc = self.table.mem(page)
-                if loc is not None:
-                    self._bad_memory_copy(page, *loc)
+            self._drop_bad_copies(bad)
             return await self._gather_direct(ent, feats, row_bytes)
         mt.heat[pages[:64]] += 1.0
         return rows  # type: ignore[return-value]
@@ -1338,10 +1332,7 @@ class PageStore:
         chunk_shift = arena.chunk.bit_length() - 1
         bad = arena.bad_slots_of_chunks(sorted({(e * row_bytes) >> chunk_shift for e in entries}))
         if bad:
-            for page in bad:
-                loc = self.table.mem(page)
-                if loc is not None:
-                    self._bad_memory_copy(page, *loc)
+            self._drop_bad_copies(bad)
             return await self._gather_small(ent, feats, row_bytes, shift)
         rows = self._take_rows(arena, ent, feats, row_bytes)
         heat = mt.heat
@@ -1483,10 +1474,7 @@ class PageStore:
             for mt, slots in pinned:
                 self._unpin_many(mt, slots)
         if bad:
-            for page in bad:
-                loc = self.table.mem(page)
-                if loc is not None:
-                    self._bad_memory_copy(page, *loc)
+            self._drop_bad_copies(bad)
             return await self._gather_elements(elements)
         return values  # type: ignore[return-value]
 

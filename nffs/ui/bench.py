@@ -67,7 +67,6 @@ SUITES: dict[str, Suite] = {
     "occupancy": Suite("tier occupancy over time (for the plot)", None, [], [], 25),
 }
 
-# SPEC 8 targets of the prefetch rows: p99 none / predictor, by workload
 NOT_MEASURED: list[str] = []
 NOHARM_TARGET = 1.15
 
