@@ -35,9 +35,8 @@ DECODER_FILE = "decoder.npz"
 #: points per encode pass: about L * 2^D * 64Ki * 20 bytes of temporaries at the peak
 INFER_CHUNK = 1 << 16
 #: batches up to this many points are encoded on the calling (trio) thread, by the
-#: all-levels small path (`hashgrid.corner_entries_small`, the same bound): a 75-point
-#: camera frame costs ~0.1 ms there, less than the two hops to a worker thread it saved
-#: (warm frames 3.1 -> 2.85 ms); a 256-point batch holds the FUSE thread ~0.3 ms
+#: all-levels small path (`hashgrid.corner_entries_small`, the same bound): a camera
+#: frame of tens of points costs less there than the two hops to a worker thread it saves
 INLINE_POINTS = 256
 #: the encoding, interpolation and decoder of big batches run at this nice level (see
 #: `workers.run_niced`): FUSE requests come first
