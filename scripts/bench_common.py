@@ -215,6 +215,56 @@ def drop_file_cache(path: str) -> None:
         os.close(fd)
 
 
+class SameCpu:
+    """Within the block: this process and every thread of the given daemons on one CPU.
+
+    Why: on a small VM the scheduler's placement decides a FUSE round trip's cost more than
+    the daemons do. A reader whose daemon happens to share its CPU waits for a plain
+    context switch; one whose daemon sits on the other CPU waits for an idle CPU to wake
+    (an inter-processor interrupt and a VM exit). Two identical minimal_fs mounts read
+    alternately, unpinned, measured 1.8-3.1x apart on the 2-vCPU VM of docs/benchmarks.md
+    (the first-mounted one always faster); pinned like this they measure 0.99-1.01x. With
+    one CPU for all, each side pays exactly its own CPU work per request (the daemon's
+    Python, pyfuse3, the kernel's copy), which is what the ratio is meant to compare.
+    Threads a daemon starts later inherit the CPU of the thread that starts them.
+    """
+
+    def __init__(self, *pids: int, cpu: int | None = None) -> None:
+        self.pids = pids
+        self.cpu = max(os.sched_getaffinity(0)) if cpu is None else cpu
+        self._saved: dict[int, set[int]] = {}
+
+    @staticmethod
+    def _threads(pid: int) -> list[int]:
+        try:
+            return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except FileNotFoundError:
+            return []
+
+    def __enter__(self) -> "SameCpu":
+        for tid in [0] + [t for pid in self.pids for t in self._threads(pid)]:
+            try:
+                self._saved[tid] = os.sched_getaffinity(tid)
+                os.sched_setaffinity(tid, {self.cpu})
+            except (ProcessLookupError, PermissionError):
+                pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for tid, cpus in self._saved.items():
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except (ProcessLookupError, PermissionError, OSError):
+                pass
+        for pid in self.pids:  # threads started meanwhile
+            for tid in self._threads(pid):
+                if tid not in self._saved:
+                    try:
+                        os.sched_setaffinity(tid, os.sched_getaffinity(0))
+                    except (ProcessLookupError, PermissionError, OSError):
+                        pass
+
+
 def rss_bytes(pid: int) -> int:
     """The daemon's own memory: RssAnon. The memory tier's pages are mapped into the daemon
     (its arena file on tmpfs) and show in VmRSS as shared file pages, but they are the tier's

@@ -316,6 +316,33 @@ async def test_corrupted_clean_memory_copy_is_never_returned(tmp_path: Path, mem
     assert fsck(str(field)).clean
 
 
+@pytest.mark.parametrize("memory", ["1M", "64K"], ids=["direct", "slotted"])
+async def test_read_across_pages_never_returns_a_corrupted_memory_copy(tmp_path: Path, memory: str) -> None:
+    """A read spanning written pages that all sit in memory (the kernel's 128 KiB
+    read-ahead requests) takes the one-range path of a direct-mapped arena: a flipped byte
+    in any chunk it covers sends it to the careful path, never to the reader."""
+    field = make_field(tmp_path, page_size=16384, memory=memory)
+    opened = open_field(str(field))
+    store = opened.store
+    try:
+        data = pattern(3, 3 * 16384)
+        await store.write(0, data)  # pages 0..2, every chunk written
+        await store.sync()
+        assert bytes(await store.read(10000, 30000)) == data[10000:40000]  # intact: served
+        for page, at in ((1, 9000), (2, 100), (0, 16383)):
+            mt, slot = store.table.mem(page)
+            flip(arena_path(opened), slot * 16384 + at)
+            for off, n in ((10000, 30000), (0, 3 * 16384), (16384 - 10, 20), (2 * 16384 - 4096, 8192)):
+                try:
+                    got = bytes(await store.read(off, n))
+                except PageIOError:
+                    continue
+                assert got == data[off:off + n], f"read({off}, {n}) returned corrupted memory bytes (page {page})"
+    finally:
+        opened.close()
+    assert fsck(str(field)).clean
+
+
 async def test_fetch_many_reads_a_run_once_and_reports_each_page(tmp_path: Path) -> None:
     """The prefetcher's run fetch: pages at home come from the slow tier with their bytes
     (one tier read each, counted), a page already in memory is cheap, a page past the

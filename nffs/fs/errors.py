@@ -60,9 +60,9 @@ def fuse_handler(func: F) -> F:
     """Apply the error contract to one pyfuse3 handler (a method of an object with `.errors`)."""
 
     @functools.wraps(func)
-    async def wrapper(self: HasErrorCounters, *args: Any, **kwargs: Any) -> Any:
+    async def wrapper(self: HasErrorCounters, *args: Any) -> Any:  # pyfuse3 passes arguments by position
         try:
-            return await func(self, *args, **kwargs)
+            return await func(self, *args)
         except pyfuse3.FUSEError:
             raise
         except NffsError as exc:

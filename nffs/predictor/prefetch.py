@@ -26,6 +26,7 @@ and never over a page the kernel may hold already (read, written or pushed withi
 """
 from __future__ import annotations
 
+import array
 import logging
 import sys
 import time
@@ -63,16 +64,39 @@ class RecentPages:
         self.bits = max(1, (buckets - 1).bit_length())
         self.horizon_s = horizon_s
         self._t0 = time.monotonic() - 1.0  # stored times are > 0; 0 means never
-        self._t = np.zeros(1 << self.bits, dtype=np.float32)
+        self._shift = 64 - self.bits
+        # a Python array (one read by index costs half of numpy's .item()) with a numpy
+        # view of the same memory for the vectorised add_many
+        self._times = array.array("f", bytes(4 << self.bits))
+        self._t = np.frombuffer(self._times, dtype=np.float32)
+        #: pages noted by the hot path (`pending.append`), entered at the next lookup or
+        #: `flush()` with the time of the flush (later than the reads: never a false "no")
+        self.pending: list[int] = []
+        self.noted = 0  # pages entered from `pending` so far
+        self.last_flush_t = 0.0  # time.monotonic() of the last flush that entered pages
+
+    def flush(self) -> int:
+        """Enter the pending pages; how many there were."""
+        pending = self.pending
+        n = len(pending)
+        if n:
+            self.pending = []
+            now = time.monotonic()
+            self.add_many(np.array(pending, dtype=np.int64), now)
+            self.noted += n
+            self.last_flush_t = now
+        return n
 
     def _bucket(self, page: int) -> int:
-        return ((page * self._GOLDEN) & 0xFFFFFFFFFFFFFFFF) >> (64 - self.bits)
+        return ((page * self._GOLDEN) & 0xFFFFFFFFFFFFFFFF) >> self._shift
 
     def add(self, page: int, now: float) -> None:
-        b = self._bucket(page)
+        """Called for every read served from memory: kept to a few bytecodes."""
+        b = ((page * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> self._shift
         t = now - self._t0
-        if t > self._t.item(b):
-            self._t[b] = t
+        times = self._times
+        if t > times[b]:
+            times[b] = t
 
     def add_many(self, pages: np.ndarray, now: float) -> None:
         if len(pages) <= 8:  # a write of a page or two: ufunc.at costs more than the loop
@@ -83,7 +107,9 @@ class RecentPages:
         np.maximum.at(self._t, b, np.float32(now - self._t0))
 
     def __contains__(self, page: int) -> bool:
-        t = self._t.item(self._bucket(page))
+        if self.pending:
+            self.flush()
+        t = self._times[self._bucket(page)]
         # float32 seconds: the slack covers their rounding
         return t > 0.0 and time.monotonic() - self._t0 - t < self.horizon_s + 1.0
 
@@ -122,6 +148,12 @@ class Prefetcher:
                          "push_redone": 0, "fetches_inflight": 0, "cheap_skipped": 0, "small_batches": 0,
                          "field_oversized": 0}
         self._cheap_run = 0
+        #: `_cheap_run` is past `cfg.cheap_skip_after`: reads of unplanned pages served from
+        #: memory only update `recent` (see `_on_memory_read`)
+        self._skip_memory_reads = False
+        self._skipped_extra_pages = 0
+        self._planned = self.ledger.entries  # page -> ledger entry, for the hot path's test
+        self._page_size = layout.page_size
         self._last_event_t = 0.0  # time.monotonic() of the last access seen
         self._head_samples = 0
         self._reaction_parts = [0.0, 0.0, 0.0]
@@ -130,7 +162,7 @@ class Prefetcher:
         self._field_stops_seen = 0
         self._field_judged = 0
         self._last_write = -1e9
-        port.add_listener(self._on_event)
+        port.add_listener(self._on_event, self._on_memory_read)
 
     # ------------------------------------------------------------------ listeners (any thread)
     def _enqueue(self, item) -> None:
@@ -162,6 +194,24 @@ class Prefetcher:
     def _set_wake(self) -> None:
         if self._wake is not None:
             self._wake.set()
+
+    def _on_memory_read(self, page: int, offset: int, size: int) -> None:
+        """A read served from memory, pages page..last (trio thread; the store's hottest
+        path). Past a run of such reads of pages we did not plan, it only notes that the
+        kernel now caches them (never push over them later: an mmap writer may have
+        dirtied them)."""
+        last = (offset + size - 1) // self._page_size
+        if self._skip_memory_reads:
+            if last == page:
+                if page not in self._planned:
+                    self.recent.pending.append(page)  # counted in stats() as events and cheap_skipped
+                    return
+            elif self._planned.keys().isdisjoint(range(page, last + 1)):
+                self.recent.pending.extend(range(page, last + 1))
+                self._skipped_extra_pages += last - page  # stats() counts reads, not pages
+                return
+        n = last - page + 1
+        self._on_event(AccessEvent(AccessKind.READ, list(range(page, last + 1)), [False] * n, offset, size, time.monotonic()))
 
     def _on_event(self, ev: AccessEvent) -> None:
         """Called by the store for every access (trio thread): as little as possible here."""
@@ -258,7 +308,8 @@ class Prefetcher:
         while waited < cfg.model_build_max_delay_s:
             await trio.sleep(cfg.model_build_quiet_s)
             waited += cfg.model_build_quiet_s
-            if time.monotonic() - self._last_event_t >= cfg.model_build_quiet_s:
+            self.recent.flush()  # reads that skipped the predictor count as activity too
+            if time.monotonic() - max(self._last_event_t, self.recent.last_flush_t) >= cfg.model_build_quiet_s:
                 break
         try:
             model = await trio.to_thread.run_sync(build)
@@ -346,9 +397,11 @@ class Prefetcher:
             return False
         if interesting:
             self._cheap_run = 0
+            self._skip_memory_reads = False
             return True
         self._cheap_run += 1
         if self._cheap_run > self.cfg.cheap_skip_after:
+            self._skip_memory_reads = True
             self.counters["cheap_skipped"] += 1
             return False
         return True
@@ -635,6 +688,7 @@ class Prefetcher:
     async def _housekeeping(self) -> None:
         while True:
             await trio.sleep(0.5)
+            self.recent.flush()  # bounds `recent.pending` by half a second of reads
             try:
                 self.ledger.expire(time.monotonic(), self.port.is_cheap)
             except Exception:
@@ -642,6 +696,8 @@ class Prefetcher:
 
     # ------------------------------------------------------------------ statistics
     def stats(self) -> dict:
+        self.recent.flush()
+        skipped_reads = self.recent.noted - self._skipped_extra_pages  # memory reads that skipped the predictor
         spaces = {s: self.ledger.summary(s) for s in SPACES}
         total = {k: sum(spaces[s][k] for s in SPACES)
                  for k in ("issued", "useful", "late", "wasted", "pending", "demand_misses", "pushed")}
@@ -672,11 +728,11 @@ class Prefetcher:
             "queued_fetches": len(self._fetchq),
             "fetches_inflight": self.counters["fetches_inflight"],
             "dropped": self.counters["dropped"],
-            "events": self.counters["events"],
+            "events": self.counters["events"] + skipped_reads,
             "batches": self.counters["batches"],
             "think_mean_ms": round(1e3 * self.counters["think_s"] / think, 3) if think else 0.0,
             "push_redone": self.counters["push_redone"],
-            "cheap_skipped": self.counters["cheap_skipped"],
+            "cheap_skipped": self.counters["cheap_skipped"] + skipped_reads,
             "field_budget": self._field_budget,
             # predicted frames not prefetched because they touch more than memory can hold
             "field_oversized": self.counters["field_oversized"],

@@ -34,6 +34,7 @@ class FakePort:
         self.memory: OrderedDict[int, None] = OrderedDict()
         self.versions: dict[int, int] = {}
         self.listeners = []
+        self.memory_read_listeners = []
         self.inflight: dict[int, trio.Event] = {}
         self.slow_reads = 0
         self.demand_slow_reads = 0
@@ -52,8 +53,11 @@ class FakePort:
         self._emit(AccessEvent(AccessKind.WRITE, np.array([page]), np.zeros(1, bool), page * self.page_size, 1, time.monotonic()))
 
     # -- the port -------------------------------------------------------------------------
-    def add_listener(self, listener) -> None:
+    def add_listener(self, listener, on_memory_read=None) -> None:
+        """As the store does: one-page reads served from memory go to `on_memory_read`."""
         self.listeners.append(listener)
+        self.memory_read_listeners.append(on_memory_read or (
+            lambda page, offset, size: listener(AccessEvent(AccessKind.READ, [page], [False], offset, size, time.monotonic()))))
 
     def memory_capacity_pages(self) -> int:
         return self.memory_pages
@@ -144,6 +148,10 @@ class FakePort:
                     n.start_soon(self._load, int(p), True)
         finally:
             self._waiting -= 1
+        if kind is AccessKind.READ and len(pages) == 1 and not slow[0]:
+            for on_memory_read in self.memory_read_listeners:
+                on_memory_read(int(pages[0]), offset, size)
+            return
         self._emit(AccessEvent(kind, np.asarray(pages, dtype=np.int64), np.array(slow, dtype=bool), offset, size, t0))
 
 

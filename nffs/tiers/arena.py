@@ -74,6 +74,7 @@ class MemoryArena:
         self.view = memoryview(self._mm)
         self.bytes = np.frombuffer(self._mm, dtype=np.uint8)
         self.sums = np.zeros((n_slots, self.chunks_per_page), dtype=np.uint64)
+        self.flat_sums = self.sums.reshape(-1)  # a view: chunk id = slot * chunks_per_page + i
         #: chunks whose bytes in the slot are meaningful (checksummed); the others are the
         #: implicit init, computed only when something reads them
         self.valid = np.zeros(n_slots, dtype=np.uint64)
@@ -231,6 +232,26 @@ class MemoryArena:
                 return None
         return view[base + offset:base + offset + length]
 
+    def checked_range(self, slot: int, offset: int, length: int) -> memoryview | None:
+        """:meth:`checked_view` across consecutive slots (`offset` may pass the first page's
+        end): the bytes, if every slot touched holds all its chunks and the chunks read are
+        intact. One hash call per chunk and one lookup of the expected sums; the common
+        multi-page read of a direct-mapped arena (a 128 KiB kernel read-ahead request)."""
+        c = self.chunk
+        lo = slot * self.page_size + offset
+        hi = lo + length
+        g0, g1 = lo // c, (hi - 1) // c + 1
+        per = self.chunks_per_page
+        s0, s1 = g0 // per, (g1 - 1) // per
+        valid, full = self.valid, self.full_mask
+        for s in range(s0, s1 + 1):
+            if valid.item(s) != full:
+                return None  # chunks still implicit: the careful path fills them
+        view = self.view
+        if [_h(view[g * c:(g + 1) * c]) for g in range(g0, g1)] != self.flat_sums[g0:g1].tolist():
+            return None
+        return view[lo:hi]
+
     def bad_slots_of_chunks(self, chunks: list[int]) -> list[int]:
         """Slots whose listed chunks (global ids: slot * chunks_per_page + i) fail their
         checksum; one hash call per chunk, no numpy round trip per chunk list."""
@@ -239,7 +260,7 @@ class MemoryArena:
         c = self.chunk
         view = self.view
         per_page = self.chunks_per_page
-        want = self.sums.reshape(-1)[chunks].tolist()  # one take, not an .item() per chunk
+        want = self.flat_sums[chunks].tolist()  # one take, not an .item() per chunk
         return sorted({cid // per_page for cid, w in zip(chunks, want) if _h(view[cid * c:(cid + 1) * c]) != w})
 
     def verify_valid(self, slot: int) -> bool:
@@ -311,6 +332,7 @@ class MemoryArena:
 
     def close(self) -> None:
         self.sums = np.zeros((0, self.chunks_per_page), dtype=np.uint64)
+        self.flat_sums = self.sums.reshape(-1)
         try:
             self.bytes = np.zeros(0, dtype=np.uint8)
             self.view.release()

@@ -97,6 +97,9 @@ class MemTier:
         self.heat = np.zeros(n, dtype=np.float32)
         self.dirty = 0
         self.resident = 0
+        #: pages read by the store's fast path (reads served from this tier's memory): kept
+        #: here, on an object that path touches anyway, and added to the tier's counters
+        self.fast_hits = 0
 
 
 class PageTable:

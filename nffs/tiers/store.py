@@ -35,7 +35,7 @@ from ..errors import ChecksumMismatch, InvalidInput, NoSpace, NffsError, PageIOE
 from .arena import MemoryArena
 from .config import StoreConfig
 from .pagetable import Home, MemTier, PageTable
-from .port import AccessEvent, AccessKind, AccessListener, FetchResult, Priority
+from .port import AccessEvent, AccessKind, AccessListener, FetchResult, MemoryReadListener, Priority
 from . import generations
 from .homes import SlabHomes, chunk_size, compact_checksum, mask_runs, stored_checksum
 from .scheduler import IOScheduler
@@ -114,6 +114,8 @@ class PageStore:
         self._gathers_active = 0
         self._home_heat: dict[int, tuple[float, float]] = {}
         self._listeners: list[AccessListener] = []
+        #: one per listener: how a one-page read served from memory reaches it
+        self._memory_read_listeners: list[MemoryReadListener] = []
         #: pages [first, last] of each level, and whether all of them sit complete in the
         #: direct-mapped arena (then a gather needs no per-entry page bookkeeping for it)
         self._level_pages = [(lo // self.page_size, (hi - 1) // self.page_size)
@@ -557,6 +559,64 @@ class PageStore:
             flight.done.set()
 
     # ================================================================== reading
+    def read_from_memory(self, offset: int, size: int) -> memoryview | None:
+        """The common read without a coroutine: bytes [offset, offset+size) of one page whose
+        memory copy holds them intact, as a view into the tier's mapping (valid until the
+        caller next awaits); None sends the caller to :meth:`read`. `size` > 0, in params."""
+        ps = self.page_size
+        first = offset // ps
+        start = offset - first * ps
+        if start + size > ps:
+            return self._read_run_from_memory(first, start, offset, size)
+        loc = self.table.mem(first)
+        if loc is None:
+            return None
+        mt, slot = loc
+        view = mt.arena.checked_view(slot, start, size)
+        if view is None:
+            return None
+        self.counters["reads"] += 1
+        heat = mt.heat
+        heat[slot] = heat.item(slot) + 1.0
+        mt.fast_hits += 1  # the tier's reads and hits (Tier.describe adds them)
+        for listener in self._memory_read_listeners:  # _tell_memory_read, inlined: the hottest path
+            try:
+                listener(first, offset, size)
+            except Exception:
+                log.exception("access listener failed")
+        return view
+
+    def _read_run_from_memory(self, first: int, start: int, offset: int, size: int) -> memoryview | None:
+        """:meth:`read_from_memory` of bytes spanning pages first..last, when they sit side by
+        side in a direct-mapped arena (slot = page), complete and intact."""
+        if not self._direct:
+            return None
+        mt = self.memory_tiers[0].mem
+        assert mt is not None
+        last = (offset + size - 1) // self.page_size
+        slot_page = mt.slot_page
+        for p in range(first, last + 1):
+            if slot_page.item(p) < 0:
+                return None
+        view = mt.arena.checked_range(first, start, size)
+        if view is None:
+            return None
+        n = last - first + 1
+        self.counters["reads"] += 1
+        heat = mt.heat
+        for p in range(first, last + 1):  # a few pages: item updates cost less than a slice op
+            heat[p] = heat.item(p) + 1.0
+        mt.fast_hits += n
+        self._tell_memory_read(first, offset, size)
+        return view
+
+    def _tell_memory_read(self, first: int, offset: int, size: int) -> None:
+        for listener in self._memory_read_listeners:
+            try:
+                listener(first, offset, size)
+            except Exception:
+                log.exception("access listener failed")
+
     async def read(self, offset: int, size: int, *, zero_copy: bool = False) -> bytes | bytearray | memoryview:
         """Bytes [offset, offset+size) clipped to params.
 
@@ -567,19 +627,14 @@ class PageStore:
         size = max(0, min(size, self.layout.params_bytes - offset))
         if size <= 0:
             return b""
+        view = self.read_from_memory(offset, size)
+        if view is not None:
+            return view if zero_copy else view.tobytes()
         self.counters["reads"] += 1
         ps = self.page_size
         first = offset // ps
         start = offset - first * ps
         loc = self.table.mem(first)
-        if loc is not None and start + size <= ps:  # the common case: one page, in memory
-            mt, slot = loc
-            view = mt.arena.checked_view(slot, start, size)
-            if view is not None:
-                self._count_hits(mt, slot, 1)
-                if self._listeners:
-                    self._emit(AccessKind.READ, [first], [False], offset, size)
-                return view if zero_copy else view.tobytes()
         last = (offset + size - 1) // ps
         if loc is not None and first < last and loc[0].direct and self._direct_resident(loc[0], first, last):
             # pages first..last sit side by side in a direct-mapped arena: one range of it
@@ -1637,8 +1692,15 @@ class PageStore:
             await self.sync()
 
     # ================================================================== facts
-    def add_listener(self, listener: AccessListener) -> None:
+    def add_listener(self, listener: AccessListener, on_memory_read: MemoryReadListener | None = None) -> None:
         self._listeners.append(listener)
+        if on_memory_read is None:
+            ps = self.page_size
+
+            def on_memory_read(page: int, offset: int, size: int) -> None:
+                n = (offset + size - 1) // ps - page + 1
+                listener(AccessEvent(AccessKind.READ, list(range(page, page + n)), [False] * n, offset, size, time.monotonic()))
+        self._memory_read_listeners.append(on_memory_read)
 
     def materialised_pages(self) -> int:
         return sum(t.pages for t in self.durable_tiers)
@@ -1693,8 +1755,8 @@ class StorePort:
         self.page_size = store.page_size
         self.n_pages = store.n_pages
 
-    def add_listener(self, listener: AccessListener) -> None:
-        self._store.add_listener(listener)
+    def add_listener(self, listener: AccessListener, on_memory_read: MemoryReadListener | None = None) -> None:
+        self._store.add_listener(listener, on_memory_read)
 
     def is_cheap(self, page: int) -> bool:
         s = self._store

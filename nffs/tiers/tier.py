@@ -79,6 +79,7 @@ class Tier:
 
     def describe(self) -> dict:
         c = self.counters
+        fast = self.mem.fast_hits if self.mem is not None else 0
         cap = self.capacity_pages()
         return {
             "name": self.name,
@@ -93,8 +94,8 @@ class Tier:
             "numa": self.spec.numa,
             "numa_binding": self.numa_binding,
             "latency_s": self.latency,
-            "reads": c.reads,
-            "hits": c.hits,
+            "reads": c.reads + fast,
+            "hits": c.hits + fast,
             "writes": c.writes,
             "promotions": c.promotions,
             "demotions": c.demotions,

@@ -155,6 +155,12 @@ class Node:
         self.check_open(flags)
         return Handle(self, flags)
 
+    def read_now(self, off: int, size: int) -> bytes | memoryview | None:
+        """The bytes at once, without awaiting anything, when the node can (the dispatcher
+        tries this before `read`: one coroutine fewer on the hottest request); None: ask
+        `read`. Errors are raised as in `read`."""
+        return None
+
     async def read(self, handle: Handle, off: int, size: int) -> bytes:
         raise fs_error(errno.EINVAL, "not readable")
 
