@@ -188,6 +188,13 @@ async def test_concepts_lifecycle_xattrs_and_cache_refresh(env: Env) -> None:
         assert await errno_of(ops.setxattr(attr.st_ino, b"user.nffs.point", bad, None)) == errno.EINVAL
     assert await errno_of(ops.setxattr(attr.st_ino, b"user.other", b"1", None)) == errno.ENOTSUP
     assert await errno_of(ops.getxattr(ino.PARAMS, b"user.nffs.point", None)) == pyfuse3.ENOATTR
+    # the kernel's own probe before every write (security.capability) and ACL lookups: no
+    # such attribute, on any node, and not counted among the errors users made
+    errors_before = ops.stats()["errors"]
+    for inode in (ino.PARAMS, attr.st_ino, ino.ROOT):
+        for name in (b"security.capability", b"system.posix_acl_access"):
+            assert await errno_of(ops.getxattr(inode, name, None)) == pyfuse3.ENOATTR
+    assert ops.stats()["errors"] == errors_before
     await ops.setxattr(attr.st_ino, b"user.nffs.point", b"0.25,0.5,0.75", None)
     assert env.catalog.by_name(b"cat").point == "0.25 0.5 0.75"
     await ops.removexattr(attr.st_ino, b"user.nffs.point", None)

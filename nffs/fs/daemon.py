@@ -150,7 +150,6 @@ async def _run(ops: FieldOperations, store, prefetcher, opts: MountOptions, on_r
             await nursery.start(store.run_reader, opts.refresh_interval)
             nursery.start_soon(_refresh_on_signal, store)
         if prefetcher is not None:
-            prefetcher.on_model_built = _freeze_long_lived  # river's objects too (no collection: cheap)
             await nursery.start(prefetcher.run)
         nursery.start_soon(_terminate_on_signal)
         if opts.metrics_listen:

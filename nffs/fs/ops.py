@@ -31,6 +31,10 @@ from .nodes.views import LevelNode, LevelsDirNode, NotifyStore, PageCacheSync, P
 
 log = logging.getLogger(__name__)
 
+#: extended-attribute namespaces the kernel queries by itself (capabilities before each
+#: write, ACLs); nffs stores none of them
+KERNEL_XATTR_PREFIXES = (b"security.", b"system.")
+
 DURABLE_KINDS = frozenset({"nvme", "hdd"})
 ReaddirReply = Callable[[Any, bytes, pyfuse3.EntryAttributes, int], bool]
 
@@ -242,6 +246,12 @@ class FieldOperations(pyfuse3.Operations):
     # ------------------------------------------------------------------ xattrs
     @fuse_handler
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if name.startswith(KERNEL_XATTR_PREFIXES):
+            # The kernel's own probes, not a user's question: it asks for security.capability
+            # before EVERY write (FUSE keeps SB_NOSEC off, so no answer is cached), which
+            # makes each write two round trips. nffs keeps no such attribute: answered at
+            # once, without the node lookup or counting it among the errors users made.
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return await self.node(inode).getxattr(name)
 
     @fuse_handler

@@ -30,11 +30,6 @@ class PrefetchConfig:
     #: thread holds the GIL for Python work, and with the default 5 ms a FUSE request on
     #: the trio thread can wait that long for it (0: leave the interpreter's setting)
     gil_switch_interval_s: float = 0.0005
-    #: the learned model (river) is loaded once no access came for this long after the
-    #: mount ...
-    model_build_quiet_s: float = 0.2
-    #: ... or after this long at the latest (loading it holds the GIL for a second or two)
-    model_build_max_delay_s: float = 20.0
     #: at most one thinking round (a hop to the learning thread) per this interval: events
     #: that arrive meanwhile are handled together in the next round
     think_interval_s: float = 0.002

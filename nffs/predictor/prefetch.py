@@ -73,7 +73,6 @@ class RecentPages:
         #: `flush()` with the time of the flush (later than the reads: never a false "no")
         self.pending: list[int] = []
         self.noted = 0  # pages entered from `pending` so far
-        self.last_flush_t = 0.0  # time.monotonic() of the last flush that entered pages
 
     def flush(self) -> int:
         """Enter the pending pages; how many there were."""
@@ -84,7 +83,6 @@ class RecentPages:
             now = time.monotonic()
             self.add_many(np.array(pending, dtype=np.int64), now)
             self.noted += n
-            self.last_flush_t = now
         return n
 
     def _bucket(self, page: int) -> int:
@@ -129,8 +127,6 @@ class Prefetcher:
         self.kind = kind
         self.cfg = config or PrefetchConfig.from_env()
         self.push = push
-        #: called on the trio thread once the learned model is built (its library loaded)
-        self.on_model_built: Callable[[], None] | None = None
         self.model: Predictor = make_model(kind, lazy=True)
         self.address = AddressPredictor(self.cfg, self.model, page_size=layout.page_size, params_bytes=layout.params_bytes,
                                         memory_pages=port.memory_capacity_pages())
@@ -151,10 +147,11 @@ class Prefetcher:
         #: `_cheap_run` is past `cfg.cheap_skip_after`: reads of unplanned pages served from
         #: memory only update `recent` (see `_on_memory_read`)
         self._skip_memory_reads = False
-        self._skipped_extra_pages = 0
+        #: pages in `recent.noted` that are not one skipped read each (the further pages of a
+        #: multi-page read, written pages): stats() subtracts them
+        self._noted_not_reads = 0
         self._planned = self.ledger.entries  # page -> ledger entry, for the hot path's test
         self._page_size = layout.page_size
-        self._last_event_t = 0.0  # time.monotonic() of the last access seen
         self._head_samples = 0
         self._reaction_parts = [0.0, 0.0, 0.0]
         self._reactions: deque = deque(maxlen=self.cfg.reaction_samples)
@@ -208,7 +205,7 @@ class Prefetcher:
                     return
             elif self._planned.keys().isdisjoint(range(page, last + 1)):
                 self.recent.pending.extend(range(page, last + 1))
-                self._skipped_extra_pages += last - page  # stats() counts reads, not pages
+                self._noted_not_reads += last - page  # stats() counts reads, not pages
                 return
         n = last - page + 1
         self._on_event(AccessEvent(AccessKind.READ, list(range(page, last + 1)), [False] * n, offset, size, time.monotonic()))
@@ -216,7 +213,15 @@ class Prefetcher:
     def _on_event(self, ev: AccessEvent) -> None:
         """Called by the store for every access (trio thread): as little as possible here."""
         self.counters["events"] += 1
-        self._last_event_t = max(self._last_event_t, ev.time)  # ev.time: when its request began
+        if ev.kind is AccessKind.WRITE:
+            # nothing to learn; the kernel caches what was written (never push over it) and
+            # pushes wait for writes to go quiet. Done here: a wake-up of the drain task per
+            # write cost about 8 % of the rate of small writes (scripts/bench_write.py)
+            self._last_write = ev.time
+            pages = ev.page_list
+            self.recent.pending.extend(pages)
+            self._noted_not_reads += len(pages)
+            return
         if ev.kind is AccessKind.READ and not ev.any_slow and self._cheap_run > self.cfg.cheap_skip_after:
             pages = ev.page_list
             entries = self.ledger.entries
@@ -285,41 +290,29 @@ class Prefetcher:
         self._token = trio.lowlevel.current_trio_token()
         self._wake = trio.Event()
         self._fetch_ready = trio.Event()
+        await self._build_model()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._drain)
             for _ in range(self.cfg.concurrency):
                 nursery.start_soon(self._worker)
             nursery.start_soon(self._housekeeping)
-            nursery.start_soon(self._build_model)
             task_status.started()
             if self._queue:
                 self._wake.set()
 
     async def _build_model(self) -> None:
+        """Load the learned model (river) before the prefetcher starts, so before the mount
+        reports ready: loading it is ~0.6 s of pure Python holding the GIL, and any request
+        that arrived meanwhile waited for it (a fresh mount read at once measured 0.35x of
+        `--prefetch none` sequentially over MooseFS; deferred to the first quiet moment,
+        it fell between two phases of a benchmark and halved the writes of the second)."""
         build = getattr(self.model, "build", None)
         if build is None or getattr(self.model, "model", None) is not None:
             return
-        # Loading river is a second or two of pure Python holding the GIL: done while reads
-        # arrive, it halves their speed (a fresh mount read at once measured 0.35x of
-        # `--prefetch none` sequentially over MooseFS). Wait for a quiet moment (bounded);
-        # meanwhile the vote works and the model's samples are kept for it.
-        cfg = self.cfg
-        waited = 0.0
-        while waited < cfg.model_build_max_delay_s:
-            await trio.sleep(cfg.model_build_quiet_s)
-            waited += cfg.model_build_quiet_s
-            self.recent.flush()  # reads that skipped the predictor count as activity too
-            if time.monotonic() - max(self._last_event_t, self.recent.last_flush_t) >= cfg.model_build_quiet_s:
-                break
         try:
-            model = await trio.to_thread.run_sync(build)
+            self.model.install(await trio.to_thread.run_sync(build))
         except Exception:  # no river: the trend detector still works
             log.exception("building the %s model", self.kind)
-            return
-        self._pending_model = model
-        self._wake.set()  # the drain task installs it between two thinking rounds
-        if self.on_model_built is not None:
-            self.on_model_built()
 
     async def _drain(self) -> None:
         while True:
@@ -329,12 +322,6 @@ class Prefetcher:
             items = []
             while self._queue:
                 items.append(self._queue.popleft())
-            pending_model = getattr(self, "_pending_model", None)
-            if pending_model is not None:
-                self._pending_model = None
-                if not items:  # no thinking round in flight: install it here
-                    self.model.install(pending_model)
-                    continue
             if not items:
                 continue
             now = time.monotonic()
@@ -346,7 +333,7 @@ class Prefetcher:
             if not items:
                 continue
             t0 = time.perf_counter()
-            results = await trio.to_thread.run_sync(self._think, items, pending_model)
+            results = await trio.to_thread.run_sync(self._think, items)
             self.counters["think_calls"] += 1
             self.counters["think_s"] += time.perf_counter() - t0
             try:
@@ -361,10 +348,6 @@ class Prefetcher:
     def _account(self, ev: AccessEvent, now: float) -> bool:
         """Demand bookkeeping for one access event (trio thread; a dict lookup per page).
         Returns whether the predictor should see the event."""
-        if ev.kind == AccessKind.WRITE:
-            self._last_write = now
-            self.recent.add_many(ev.pages, now)
-            return False
         space = "address" if ev.kind == AccessKind.READ else "field"
         pages = ev.page_list
         slow = ev.slow_list
@@ -406,10 +389,8 @@ class Prefetcher:
             return False
         return True
 
-    def _think(self, items: list, model) -> list:
+    def _think(self, items: list) -> list:
         """Learning and prediction (worker thread)."""
-        if model is not None:
-            self.model.install(model)
         out = []
         for item in items:
             try:
@@ -697,7 +678,7 @@ class Prefetcher:
     # ------------------------------------------------------------------ statistics
     def stats(self) -> dict:
         self.recent.flush()
-        skipped_reads = self.recent.noted - self._skipped_extra_pages  # memory reads that skipped the predictor
+        skipped_reads = self.recent.noted - self._noted_not_reads  # memory reads that skipped the predictor
         spaces = {s: self.ledger.summary(s) for s in SPACES}
         total = {k: sum(spaces[s][k] for s in SPACES)
                  for k in ("issued", "useful", "late", "wasted", "pending", "demand_misses", "pushed")}
