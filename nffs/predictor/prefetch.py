@@ -199,11 +199,19 @@ class Prefetcher:
         dirtied them)."""
         last = (offset + size - 1) // self._page_size
         if self._skip_memory_reads:
+            planned = self._planned
             if last == page:
-                if page not in self._planned:
+                if page not in planned:
                     self.recent.pending.append(page)  # counted in stats() as events and cheap_skipped
                     return
-            elif self._planned.keys().isdisjoint(range(page, last + 1)):
+            elif last == page + 1:  # the kernel's 128 KiB read-ahead requests over 64 KiB pages
+                if page not in planned and last not in planned:
+                    pending = self.recent.pending
+                    pending.append(page)
+                    pending.append(last)
+                    self._noted_not_reads += 1
+                    return
+            elif planned.keys().isdisjoint(range(page, last + 1)):
                 self.recent.pending.extend(range(page, last + 1))
                 self._noted_not_reads += last - page  # stats() counts reads, not pages
                 return

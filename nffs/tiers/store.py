@@ -579,7 +579,7 @@ class PageStore:
         heat = mt.heat
         heat[slot] = heat.item(slot) + 1.0
         mt.fast_hits += 1  # the tier's reads and hits (Tier.describe adds them)
-        for listener in self._memory_read_listeners:  # _tell_memory_read, inlined: the hottest path
+        for listener in self._memory_read_listeners:
             try:
                 listener(first, offset, size)
             except Exception:
@@ -607,15 +607,12 @@ class PageStore:
         for p in range(first, last + 1):  # a few pages: item updates cost less than a slice op
             heat[p] = heat.item(p) + 1.0
         mt.fast_hits += n
-        self._tell_memory_read(first, offset, size)
-        return view
-
-    def _tell_memory_read(self, first: int, offset: int, size: int) -> None:
         for listener in self._memory_read_listeners:
             try:
                 listener(first, offset, size)
             except Exception:
                 log.exception("access listener failed")
+        return view
 
     async def read(self, offset: int, size: int, *, zero_copy: bool = False) -> bytes | bytearray | memoryview:
         """Bytes [offset, offset+size) clipped to params.
