@@ -132,8 +132,9 @@ class NffsMount:
     def settle(self, timeout: float = 60.0) -> float:
         """Wait until the prefetcher reports ready (when it reports it) and the RSS stops moving.
 
-        `nffs mount` returns before the predictor's libraries are loaded (in a worker thread),
-        so memory measured right after mounting would miss them. Returns seconds waited.
+        `nffs mount` now returns once the predictor's model is loaded, so this is quick; it
+        stays a guard for benchmarks that measure right after mounting (memory, first
+        reads). Returns seconds waited.
         """
         start = time.monotonic()
         deadline = start + timeout
@@ -216,7 +217,8 @@ def drop_file_cache(path: str) -> None:
 
 
 class SameCpu:
-    """Within the block: this process and every thread of the given daemons on one CPU.
+    """Within the block: the calling thread (the benchmark's reader) and every thread of the
+    given daemons on one CPU.
 
     Why: on a small VM the scheduler's placement decides a FUSE round trip's cost more than
     the daemons do. A reader whose daemon happens to share its CPU waits for a plain
@@ -226,7 +228,8 @@ class SameCpu:
     (the first-mounted one always faster); pinned like this they measure 0.99-1.01x. With
     one CPU for all, each side pays exactly its own CPU work per request (the daemon's
     Python, pyfuse3, the kernel's copy), which is what the ratio is meant to compare.
-    Threads a daemon starts later inherit the CPU of the thread that starts them.
+    Threads a daemon starts later inherit the CPU of the thread that starts them; on the
+    way out they get their daemon's original CPUs back like the others.
     """
 
     def __init__(self, *pids: int, cpu: int | None = None) -> None:
@@ -242,27 +245,34 @@ class SameCpu:
             return []
 
     def __enter__(self) -> "SameCpu":
-        for tid in [0] + [t for pid in self.pids for t in self._threads(pid)]:
-            try:
-                self._saved[tid] = os.sched_getaffinity(tid)
-                os.sched_setaffinity(tid, {self.cpu})
-            except (ProcessLookupError, PermissionError):
-                pass
+        try:
+            for tid in [0] + [t for pid in self.pids for t in self._threads(pid)]:
+                try:
+                    cpus = os.sched_getaffinity(tid)
+                    os.sched_setaffinity(tid, {self.cpu})
+                except ProcessLookupError:  # a thread that ended meanwhile
+                    continue
+                self._saved[tid] = cpus
+        except BaseException:
+            self.__exit__(None, None, None)  # nothing stays pinned
+            raise
         return self
 
     def __exit__(self, *exc: Any) -> None:
         for tid, cpus in self._saved.items():
             try:
                 os.sched_setaffinity(tid, cpus)
-            except (ProcessLookupError, PermissionError, OSError):
+            except OSError:
                 pass
-        for pid in self.pids:  # threads started meanwhile
+        for pid in self.pids:  # threads started meanwhile: their daemon's original CPUs
+            cpus = self._saved.get(pid, os.sched_getaffinity(0))
             for tid in self._threads(pid):
                 if tid not in self._saved:
                     try:
-                        os.sched_setaffinity(tid, os.sched_getaffinity(0))
-                    except (ProcessLookupError, PermissionError, OSError):
+                        os.sched_setaffinity(tid, cpus)
+                    except OSError:
                         pass
+        self._saved = {}
 
 
 def rss_bytes(pid: int) -> int:

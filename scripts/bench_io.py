@@ -26,8 +26,8 @@ The cold and sequential passes run with the reader and both daemons on one CPU
 their code, decided the ratio: two identical minimal_fs mounts measured 1.8-3.1x apart
 unpinned); `--placement free` leaves placement to the scheduler, `--aa` measures a
 second minimal_fs in place of nffs (the method's own error: the ratio should be 1).
-Before the passes the mount settles (the default predictor loads its model once the
-field is quiet, holding the GIL for a second or two: not part of any read).
+Before the passes the mount settles (a guard: `nffs mount` itself now returns once the
+default predictor's model is loaded).
 
 Throughput per pass is bytes (or reads) / summed read time; the ratio nffs / baseline is
 computed per round and the median over rounds is reported, with the median latency of

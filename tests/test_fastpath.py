@@ -25,7 +25,7 @@ from nffs.encoding.layout import FieldConfig, FieldLayout
 from nffs.errors import InvalidInput
 from nffs.field import Field
 from nffs.fs import inodes as ino
-from nffs.fs.latency import BOUNDS_S, LatencyHistogram, QueryStats
+from nffs.fs.latency import BOUNDS_S, MEMORY_READ_SAMPLE, LatencyHistogram, QueryStats
 from nffs.fs.ops import FieldOperations
 from nffs.tiers.fielddir import init_field, open_field
 from nffs.tiers.spec import parse_tier_spec
@@ -232,6 +232,26 @@ async def test_query_stats_count_requests_points_errors_and_latency(ops: FieldOp
     view = extract(ops.stats())
     assert view.queries.requests == 7 and view.queries.points == 108 and view.queries.errors == 2
     assert view.queries.p50_s is not None and view.queries.p99_s is not None
+
+
+async def test_sampled_latency_of_memory_reads_still_counts_every_read(ops: FieldOperations) -> None:
+    """Reads served from memory take the synchronous path (`read_now`) and are timed one in
+    MEMORY_READ_SAMPLE; the histogram still counts each read exactly once, with latencies,
+    by the time `stats` shows it. A zero-size read at the end of the file is empty."""
+    fh = await _open(ops, b"params", os.O_RDWR)
+    data = os.urandom(8 * 4096)
+    assert await ops.write(fh, 0, data) == len(data)  # in memory from now on
+    before = ops.stats()["read_latency_seconds"]["count"]
+    n = 3 * MEMORY_READ_SAMPLE + 5
+    for i in range(n):
+        off = (i * 4096 + 100) % (len(data) - 200)
+        assert bytes(await ops.read(fh, off, 200)) == data[off:off + 200]
+    assert ops.ctx.read_latency.untimed > 0  # the untimed fast path served some of them
+    hist = ops.stats()["read_latency_seconds"]
+    assert hist["count"] - before == n and sum(hist["counts"]) == hist["count"] and hist["sum"] > 0
+    assert ops.stats()["read_latency_seconds"]["count"] == hist["count"]  # counted once
+    size = (await ops.getattr(ino.PARAMS, None)).st_size
+    assert bytes(await ops.read(fh, size, 0)) == b""
 
 
 async def test_read_latency_histogram_counts_params_reads(ops: FieldOperations) -> None:

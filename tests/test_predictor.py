@@ -338,9 +338,9 @@ def test_reads_skipped_as_cheap_still_keep_their_pages_from_being_pushed_over() 
 def test_memory_reads_that_skip_the_predictor_are_counted_and_never_pushed_over() -> None:
     """The store's hot path hands reads served from memory to the predictor unpacked (no
     event object). Past a run of cheap reads they are only noted: each counts once as an
-    event (a read of three pages too), and every page read stays 'recent' so no push ever
+    event (a read of four pages too), and every page read stays 'recent' so no push ever
     overwrites it. A read touching a planned page is not skipped: it is the predictor's
-    evidence that the plan was used."""
+    evidence that the plan was used; its page is recent at once all the same."""
     from nffs.predictor.prefetch import Prefetcher
 
     ps = 65536
@@ -354,12 +354,13 @@ def test_memory_reads_that_skip_the_predictor_are_counted_and_never_pushed_over(
     events = pf.stats()["events"]
     hook(7, 7 * ps, 4096)
     hook(1234, 1234 * ps + 100, 4096)
-    hook(20, 20 * ps + ps - 10, 2 * ps + 20)  # pages 20, 21, 22
+    hook(20, 20 * ps + ps - 10, 2 * ps + 20)  # bytes in pages 20 .. 23
     assert pf._queue == deque()  # nothing woke the predictor
     st = pf.stats()
     assert st["events"] == events + 3 and st["cheap_skipped"] >= 3
-    assert all(p in pf.recent for p in (7, 1234, 20, 21, 22))
+    assert all(p in pf.recent for p in (7, 1234, 20, 21, 22, 23))
     assert 500 not in pf.recent
     pf.ledger.plan(501, "address", push=True, marker=False, now=now)  # a page the predictor plans to fetch
     hook(501, 501 * ps, 4096)
     assert len(pf._queue) == 1 and pf._queue[0][1].page_list == [501]
+    assert 501 in pf.recent  # at once, not only once the drain task gets to the event

@@ -89,7 +89,7 @@ class RecentPages:
         return ((page * self._GOLDEN) & 0xFFFFFFFFFFFFFFFF) >> self._shift
 
     def add(self, page: int, now: float) -> None:
-        """Called for every read served from memory: kept to a few bytecodes."""
+        """One page now (the hot paths append to `pending` instead)."""
         b = ((page * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> self._shift
         t = now - self._t0
         times = self._times
@@ -147,9 +147,7 @@ class Prefetcher:
         #: `_cheap_run` is past `cfg.cheap_skip_after`: reads of unplanned pages served from
         #: memory only update `recent` (see `_on_memory_read`)
         self._skip_memory_reads = False
-        #: pages in `recent.noted` that are not one skipped read each (the further pages of a
-        #: multi-page read, written pages): stats() subtracts them
-        self._noted_not_reads = 0
+        self._skipped_reads = 0  # memory reads that skipped the predictor (stats: events, cheap_skipped)
         self._planned = self.ledger.entries  # page -> ledger entry, for the hot path's test
         self._page_size = layout.page_size
         self._head_samples = 0
@@ -194,56 +192,56 @@ class Prefetcher:
 
     def _on_memory_read(self, page: int, offset: int, size: int) -> None:
         """A read served from memory, pages page..last (trio thread; the store's hottest
-        path). Past a run of such reads of pages we did not plan, it only notes that the
-        kernel now caches them (never push over them later: an mmap writer may have
-        dirtied them)."""
+        path). The kernel now caches those pages: they go to `recent` at once (via its
+        pending list, entered before any push decision), so no push ever lands on them (an
+        mmap writer may dirty them). Past a run of such reads of pages we did not plan,
+        that is all; otherwise the read goes on to the predictor as an event."""
         last = (offset + size - 1) // self._page_size
-        if self._skip_memory_reads:
-            planned = self._planned
-            if last == page:
-                if page not in planned:
-                    self.recent.pending.append(page)  # counted in stats() as events and cheap_skipped
-                    return
-            elif last == page + 1:  # the kernel's 128 KiB read-ahead requests over 64 KiB pages
-                if page not in planned and last not in planned:
-                    pending = self.recent.pending
-                    pending.append(page)
-                    pending.append(last)
-                    self._noted_not_reads += 1
-                    return
-            elif planned.keys().isdisjoint(range(page, last + 1)):
-                self.recent.pending.extend(range(page, last + 1))
-                self._noted_not_reads += last - page  # stats() counts reads, not pages
+        pending = self.recent.pending
+        if last == page:
+            pending.append(page)
+            if self._skip_memory_reads and page not in self._planned:
+                self._skipped_reads += 1
+                return
+        elif last == page + 1:  # the kernel's 128 KiB read-ahead requests over 64 KiB pages
+            pending.append(page)
+            pending.append(last)
+            if self._skip_memory_reads and page not in self._planned and last not in self._planned:
+                self._skipped_reads += 1
+                return
+        else:
+            pending.extend(range(page, last + 1))
+            if self._skip_memory_reads and self._planned.keys().isdisjoint(range(page, last + 1)):
+                self._skipped_reads += 1
                 return
         n = last - page + 1
         self._on_event(AccessEvent(AccessKind.READ, list(range(page, last + 1)), [False] * n, offset, size, time.monotonic()))
 
     def _on_event(self, ev: AccessEvent) -> None:
-        """Called by the store for every access (trio thread): as little as possible here."""
+        """Called by the store for every access but the reads from memory that
+        `_on_memory_read` settles itself (trio thread): as little as possible here."""
         self.counters["events"] += 1
         if ev.kind is AccessKind.WRITE:
             # nothing to learn; the kernel caches what was written (never push over it) and
             # pushes wait for writes to go quiet. Done here: a wake-up of the drain task per
             # write cost about 8 % of the rate of small writes (scripts/bench_write.py)
             self._last_write = ev.time
+            self.recent.pending.extend(ev.page_list)
+            return
+        if ev.kind is AccessKind.READ:
+            # the kernel caches what it read: never push over these pages (an mmap writer
+            # may dirty them), from now on, not only once the drain task gets to the event
             pages = ev.page_list
             self.recent.pending.extend(pages)
-            self._noted_not_reads += len(pages)
-            return
-        if ev.kind is AccessKind.READ and not ev.any_slow and self._cheap_run > self.cfg.cheap_skip_after:
-            pages = ev.page_list
-            entries = self.ledger.entries
-            planned = pages[0] in entries if len(pages) == 1 else not entries.keys().isdisjoint(pages)
-            if not planned:
-                # a run of reads served from memory that we did not prefetch: nothing to learn
-                # or count, and waking the predictor for each would cost more than the read.
-                # The kernel caches what it read, though: never push over these pages later
-                # (an mmap writer may have dirtied them)
-                recent = self.recent
-                for p in pages:
-                    recent.add(p, ev.time)
-                self.counters["cheap_skipped"] += 1
-                return
+            if not ev.any_slow and self._cheap_run > self.cfg.cheap_skip_after:
+                entries = self.ledger.entries
+                planned = pages[0] in entries if len(pages) == 1 else not entries.keys().isdisjoint(pages)
+                if not planned:
+                    # a run of reads served from memory that we did not prefetch: nothing to
+                    # learn or count, and waking the predictor for each would cost more than
+                    # the read
+                    self.counters["cheap_skipped"] += 1
+                    return
         elif (ev.kind is AccessKind.GATHER and not ev.any_slow and len(ev.page_list) <= self.cfg.small_gather_pages
                 and self.ledger.entries.keys().isdisjoint(ev.page_list)):
             # a small lookup (single points, at/, concepts) served from memory, of pages we did
@@ -381,9 +379,7 @@ class Prefetcher:
         for p, s in zip(pages, slow):
             if p in self.ledger.entries:
                 interesting = True
-            self.ledger.demand(p, s, space, ev.time)
-            if ev.kind == AccessKind.READ:
-                self.recent.add(p, now)
+            self.ledger.demand(p, s, space, ev.time)  # (read pages went to `recent` in the listener)
         if ev.kind != AccessKind.READ:
             return False
         if interesting:
@@ -686,7 +682,7 @@ class Prefetcher:
     # ------------------------------------------------------------------ statistics
     def stats(self) -> dict:
         self.recent.flush()
-        skipped_reads = self.recent.noted - self._noted_not_reads  # memory reads that skipped the predictor
+        skipped_reads = self._skipped_reads
         spaces = {s: self.ledger.summary(s) for s in SPACES}
         total = {k: sum(spaces[s][k] for s in SPACES)
                  for k in ("issued", "useful", "late", "wasted", "pending", "demand_misses", "pushed")}

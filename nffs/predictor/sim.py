@@ -54,7 +54,8 @@ class FakePort:
 
     # -- the port -------------------------------------------------------------------------
     def add_listener(self, listener, on_memory_read=None) -> None:
-        """As the store does: one-page reads served from memory go to `on_memory_read`."""
+        """As the store does: reads served from memory go to `on_memory_read` (here: the
+        one-page ones; the simulated kernel's misses may span pages that are not contiguous)."""
         self.listeners.append(listener)
         self.memory_read_listeners.append(on_memory_read or (
             lambda page, offset, size: listener(AccessEvent(AccessKind.READ, [page], [False], offset, size, time.monotonic()))))

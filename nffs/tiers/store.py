@@ -114,7 +114,7 @@ class PageStore:
         self._gathers_active = 0
         self._home_heat: dict[int, tuple[float, float]] = {}
         self._listeners: list[AccessListener] = []
-        #: one per listener: how a one-page read served from memory reaches it
+        #: one per listener: how a read served from memory reaches it
         self._memory_read_listeners: list[MemoryReadListener] = []
         #: pages [first, last] of each level, and whether all of them sit complete in the
         #: direct-mapped arena (then a gather needs no per-entry page bookkeeping for it)
@@ -560,8 +560,8 @@ class PageStore:
 
     # ================================================================== reading
     def read_from_memory(self, offset: int, size: int) -> memoryview | None:
-        """The common read without a coroutine: bytes [offset, offset+size) of one page whose
-        memory copy holds them intact, as a view into the tier's mapping (valid until the
+        """The common read without a coroutine: bytes [offset, offset+size) of one page (or of
+        a run of pages side by side in a direct-mapped arena) whose memory copy holds them intact, as a view into the tier's mapping (valid until the
         caller next awaits); None sends the caller to :meth:`read`. `size` > 0, in params."""
         ps = self.page_size
         first = offset // ps

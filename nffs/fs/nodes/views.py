@@ -125,11 +125,11 @@ class ByteView(Node):
 
     def read_now(self, off: int, size: int) -> memoryview | None:
         # The hottest path of the daemon (every cold 4 KiB read of params): bytes served from
-        # memory need no coroutine and, but one in MEMORY_READ_SAMPLE, no clock; the store
-        # raises domain errors itself.
+        # memory need no coroutine and, but one in MEMORY_READ_SAMPLE (the one `read`
+        # times), no clock; the store raises domain errors itself.
         pos = self.start + off
         latency = self.read_latency
-        if pos + size <= self.end and latency.untimed < MEMORY_READ_SAMPLE:
+        if 0 < size and pos + size <= self.end and latency.untimed < MEMORY_READ_SAMPLE - 1:
             data = self.store.read_from_memory(pos, size)
             if data is not None:
                 latency.untimed += 1
