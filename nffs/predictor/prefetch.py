@@ -72,7 +72,6 @@ class RecentPages:
         #: pages noted by the hot path (`pending.append`), entered at the next lookup or
         #: `flush()` with the time of the flush (later than the reads: never a false "no")
         self.pending: list[int] = []
-        self.noted = 0  # pages entered from `pending` so far
 
     def flush(self) -> int:
         """Enter the pending pages; how many there were."""
@@ -82,7 +81,6 @@ class RecentPages:
             self.pending = []
             now = time.monotonic()
             self.add_many(np.array(pending, dtype=np.int64), now)
-            self.noted += n
         return n
 
     def _bucket(self, page: int) -> int:

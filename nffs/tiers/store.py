@@ -560,25 +560,28 @@ class PageStore:
 
     # ================================================================== reading
     def read_from_memory(self, offset: int, size: int) -> memoryview | None:
-        """The common read without a coroutine: bytes [offset, offset+size) of one page (or of
-        a run of pages side by side in a direct-mapped arena) whose memory copy holds them intact, as a view into the tier's mapping (valid until the
-        caller next awaits); None sends the caller to :meth:`read`. `size` > 0, in params."""
+        """The common read without a coroutine: bytes [offset, offset+size) of one page (or
+        of a run of pages side by side in a direct-mapped arena) whose memory copy holds
+        them intact, as a view into the tier's mapping (valid until the caller next
+        awaits); None sends the caller to :meth:`read`. `size` > 0, within params."""
         ps = self.page_size
         first = offset // ps
         start = offset - first * ps
         if start + size > ps:
-            return self._read_run_from_memory(first, start, offset, size)
-        loc = self.table.mem(first)
-        if loc is None:
-            return None
-        mt, slot = loc
-        view = mt.arena.checked_view(slot, start, size)
+            view = self._run_from_memory(first, start, offset, size)
+        else:
+            loc = self.table.mem(first)
+            if loc is None:
+                return None
+            mt, slot = loc
+            view = mt.arena.checked_view(slot, start, size)
+            if view is not None:
+                heat = mt.heat
+                heat[slot] = heat.item(slot) + 1.0
+                mt.fast_hits += 1  # the tier's reads and hits (Tier.describe adds them)
         if view is None:
             return None
         self.counters["reads"] += 1
-        heat = mt.heat
-        heat[slot] = heat.item(slot) + 1.0
-        mt.fast_hits += 1  # the tier's reads and hits (Tier.describe adds them)
         for listener in self._memory_read_listeners:
             try:
                 listener(first, offset, size)
@@ -586,9 +589,9 @@ class PageStore:
                 log.exception("access listener failed")
         return view
 
-    def _read_run_from_memory(self, first: int, start: int, offset: int, size: int) -> memoryview | None:
-        """:meth:`read_from_memory` of bytes spanning pages first..last, when they sit side by
-        side in a direct-mapped arena (slot = page), complete and intact."""
+    def _run_from_memory(self, first: int, start: int, offset: int, size: int) -> memoryview | None:
+        """The bytes of :meth:`read_from_memory` spanning pages first..last, when they sit side
+        by side in a direct-mapped arena (slot = page), complete and intact; counted as hits."""
         if not self._direct:
             return None
         mt = self.memory_tiers[0].mem
@@ -601,17 +604,10 @@ class PageStore:
         view = mt.arena.checked_range(first, start, size)
         if view is None:
             return None
-        n = last - first + 1
-        self.counters["reads"] += 1
         heat = mt.heat
         for p in range(first, last + 1):  # a few pages: item updates cost less than a slice op
             heat[p] = heat.item(p) + 1.0
-        mt.fast_hits += n
-        for listener in self._memory_read_listeners:
-            try:
-                listener(first, offset, size)
-            except Exception:
-                log.exception("access listener failed")
+        mt.fast_hits += last - first + 1
         return view
 
     async def read(self, offset: int, size: int, *, zero_copy: bool = False) -> bytes | bytearray | memoryview:
