@@ -17,7 +17,7 @@ _BOUNDS_NS: tuple[int, ...] = tuple(round(b * 1e9) for b in BOUNDS_S)
 
 #: reads of params / levels served from memory are timed one in this many: such a read
 #: costs the daemon a few microseconds of Python, and two clock reads plus an update of
-#: the histogram per read were about 6 % of the cold 4 KiB read rate (scripts/bench_io.py).
+#: the histogram per read were about 6 % of the rate of cold 4 KiB reads from memory.
 #: Each timed one is counted for the untimed ones before it (a sampled histogram: exact
 #: count, sampled latencies). Reads that go further than memory are all timed.
 MEMORY_READ_SAMPLE = 32
