@@ -126,15 +126,16 @@ def _close_field(opened: OpenField) -> None:
     opened.close()
 
 
-def _freeze_long_lived(*, collect: bool = False) -> None:
+def _freeze_long_lived() -> None:
     """Take everything alive now (modules, the field's tables, the learned model) out of the
     cyclic collector's scans. A full collection walks every tracked object while holding
     the GIL; with numpy, river and trio loaded that is a 20-40 ms pause of the FUSE thread,
     longer than the p99 of any read, several times a minute under load. Objects made
     later are collected as usual; plain garbage among the frozen ones is still freed by
-    reference counting (only reference cycles among them would stay)."""
-    if collect:
-        gc.collect()
+    reference counting (only reference cycles among them would stay). Once, before the
+    first request (the learned model is built by then): the collection first, then the
+    freeze, so that no garbage is frozen."""
+    gc.collect()
     gc.freeze()
 
 
@@ -156,7 +157,7 @@ async def _run(ops: FieldOperations, store, prefetcher, opts: MountOptions, on_r
             from ..ui import metrics_http
 
             await nursery.start(metrics_http.start, opts.metrics_listen, ops.stats)
-        _freeze_long_lived(collect=True)  # before the first request: the pause costs nobody
+        _freeze_long_lived()  # before the first request: the pause costs nobody
         if on_ready is not None:
             on_ready()
         await pyfuse3.main()

@@ -88,7 +88,7 @@ class RecentPages:
 
     def add(self, page: int, now: float) -> None:
         """One page now (the hot paths append to `pending` instead)."""
-        b = ((page * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> self._shift
+        b = self._bucket(page)
         t = now - self._t0
         times = self._times
         if t > times[b]:
@@ -195,24 +195,17 @@ class Prefetcher:
         mmap writer may dirty them). Past a run of such reads of pages we did not plan,
         that is all; otherwise the read goes on to the predictor as an event."""
         last = (offset + size - 1) // self._page_size
-        pending = self.recent.pending
-        if last == page:
-            pending.append(page)
-            if self._skip_memory_reads and page not in self._planned:
+        if self._skip_memory_reads:
+            if last == page:
+                if page not in self._planned:
+                    self.recent.pending.append(page)
+                    self._skipped_reads += 1
+                    return
+            elif self._planned.keys().isdisjoint(range(page, last + 1)):
+                self.recent.pending.extend(range(page, last + 1))
                 self._skipped_reads += 1
                 return
-        elif last == page + 1:  # the kernel's 128 KiB read-ahead requests over 64 KiB pages
-            pending.append(page)
-            pending.append(last)
-            if self._skip_memory_reads and page not in self._planned and last not in self._planned:
-                self._skipped_reads += 1
-                return
-        else:
-            pending.extend(range(page, last + 1))
-            if self._skip_memory_reads and self._planned.keys().isdisjoint(range(page, last + 1)):
-                self._skipped_reads += 1
-                return
-        n = last - page + 1
+        n = last - page + 1  # an event: _on_event notes its pages in `recent` as well
         self._on_event(AccessEvent(AccessKind.READ, list(range(page, last + 1)), [False] * n, offset, size, time.monotonic()))
 
     def _on_event(self, ev: AccessEvent) -> None:

@@ -234,18 +234,19 @@ class MemoryArena:
 
     def checked_range(self, slot: int, offset: int, length: int) -> memoryview | None:
         """:meth:`checked_view` across consecutive slots (`offset` may pass the first page's
-        end): the bytes, if every slot touched holds all its chunks and the chunks read are
-        intact. One hash call per chunk and one lookup of the expected sums; the common
-        multi-page read of a direct-mapped arena (a 128 KiB kernel read-ahead request)."""
+        end): the bytes, if every chunk they touch is valid and intact. One hash call per
+        chunk and one lookup of the expected sums; the common multi-page read of a
+        direct-mapped arena (a 128 KiB kernel read-ahead request)."""
         c = self.chunk
         lo = slot * self.page_size + offset
         hi = lo + length
         g0, g1 = lo // c, (hi - 1) // c + 1
         per = self.chunks_per_page
-        s0, s1 = g0 // per, (g1 - 1) // per
-        valid, full = self.valid, self.full_mask
-        for s in range(s0, s1 + 1):
-            if valid.item(s) != full:
+        valid = self.valid
+        for s in range(g0 // per, (g1 - 1) // per + 1):
+            a = max(g0 - s * per, 0)
+            need = ((1 << (min(g1 - s * per, per) - a)) - 1) << a  # the chunks of slot s read
+            if valid.item(s) & need != need:
                 return None  # chunks still implicit: the careful path fills them
         view = self.view
         if [_h(view[g * c:(g + 1) * c]) for g in range(g0, g1)] != self.flat_sums[g0:g1].tolist():

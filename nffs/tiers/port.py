@@ -82,9 +82,9 @@ AccessListener = Callable[[AccessEvent], None]
 
 #: The hottest event of all, without an `AccessEvent`: a read answered from a memory tier
 #: (its first page, byte offset in params, size), called as it is answered (the listener
-#: reads the clock if it needs to); its pages are first .. (offset + size - 1) // page_size. A 4 KiB read served from memory costs the
-#: daemon a few microseconds; building an event object per read and walking it added a
-#: quarter of that.
+#: reads the clock if it needs to); its pages are first .. (offset + size - 1) // page_size.
+#: A 4 KiB read served from memory costs the daemon a few microseconds, and building an
+#: event object per read and walking it was a large share of them.
 MemoryReadListener = Callable[[int, int, int], None]
 
 

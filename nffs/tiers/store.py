@@ -623,29 +623,24 @@ class PageStore:
         view = self.read_from_memory(offset, size)
         if view is not None:
             return view if zero_copy else view.tobytes()
-        self.counters["reads"] += 1
         ps = self.page_size
         first = offset // ps
         start = offset - first * ps
         loc = self.table.mem(first)
         last = (offset + size - 1) // ps
         if loc is not None and first < last and loc[0].direct and self._direct_resident(loc[0], first, last):
-            # pages first..last sit side by side in a direct-mapped arena: one range of it
+            # pages first..last sit side by side in a direct-mapped arena, some of the chunks
+            # read still implicit: give those their init, then it is the one-range read
             mt, slot = loc
-            arena = mt.arena
             end = start + size
-            parts = [(slot + i, max(0, start - i * ps), min(ps, end - i * ps) - max(0, start - i * ps))
-                     for i in range(last - first + 1)]
-            for i, (sl, a, n) in enumerate(parts):
-                self._fill_implicit(first + i, mt, sl, a, n)
-            if all(arena.verify(sl, a, n) for sl, a, n in parts):
-                self._count_hits(mt, slot, last - first + 1)
-                if self._listeners:
-                    self._emit(AccessKind.READ, list(range(first, last + 1)), [False] * (last - first + 1), offset, size)
-                base = slot * ps + start
-                view = arena.view[base:base + size]
+            for i in range(last - first + 1):
+                a = max(0, start - i * ps)
+                self._fill_implicit(first + i, mt, slot + i, a, min(ps, end - i * ps) - a)
+            view = self.read_from_memory(offset, size)
+            if view is not None:
                 return view if zero_copy else view.tobytes()
             # a bad chunk somewhere: the page by page path below finds and handles it
+        self.counters["reads"] += 1
         started = time.monotonic()
         if first == last:
             out = bytearray(size)
