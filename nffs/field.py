@@ -159,7 +159,9 @@ class Field:
         if points.shape[0] <= INLINE_POINTS:
             # the small-batch path: all levels at once, a few dozen numpy calls (SPEC 8 "single point")
             entries, weights = hashgrid.corner_entries_small(self.layout, points)
-            rows = await self.store.gather_rows(entries)  # (L, C, N, F), all pages fetched at once
+            rows = self.store.gather_rows_now(entries)  # from memory at once, when it can...
+            if rows is None:
+                rows = await self.store.gather_rows(entries)  # ...else (L, C, N, F), all pages fetched at once
             out = self._finish(weights, rows, decoder)
         else:
             entries, weights = await trio.to_thread.run_sync(run_niced, INFER_NICE, hashgrid.corner_entries, self.layout, points)

@@ -335,6 +335,30 @@ def test_reads_skipped_as_cheap_still_keep_their_pages_from_being_pushed_over() 
     assert all(p in pf.recent for p in (7, 1234, 99))
 
 
+def test_small_memory_gathers_skip_the_predictor_unless_they_touch_planned_pages() -> None:
+    """A single-point query's gather served from memory reaches the predictor as a bare array
+    of pages (repeats and all): counted as an event and skipped, unless one of its pages is
+    one the predictor planned, which goes on as an event of distinct pages."""
+    from nffs.predictor.prefetch import Prefetcher
+    from nffs.tiers.port import AccessKind
+
+    ps = 65536
+    layout = sim._layout(ps)
+    port = sim.FakePort(layout.n_pages, ps)
+    pf = Prefetcher(port, layout, kind="markov", push=None)
+    hook = port.memory_gather_listeners[0]
+    before = pf.stats()
+    hook(np.array([3, 3, 9, 120, 9], dtype=np.int64))
+    assert pf._queue == deque()
+    st = pf.stats()
+    assert st["events"] == before["events"] + 1 and st["cheap_skipped"] == before["cheap_skipped"] + 1
+    pf.ledger.plan(9, "field", push=False, marker=False, now=time.monotonic())
+    hook(np.array([40, 9, 9], dtype=np.int64))
+    assert len(pf._queue) == 1
+    ev = pf._queue[0][1]
+    assert ev.kind is AccessKind.GATHER and ev.page_list == [9, 40]
+
+
 def test_memory_reads_that_skip_the_predictor_are_counted_and_never_pushed_over() -> None:
     """The store's hot path hands reads served from memory to the predictor unpacked (no
     event object). Past a run of cheap reads they are only noted: each counts once as an

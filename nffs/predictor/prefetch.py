@@ -155,7 +155,7 @@ class Prefetcher:
         self._field_stops_seen = 0
         self._field_judged = 0
         self._last_write = -1e9
-        port.add_listener(self._on_event, self._on_memory_read)
+        port.add_listener(self._on_event, self._on_memory_read, self._on_memory_gather)
 
     # ------------------------------------------------------------------ listeners (any thread)
     def _enqueue(self, item) -> None:
@@ -207,6 +207,20 @@ class Prefetcher:
                 return
         n = last - page + 1  # an event: _on_event notes its pages in `recent` as well
         self._on_event(AccessEvent(AccessKind.READ, list(range(page, last + 1)), [False] * n, offset, size, time.monotonic()))
+
+    def _on_memory_gather(self, pages: np.ndarray) -> None:
+        """A small gather served from memory (trio thread; a one-point query's path): with
+        nothing of ours in flight or unused, or none of its pages planned by us, there is
+        nothing to count or learn (the GATHER case of `_on_event`, without making the pages
+        distinct first)."""
+        if pages.size <= self.cfg.small_gather_pages:
+            entries = self.ledger.entries
+            if not entries or entries.keys().isdisjoint(pages.tolist()):
+                self.counters["events"] += 1
+                self.counters["cheap_skipped"] += 1
+                return
+        distinct = sorted(set(pages.tolist()))
+        self._on_event(AccessEvent(AccessKind.GATHER, distinct, [False] * len(distinct), 0, 0, time.monotonic()))
 
     def _on_event(self, ev: AccessEvent) -> None:
         """Called by the store for every access but the reads from memory that

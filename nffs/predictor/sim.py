@@ -35,6 +35,7 @@ class FakePort:
         self.versions: dict[int, int] = {}
         self.listeners = []
         self.memory_read_listeners = []
+        self.memory_gather_listeners = []
         self.inflight: dict[int, trio.Event] = {}
         self.slow_reads = 0
         self.demand_slow_reads = 0
@@ -53,10 +54,13 @@ class FakePort:
         self._emit(AccessEvent(AccessKind.WRITE, np.array([page]), np.zeros(1, bool), page * self.page_size, 1, time.monotonic()))
 
     # -- the port -------------------------------------------------------------------------
-    def add_listener(self, listener, on_memory_read=None) -> None:
+    def add_listener(self, listener, on_memory_read=None, on_memory_gather=None) -> None:
         """As the store does: reads served from memory go to `on_memory_read` (here: the
-        one-page ones; the simulated kernel's misses may span pages that are not contiguous)."""
+        one-page ones; the simulated kernel's misses may span pages that are not contiguous).
+        Simulated gathers are all events (`demand`): `on_memory_gather` is only kept (tests
+        call it)."""
         self.listeners.append(listener)
+        self.memory_gather_listeners.append(on_memory_gather)
         self.memory_read_listeners.append(on_memory_read or (
             lambda page, offset, size: listener(AccessEvent(AccessKind.READ, [page], [False], offset, size, time.monotonic()))))
 

@@ -65,6 +65,17 @@ class StoreConfig:
     #: a field whose pages fit in the first memory tier maps page p to slot p there, so a
     #: gather is one numpy take; below this page count the page->slot index is a dense array
     dense_index_pages: int = 1 << 20
+    #: memory for line sums of the direct-mapped arena's verified chunks (arena.LineSums):
+    #: small gathers check the 128-byte lines of their rows instead of hashing ~60 whole
+    #: chunks. Fixed, whatever the field's size: 8 MiB covers 64 MiB of 4 KiB chunks
+    line_sums_bytes: int = 8 << 20
+    #: slots of the direct-mapped arena whose chunks the background verifies and gives line
+    #: sums per tick, once small gathers use them (16 MiB of 64 KiB pages: a 57 MB field
+    #: is covered within two seconds of its first single-point query)...
+    learn_lines_slots_per_tick: int = 256
+    #: ...in steps of this many bytes, between which FUSE requests are served (~3 ms of
+    #: the trio thread per MiB when the chunks are cold)
+    learn_lines_step_bytes: int = 256 << 10
     #: memory given to an in-process arena when no memory tier is configured
     anonymous_arena_bytes: int = 64 << 20
     #: how long a verified tier-root identity is trusted before it is checked again (seconds)

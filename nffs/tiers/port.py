@@ -87,6 +87,11 @@ AccessListener = Callable[[AccessEvent], None]
 #: event object per read and walking it was a large share of them.
 MemoryReadListener = Callable[[int, int, int], None]
 
+#: A small gather (a single point, a concept, an `at/` lookup) answered wholly from memory:
+#: the page of each row it read, as an int64 array in no order and with repeats (making
+#: them distinct cost a one-point query more than the listener that usually ignores them).
+MemoryGatherListener = Callable[[np.ndarray], None]
+
 
 @dataclass(frozen=True)
 class FetchResult:
@@ -101,9 +106,11 @@ class PrefetchPort(Protocol):
     page_size: int
     n_pages: int
 
-    def add_listener(self, listener: AccessListener, on_memory_read: MemoryReadListener | None = None) -> None:
-        """Every access as an `AccessEvent`; with `on_memory_read`, reads served from
-        memory go there instead (the same event, unpacked)."""
+    def add_listener(self, listener: AccessListener, on_memory_read: MemoryReadListener | None = None,
+                     on_memory_gather: MemoryGatherListener | None = None) -> None:
+        """Every access as an `AccessEvent`; with `on_memory_read` / `on_memory_gather`,
+        reads and small gathers served from memory go there instead (the same event,
+        unpacked)."""
 
     def is_cheap(self, page: int) -> bool:
         """True when reading the page costs no slow-tier I/O (memory copy, or never written)."""

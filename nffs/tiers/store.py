@@ -35,7 +35,7 @@ from ..errors import ChecksumMismatch, InvalidInput, NoSpace, NffsError, PageIOE
 from .arena import MemoryArena
 from .config import StoreConfig
 from .pagetable import Home, MemTier, PageTable
-from .port import AccessEvent, AccessKind, AccessListener, FetchResult, MemoryReadListener, Priority
+from .port import AccessEvent, AccessKind, AccessListener, FetchResult, MemoryGatherListener, MemoryReadListener, Priority
 from . import generations
 from .homes import SlabHomes, chunk_size, compact_checksum, mask_runs, stored_checksum
 from .scheduler import IOScheduler
@@ -43,6 +43,8 @@ from .tier import Tier
 
 #: a gather of at most this many entries (8 points of a 16-level 3-D field) takes the small path
 SMALL_GATHER_ENTRIES = 1024
+#: small gathers whose heat may wait for the background tick (see `_apply_gather_heat`)
+GATHER_HEAT_PENDING = 1024
 #: the unsigned word that holds one row of 2, 4 or 8 bytes (a row taken as one word)
 _ROW_WORDS = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 
@@ -116,13 +118,37 @@ class PageStore:
         self._listeners: list[AccessListener] = []
         #: one per listener: how a read served from memory reaches it
         self._memory_read_listeners: list[MemoryReadListener] = []
+        #: ... and how a small gather served from memory does
+        self._memory_gather_listeners: list[MemoryGatherListener] = []
         #: pages [first, last] of each level, and whether all of them sit complete in the
         #: direct-mapped arena (then a gather needs no per-entry page bookkeeping for it)
         self._level_pages = [(lo // self.page_size, (hi - 1) // self.page_size)
                              for lo, hi in (layout.level_byte_range(l) for l in range(layout.n_levels))]
         self._level_ready = [False] * layout.n_levels
+        #: every level ready: a small gather needs no residency check (`_gather_small`)
+        self._all_levels_ready = False
+        #: the direct-mapped arena's parameter rows, as one word per row where one fits
+        self._row_table = np.zeros(0, dtype=np.uint8)
+        self._row_table_arena: MemoryArena | None = None
+        #: pages of recent small gathers, counted in the direct arena's heat later (`_apply_gather_heat`)
+        self._gather_heat: list[np.ndarray] = []
         first = self.memory_tiers[0] if self.memory_tiers else None
         self._direct = first is not None and first.mem is not None and first.mem.direct and table.dense
+        if self._direct:
+            assert first is not None and first.mem is not None
+            first.mem.arena.enable_line_sums(self.cfg.line_sums_bytes)
+        self._row_bytes = layout.features * layout.itemsize
+        #: small gathers may take the synchronous path (`gather_rows_now`)
+        self._direct_rows = self._direct and self.page_size % self._row_bytes == 0
+        self._rows_page_shift = (self.page_size // self._row_bytes).bit_length() - 1
+        #: the background's pass giving the direct arena's chunks line sums (`_learn_lines`):
+        #: the next slot, chunks learned in this pass, LineSums.changes when a whole pass
+        #: found nothing left to learn (nothing to do until a write changes some chunk) and
+        #: when the last tick looked (a pass waits for a tick without writes)
+        self._learn_cursor = 0
+        self._learn_in_pass = 0
+        self._learn_done_at = -1
+        self._learn_seen_changes = -1
         self.counters = {
             "reads": 0,
             "writes": 0,
@@ -187,8 +213,19 @@ class PageStore:
     def _touch(self, mt: MemTier, slot: int, boost: float = 1.0) -> None:
         mt.heat[slot] += boost
 
+    def _apply_gather_heat(self) -> None:
+        """Count the pages of the small gathers since the last call as accesses (one per row
+        read): deferred, as a single-point query cannot spare the three numpy calls of doing
+        it at once, and applied before anything ranks pages by heat."""
+        if self._gather_heat:
+            mt = self.memory_tiers[0].mem
+            assert mt is not None
+            np.add.at(mt.heat, np.concatenate(self._gather_heat), 1.0)
+            self._gather_heat.clear()
+
     def _decay_heat(self, elapsed: float) -> None:
         """Hotness is a decayed access count: the decay is applied to whole arrays, not per access."""
+        self._apply_gather_heat()
         factor = math.exp2(-elapsed / self.cfg.heat_half_life_s)
         for t in self.memory_tiers:
             if t.mem is not None:
@@ -268,6 +305,7 @@ class PageStore:
         return False
 
     def _victims(self, mt: MemTier, count: int, *, clean_only: bool) -> np.ndarray:
+        self._apply_gather_heat()
         slots = np.flatnonzero((mt.slot_page >= 0) & (mt.pins == 0))
         if clean_only:
             slots = slots[mt.dirty_gen[slots] == 0]
@@ -336,7 +374,25 @@ class PageStore:
         if counted:
             self.counters["evictions"] += 1
         if mt.direct:
-            self._level_ready = [False] * self.layout.n_levels
+            self._levels_unready()
+
+    def _levels_unready(self) -> None:
+        """A page of the direct-mapped arena left memory or became incomplete."""
+        self._level_ready = [False] * self.layout.n_levels
+        self._all_levels_ready = False
+
+    def _refresh_levels_ready(self) -> None:
+        """Mark the levels whose pages all sit complete in the direct-mapped arena (a few
+        numpy calls per level; big gathers do it as they go, this is for small ones)."""
+        mt = self.memory_tiers[0].mem
+        assert mt is not None
+        full = np.uint64(mt.arena.full_mask)
+        for l, ready in enumerate(self._level_ready):
+            if not ready:
+                lo, hi = self._level_pages[l]
+                if (mt.slot_page[lo:hi + 1] >= 0).all() and (mt.arena.valid[lo:hi + 1] == full).all():
+                    self._level_ready[l] = True
+        self._all_levels_ready = all(self._level_ready)
 
     def _unpin(self, mt: MemTier, slot: int) -> None:
         mt.pins[slot] -= 1
@@ -364,7 +420,7 @@ class PageStore:
         if data is None:
             mt.arena.install_empty(slot)
             if mt.direct:
-                self._level_ready = [False] * self.layout.n_levels
+                self._levels_unready()
         else:
             mt.arena.install(slot, data, stored=stored)
         self.table.set_mem(page, mt, slot, dirty_gen=0, home_tier=home_tier, has_home=has_home)
@@ -1300,18 +1356,15 @@ class PageStore:
         arena = mt.arena
         for p in pages[arena.valid[pages] != np.uint64(arena.full_mask)].tolist():
             self._fill_implicit(p, mt, p)
-        for l in pending:
-            lo, hi = self._level_pages[l]
-            if (mt.slot_page[lo:hi + 1] >= 0).all() and (arena.valid[lo:hi + 1] == np.uint64(arena.full_mask)).all():
-                self._level_ready[l] = True
+        if pending:
+            self._refresh_levels_ready()
 
-        chunk_shift = arena.chunk.bit_length() - 1
         small = ent.size <= 4096
 
         def take() -> tuple[np.ndarray | None, list[int]]:
             if small:
-                # a small batch checks just the chunks holding its rows (slot == page here)
-                bad = arena.bad_slots_of_chunks(sorted_unique((ent.reshape(-1) * row_bytes) >> chunk_shift).tolist())
+                # a small batch checks just the rows' lines, or their chunks (slot == page here)
+                bad = arena.bad_slots_of_rows(ent.reshape(-1) * row_bytes, row_bytes)
             else:
                 per_page = arena.chunks_per_page
                 every = (pages[:, None] * per_page + np.arange(per_page)).reshape(-1)
@@ -1334,23 +1387,67 @@ class PageStore:
     def _take_rows(self, arena: MemoryArena, ent: np.ndarray, feats: int, row_bytes: int) -> np.ndarray:
         """Rows of a direct-mapped arena (slot == page): one take, a row as one word when it
         fits one; entries past the parameter table raise."""
-        table = arena.bytes[: self.layout.total_entries * row_bytes]
-        word = _ROW_WORDS.get(row_bytes)
-        dtype = self.layout.dtype
-        if word is not None:
-            return np.take(table.view(word), ent).view(dtype).reshape(ent.shape + (feats,))
-        return np.take(table.view(dtype).reshape(-1, feats), ent, axis=0)
+        if self._row_table_arena is arena:
+            table = self._row_table
+        else:  # the view is made once: an arena keeps its mapping while the store is open
+            table = arena.bytes[: self.layout.total_entries * row_bytes]
+            word = _ROW_WORDS.get(row_bytes)
+            table = table.view(word) if word is not None else table.view(self.layout.dtype).reshape(-1, feats)
+            self._row_table, self._row_table_arena = table, arena
+        if table.ndim == 1:
+            return table.take(ent).view(self.layout.dtype).reshape(ent.shape + (feats,))
+        return table.take(ent, axis=0)
+
+    def gather_rows_now(self, entries: np.ndarray) -> np.ndarray | None:
+        """:meth:`gather_rows` of a small batch (a single-point query: 128 rows on ~55 pages)
+        answered at once, without a coroutine: a dozen numpy calls when the direct-mapped arena
+        holds every page complete and the rows' lines verify (`MemoryArena.bad_slots_of_rows`).
+        None: ask `gather_rows` (a page to fetch or complete, a copy found bad, not direct)."""
+        if not self._direct_rows or entries.size > SMALL_GATHER_ENTRIES:
+            return None
+        ent = entries.view(np.int64) if entries.dtype == np.uint64 else entries.astype(np.int64, copy=False)
+        return self._gather_small_now(ent, self.layout.features, self._row_bytes, self._rows_page_shift)
+
+    def _gather_small_now(self, ent: np.ndarray, feats: int, row_bytes: int, shift: int) -> np.ndarray | None:
+        mt = self.memory_tiers[0].mem
+        assert mt is not None
+        flat = ent.reshape(-1)
+        if flat.size == 0:
+            return self._take_rows(mt.arena, ent, feats, row_bytes)
+        if int(flat.view(np.uint64).max()) >= self.layout.total_entries:  # a negative one is huge as uint64
+            raise InvalidInput("entry index outside the parameter table")
+        arena = mt.arena
+        pages = flat >> shift
+        if not self._all_levels_ready and (
+                mt.slot_page.take(pages).min() < 0 or (arena.valid.take(pages) != arena.full_mask).any()):
+            return None
+        bad = arena.bad_slots_of_rows(flat * row_bytes, row_bytes)
+        if bad:
+            self._drop_bad_copies(bad)
+            return None
+        rows = self._take_rows(arena, ent, feats, row_bytes)
+        self._gather_heat.append(pages)
+        if len(self._gather_heat) >= GATHER_HEAT_PENDING:
+            self._apply_gather_heat()
+        for listener in self._memory_gather_listeners:
+            listener(pages)
+        return rows
 
     async def _gather_small(self, ent: np.ndarray, feats: int, row_bytes: int, shift: int) -> np.ndarray:
-        """:meth:`_gather_direct` for a few points (a single-point query touches ~60 pages):
-        the same steps on Python sets and lists, which beat numpy's per-call overhead at this
-        size. Every chunk holding a row taken is verified, as on every read."""
+        """:meth:`_gather_direct` for a few points: at once when it can (`gather_rows_now`),
+        else the careful path."""
+        rows = self._gather_small_now(ent, feats, row_bytes, shift)
+        if rows is None:
+            rows = await self._gather_small_fetching(ent, feats, row_bytes, shift)
+        return rows
+
+    async def _gather_small_fetching(self, ent: np.ndarray, feats: int, row_bytes: int, shift: int) -> np.ndarray:
+        """The small gather when some page is not in memory or not complete there: fetch (demand
+        class, all at once), fill implicit chunks, verify, take."""
         started = time.monotonic()
         mt = self.memory_tiers[0].mem
         assert mt is not None
         entries = ent.reshape(-1).tolist()
-        if entries and (min(entries) < 0 or max(entries) >= self.layout.total_entries):
-            raise InvalidInput("entry index outside the parameter table")
         pages = sorted({e >> shift for e in entries})
         resident = mt.slot_page.item
         for _ in range(3):
@@ -1372,11 +1469,10 @@ class PageStore:
         for p in pages:
             if valid(p) != full:
                 self._fill_implicit(p, mt, p)
-        chunk_shift = arena.chunk.bit_length() - 1
-        bad = arena.bad_slots_of_chunks(sorted({(e * row_bytes) >> chunk_shift for e in entries}))
+        bad = arena.bad_slots_of_rows(ent.reshape(-1) * row_bytes, row_bytes)
         if bad:
             self._drop_bad_copies(bad)
-            return await self._gather_small(ent, feats, row_bytes, shift)
+            return await self._gather_small_fetching(ent, feats, row_bytes, shift)
         rows = self._take_rows(arena, ent, feats, row_bytes)
         heat = mt.heat
         for p in pages[:64]:
@@ -1538,6 +1634,7 @@ class PageStore:
             last = now
             try:
                 await self._maintain_memory()
+                await self._learn_lines()
                 due = time.monotonic() - self._last_writeback >= writeback_interval
                 if (kicked or due) and any(t.dirty for t in self.memory_tiers):
                     await self._writeback(None)
@@ -1549,6 +1646,46 @@ class PageStore:
                 if str(exc) != reported:
                     log.error("background write-back failed, will retry: %s", exc)
                     reported = str(exc)
+
+    async def _learn_lines(self) -> None:
+        """Give the direct arena's chunks line sums ahead of the small gathers that check them
+        (a single-point query reads ~60 chunks; each it has no line sums for costs an xxh3 of
+        the whole chunk). Only when every chunk of the arena fits the line-sum table (else
+        passes would evict what gathers learned), only after a tick without writes (a copy
+        in progress would undo the work), and in steps between which FUSE requests are served.
+        A pass that finds nothing to learn ends the work until a write changes a chunk."""
+        if not self._direct:
+            return
+        if not self._all_levels_ready:
+            self._refresh_levels_ready()
+        mt = self.memory_tiers[0].mem
+        assert mt is not None
+        arena = mt.arena
+        lines = arena.lines
+        n_slots = min(arena.n_slots, self.n_pages)
+        if lines is None or n_slots * arena.chunks_per_page * lines.lines_per_chunk > lines.mask + 1:
+            return
+        changes = lines.changes
+        if changes != self._learn_seen_changes:
+            self._learn_seen_changes = changes  # writes since the last tick: not yet
+            return
+        if changes == self._learn_done_at:
+            return
+        budget = self.cfg.learn_lines_slots_per_tick
+        step = max(1, self.cfg.learn_lines_step_bytes // self.page_size)
+        while budget > 0:
+            n = min(step, budget, n_slots - self._learn_cursor)
+            self._learn_in_pass += arena.learn_lines_of_slots(self._learn_cursor, n)
+            budget -= n
+            self._learn_cursor += n
+            if self._learn_cursor >= n_slots:
+                self._learn_cursor = 0
+                if not self._learn_in_pass:
+                    self._learn_done_at = lines.changes
+                    return
+                self._learn_in_pass = 0
+            await trio.lowlevel.checkpoint()
+        self._learn_seen_changes = lines.changes
 
     async def _maintain_memory(self) -> None:
         evictions = self.counters["evictions"]
@@ -1680,7 +1817,8 @@ class PageStore:
             await self.sync()
 
     # ================================================================== facts
-    def add_listener(self, listener: AccessListener, on_memory_read: MemoryReadListener | None = None) -> None:
+    def add_listener(self, listener: AccessListener, on_memory_read: MemoryReadListener | None = None,
+                     on_memory_gather: MemoryGatherListener | None = None) -> None:
         self._listeners.append(listener)
         if on_memory_read is None:
             ps = self.page_size
@@ -1688,7 +1826,12 @@ class PageStore:
             def on_memory_read(page: int, offset: int, size: int) -> None:
                 n = (offset + size - 1) // ps - page + 1
                 listener(AccessEvent(AccessKind.READ, list(range(page, page + n)), [False] * n, offset, size, time.monotonic()))
+        if on_memory_gather is None:
+            def on_memory_gather(pages: np.ndarray) -> None:
+                distinct = sorted(set(pages.tolist()))
+                listener(AccessEvent(AccessKind.GATHER, distinct, [False] * len(distinct), 0, 0, time.monotonic()))
         self._memory_read_listeners.append(on_memory_read)
+        self._memory_gather_listeners.append(on_memory_gather)
 
     def materialised_pages(self) -> int:
         return sum(t.pages for t in self.durable_tiers)
@@ -1730,6 +1873,7 @@ class PageStore:
     def close(self) -> None:
         if self.read_only and self.field_dir is not None and self.generation:
             generations.drop_lease(self.field_dir)  # a reader that leaves pins nothing
+        self._row_table, self._row_table_arena = np.zeros(0, dtype=np.uint8), None  # lets the arena unmap
         self.table.close()
         for t in self.tiers:
             t.close()
@@ -1743,8 +1887,9 @@ class StorePort:
         self.page_size = store.page_size
         self.n_pages = store.n_pages
 
-    def add_listener(self, listener: AccessListener, on_memory_read: MemoryReadListener | None = None) -> None:
-        self._store.add_listener(listener, on_memory_read)
+    def add_listener(self, listener: AccessListener, on_memory_read: MemoryReadListener | None = None,
+                     on_memory_gather: MemoryGatherListener | None = None) -> None:
+        self._store.add_listener(listener, on_memory_read, on_memory_gather)
 
     def is_cheap(self, page: int) -> bool:
         s = self._store

@@ -1,0 +1,134 @@
+"""The memory arena's checks of small gathers (line sums), against a model of its bytes.
+
+A small gather (a single-point query) checks the 128-byte lines its rows are in against
+line sums learned from verified chunks, instead of hashing each chunk whole. What users
+rely on: a row whose bytes changed behind the arena's back is never taken as good, a
+legitimate write never looks like corruption, and a line sum alone never declares a copy
+bad (the chunk's own checksum decides).
+"""
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nffs.tiers.arena import LINE_BYTES, MemoryArena
+
+PAGE = 16384
+CHUNK = 4096
+SLOTS = 4
+ROW = 8
+
+
+def make_arena(budget: int) -> MemoryArena:
+    arena = MemoryArena(None, SLOTS, PAGE, CHUNK)
+    rng = np.random.default_rng(1)
+    for slot in range(SLOTS):
+        arena.install(slot, rng.integers(0, 256, PAGE, dtype=np.uint8).tobytes(), stored=arena.full_mask)
+    arena.enable_line_sums(budget)
+    return arena
+
+
+rows = st.lists(st.integers(0, SLOTS * PAGE // ROW - 1), min_size=1, max_size=40)
+ops = st.lists(st.one_of(
+    st.tuples(st.just("check"), rows),
+    st.tuples(st.just("write"), st.integers(0, SLOTS * PAGE // ROW - 1), st.integers(0, 255)),
+    st.tuples(st.just("corrupt"), st.integers(0, SLOTS * PAGE - 1), st.integers(1, 255)),
+    st.tuples(st.just("repair"),),
+), min_size=1, max_size=30)
+
+
+@settings(max_examples=150, deadline=None)
+@given(program=ops, budget=st.sampled_from([CHUNK // LINE_BYTES * 8, 4096, 1 << 20]))
+def test_row_checks_find_every_changed_row_and_never_blame_a_write(program, budget: int) -> None:
+    """Small budgets make chunks share records (direct-mapped table): results must not change."""
+    arena = make_arena(budget)
+    corrupted: dict[int, int] = {}  # byte offset -> its good value (changed behind the arena's back)
+    try:
+        for op in program:
+            if op[0] == "write":  # a legitimate write of one row, through the arena
+                entry, value = op[1], op[2]
+                slot, off = divmod(entry * ROW, PAGE)
+                if any(slot * PAGE + (off // CHUNK) * CHUNK <= b < slot * PAGE + (off // CHUNK + 1) * CHUNK
+                       for b in corrupted):
+                    continue  # the store never patches a chunk that fails its checksum
+                arena.write(slot, off, memoryview(bytes([value]) * ROW))
+            elif op[0] == "corrupt":
+                at, xor = op[1], op[2]
+                corrupted.setdefault(at, int(arena.bytes[at]))
+                arena.bytes[at] ^= xor
+                if int(arena.bytes[at]) == corrupted[at]:
+                    del corrupted[at]
+            elif op[0] == "repair":
+                for at, good in corrupted.items():
+                    arena.bytes[at] = good
+                corrupted.clear()
+            else:
+                offsets = np.array(op[1], dtype=np.int64) * ROW
+                bad = set(arena.bad_slots_of_rows(offsets, ROW))
+                read_lines = {int(o) // LINE_BYTES for o in offsets}
+                read_chunks = {int(o) // CHUNK for o in offsets}
+                must = {at // PAGE for at in corrupted if at // LINE_BYTES in read_lines}
+                may = {at // PAGE for at in corrupted if at // CHUNK in read_chunks}
+                assert must <= bad, "a row whose line changed behind the arena's back passed"
+                assert bad <= may, "a copy was blamed without a changed byte in the chunks read"
+    finally:
+        arena.close()
+
+
+def test_line_records_survive_aliasing_and_forget_on_release() -> None:
+    arena = make_arena(CHUNK // LINE_BYTES * 8)  # one chunk's records: every chunk shares them
+    try:
+        every_chunk = np.arange(SLOTS * PAGE // CHUNK, dtype=np.int64) * CHUNK
+        assert arena.bad_slots_of_rows(every_chunk, ROW) == []
+        assert arena.bad_slots_of_rows(every_chunk[::-1].copy(), ROW) == []
+        arena.bytes[PAGE + 5] ^= 1  # slot 1, first row's line
+        assert arena.bad_slots_of_rows(every_chunk, ROW) == [1]
+        arena.bytes[PAGE + 5] ^= 1
+    finally:
+        arena.close()
+
+
+def test_a_write_makes_the_old_line_sums_worthless() -> None:
+    """Written bytes put back to their old value behind the arena's back are a corruption:
+    the line's record of the old bytes must be gone with the write."""
+    arena = make_arena(1 << 20)
+    try:
+        row = np.array([PAGE + 64], dtype=np.int64)
+        assert arena.bad_slots_of_rows(row, ROW) == []  # learned
+        old = arena.bytes[PAGE + 64:PAGE + 64 + ROW].copy()
+        old_line = arena.bytes[PAGE:PAGE + LINE_BYTES].copy()
+        arena.write(1, 64, memoryview(b"new rows"))
+        arena.bytes[PAGE + 64:PAGE + 64 + ROW] = old
+        assert arena.bad_slots_of_rows(row, ROW) == [1]
+        arena.write(1, 64, memoryview(old.tobytes()))  # the same through the arena: fine
+        assert arena.bad_slots_of_rows(row, ROW) == []
+        assert arena.learn_lines_of_slots(1, 1) == PAGE // CHUNK - 1  # all but the chunk checked above
+        arena.install(1, arena.bytes[PAGE:2 * PAGE].tobytes(), stored=arena.full_mask)  # a new copy: learned anew
+        assert arena.learn_lines_of_slots(1, 1) == PAGE // CHUNK
+        other = MemoryArena(None, 1, PAGE, CHUNK)  # a copy moved in from another tier...
+        try:
+            other.install(0, bytes(PAGE), stored=other.full_mask)
+            arena.copy_from(1, other, 0)
+        finally:
+            other.close()
+        arena.bytes[PAGE:PAGE + LINE_BYTES] = old_line  # ...and the old line put back behind its back
+        assert arena.bad_slots_of_rows(row, ROW) == [1]
+    finally:
+        arena.close()
+
+
+def test_background_learning_covers_valid_intact_chunks_only() -> None:
+    arena = make_arena(1 << 20)
+    try:
+        arena.install_empty(3)  # all implicit init: nothing there to learn
+        arena.bytes[PAGE] ^= 0xFF  # slot 1's first chunk fails its checksum: never learned
+        assert arena.learn_lines_of_slots(0, SLOTS) == 3 * PAGE // CHUNK - 1
+        assert arena.learn_lines_of_slots(0, SLOTS) == 0
+        assert arena.bad_slots_of_rows(np.array([PAGE], dtype=np.int64), ROW) == [1]
+        arena.bytes[PAGE] ^= 0xFF
+        arena.bytes[2 * PAGE + 9] ^= 0x10  # changed after its line was learned: found
+        assert arena.bad_slots_of_rows(np.array([2 * PAGE + 8], dtype=np.int64), ROW) == [2]
+        assert arena.bad_slots_of_rows(np.array([2 * PAGE + LINE_BYTES], dtype=np.int64), ROW) == []  # other lines pass
+    finally:
+        arena.close()
