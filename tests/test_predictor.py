@@ -62,6 +62,25 @@ def test_address_learns_strides_and_backward_scans(page_size: int, stride: int) 
     assert events <= 0.15 * len(read_pages) + 12
 
 
+@pytest.mark.parametrize("page_size,stride,read,pushed", [
+    (4096, 16384, 16384, False),  # contiguous forward over small pages: the kernel's read-ahead follows it
+    (4096, -16384, 16384, True),  # backward: the kernel's read-ahead does not
+    (4096, 3 * 65536, 8192, True),  # a stride past the kernel's window
+    (65536, 65536, 65536, True),  # big pages: a read-ahead window spans two of them
+])
+def test_only_streams_the_kernel_read_ahead_does_not_follow_are_pushed(page_size: int, stride: int, read: int,
+                                                                     pushed: bool) -> None:
+    size = 1 << 30
+    ap = AddressPredictor(PrefetchConfig(), make_model("markov"), page_size=page_size, params_bytes=size)
+    start = size // 2
+    flags = set()
+    for i in range(64):
+        for plan in ap.observe(start + i * stride, read, i * 0.001):
+            if plan.pages:
+                flags.add(plan.push)
+    assert flags == {pushed}
+
+
 def _timed_replay(ap: AddressPredictor, n: int, read: int, dt: float, late_at: int = -1) -> tuple[int, int]:
     """A forward reader of ``read`` bytes every ``dt`` seconds, fed as the kernel would (only
     reads of pages not pushed reach the predictor). Returns (last page read, furthest planned)."""

@@ -51,6 +51,9 @@ class AddressPlan:
     markers: set[int] = field(default_factory=set)  # fetched, not pushed
     consumed: list[int] = field(default_factory=list)  # planned pages the reader has passed
     source: str = "trend"  # "trend" or "model"
+    #: pushed into the kernel cache as they arrive (False: fetched into memory for the
+    #: kernel's own read-ahead to find, see PrefetchConfig.kernel_readahead_page_bytes)
+    push: bool = True
     confidence: float = 1.0
     #: time of the read that triggered the plan: the reaction time (trigger to the arrival of
     #: the plan's first page) is what the stream's lead must cover
@@ -60,7 +63,7 @@ class AddressPlan:
 class Stream:
     __slots__ = ("id", "last_off", "last_end", "last_size", "deltas", "sizes", "steps", "anchor",
                  "frontier", "planned", "marker_step", "marker_page", "t", "classes", "chain", "trend", "unit", "hit_t", "hit_off", "rate",
-                 "boost", "late_seen", "sized", "phases", "seen")
+                 "boost", "late_seen", "sized", "phases", "seen", "kernel_led")
 
     def __init__(self, sid: int, off: int, end: int, now: float, window: int) -> None:
         self.id = sid
@@ -90,6 +93,9 @@ class Stream:
         self.chain: list[tuple[int, str]] = []  # (offset, class) predicted by the model, pending
         self.trend: tuple | None = None  # (token, step bytes, extent bytes)
         self.seen = 0  # the predictor's event count at this stream's last read
+        #: the kernel's read-ahead follows this stream: its pages are fetched, not pushed
+        #: (PrefetchConfig.kernel_readahead_page_bytes)
+        self.kernel_led = False
 
 
 def _close(a, b, tol: int) -> bool:
@@ -377,8 +383,15 @@ class AddressPredictor:
         s.frontier = 0
         s.planned.clear()
         s.unit = max(1, math.ceil(ps / abs(step)))
-        s.steps = min(cfg.ra_initial_steps * s.unit, self._cap_steps(step, extent))
+        s.kernel_led = cand == FWD and ps <= cfg.kernel_readahead_page_bytes
+        s.steps = min(max(cfg.ra_initial_steps * s.unit, self._kernel_floor(s, step)), self._cap_steps(step, extent))
         return self._extend(s, 0)
+
+    def _kernel_floor(self, s: Stream, step: float) -> int:
+        """Steps a kernel-led stream plans at least (0 for the others)."""
+        if not s.kernel_led:
+            return 0
+        return math.ceil(self.cfg.kernel_readahead_lead_bytes / abs(step))
 
     def _periodic(self, deltas: list) -> tuple[float, tuple[float, ...]] | None:
         """No single delta holds a majority: try Leap's vote on lag-p differences (p = 2 .. max_period):
@@ -475,7 +488,7 @@ class AddressPredictor:
             else:
                 s.boost = max(1.0, s.boost * cfg.ra_boost_decay)
         cap = self._cap_steps(step, extent)
-        floor = min(cap, 2 * s.unit)
+        floor = min(cap, max(2 * s.unit, self._kernel_floor(s, step)))
         if s.rate > 0 and self.fetch_latency_s > 0:
             lead = s.rate * self.fetch_latency_s * cfg.lead_margin * s.boost / abs(step)
             want = 2 * max(s.unit, math.ceil(lead))
@@ -516,7 +529,7 @@ class AddressPredictor:
             return None
         s.planned.extend(new_steps)
         s.frontier = new_steps[-1][0]
-        plan = AddressPlan(s.id, pages=pages, source="trend")
+        plan = AddressPlan(s.id, pages=pages, source="trend", push=not s.kernel_led)
         # the marker: the first page of the first new step at least half a window (one lead)
         # ahead of the reader, so that when the reader reaches it a lead is still planned
         # beyond it; markers are one lead apart, which also bounds how much of a stopped

@@ -59,6 +59,20 @@ class PrefetchConfig:
     #: p = 2 .. this (strides a, b, a, b, ... : every two sum to a + b); longer cycles are
     #: left to the learned model (a vote over p deltas needs p x min_votes of history)
     max_period: int = 3
+    #: a contiguous forward stream over pages of at most this many bytes is left to the
+    #: kernel's own read-ahead: its pages are fetched into memory ahead of the kernel's
+    #: requests, not pushed into the page cache (0: push every stream). The kernel's
+    #: asynchronous read-ahead keeps such a reader in page-cache hits by itself once its
+    #: requests are served from memory; pushed pages carry no read-ahead mark, so pushing
+    #: them switches it off and the reader meets our markers as blocking misses instead
+    #: (docs/prefetch.md 6.0c: 4 KiB seq / stride-odd / mmap-seq p99 0.1 ms with `none`,
+    #: 0.5-0.6 ms with pushes). Backward and strided streams are pushed: the kernel's
+    #: read-ahead does not follow them
+    kernel_readahead_page_bytes: int = 16 << 10
+    #: ... such a stream's window reaches at least this many bytes beyond the kernel's latest
+    #: request: the kernel's read-ahead runs up to one of its windows (128 KiB by default)
+    #: ahead of the reader, and its next request must find its pages fetched already
+    kernel_readahead_lead_bytes: int = 256 << 10
     #: readahead window (in trend steps) when a trend is first confirmed
     ra_initial_steps: int = 4
     #: the window doubles on each confirmed marker hit up to this many steps ...

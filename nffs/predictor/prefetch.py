@@ -432,7 +432,7 @@ class Prefetcher:
                 for page, is_cheap in zip(p.pages, cheap):
                     if is_cheap:
                         continue
-                    e = self.ledger.plan(page, "address", push=True, marker=page in p.markers, now=now,
+                    e = self.ledger.plan(page, "address", push=p.push, marker=page in p.markers, now=now,
                                          stream=p.stream, conf=p.confidence)
                     if e is not None and e.state == QUEUED:
                         if head:  # the plan's first page measures the reaction time
