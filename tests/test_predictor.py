@@ -354,6 +354,32 @@ def test_reads_skipped_as_cheap_still_keep_their_pages_from_being_pushed_over() 
     assert all(p in pf.recent for p in (7, 1234, 99))
 
 
+def test_a_run_of_cheap_reads_hands_the_store_a_log_and_a_planned_read_takes_it_back() -> None:
+    """Past `cheap_skip_after` reads served from memory that touched nothing planned, the
+    store appends such reads' pages straight to `recent` (no call per read); a read of a
+    planned page ends that, and the logged reads still count in the statistics."""
+    from nffs.predictor.prefetch import Prefetcher
+    from nffs.tiers.port import AccessEvent, AccessKind
+
+    ps = 65536
+    layout = sim._layout(ps)
+    port = sim.FakePort(layout.n_pages, ps)
+    pf = Prefetcher(port, layout, kind="markov", push=None)
+    now = time.monotonic()
+    for i in range(pf.cfg.cheap_skip_after + 1):
+        pf._account(AccessEvent(AccessKind.READ, [i * 7], [False], i * 7 * ps, 4096, now), now)
+    assert port.read_log is pf.recent.pending and port.read_log_watched is pf.ledger.entries
+    before = pf.stats()
+    port.read_log.append(900)  # as the store does for a logged read
+    port.logged_reads += 1
+    assert 900 in pf.recent
+    st = pf.stats()
+    assert st["events"] == before["events"] + 1 and st["cheap_skipped"] == before["cheap_skipped"] + 1
+    pf.ledger.plan(500, "address", push=True, marker=False, now=now)
+    pf._account(AccessEvent(AccessKind.READ, [500], [False], 500 * ps, 4096, now), now)
+    assert port.read_log is None
+
+
 def test_small_memory_gathers_skip_the_predictor_unless_they_touch_planned_pages() -> None:
     """A single-point query's gather served from memory reaches the predictor as a bare array
     of pages (repeats and all): counted as an event and skipped, unless one of its pages is

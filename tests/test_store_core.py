@@ -316,6 +316,33 @@ async def test_corrupted_clean_memory_copy_is_never_returned(tmp_path: Path, mem
     assert fsck(str(field)).clean
 
 
+async def test_memory_reads_go_to_the_log_unless_a_watched_page_is_read(tmp_path: Path) -> None:
+    """While the prefetcher has reads logged (`log_memory_reads`), a read served from memory
+    only appends its pages to the log; a read touching a watched (planned) page is reported
+    to the listener as before, and so is every read once the log is taken away."""
+    field = make_field(tmp_path, page_size=16384, memory="1M")
+    opened = open_field(str(field))
+    store = opened.store
+    try:
+        await store.write(0, pattern(1, 4 * 16384))  # pages 0..3 in memory
+        reported: list[tuple[int, int, int]] = []
+        store.add_listener(lambda ev: None, lambda page, off, size: reported.append((page, off, size)))
+        log: list[int] = []
+        watched = {2: object()}
+        store.log_memory_reads(log, watched)
+        assert store.read_from_memory(100, 4096) is not None  # page 0
+        assert store.read_from_memory(16384 - 10, 20) is not None  # pages 0..1
+        assert log == [0, 0, 1] and reported == [] and store.logged_memory_reads() == 2
+        assert store.read_from_memory(2 * 16384 + 5, 100) is not None  # the watched page: reported
+        assert store.read_from_memory(2 * 16384 - 10, 20) is not None  # a run touching it: reported
+        assert reported == [(2, 2 * 16384 + 5, 100), (1, 2 * 16384 - 10, 20)]
+        store.log_memory_reads(None)
+        assert store.read_from_memory(3 * 16384, 4096) is not None
+        assert reported[-1] == (3, 3 * 16384, 4096) and log == [0, 0, 1]
+    finally:
+        opened.close()
+
+
 @pytest.mark.parametrize("memory", ["1M", "64K"], ids=["direct", "slotted"])
 async def test_read_across_pages_never_returns_a_corrupted_memory_copy(tmp_path: Path, memory: str) -> None:
     """A read spanning written pages that all sit in memory (the kernel's 128 KiB

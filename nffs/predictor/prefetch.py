@@ -74,13 +74,14 @@ class RecentPages:
         self.pending: list[int] = []
 
     def flush(self) -> int:
-        """Enter the pending pages; how many there were."""
+        """Enter the pending pages; how many there were. The list is emptied in place: the
+        store appends to it directly while reads skip the predictor (`log_memory_reads`)."""
         pending = self.pending
         n = len(pending)
         if n:
-            self.pending = []
-            now = time.monotonic()
-            self.add_many(np.array(pending, dtype=np.int64), now)
+            pages = np.array(pending, dtype=np.int64)
+            pending.clear()
+            self.add_many(pages, time.monotonic())
         return n
 
     def _bucket(self, page: int) -> int:
@@ -389,11 +390,17 @@ class Prefetcher:
             return False
         if interesting:
             self._cheap_run = 0
-            self._skip_memory_reads = False
+            if self._skip_memory_reads:
+                self._skip_memory_reads = False
+                self.port.log_memory_reads(None)
             return True
         self._cheap_run += 1
         if self._cheap_run > self.cfg.cheap_skip_after:
-            self._skip_memory_reads = True
+            if not self._skip_memory_reads:
+                # from now on the store only notes such reads' pages in `recent` (no call per
+                # read) until one touches a planned page, which it reports as before
+                self._skip_memory_reads = True
+                self.port.log_memory_reads(self.recent.pending, self._planned)
             self.counters["cheap_skipped"] += 1
             return False
         return True
@@ -687,7 +694,7 @@ class Prefetcher:
     # ------------------------------------------------------------------ statistics
     def stats(self) -> dict:
         self.recent.flush()
-        skipped_reads = self._skipped_reads
+        skipped_reads = self._skipped_reads + self.port.logged_memory_reads()
         spaces = {s: self.ledger.summary(s) for s in SPACES}
         total = {k: sum(spaces[s][k] for s in SPACES)
                  for k in ("issued", "useful", "late", "wasted", "pending", "demand_misses", "pushed")}

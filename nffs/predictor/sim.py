@@ -36,6 +36,9 @@ class FakePort:
         self.listeners = []
         self.memory_read_listeners = []
         self.memory_gather_listeners = []
+        self.read_log: list[int] | None = None  # as the store's `log_memory_reads`
+        self.read_log_watched: dict = {}
+        self.logged_reads = 0
         self.inflight: dict[int, trio.Event] = {}
         self.slow_reads = 0
         self.demand_slow_reads = 0
@@ -63,6 +66,13 @@ class FakePort:
         self.memory_gather_listeners.append(on_memory_gather)
         self.memory_read_listeners.append(on_memory_read or (
             lambda page, offset, size: listener(AccessEvent(AccessKind.READ, [page], [False], offset, size, time.monotonic()))))
+
+    def log_memory_reads(self, log, watched=None) -> None:
+        self.read_log = log
+        self.read_log_watched = watched if watched is not None else {}
+
+    def logged_memory_reads(self) -> int:
+        return self.logged_reads
 
     def memory_capacity_pages(self) -> int:
         return self.memory_pages
@@ -154,6 +164,10 @@ class FakePort:
         finally:
             self._waiting -= 1
         if kind is AccessKind.READ and len(pages) == 1 and not slow[0]:
+            if self.read_log is not None and int(pages[0]) not in self.read_log_watched:
+                self.read_log.append(int(pages[0]))
+                self.logged_reads += 1
+                return
             for on_memory_read in self.memory_read_listeners:
                 on_memory_read(int(pages[0]), offset, size)
             return

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Mapping, Protocol
 
 import numpy as np
 
@@ -111,6 +111,15 @@ class PrefetchPort(Protocol):
         """Every access as an `AccessEvent`; with `on_memory_read` / `on_memory_gather`,
         reads and small gathers served from memory go there instead (the same event,
         unpacked)."""
+
+    def log_memory_reads(self, log: list[int] | None, watched: Mapping[int, object] | None = None) -> None:
+        """While `log` is set, a read served from memory none of whose pages is in `watched`
+        only appends its pages to `log` (no call of `on_memory_read`: a cold 4 KiB read
+        costs the daemon ~30 µs, and a call per read was several of them); the others are
+        reported as usual. None: report every read again."""
+
+    def logged_memory_reads(self) -> int:
+        """Reads that went to a log instead of `on_memory_read` so far."""
 
     def is_cheap(self, page: int) -> bool:
         """True when reading the page costs no slow-tier I/O (memory copy, or never written)."""

@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Mapping
 
 import numpy as np
 import trio
@@ -120,6 +120,11 @@ class PageStore:
         self._memory_read_listeners: list[MemoryReadListener] = []
         #: ... and how a small gather served from memory does
         self._memory_gather_listeners: list[MemoryGatherListener] = []
+        #: while set, reads from memory of pages not in `_read_log_watched` only append their
+        #: pages here (`log_memory_reads`), counted in `_logged_reads`
+        self._read_log: list[int] | None = None
+        self._read_log_watched: Mapping[int, object] = {}
+        self._logged_reads = 0
         #: pages [first, last] of each level, and whether all of them sit complete in the
         #: direct-mapped arena (then a gather needs no per-entry page bookkeeping for it)
         self._level_pages = [(lo // self.page_size, (hi - 1) // self.page_size)
@@ -623,21 +628,34 @@ class PageStore:
         ps = self.page_size
         first = offset // ps
         start = offset - first * ps
+        read_log = self._read_log
         if start + size > ps:
             view = self._run_from_memory(first, start, offset, size)
+            if view is None:
+                return None
+            self.counters["reads"] += 1
+            if read_log is not None:
+                pages = range(first, (offset + size - 1) // ps + 1)
+                if self._read_log_watched.keys().isdisjoint(pages):
+                    read_log.extend(pages)
+                    self._logged_reads += 1
+                    return view
         else:
             loc = self.table.mem(first)
             if loc is None:
                 return None
             mt, slot = loc
             view = mt.arena.checked_view(slot, start, size)
-            if view is not None:
-                heat = mt.heat
-                heat[slot] = heat.item(slot) + 1.0
-                mt.fast_hits += 1  # the tier's reads and hits (Tier.describe adds them)
-        if view is None:
-            return None
-        self.counters["reads"] += 1
+            if view is None:
+                return None
+            heat = mt.heat
+            heat[slot] = heat.item(slot) + 1.0
+            mt.fast_hits += 1  # the tier's reads and hits (Tier.describe adds them)
+            self.counters["reads"] += 1
+            if read_log is not None and first not in self._read_log_watched:
+                read_log.append(first)
+                self._logged_reads += 1
+                return view
         for listener in self._memory_read_listeners:
             try:
                 listener(first, offset, size)
@@ -1833,6 +1851,13 @@ class PageStore:
         self._memory_read_listeners.append(on_memory_read)
         self._memory_gather_listeners.append(on_memory_gather)
 
+    def log_memory_reads(self, log: list[int] | None, watched: Mapping[int, object] | None = None) -> None:
+        self._read_log = log
+        self._read_log_watched = watched if watched is not None else {}
+
+    def logged_memory_reads(self) -> int:
+        return self._logged_reads
+
     def materialised_pages(self) -> int:
         return sum(t.pages for t in self.durable_tiers)
 
@@ -1987,3 +2012,9 @@ class StorePort:
 
     def slow_tier_reads(self) -> int:
         return sum(t.counters.reads for t in self._store.durable_tiers)
+
+    def log_memory_reads(self, log: list[int] | None, watched: Mapping[int, object] | None = None) -> None:
+        self._store.log_memory_reads(log, watched)
+
+    def logged_memory_reads(self) -> int:
+        return self._store.logged_memory_reads()
