@@ -10,7 +10,8 @@ Setup (temp dirs, removed at the end): a field with 4 KiB pages and log2_table_s
 mount*: `params` is written in 1 MiB writes of random bytes over pages [0, N), then
 fsynced (every page then has a durable home).
 
-For each N (10^3, 10^4, 10^5; 10^6 with --full), cumulatively on the same field:
+For each N (10^3, 10^4, 10^5; 10^6 with --full; --quick: 10^4 and 10^5), cumulatively on
+the same field:
   * RSS of the daemon that wrote the pages, after the fsync ("writer");
   * `nffs mount` wall time of a fresh mount (median of --mounts cycles; the command
     returns once the mount is ready), and the new daemon's RSS once settled ("fresh");
@@ -23,7 +24,8 @@ once the daemon has settled: `nffs mount` returns before the prefetcher has load
 libraries (a worker thread does that), so every memory figure waits until `stats` says
 the prefetcher is ready and RSS stops moving. The slope of RSS against N (least squares
 over all N, including N=0) is the memory per page; the slope between the two largest N
-is shown too, as some of the daemon's per-page tables are capped.
+is shown too, as some of the daemon's per-page tables are capped (--quick judges by
+that one: its all-N slope is mostly the fixed cost of filling them).
 
 Mount time vs virtual size: empty fields with log2_table_size 19 (53 MiB) and 45
 (1.3 PiB), same page size, mounted --mounts times each.
@@ -101,7 +103,8 @@ def mount_cycles(ws: Workspace, field: str, tiers: list[str], extra: list[str], 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="N = 10^3 and 10^4 only, 2 mounts each")
+    p.add_argument("--quick", action="store_true",
+                   help="N = 10^4 and 10^5 only, 2 mounts each; judged by the slope between them")
     p.add_argument("--full", action="store_true", help="also N = 10^6 (several minutes, ~4 GiB of home files on disk)")
     p.add_argument("--mounts", type=int, default=None, help="mount cycles per measurement (default 3, quick 2)")
     p.add_argument("--prefetch", default="default", choices=["default", "none", "markov", "hoeffding"],
@@ -110,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log2-table-size", type=int, default=30)
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results here")
     args = p.parse_args(argv)
-    counts = [1000, 10_000] if args.quick else [1000, 10_000, 100_000]
+    # quick: two points far enough apart that the capped tables (filled within the first
+    # ~10^4 pages) do not pass for per-page growth; 10^3 and 10^4 gave slopes of noise
+    counts = [10_000, 100_000] if args.quick else [1000, 10_000, 100_000]
     if args.full:
         counts.append(1_000_000)
     n_mounts = args.mounts or (2 if args.quick else 3)
@@ -193,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print_table(["daemon memory per materialised page", "slope (all N)", f"slope {rows[-2][0]:,}..{rows[-1][0]:,}", "target", ""],
                     [[k, f"{v:.0f} B/page", f"{last_two[k]:.0f} B/page", f"<= {TARGET_BYTES_PER_PAGE:.0f} B",
-                      verdict(v, TARGET_BYTES_PER_PAGE, higher_is_better=False)]
+                      verdict(last_two[k] if args.quick else v, TARGET_BYTES_PER_PAGE, higher_is_better=False)]
                      for k, v in slopes.items()])
         print(f"mount time vs materialised pages: {rows[0][2] * 1e3:.0f} ms at N=0, {rows[-1][2] * 1e3:.0f} ms at "
               f"N={rows[-1][0]:,} (least-squares slope {mount_slope * 1e5 * 1e3:+.0f} ms per 10^5 pages; "
@@ -202,9 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         most_files = max(f for _, f in files_per_tier)
         print(f"files in the home tier: {', '.join(f'{f} at N={n:,}' for n, f in files_per_tier)} (target < 1,000: "
               f"{verdict(most_files, 999, higher_is_better=False)})")
-        worst = max(slopes.values())
+        # the verdict's slope: over all N, or (quick) between its two N, where the fixed
+        # costs of the first pages are behind
+        judged = last_two if args.quick else slopes
+        worst = max(judged.values())
         write_json(args.json, "bench_scale", [
-            result_row("scale_memory", "scale: daemon memory per materialised page (worst slope)", worst, None, "",
+            result_row("scale_memory", "scale: daemon memory per materialised page (worst slope"
+                       + (f", {counts[0]:,}..{counts[-1]:,} pages)" if args.quick else ")"), worst, None, "",
                        "B/page", worst, TARGET_BYTES_PER_PAGE, higher_is_better=False, slopes=slopes, last_two=last_two),
             result_row("scale_mount_virtual", "scale: mount time T=2^45 vs T=2^19 (O(1) in virtual size)", virtual[1][2],
                        virtual[0][2], "mount of T=2^19", "s", ratio_virtual, 1.5, higher_is_better=False),

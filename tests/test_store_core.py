@@ -27,6 +27,7 @@ from nffs.encoding.layout import FieldConfig
 from nffs.errors import NoSpace, PageIOError, TierUnavailable
 from nffs.tiers.config import StoreConfig
 from nffs.tiers.fielddir import FieldError, OpenField, init_field, open_field
+from nffs.tiers.fielddir import open_field as open_field_with
 from nffs.tiers.fsck import fsck
 from nffs.tiers.homes import slab_name
 from nffs.tiers.spec import parse_tier_spec
@@ -155,8 +156,14 @@ ops = st.one_of(
 
 
 async def run_model(tmp: Path, program: list[tuple], *, page_size: int, memory: str, gathers: bool = False) -> None:
+    memory, sparse, _ = memory.partition("~")  # "~": the page table's index for big fields (SlotIndex)
     memory, _, memory2 = memory.partition("+")
     field = make_field(tmp, page_size=page_size, memory=memory, memory2=memory2 or None)
+    cfg = StoreConfig(dense_index_pages=0) if sparse else StoreConfig()
+
+    def open_field(path: str) -> OpenField:
+        return open_field_with(path, store_cfg=cfg)
+
     opened = open_field(str(field))
     model = Model(initial_bytes(opened), page_size)
     size = len(model.cur)
@@ -215,8 +222,9 @@ MODEL_EXAMPLES = int(os.environ.get("NFFS_MODEL_EXAMPLES", "12"))
 _model_settings = settings(max_examples=MODEL_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 
 
-@pytest.mark.parametrize("page_size,memory", [(16384, "1M"), (16384, "48K"), (65536, "1M"), (4096, "16K"), (16384, "32K+32K")],
-                         ids=["16k-direct", "16k-3slots", "64k-direct", "4k-4slots", "16k-two-memory-tiers"])
+@pytest.mark.parametrize("page_size,memory", [(16384, "1M"), (16384, "48K"), (65536, "1M"), (4096, "16K"), (16384, "32K+32K"),
+                                              (16384, "48K~")],
+                         ids=["16k-direct", "16k-3slots", "64k-direct", "4k-4slots", "16k-two-memory-tiers", "16k-sparse-index"])
 @_model_settings
 @given(program=st.lists(ops, max_size=25))
 def test_model_random_writes_reads_syncs_crashes(tmp_path_factory, page_size: int, memory: str, program) -> None:
@@ -224,7 +232,8 @@ def test_model_random_writes_reads_syncs_crashes(tmp_path_factory, page_size: in
     trio.run(partial(run_model, tmp, program, page_size=page_size, memory=memory))
 
 
-@pytest.mark.parametrize("page_size,memory", [(16384, "1M"), (16384, "48K")], ids=["16k-direct", "16k-3slots"])
+@pytest.mark.parametrize("page_size,memory", [(16384, "1M"), (16384, "48K"), (16384, "1M~")],
+                         ids=["16k-direct", "16k-3slots", "16k-sparse-index"])
 @_model_settings
 @given(program=st.lists(ops, max_size=25))
 @example(program=[("r", 0, 16384), ("w", 100, 100, False, 1), ("s",), ("c", True)])

@@ -30,6 +30,8 @@ from collections import OrderedDict, deque
 from itertools import islice
 from typing import Callable
 
+import numpy as np
+
 from .config import PrefetchConfig
 
 QUEUED, INFLIGHT, READY, SHADOW = 0, 1, 2, 3
@@ -109,6 +111,36 @@ class Controller:
                 "window_accuracy": round(self.accuracy(), 4)}
 
 
+class RecentUseful:
+    """Pages recently counted useful, with their space: a direct-mapped table of fixed size
+    (9 bytes a slot, allocated once), where a newer page takes an older one's slot. An
+    ordered dict of up to ``ledger_capacity`` pages held ~180 bytes each (11.5 MB at its
+    cap, SPEC 8 memory per page); forgetting an old page early only means a later slow
+    read of it is not moved from useful to wasted."""
+
+    def __init__(self, capacity: int) -> None:
+        n = 1 << max(0, capacity - 1).bit_length()
+        self.mask = n - 1
+        self.pages = np.full(n, -1, dtype=np.int64)
+        self.spaces = np.zeros(n, dtype=np.uint8)
+
+    def add(self, page: int, space: str) -> None:
+        k = page & self.mask
+        self.pages[k] = page
+        self.spaces[k] = SPACES.index(space)
+
+    def __contains__(self, page: int) -> bool:
+        return self.pages.item(page & self.mask) == page
+
+    def pop(self, page: int) -> str | None:
+        """The page's space, forgotten; None if it is not (or no longer) here."""
+        k = page & self.mask
+        if self.pages.item(k) != page:
+            return None
+        self.pages[k] = -1
+        return SPACES[self.spaces.item(k)]
+
+
 class Ledger:
     def __init__(self, cfg: PrefetchConfig, release: Callable[[int, Entry], None] | None = None) -> None:
         self.cfg = cfg
@@ -116,7 +148,7 @@ class Ledger:
         self.counts = {s: {k: 0 for k in COUNTS} for s in SPACES}
         self.control = {s: Controller(cfg) for s in SPACES}
         #: recently useful pages: a later slow demand of one turns it into wasted
-        self.recent_useful: OrderedDict[int, str] = OrderedDict()
+        self.recent_useful = RecentUseful(cfg.ledger_capacity)
         self.release = release or (lambda page, e: None)
         #: called with the entry of a page demanded before its prefetch arrived (late, or still
         #: queued): the address predictor deepens that stream's lead
@@ -164,7 +196,7 @@ class Ledger:
         if e is None:
             if slow:
                 self.counts[space]["demand_misses"] += 1
-                sp = self.recent_useful.pop(page, None)
+                sp = self.recent_useful.pop(page)
                 if sp is not None:
                     c = self.counts[sp]
                     c["useful"] -= 1
@@ -226,9 +258,7 @@ class Ledger:
     def _useful(self, page: int, e: Entry) -> None:
         self.counts[e.space]["useful"] += 1
         self.control[e.space].outcome("u")
-        self.recent_useful[page] = e.space
-        if len(self.recent_useful) > self.cfg.ledger_capacity:
-            self.recent_useful.popitem(last=False)
+        self.recent_useful.add(page, e.space)
         self.release(page, e)
 
     def _wasted(self, page: int, e: Entry, already_removed: bool = False) -> None:

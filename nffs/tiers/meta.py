@@ -42,6 +42,7 @@ class MetaDB:
         if not read_only:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA cache_size=-256")  # a few small tables: no 2 MB page cache
             self.conn.executescript(_SCHEMA)
             version = self.get_meta("schema_version")
             if version is None:

@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from .arena import MemoryArena
+from .slotindex import SlotIndex
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,9 @@ class PageTable:
             self._writer.execute("PRAGMA busy_timeout=10000")
             self._writer.execute("PRAGMA journal_mode=WAL")
             self._writer.execute("PRAGMA synchronous=FULL")
+            # as the reader's below: SQLite's default 2 MB page cache is daemon memory that
+            # the rows in it do not need (commits write, the row cache serves lookups)
+            self._writer.execute("PRAGMA cache_size=-512")
             self._writer.executescript(SCHEMA)
             self._reader = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
         self._reader.execute("PRAGMA busy_timeout=10000")
@@ -135,7 +139,7 @@ class PageTable:
         # memory index: page -> (mem tier index << SLOT_BITS) | slot, or -1
         self.dense = n_pages <= dense_limit
         self._dense_index = np.full(n_pages if self.dense else 0, -1, dtype=np.int64)
-        self._sparse_index: dict[int, int] = {}
+        self._sparse_index = SlotIndex()
         self.mem_tiers: list[MemTier] = []
 
     # -- homes ------------------------------------------------------------------------------
@@ -310,7 +314,7 @@ class PageTable:
         if self.dense:
             code = int(self._dense_index[page])
         else:
-            code = self._sparse_index.get(page, -1)
+            code = self._sparse_index.get(page)
         if code < 0:
             return None
         return self.mem_tiers[code >> SLOT_BITS], code & SLOT_MASK
@@ -323,8 +327,7 @@ class PageTable:
         if self.dense:
             codes = self._dense_index[pages]
         else:
-            get = self._sparse_index.get
-            codes = np.fromiter((get(p, -1) for p in pages.tolist()), dtype=np.int64, count=pages.size)
+            codes = self._sparse_index.get_many(pages)
         tiers = np.where(codes >= 0, codes >> SLOT_BITS, -1)
         return tiers, codes & SLOT_MASK
 
@@ -333,7 +336,7 @@ class PageTable:
         if self.dense:
             self._dense_index[page] = code
         else:
-            self._sparse_index[page] = code
+            self._sparse_index.set(page, code)
         mt.slot_page[slot] = page
         mt.dirty_gen[slot] = dirty_gen
         if dirty_gen:
@@ -347,7 +350,7 @@ class PageTable:
         if self.dense:
             self._dense_index[page] = -1
         else:
-            self._sparse_index.pop(page, None)
+            self._sparse_index.pop(page)
         if mt.dirty_gen[slot]:
             mt.dirty -= 1
         mt.slot_page[slot] = -1

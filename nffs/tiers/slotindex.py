@@ -1,0 +1,148 @@
+"""page -> memory-copy code for fields too big for a dense array (the page table's index).
+
+A field of more than `dense_index_pages` pages (a petabyte field has billions) cannot
+have an array entry per page, so resident pages were a Python dict: ~110 bytes per
+resident page with its int objects, ~30 MB for a 1 GiB dram tier of 4 KiB pages, which
+counted against SPEC 8's 200 bytes of daemon memory per materialised page. This is an
+open-addressing table in two numpy arrays instead: linear probing from a Fibonacci hash,
+deletion by backward shift (no tombstones), 16 bytes per entry, at a load factor between
+one eighth and one half (it doubles twice when half full: 32-128 bytes per resident
+page, and nothing is allocated for slots that are never used). A key is the page + 1:
+0 means empty.
+
+Single-threaded like the rest of the page table (the trio thread).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_GOLDEN = 0x9E3779B97F4A7C15  # 2^64 / phi: Fibonacci hashing spreads consecutive pages
+_MASK64 = (1 << 64) - 1
+
+
+class SlotIndex:
+    def __init__(self) -> None:
+        self._alloc(1024)
+        self.count = 0
+
+    def _alloc(self, entries: int) -> None:
+        self.bits = max(4, (entries - 1).bit_length())
+        size = 1 << self.bits
+        self.mask = size - 1
+        self._shift = 64 - self.bits
+        self.keys = np.zeros(size, dtype=np.int64)
+        self.codes = np.zeros(size, dtype=np.int64)
+
+    def _home(self, page: int) -> int:
+        return ((page * _GOLDEN) & _MASK64) >> self._shift
+
+    def _homes(self, pages: np.ndarray) -> np.ndarray:
+        return ((pages.astype(np.uint64) * np.uint64(_GOLDEN)) >> np.uint64(self._shift)).astype(np.int64)
+
+    def _grow(self) -> None:
+        """Four times the size, every entry placed again (vectorised: on the trio thread, a
+        table of 10^5 pages takes milliseconds, not the Python loop's tenth of a second)."""
+        keys, codes = self.keys, self.codes
+        used = np.flatnonzero(keys)
+        self._alloc(4 * (self.mask + 1))
+        self._place_many(keys[used], codes[used])
+
+    def _place_many(self, keys: np.ndarray, codes: np.ndarray) -> None:
+        """Insert distinct keys absent from the table, in rounds: each round every key tries
+        the next slot of its probe run and, of those wanting the same free slot, the first
+        gets it. Nothing is deleted meanwhile, so every key ends before the first empty slot
+        of its run, as one-by-one insertion would leave it."""
+        k = self._homes(keys - 1)
+        todo = np.arange(keys.size)
+        while todo.size:
+            slots = k[todo]
+            free = self.keys[slots] == 0
+            cand, cslots = todo[free], slots[free]
+            uniq, first = np.unique(cslots, return_index=True)
+            winners = cand[first]
+            self.keys[uniq] = keys[winners]
+            self.codes[uniq] = codes[winners]
+            placed = np.zeros(keys.size, dtype=bool)
+            placed[winners] = True
+            todo = todo[~placed[todo]]
+            k[todo] = (k[todo] + 1) & self.mask
+        self.count = int(np.count_nonzero(self.keys))
+
+    def get(self, page: int) -> int:
+        """The page's code, or -1."""
+        key = page + 1
+        keys = self.keys
+        k = self._home(page)
+        while True:
+            x = keys.item(k)
+            if x == key:
+                return self.codes.item(k)
+            if x == 0:
+                return -1
+            k = (k + 1) & self.mask
+
+    def get_many(self, pages: np.ndarray) -> np.ndarray:
+        """`get` of an int64 array of pages (vectorised probing)."""
+        pages = np.asarray(pages, dtype=np.int64)
+        out = np.full(pages.shape, -1, dtype=np.int64)
+        if pages.size == 0 or self.count == 0:
+            return out
+        want = pages + 1
+        k = self._homes(pages)
+        todo = np.arange(pages.size)
+        while todo.size:
+            x = self.keys[k]
+            hit = x == want
+            out[todo[hit]] = self.codes[k[hit]]
+            go_on = ~hit & (x != 0)
+            todo, want, k = todo[go_on], want[go_on], (k[go_on] + 1) & self.mask
+        return out
+
+    def set(self, page: int, code: int) -> None:
+        key = page + 1
+        keys = self.keys
+        k = self._home(page)
+        while True:
+            x = keys.item(k)
+            if x == key:
+                self.codes[k] = code
+                return
+            if x == 0:
+                break
+            k = (k + 1) & self.mask
+        keys[k] = key
+        self.codes[k] = code
+        self.count += 1
+        if 2 * self.count > self.mask + 1:  # half full: keep probe runs short
+            self._grow()
+
+    def pop(self, page: int) -> None:
+        """Forget the page (nothing if absent); the entries after it in its probe run move
+        back so that every lookup still finds its entry before an empty slot."""
+        key = page + 1
+        keys, codes, mask = self.keys, self.codes, self.mask
+        k = self._home(page)
+        while True:
+            x = keys.item(k)
+            if x == key:
+                break
+            if x == 0:
+                return
+            k = (k + 1) & mask
+        self.count -= 1
+        hole = k
+        keys[hole] = 0
+        j = hole
+        while True:
+            j = (j + 1) & mask
+            x = keys.item(j)
+            if x == 0:
+                return
+            home = self._home(x - 1)
+            # the entry at j may fill the hole unless its home lies cyclically in (hole, j]
+            if (hole < j and hole < home <= j) or (j < hole and (home > hole or home <= j)):
+                continue
+            keys[hole] = x
+            codes[hole] = codes.item(j)
+            keys[j] = 0
+            hole = j
