@@ -9,6 +9,7 @@ bad (the chunk's own checksum decides).
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -76,7 +77,7 @@ def test_row_checks_find_every_changed_row_and_never_blame_a_write(program, budg
         arena.close()
 
 
-def test_line_records_survive_aliasing_and_forget_on_release() -> None:
+def test_line_records_survive_aliasing() -> None:
     arena = make_arena(CHUNK // LINE_BYTES * 8)  # one chunk's records: every chunk shares them
     try:
         every_chunk = np.arange(SLOTS * PAGE // CHUNK, dtype=np.int64) * CHUNK
@@ -113,6 +114,23 @@ def test_a_write_makes_the_old_line_sums_worthless() -> None:
         finally:
             other.close()
         arena.bytes[PAGE:PAGE + LINE_BYTES] = old_line  # ...and the old line put back behind its back
+        assert arena.bad_slots_of_rows(row, ROW) == [1]
+    finally:
+        arena.close()
+
+
+@pytest.mark.parametrize("flips", [
+    [(7, 0x80), (15, 0x80)],  # the sign bits of two words: cancelled out in a 64-bit linear hash
+    [(3, 0x80), (11, 0x80), (19, 0x80), (27, 0x80)],  # top bits of four halves
+    [(0, 0xFF), (64, 0x01)],
+])
+def test_any_change_of_a_learned_line_is_found(flips) -> None:
+    arena = make_arena(1 << 20)
+    try:
+        row = np.array([PAGE], dtype=np.int64)
+        assert arena.bad_slots_of_rows(row, ROW) == []  # learned
+        for at, xor in flips:
+            arena.bytes[PAGE + at] ^= xor
         assert arena.bad_slots_of_rows(row, ROW) == [1]
     finally:
         arena.close()

@@ -492,3 +492,42 @@ async def test_concurrent_reads_of_one_query_handle_share_one_answer(env: Env) -
         nursery.start_soon(read, 0, half)
         nursery.start_soon(read, half, len(expect) - half)
     assert got[0] + got[half] == expect
+
+
+async def test_reads_waiting_on_a_failed_query_answer_neither_crash_nor_compute_twice(env: Env) -> None:
+    """Three reads of one handle, the first one's computation failing: trio hands the lock to
+    the next waiter when it is released, and the reads behind it must take their turn in
+    order (no WouldBlock, no lock left held), each answering the request as it then is."""
+    ops = env.ops
+    fh = await open_path(ops, "query", os.O_RDWR)
+    await ops.write(fh, 0, np.zeros((1, DIMS), dtype="<f4").tobytes())
+    calls = 0
+    infer = env.field.infer
+
+    async def slow_failing_infer(points):  # the first computation waits, then fails
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await trio.sleep(0.05)
+            raise PageIOError("the tier went away")
+        return await infer(points)
+
+    env.field.infer = slow_failing_infer
+    results: list[object] = []
+
+    async def read() -> None:
+        try:
+            results.append(await ops.read(fh, 0, 64))
+        except pyfuse3.FUSEError as exc:
+            results.append(exc.errno)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(read)
+                await trio.sleep(0.01)  # in order: the later two wait on the first
+    finally:
+        env.field.infer = infer
+    assert results[0] == errno.EIO  # the failed computation
+    assert results[1:] == [b"", b""]  # the request was taken by it: an empty answer, computed once
+    assert calls == 2 and not ops.handle(fh).computing.locked()

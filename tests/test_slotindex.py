@@ -19,7 +19,7 @@ ops = st.lists(st.one_of(
 @settings(max_examples=200, deadline=None)
 @given(program=ops)
 def test_index_behaves_like_a_dict_through_sets_pops_and_growth(program) -> None:
-    index, model = SlotIndex(), {}
+    index, model = SlotIndex(16), {}  # small: grows several times within a program
     for op in program:
         if op[0] == "set":
             index.set(op[1], op[2])

@@ -119,22 +119,27 @@ class RecentUseful:
     read of it is not moved from useful to wasted."""
 
     def __init__(self, capacity: int) -> None:
-        n = 1 << max(0, capacity - 1).bit_length()
-        self.mask = n - 1
-        self.pages = np.full(n, -1, dtype=np.int64)
-        self.spaces = np.zeros(n, dtype=np.uint8)
+        bits = max(1, (capacity - 1).bit_length())
+        self._shift = 64 - bits
+        self.pages = np.full(1 << bits, -1, dtype=np.int64)
+        self.spaces = np.zeros(1 << bits, dtype=np.uint8)
+
+    def _slot(self, page: int) -> int:
+        # Fibonacci hashing: pages a power of two apart (strides, interleaved readers) must
+        # not all take one slot
+        return ((page * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> self._shift
 
     def add(self, page: int, space: str) -> None:
-        k = page & self.mask
+        k = self._slot(page)
         self.pages[k] = page
         self.spaces[k] = SPACES.index(space)
 
     def __contains__(self, page: int) -> bool:
-        return self.pages.item(page & self.mask) == page
+        return self.pages.item(self._slot(page)) == page
 
     def pop(self, page: int) -> str | None:
         """The page's space, forgotten; None if it is not (or no longer) here."""
-        k = page & self.mask
+        k = self._slot(page)
         if self.pages.item(k) != page:
             return None
         self.pages[k] = -1

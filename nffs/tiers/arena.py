@@ -52,7 +52,7 @@ _h = xxhash.xxh3_64_intdigest
 #: always lies in one line
 LINE_BYTES = 128
 _LINE_SHIFT = LINE_BYTES.bit_length() - 1
-_LINE_WORDS = LINE_BYTES // 8
+_LINE_HALVES = LINE_BYTES // 4  # the line hash works on 32-bit halves of the words
 
 
 class LineSums:
@@ -69,10 +69,13 @@ class LineSums:
     its record sends the caller back to the chunk's xxh3, which alone declares a copy bad:
     a line sum can make a check cheaper, never make it pass or fail on its own.
 
-    The line hash is linear over the line's sixteen 64-bit words with random odd multipliers
-    (mod 2^64, chosen per process): a change of any one word always changes it, a change
-    of several escapes it with probability ~2^-64. Its purpose is finding corruption, as
-    the chunk sums' is; the xxh3 chunk sums stay what homes and recovery compare.
+    The line hash is linear over the line's thirty-two 32-bit halves, each widened to 64
+    bits and times a random odd 64-bit multiplier (mod 2^64, chosen per process): a change
+    of any one half (d != 0, |d| < 2^32) times an odd number is never 0 mod 2^64, so it
+    always shows; changes of several escape it with a probability of about 2^-32. (Over
+    whole 64-bit words, flipping bit 63 of two words cancelled out: m1*2^63 + m2*2^63 = 0
+    mod 2^64.) Its purpose is finding corruption, as the chunk sums' is; the xxh3 chunk
+    sums stay what homes and recovery compare.
 
     The table is direct-mapped by line id within a fixed memory budget, so its size does not
     grow with the field (SPEC 8 memory per page); numpy's zeroed arrays cost memory only
@@ -93,7 +96,7 @@ class LineSums:
         #: per record: (sum of the line) XOR (its line id), as int64
         self.records = np.full(n_lines, self.EMPTY, dtype=np.int64)
         rng = np.random.default_rng()
-        self.multipliers = rng.integers(0, 1 << 63, _LINE_WORDS, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+        self.multipliers = rng.integers(0, 1 << 63, _LINE_HALVES, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
         #: lines given sums, and calls of `forget` so far (the background's progress marks)
         self.learned = 0
         self.changes = 0
@@ -153,8 +156,7 @@ class MemoryArena:
             self._mm = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.view = memoryview(self._mm)
         self.bytes = np.frombuffer(self._mm, dtype=np.uint8)
-        self.words = self.bytes.view(np.uint64)  # the whole arena as 64-bit words (line sums)
-        self.line_words = self.words.reshape(-1, _LINE_WORDS)  # ... and as 128-byte lines
+        self.line_halves = self.bytes.view(np.uint32).reshape(-1, _LINE_HALVES)  # 128-byte lines, as 32-bit halves
         self.sums = np.zeros((n_slots, self.chunks_per_page), dtype=np.uint64)
         self.flat_sums = self.sums.reshape(-1)  # a view: chunk id = slot * chunks_per_page + i
         #: chunks whose bytes in the slot are meaningful (checksummed); the others are the
@@ -369,25 +371,30 @@ class MemoryArena:
         if lines is None or LINE_BYTES % row_bytes:
             return self.bad_slots_of_chunks(_sorted_unique_list(offsets >> (self.chunk.bit_length() - 1)))
         line_ids = offsets >> _LINE_SHIFT
-        got = lines.record(line_ids, self.line_words.take(line_ids, axis=0) @ lines.multipliers)
+        got = lines.record(line_ids, self._line_sums(line_ids))
         matches = lines.records.take(line_ids & lines.mask) == got
         if matches.all():
             return []
         # unknown lines (or a changed one): the chunks' own sums decide
         chunks = _sorted_unique_list(line_ids[~matches] >> lines.line_shift)
-        bad = self.bad_slots_of_chunks(chunks)
+        ids, sums = self._chunk_line_sums(chunks)  # before the chunks' own check: sums of
+        bad = self.bad_slots_of_chunks(chunks)  # bytes changed in between are never kept
         if not bad:
-            self._learn_lines(chunks)
+            lines.learn(ids, sums)
         return bad
 
-    def _learn_lines(self, chunks: list[int]) -> None:
-        """Line sums of chunks that just passed their xxh3 (no change in between)."""
-        lines = self.lines
-        assert lines is not None
+    def _line_sums(self, line_ids: np.ndarray) -> np.ndarray:
+        """The hashes of these lines, as they are now (uint64)."""
+        assert self.lines is not None
+        return self.line_halves.take(line_ids, axis=0) @ self.lines.multipliers
+
+    def _chunk_line_sums(self, chunks: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(line ids, hashes) of every line of these chunks, as they are now."""
+        assert self.lines is not None
+        per = self.lines.lines_per_chunk
         ids = np.array(chunks, dtype=np.int64)
-        per = lines.lines_per_chunk
-        words = self.words.reshape(-1, self.chunk // 8)[ids].reshape(-1, _LINE_WORDS)
-        lines.learn((ids[:, None] * per + np.arange(per, dtype=np.int64)).reshape(-1), words @ lines.multipliers)
+        line_ids = (ids[:, None] * per + np.arange(per, dtype=np.int64)).reshape(-1)
+        return line_ids, self._line_sums(line_ids)
 
     def learn_lines_of_slots(self, first_slot: int, n_slots: int) -> int:
         """Verify the valid chunks of these slots that have no line sums yet and keep theirs
@@ -405,16 +412,18 @@ class MemoryArena:
         cids = cids[is_valid]
         first = cids << lines.line_shift  # a chunk learned has its first line's record (the
         # records of a chunk's lines are written and emptied together)
-        known = lines.records[first & lines.mask] == lines.record(first, self.line_words[first] @ lines.multipliers)
+        known = lines.records[first & lines.mask] == lines.record(first, self._line_sums(first))
         cids = cids[~known]
         if not cids.size:
             return 0
         chunks = cids.tolist()
+        ids, sums = self._chunk_line_sums(chunks)  # first: then the xxh3 vouches for these bytes
         c, view, want = self.chunk, self.view, self.flat_sums[cids].tolist()
-        good = [cid for cid, w in zip(chunks, want) if _h(view[cid * c:(cid + 1) * c]) == w]
-        if good:
-            self._learn_lines(good)
-        return len(good)
+        good = np.array([_h(view[cid * c:(cid + 1) * c]) == w for cid, w in zip(chunks, want)], dtype=bool)
+        if good.any():
+            keep = np.repeat(good, lines.lines_per_chunk)
+            lines.learn(ids[keep], sums[keep])
+        return int(good.sum())
 
     def verify_valid(self, slot: int) -> bool:
         valid = int(self.valid[slot])
@@ -491,8 +500,7 @@ class MemoryArena:
         self.flat_sums = self.sums.reshape(-1)
         try:
             self.bytes = np.zeros(0, dtype=np.uint8)
-            self.words = np.zeros(0, dtype=np.uint64)
-            self.line_words = self.words.reshape(-1, _LINE_WORDS)
+            self.line_halves = np.zeros((0, _LINE_HALVES), dtype=np.uint32)
             self.view.release()
             self._mm.close()
         except (BufferError, ValueError):
@@ -500,9 +508,6 @@ class MemoryArena:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-
-_LINE_RANGE = np.arange(_LINE_WORDS, dtype=np.int64)
 
 
 def _sorted_unique_list(a: np.ndarray) -> list[int]:

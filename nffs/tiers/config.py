@@ -67,7 +67,8 @@ class StoreConfig:
     dense_index_pages: int = 1 << 20
     #: memory for line sums of the direct-mapped arena's verified chunks (arena.LineSums):
     #: small gathers check the 128-byte lines of their rows instead of hashing ~60 whole
-    #: chunks. Fixed, whatever the field's size: 8 MiB covers 64 MiB of 4 KiB chunks
+    #: chunks. Fixed, whatever the field's size: 8 MiB (8 B per 128-byte line) covers
+    #: 128 MiB of arena
     line_sums_bytes: int = 8 << 20
     #: slots of the direct-mapped arena whose chunks the background verifies and gives line
     #: sums per tick, once small gathers use them (16 MiB of 64 KiB pages: a 57 MB field

@@ -21,8 +21,8 @@ _MASK64 = (1 << 64) - 1
 
 
 class SlotIndex:
-    def __init__(self) -> None:
-        self._alloc(1024)
+    def __init__(self, initial_entries: int = 1024) -> None:
+        self._alloc(initial_entries)
         self.count = 0
 
     def _alloc(self, entries: int) -> None:

@@ -43,6 +43,8 @@ from .tier import Tier
 
 #: a gather of at most this many entries (8 points of a 16-level 3-D field) takes the small path
 SMALL_GATHER_ENTRIES = 1024
+#: a published generation of at least this many rows gives its temporaries back (malloc_trim)
+TRIM_AFTER_PUBLISH_ROWS = 1 << 15
 #: small gathers whose heat may wait for the background tick (see `_apply_gather_heat`)
 GATHER_HEAT_PENDING = 1024
 #: the unsigned word that holds one row of 2, 4 or 8 bytes (a row taken as one word)
@@ -130,7 +132,7 @@ class PageStore:
         self._level_pages = [(lo // self.page_size, (hi - 1) // self.page_size)
                              for lo, hi in (layout.level_byte_range(l) for l in range(layout.n_levels))]
         self._level_ready = [False] * layout.n_levels
-        #: every level ready: a small gather needs no residency check (`_gather_small`)
+        #: every level ready: a small gather needs no residency check (`_gather_small_now`)
         self._all_levels_ready = False
         #: the direct-mapped arena's parameter rows, as one word per row where one fits
         self._row_table = np.zeros(0, dtype=np.uint8)
@@ -1051,11 +1053,15 @@ class PageStore:
         names = {t.id: t.name for t in self.durable_tiers}
 
         def work() -> bool:
-            generations.publish(field_dir, number, self.table.export_rows(), names)
+            rows = self.table.export_rows()
+            generations.publish(field_dir, number, rows, names)
             # the rows were built as Python tuples and numpy copies the size of the table:
             # give that memory back (it left ~100 B per materialised page in glibc's free
-            # lists otherwise; SPEC 8 memory per page)
-            _release_heap()
+            # lists otherwise; SPEC 8 memory per page). Only for big tables: malloc_trim
+            # walks every malloc arena under its lock, which other threads then wait for
+            if len(rows) >= TRIM_AFTER_PUBLISH_ROWS:
+                del rows
+                _release_heap()
             return self._readers_active()
 
         try:
@@ -1454,7 +1460,10 @@ class PageStore:
         if len(self._gather_heat) >= GATHER_HEAT_PENDING:
             self._apply_gather_heat()
         for listener in self._memory_gather_listeners:
-            listener(pages)
+            try:
+                listener(pages)
+            except Exception:  # a bug of the prefetcher must not fail the user's query
+                log.exception("access listener failed")
         return rows
 
     async def _gather_small(self, ent: np.ndarray, feats: int, row_bytes: int, shift: int) -> np.ndarray:

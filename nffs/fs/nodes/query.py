@@ -117,16 +117,20 @@ class QueryNode(Node):
     async def read(self, handle: Handle, off: int, size: int) -> bytes:
         assert isinstance(handle, QueryHandle)
         computing = handle.computing
-        if computing.locked():  # a big pread split by the kernel: wait for the answer being computed
-            async with computing:
-                pass
         answer = handle.answer
         if answer is None:
-            # acquired without a checkpoint: a trip through trio's scheduler costs a one-point
-            # query about 5 % (SPEC 8 single point); the computation checkpoints if it waits
-            computing.acquire_nowait()
             try:
-                answer = handle.answer = await self._answer(handle)
+                # without a checkpoint when free: a trip through trio's scheduler costs a
+                # one-point query about 5 % (SPEC 8 single point)
+                computing.acquire_nowait()
+            except trio.WouldBlock:
+                # a big pread split by the kernel: wait for the answer being computed (trio
+                # hands a released lock to the next waiter, so this may be our turn to compute)
+                await computing.acquire()
+            try:
+                answer = handle.answer
+                if answer is None:
+                    answer = handle.answer = await self._answer(handle)
             finally:
                 computing.release()
         return answer[off:off + size].tobytes()  # one read's worth (<= max_read), never the whole answer
