@@ -68,18 +68,20 @@ class SlotIndex:
             k[todo] = (k[todo] + 1) & self.mask
         self.count = int(np.count_nonzero(self.keys))
 
-    def get(self, page: int) -> int:
-        """The page's code, or -1."""
-        key = page + 1
-        keys = self.keys
-        k = self._home(page)
+    def _find(self, key: int) -> int:
+        """The slot holding `key` (page + 1), or the empty slot where its probe run ends."""
+        keys, mask = self.keys, self.mask
+        k = self._home(key - 1)
         while True:
             x = keys.item(k)
-            if x == key:
-                return self.codes.item(k)
-            if x == 0:
-                return -1
-            k = (k + 1) & self.mask
+            if x == key or x == 0:
+                return k
+            k = (k + 1) & mask
+
+    def get(self, page: int) -> int:
+        """The page's code, or -1."""
+        k = self._find(page + 1)
+        return self.codes.item(k) if self.keys.item(k) else -1
 
     def get_many(self, pages: np.ndarray) -> np.ndarray:
         """`get` of an int64 array of pages (vectorised probing)."""
@@ -100,18 +102,11 @@ class SlotIndex:
 
     def set(self, page: int, code: int) -> None:
         key = page + 1
-        keys = self.keys
-        k = self._home(page)
-        while True:
-            x = keys.item(k)
-            if x == key:
-                self.codes[k] = code
-                return
-            if x == 0:
-                break
-            k = (k + 1) & self.mask
-        keys[k] = key
+        k = self._find(key)
         self.codes[k] = code
+        if self.keys.item(k) == key:
+            return
+        self.keys[k] = key
         self.count += 1
         if 2 * self.count > self.mask + 1:  # half full: keep probe runs short
             self._grow()
@@ -119,16 +114,10 @@ class SlotIndex:
     def pop(self, page: int) -> None:
         """Forget the page (nothing if absent); the entries after it in its probe run move
         back so that every lookup still finds its entry before an empty slot."""
-        key = page + 1
         keys, codes, mask = self.keys, self.codes, self.mask
-        k = self._home(page)
-        while True:
-            x = keys.item(k)
-            if x == key:
-                break
-            if x == 0:
-                return
-            k = (k + 1) & mask
+        k = self._find(page + 1)
+        if keys.item(k) == 0:
+            return
         self.count -= 1
         hole = k
         keys[hole] = 0
