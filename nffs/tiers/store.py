@@ -139,6 +139,8 @@ class PageStore:
         self._row_table_arena: MemoryArena | None = None
         #: pages of recent small gathers, counted in the direct arena's heat later (`_apply_gather_heat`)
         self._gather_heat: list[np.ndarray] = []
+        #: a small gather was answered since the last background tick (`_learn_lines`)
+        self._small_gathered = False
         first = self.memory_tiers[0] if self.memory_tiers else None
         self._direct = first is not None and first.mem is not None and first.mem.direct and table.dense
         if self._direct:
@@ -1456,6 +1458,7 @@ class PageStore:
             self._drop_bad_copies(bad)
             return None
         rows = self._take_rows(arena, ent, feats, row_bytes)
+        self._small_gathered = True
         self._gather_heat.append(pages)
         if len(self._gather_heat) >= GATHER_HEAT_PENDING:
             self._apply_gather_heat()
@@ -1689,8 +1692,10 @@ class PageStore:
         A pass that finds nothing to learn ends the work until a write changes a chunk."""
         if not self._direct:
             return
-        if not self._all_levels_ready:
+        if not self._all_levels_ready and self._small_gathered:
+            # (scans every level's pages: only while small gathers happen, which it speeds up)
             self._refresh_levels_ready()
+        self._small_gathered = False
         mt = self.memory_tiers[0].mem
         assert mt is not None
         arena = mt.arena
