@@ -24,6 +24,7 @@ import threading
 import numpy as np
 import xxhash
 
+from ..arrays import sorted_unique
 from ..errors import ChecksumMismatch
 from .tierroot import TierRoot
 
@@ -63,9 +64,9 @@ class LineSums:
     more than all the rest of the query. With line sums the rows are checked in a handful of
     vectorised numpy calls that read only the lines the rows are in.
 
-    Trust is derived, never stored or persisted: a chunk's line sums are computed just after
-    the chunk passed its xxh3 against the sum that every write keeps (`MemoryArena.sums`),
-    and every change of the chunk's bytes through the arena drops them. A line that fails
+    Trust is derived, never stored or persisted: a chunk's line sums are computed just before
+    the chunk passes its xxh3 against the sum that every write keeps (`MemoryArena.sums`),
+    and kept only if it does; every change of the chunk's bytes through the arena drops them. A line that fails
     its record sends the caller back to the chunk's xxh3, which alone declares a copy bad:
     a line sum can make a check cheaper, never make it pass or fail on its own.
 
@@ -97,8 +98,7 @@ class LineSums:
         self.records = np.full(n_lines, self.EMPTY, dtype=np.int64)
         rng = np.random.default_rng()
         self.multipliers = rng.integers(0, 1 << 63, _LINE_HALVES, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-        #: lines given sums, and calls of `forget` so far (the background's progress marks)
-        self.learned = 0
+        #: calls of `forget` so far (the background's progress mark)
         self.changes = 0
 
     @staticmethod
@@ -129,7 +129,6 @@ class LineSums:
 
     def learn(self, line_ids: np.ndarray, sums: np.ndarray) -> None:
         self.records[line_ids & self.mask] = self.record(line_ids, sums)
-        self.learned += line_ids.size
 
 
 class MemoryArena:
@@ -322,12 +321,7 @@ class MemoryArena:
             if self.valid.item(slot) >> first & 1 and _h(view[lo:lo + c]) == self.sums.item(slot, first):
                 return view[base + offset:base + offset + length]
             return None
-        valid = self.valid.item(slot)
-        sums = self.sums[slot].tolist()
-        for i in range(first, (offset + length - 1) // c + 1):
-            if not valid >> i & 1 or _h(view[base + i * c:base + (i + 1) * c]) != sums[i]:
-                return None
-        return view[base + offset:base + offset + length]
+        return self.checked_range(slot, offset, length)
 
     def checked_range(self, slot: int, offset: int, length: int) -> memoryview | None:
         """:meth:`checked_view` across consecutive slots (`offset` may pass the first page's
@@ -355,11 +349,15 @@ class MemoryArena:
         checksum; one hash call per chunk, no numpy round trip per chunk list."""
         if not chunks:
             return []
+        per_page = self.chunks_per_page
+        return sorted({cid // per_page for cid, ok in zip(chunks, self._chunks_intact(chunks)) if not ok})
+
+    def _chunks_intact(self, chunks: list[int]) -> list[bool]:
+        """Per listed chunk (global id), whether its bytes match its checksum."""
         c = self.chunk
         view = self.view
-        per_page = self.chunks_per_page
         want = self.flat_sums[chunks].tolist()  # one take, not an .item() per chunk
-        return sorted({cid // per_page for cid, w in zip(chunks, want) if _h(view[cid * c:(cid + 1) * c]) != w})
+        return [_h(view[cid * c:(cid + 1) * c]) == w for cid, w in zip(chunks, want)]
 
     def bad_slots_of_rows(self, offsets: np.ndarray, row_bytes: int) -> list[int]:
         """:meth:`bad_slots_of_chunks` for the chunks holding rows at these byte offsets
@@ -369,14 +367,14 @@ class MemoryArena:
         thread only (see `LineSums`)."""
         lines = self.lines
         if lines is None or LINE_BYTES % row_bytes:
-            return self.bad_slots_of_chunks(_sorted_unique_list(offsets >> (self.chunk.bit_length() - 1)))
+            return self.bad_slots_of_chunks(sorted_unique(offsets >> (self.chunk.bit_length() - 1)).tolist())
         line_ids = offsets >> _LINE_SHIFT
         got = lines.record(line_ids, self._line_sums(line_ids))
         matches = lines.records.take(line_ids & lines.mask) == got
         if matches.all():
             return []
         # unknown lines (or a changed one): the chunks' own sums decide
-        chunks = _sorted_unique_list(line_ids[~matches] >> lines.line_shift)
+        chunks = sorted_unique(line_ids[~matches] >> lines.line_shift).tolist()
         ids, sums = self._chunk_line_sums(chunks)  # before the chunks' own check: sums of
         bad = self.bad_slots_of_chunks(chunks)  # bytes changed in between are never kept
         if not bad:
@@ -418,8 +416,7 @@ class MemoryArena:
             return 0
         chunks = cids.tolist()
         ids, sums = self._chunk_line_sums(chunks)  # first: then the xxh3 vouches for these bytes
-        c, view, want = self.chunk, self.view, self.flat_sums[cids].tolist()
-        good = np.array([_h(view[cid * c:(cid + 1) * c]) == w for cid, w in zip(chunks, want)], dtype=bool)
+        good = np.array(self._chunks_intact(chunks), dtype=bool)
         if good.any():
             keep = np.repeat(good, lines.lines_per_chunk)
             lines.learn(ids[keep], sums[keep])
@@ -508,10 +505,6 @@ class MemoryArena:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-
-def _sorted_unique_list(a: np.ndarray) -> list[int]:
-    return sorted(set(a.tolist()))
 
 
 _FALLOC_FL_KEEP_SIZE = 0x01
