@@ -1293,11 +1293,10 @@ class PageStore:
         then one worker-thread pass verifies the touched memory copies and takes the rows.
         """
         feats = self.layout.features
-        row_bytes = feats * self.itemsize
         ent = np.ascontiguousarray(entries)
         ent = ent.view(np.int64) if ent.dtype == np.uint64 else ent.astype(np.int64, copy=False)
-        if self._direct and self.page_size % row_bytes == 0:
-            return await self._gather_direct(ent, feats, row_bytes)
+        if self._direct_rows:
+            return await self._gather_direct(ent)
         self._check_entries(ent)
         elements = ent[..., None] * feats + np.arange(feats, dtype=np.int64)
         values = await self._gather_elements(elements)
@@ -1336,17 +1335,16 @@ class PageStore:
             raise errors[0]
         return slow
 
-    async def _gather_direct(self, ent: np.ndarray, feats: int, row_bytes: int) -> np.ndarray:
+    async def _gather_direct(self, ent: np.ndarray) -> np.ndarray:
         """Pages of the first memory tier sit at slot == page: the gather is one take."""
         started = time.monotonic()
         t = self.memory_tiers[0]
         mt = t.mem
         assert mt is not None
-        rows_per_page = self.page_size // row_bytes
-        shift = rows_per_page.bit_length() - 1
+        feats, row_bytes, shift = self.layout.features, self._row_bytes, self._rows_page_shift
 
         if ent.size <= SMALL_GATHER_ENTRIES:
-            return await self._gather_small(ent, feats, row_bytes, shift)
+            return await self._gather_small(ent)
         n_levels = self.layout.n_levels
         by_level = ent.ndim >= 2 and ent.shape[0] == n_levels and ent.size > 4096
         pending = [l for l in range(n_levels) if not self._level_ready[l]] if by_level else []
@@ -1416,7 +1414,7 @@ class PageStore:
             self._gathers_active -= 1
         if bad:
             self._drop_bad_copies(bad)
-            return await self._gather_direct(ent, feats, row_bytes)
+            return await self._gather_direct(ent)
         mt.heat[pages[:64]] += 1.0
         return rows  # type: ignore[return-value]
 
@@ -1442,11 +1440,12 @@ class PageStore:
         if not self._direct_rows or entries.size > SMALL_GATHER_ENTRIES:
             return None
         ent = entries.view(np.int64) if entries.dtype == np.uint64 else entries.astype(np.int64, copy=False)
-        return self._gather_small_now(ent, self.layout.features, self._row_bytes, self._rows_page_shift)
+        return self._gather_small_now(ent)
 
-    def _gather_small_now(self, ent: np.ndarray, feats: int, row_bytes: int, shift: int) -> np.ndarray | None:
+    def _gather_small_now(self, ent: np.ndarray) -> np.ndarray | None:
         mt = self.memory_tiers[0].mem
         assert mt is not None
+        feats, row_bytes, shift = self.layout.features, self._row_bytes, self._rows_page_shift
         flat = ent.reshape(-1)
         if flat.size == 0:
             return self._take_rows(mt.arena, ent, feats, row_bytes)
@@ -1473,20 +1472,21 @@ class PageStore:
                 log.exception("access listener failed")
         return rows
 
-    async def _gather_small(self, ent: np.ndarray, feats: int, row_bytes: int, shift: int) -> np.ndarray:
+    async def _gather_small(self, ent: np.ndarray) -> np.ndarray:
         """:meth:`_gather_direct` for a few points: at once when it can (`gather_rows_now`),
         else the careful path."""
-        rows = self._gather_small_now(ent, feats, row_bytes, shift)
+        rows = self._gather_small_now(ent)
         if rows is None:
-            rows = await self._gather_small_fetching(ent, feats, row_bytes, shift)
+            rows = await self._gather_small_fetching(ent)
         return rows
 
-    async def _gather_small_fetching(self, ent: np.ndarray, feats: int, row_bytes: int, shift: int) -> np.ndarray:
+    async def _gather_small_fetching(self, ent: np.ndarray) -> np.ndarray:
         """The small gather when some page is not in memory or not complete there: fetch (demand
         class, all at once), fill implicit chunks, verify, take."""
         started = time.monotonic()
         mt = self.memory_tiers[0].mem
         assert mt is not None
+        feats, row_bytes, shift = self.layout.features, self._row_bytes, self._rows_page_shift
         entries = ent.reshape(-1).tolist()
         pages = sorted({e >> shift for e in entries})
         resident = mt.slot_page.item
@@ -1512,11 +1512,9 @@ class PageStore:
         bad = arena.bad_slots_of_rows(ent.reshape(-1) * row_bytes, row_bytes)
         if bad:
             self._drop_bad_copies(bad)
-            return await self._gather_small_fetching(ent, feats, row_bytes, shift)
+            return await self._gather_small_fetching(ent)
         rows = self._take_rows(arena, ent, feats, row_bytes)
-        heat = mt.heat
-        for p in pages[:64]:
-            heat[p] = heat.item(p) + 1.0
+        self._gather_heat.append(np.array(pages[:64], dtype=np.int64))  # applied as the fast path's
         return rows
 
     async def _gather_elements(self, elements: np.ndarray) -> np.ndarray:
