@@ -405,8 +405,8 @@ def test_small_memory_gathers_skip_the_predictor_unless_they_touch_planned_pages
 
 
 def test_memory_reads_that_skip_the_predictor_are_counted_and_never_pushed_over() -> None:
-    """The store's hot path hands reads served from memory to the predictor unpacked (no
-    event object). Past a run of cheap reads they are only noted: each counts once as an
+    """The store's hot path hands reads served from memory to the predictor unpacked. Past
+    a run of cheap reads they are only noted: each counts once as an
     event (a read of four pages too), and every page read stays 'recent' so no push ever
     overwrites it. A read touching a planned page is not skipped: it is the predictor's
     evidence that the plan was used; its page is recent at once all the same."""
@@ -417,8 +417,7 @@ def test_memory_reads_that_skip_the_predictor_are_counted_and_never_pushed_over(
     port = sim.FakePort(layout.n_pages, ps)
     pf = Prefetcher(port, layout, kind="markov", push=None)
     hook = port.memory_read_listeners[0]
-    pf._cheap_run = pf.cfg.cheap_skip_after + 1  # a long run of cheap reads so far ...
-    pf._skip_memory_reads = True  # ... as the drain task marks it
+    pf._cheap_run = pf.cfg.cheap_skip_after + 1  # a long run of cheap reads so far
     now = time.monotonic()
     events = pf.stats()["events"]
     hook(7, 7 * ps, 4096)

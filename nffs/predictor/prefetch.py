@@ -143,11 +143,10 @@ class Prefetcher:
                          "push_redone": 0, "fetches_inflight": 0, "cheap_skipped": 0, "small_batches": 0,
                          "field_oversized": 0}
         self._cheap_run = 0
-        #: `_cheap_run` is past `cfg.cheap_skip_after`: reads of unplanned pages served from
-        #: memory only update `recent` (see `_on_memory_read`)
+        #: `_cheap_run` is past `cfg.cheap_skip_after` and the store logs reads of unplanned
+        #: pages served from memory into `recent` (`log_memory_reads`)
         self._skip_memory_reads = False
-        self._skipped_reads = 0  # memory reads that skipped the predictor (stats: events, cheap_skipped)
-        self._planned = self.ledger.entries  # page -> ledger entry, for the hot path's test
+        self._planned = self.ledger.entries  # page -> ledger entry: the pages the store's log watches
         self._page_size = layout.page_size
         self._head_samples = 0
         self._reaction_parts = [0.0, 0.0, 0.0]
@@ -191,22 +190,11 @@ class Prefetcher:
 
     def _on_memory_read(self, page: int, offset: int, size: int) -> None:
         """A read served from memory, pages page..last (trio thread; the store's hottest
-        path). The kernel now caches those pages: they go to `recent` at once (via its
-        pending list, entered before any push decision), so no push ever lands on them (an
-        mmap writer may dirty them). Past a run of such reads of pages we did not plan,
-        that is all; otherwise the read goes on to the predictor as an event."""
+        path), as an event: `_on_event` notes its pages in `recent` at once and skips the
+        predictor past a run of cheap reads. Once such a run hands the store a log
+        (`_account`), reads of pages we did not plan never get here."""
         last = (offset + size - 1) // self._page_size
-        if self._skip_memory_reads:
-            if last == page:
-                if page not in self._planned:
-                    self.recent.pending.append(page)
-                    self._skipped_reads += 1
-                    return
-            elif self._planned.keys().isdisjoint(range(page, last + 1)):
-                self.recent.pending.extend(range(page, last + 1))
-                self._skipped_reads += 1
-                return
-        n = last - page + 1  # an event: _on_event notes its pages in `recent` as well
+        n = last - page + 1
         self._on_event(AccessEvent(AccessKind.READ, list(range(page, last + 1)), [False] * n, offset, size, time.monotonic()))
 
     def _on_memory_gather(self, pages: np.ndarray) -> None:
@@ -694,7 +682,7 @@ class Prefetcher:
     # ------------------------------------------------------------------ statistics
     def stats(self) -> dict:
         self.recent.flush()
-        skipped_reads = self._skipped_reads + self.port.logged_memory_reads()
+        skipped_reads = self.port.logged_memory_reads()  # memory reads that skipped the predictor
         spaces = {s: self.ledger.summary(s) for s in SPACES}
         total = {k: sum(spaces[s][k] for s in SPACES)
                  for k in ("issued", "useful", "late", "wasted", "pending", "demand_misses", "pushed")}

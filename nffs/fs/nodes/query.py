@@ -30,7 +30,7 @@ import trio
 
 from ...errors import InvalidInput, NffsError
 from .. import inodes as ino
-from ..errors import domain_error, store_errors
+from ..errors import domain_error
 from ..latency import QueryStats
 from .base import DYNAMIC_TIMEOUT, Handle, MountContext, Node, make_attr
 
@@ -143,20 +143,15 @@ class QueryNode(Node):
         try:
             if error is not None:
                 raise InvalidInput(error)
-            if len(request) > PARSE_INLINE_POINTS * self.row_bytes:  # megabytes to check and copy: not on the trio thread
-                points = await trio.to_thread.run_sync(self.parse, request)
-                with store_errors():
-                    out = await self.ctx.field.infer(points)
-                answer = await trio.to_thread.run_sync(_answer_view, out)
-            else:
-                points = self.parse(request)
-                try:  # store_errors() inline: its context manager costs a one-point query ~1 %
-                    out = await self.ctx.field.infer(points)
-                except NffsError:
-                    raise
-                except OSError as exc:
-                    raise domain_error(exc) from exc
-                answer = _answer_view(out)
+            big = len(request) > PARSE_INLINE_POINTS * self.row_bytes  # megabytes to check and copy: not on the trio thread
+            points = await trio.to_thread.run_sync(self.parse, request) if big else self.parse(request)
+            try:  # store_errors() inline: its context manager costs a one-point query ~1 %
+                out = await self.ctx.field.infer(points)
+            except NffsError:
+                raise
+            except OSError as exc:
+                raise domain_error(exc) from exc
+            answer = await trio.to_thread.run_sync(_answer_view, out) if big else _answer_view(out)
         except Exception:
             self.stats.failed()
             raise
