@@ -15,3 +15,20 @@ def sorted_unique(a: np.ndarray) -> np.ndarray:
         np.not_equal(out[1:], out[:-1], out=keep[1:])
         out = out[keep]
     return out
+
+
+#: 2^64 / golden ratio: multiplying by it spreads consecutive keys over a table (Fibonacci
+#: hashing); the top bits of the 64-bit product are the slot
+FIBONACCI_MULTIPLIER = 0x9E3779B97F4A7C15
+_MASK64 = (1 << 64) - 1
+
+
+def fibonacci_slot(key: int, shift: int) -> int:
+    """The slot of a non-negative key in a table of 2^(64 - shift) slots."""
+    return ((key * FIBONACCI_MULTIPLIER) & _MASK64) >> shift
+
+
+def fibonacci_slots(keys: np.ndarray, shift: int) -> np.ndarray:
+    """:func:`fibonacci_slot` of an array of non-negative keys (int64 slots)."""
+    wrapped = np.asarray(keys).astype(np.uint64) * np.uint64(FIBONACCI_MULTIPLIER)
+    return (wrapped >> np.uint64(shift)).astype(np.int64)

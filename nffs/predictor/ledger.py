@@ -32,6 +32,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..arrays import fibonacci_slot
 from .config import PrefetchConfig
 
 QUEUED, INFLIGHT, READY, SHADOW = 0, 1, 2, 3
@@ -127,7 +128,7 @@ class RecentUseful:
     def _slot(self, page: int) -> int:
         # Fibonacci hashing: pages a power of two apart (strides, interleaved readers) must
         # not all take one slot
-        return ((page * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> self._shift
+        return fibonacci_slot(page, self._shift)
 
     def add(self, page: int, space: str) -> None:
         k = self._slot(page)

@@ -36,6 +36,7 @@ from typing import Awaitable, Callable, Sequence
 import numpy as np
 import trio
 
+from ..arrays import fibonacci_slot, fibonacci_slots
 from ..tiers.port import AccessEvent, AccessKind, FetchResult, PrefetchPort, Priority
 from .address import AddressPlan, AddressPredictor
 from .config import PrefetchConfig
@@ -57,8 +58,6 @@ class RecentPages:
     time it replaces cost ~140 B of daemon memory per page and forgot pages beyond its
     capacity, which is a false "no").
     """
-
-    _GOLDEN = 0x9E3779B97F4A7C15  # Fibonacci hashing: consecutive pages land far apart
 
     def __init__(self, buckets: int = 1 << 20, horizon_s: float = 120.0) -> None:
         self.bits = max(1, (buckets - 1).bit_length())
@@ -85,7 +84,7 @@ class RecentPages:
         return n
 
     def _bucket(self, page: int) -> int:
-        return ((page * self._GOLDEN) & 0xFFFFFFFFFFFFFFFF) >> self._shift
+        return fibonacci_slot(page, self._shift)  # consecutive pages land far apart
 
     def add(self, page: int, now: float) -> None:
         """One page now (the hot paths append to `pending` instead)."""
@@ -100,7 +99,7 @@ class RecentPages:
             for p in np.asarray(pages).tolist():
                 self.add(p, now)
             return
-        b = ((np.asarray(pages, dtype=np.uint64) * np.uint64(self._GOLDEN)) >> np.uint64(64 - self.bits)).astype(np.int64)
+        b = fibonacci_slots(pages, self._shift)
         np.maximum.at(self._t, b, np.float32(now - self._t0))
 
     def __contains__(self, page: int) -> bool:

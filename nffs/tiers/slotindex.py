@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-_GOLDEN = 0x9E3779B97F4A7C15  # 2^64 / phi: Fibonacci hashing spreads consecutive pages
-_MASK64 = (1 << 64) - 1
+from ..arrays import fibonacci_slot, fibonacci_slots
+
 
 
 class SlotIndex:
@@ -34,10 +34,10 @@ class SlotIndex:
         self.codes = np.zeros(size, dtype=np.int64)
 
     def _home(self, page: int) -> int:
-        return ((page * _GOLDEN) & _MASK64) >> self._shift
+        return fibonacci_slot(page, self._shift)
 
     def _homes(self, pages: np.ndarray) -> np.ndarray:
-        return ((pages.astype(np.uint64) * np.uint64(_GOLDEN)) >> np.uint64(self._shift)).astype(np.int64)
+        return fibonacci_slots(pages, self._shift)
 
     def _grow(self) -> None:
         """Four times the size, every entry placed again (vectorised: on the trio thread, a
