@@ -29,7 +29,7 @@ from nffs.tiers.config import StoreConfig
 from nffs.tiers.fielddir import FieldError, OpenField, init_field, open_field
 from nffs.tiers.fielddir import open_field as open_field_with
 from nffs.tiers.fsck import fsck
-from nffs.tiers.homes import slab_name
+from nffs.tiers.homes import SlabHomes, slab_name
 from nffs.tiers.spec import parse_tier_spec
 
 SEED = 5
@@ -966,6 +966,150 @@ async def test_migration_between_durable_tiers_keeps_bytes(tmp_path: Path) -> No
         want[100:150] = b"m" * 50
         want[8192:8202] = b"n" * 10
         assert bytes(await opened.store.read(16384, 16384)) == bytes(want)
+    finally:
+        opened.close()
+    assert fsck(str(field)).clean
+
+
+async def test_migrated_home_of_a_partly_stored_page_keeps_its_chunks(tmp_path: Path) -> None:
+    """BUG: migration handed the whole page it read to a writer that took it for the stored
+    chunks one after the other: a page storing only a later chunk got its first chunk's
+    bytes written there instead, and read back as EIO once its memory copy was gone."""
+    field = make_field(tmp_path, page_size=16384, second_durable=True)
+    opened = open_field(str(field))
+    store = opened.store
+    hdd = next(t for t in store.tiers if t.name == "h")
+    try:
+        await store.write(16384 + 8192 + 7, b"late" * 8)  # chunk 2 of page 1 stored, not chunk 0
+        await store.sync()
+        assert await store.move_home(1, hdd)
+        await store.sync()
+    finally:
+        crash(opened, wipe_memory=True)
+    opened = open_field(str(field))
+    try:
+        want = bytearray(initial_bytes(opened)[16384:32768])
+        want[8192 + 7:8192 + 39] = b"late" * 8
+        assert bytes(await opened.store.read(16384, 16384)) == bytes(want)
+    finally:
+        opened.close()
+    assert fsck(str(field)).clean
+
+
+async def test_write_during_writeback_is_never_committed_torn(tmp_path: Path) -> None:
+    """Write-back writes a page home straight from the memory tier, without a copy. A write
+    that changes the page while that happens must not get the half-old bytes committed
+    under a checksum: the page stays dirty and the next sync brings the new bytes home."""
+    page = 65536
+    field = make_field(tmp_path, page_size=page, memory="8M", log2=16, levels=8)
+    opened = open_field(str(field))
+    store = opened.store
+    old, new = pattern(1, 8 * page), pattern(2, page)
+    real_write_many = SlabHomes.write_many
+    changed = []
+
+    def write_many_then_change(self, items, coalesce_bytes, direct_bytes=0):
+        # halfway through the write-back (a worker thread), a write to page 3 comes in
+        touched = real_write_many(self, items[:3], coalesce_bytes, direct_bytes)
+        if not changed:
+            trio.from_thread.run(store.write, 3 * page, new)
+            changed.append(True)
+        return touched | real_write_many(self, items[3:], coalesce_bytes, direct_bytes)
+
+    try:
+        await store.write(0, old)
+        SlabHomes.write_many = write_many_then_change
+        try:
+            await store.sync()
+        finally:
+            SlabHomes.write_many = real_write_many
+        assert changed
+        assert 3 not in homes_rows(field), "a page changed during its write-back was committed"
+        assert set(homes_rows(field)) == {0, 1, 2, 4, 5, 6, 7}
+        await store.sync()
+    finally:
+        crash(opened, wipe_memory=True)
+    opened = open_field(str(field))
+    try:
+        want = old[:3 * page] + new + old[4 * page:]
+        assert bytes(await opened.store.read(0, 8 * page)) == want
+    finally:
+        opened.close()
+    assert fsck(str(field)).clean
+
+
+async def test_writeback_without_o_direct_falls_back_to_the_page_cache(tmp_path: Path, monkeypatch) -> None:
+    """A durable tier whose file system refuses O_DIRECT (EINVAL) still takes big
+    write-backs, through the page cache."""
+    page = 65536
+    field = make_field(tmp_path, page_size=page, memory="8M", log2=16, levels=8)
+    real_open = os.open
+
+    def no_direct(path, flags, *args, **kw):
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "no O_DIRECT here")
+        return real_open(path, flags, *args, **kw)
+
+    monkeypatch.setattr(os, "open", no_direct)
+    opened = open_field(str(field))
+    store = opened.store
+    data = pattern(3, 32 * page)  # one 2 MiB run: above the O_DIRECT threshold
+    try:
+        await store.write(0, data)
+        await store.sync()
+        homes = store.tiers[-1].homes
+        assert not homes.direct_ok
+    finally:
+        crash(opened, wipe_memory=True)
+    monkeypatch.undo()
+    opened = open_field(str(field))
+    try:
+        assert bytes(await opened.store.read(0, 32 * page)) == data
+    finally:
+        opened.close()
+    assert fsck(str(field)).clean
+
+
+async def test_big_writeback_runs_go_direct_and_read_back(tmp_path: Path) -> None:
+    """Big runs are written with O_DIRECT (where the file system has it) and read back
+    exactly after the memory copies are gone; small ones go through the page cache."""
+    page = 65536
+    field = make_field(tmp_path, page_size=page, memory="8M", log2=16, levels=8)
+    opened = open_field(str(field))
+    store = opened.store
+    data = pattern(4, 32 * page)
+    runs: list[tuple[int, bool]] = []
+    real_run = SlabHomes._write_run
+
+    def spy(self, slab, bufs, offset, direct):
+        runs.append((sum(len(b) for b in bufs), bool(direct)))
+        return real_run(self, slab, bufs, offset, direct)
+
+    try:
+        SlabHomes._write_run = spy
+        try:
+            await store.write(40 * page, pattern(5, page))  # a whole page alone: a small run
+            await store.write(50 * page + 4096, b"small" * 10)  # one chunk: written on its own
+            await store.sync()
+            await store.write(0, data)
+            await store.sync()
+        finally:
+            SlabHomes._write_run = real_run
+        assert runs == [(page, False), (32 * page, True)]
+        probe = tmp_path / "direct-probe"
+        try:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600))
+            has_direct = True
+        except OSError:
+            has_direct = False
+        assert store.tiers[-1].homes.direct_ok == has_direct
+    finally:
+        crash(opened, wipe_memory=True)
+    opened = open_field(str(field))
+    try:
+        assert bytes(await opened.store.read(0, 32 * page)) == data
+        assert bytes(await opened.store.read(40 * page, page)) == pattern(5, page)
+        assert bytes(await opened.store.read(50 * page + 4096, 50)) == b"small" * 10
     finally:
         opened.close()
     assert fsck(str(field)).clean

@@ -9,17 +9,22 @@ of that chunk and never returned (SPEC 7).
 The arena knows bytes and their checksums only; which page lives in which slot and
 whether it is dirty is the page table's business.
 
-Concurrency: the trio thread reads and writes slots; worker threads take snapshots of
-slots (write-back) and gather rows (inference). Writers and snapshot readers hold
-`lock`, so a snapshot is never torn; gathers read without it (a value written during
-a gather may be seen before or after the write, as with any concurrent read).
+Concurrency: the trio thread reads and writes slots; worker threads write slots home
+(write-back) and gather rows (inference). Every change of a slot's bytes happens under
+`lock` and counts in `changes`; a write-back writes straight from the mapping and then
+checks that the slot's count did not move while it wrote and hashed (`begin_writeback` /
+`finish_writeback`), so what it commits is exactly what it wrote, without a copy.
+Gathers read without the lock (a value written during a gather may be seen before or
+after the write, as with any concurrent read).
 """
 from __future__ import annotations
 
+import errno
 import logging
 import mmap
 import os
 import threading
+from typing import Callable
 
 import numpy as np
 import xxhash
@@ -165,6 +170,8 @@ class MemoryArena:
         #: written home; the rest of a home is the implicit init too
         self.stored = np.zeros(n_slots, dtype=np.uint64)
         self.lock = threading.Lock()
+        #: changes of each slot's bytes, counted under `lock` (see `finish_writeback`)
+        self.changes = np.zeros(n_slots, dtype=np.uint64)
         self._free: list[int] = []
         #: free slots whose memory is still allocated (released, not punched yet): punching a
         #: hole costs ~30 µs on tmpfs, wasted when the slot is reused at once (streaming
@@ -248,11 +255,20 @@ class MemoryArena:
         return self.range_mask(offset, length) & ~int(self.valid[slot])
 
     def install(self, slot: int, data: bytes | bytearray | memoryview | np.ndarray, *, stored: int) -> None:
-        """A whole page into a slot, with fresh checksums; `stored` chunks belong to the page."""
+        """A whole page into a slot, with fresh checksums; `stored` chunks belong to the page.
+
+        A tier file gets the page with one pwrite, not a copy into the mapping: a slot that
+        is not in memory yet (a fresh or trimmed one, every slot of a long copy) then costs
+        one system call instead of a page fault per 4 KiB (a 256 MiB copy ~8 % faster)."""
         base = self._base(slot)
         mv = memoryview(data).cast("B")
         with self.lock:
-            self.view[base:base + self.page_size] = mv
+            self.changes[slot] += 1
+            if self.fd >= 0:
+                if os.pwrite(self.fd, mv, base) != self.page_size:
+                    raise OSError(errno.EIO, f"short write into the memory tier's slot {slot}")
+            else:
+                self.view[base:base + self.page_size] = mv
             self._rehash(slot, 0, self.chunks_per_page)
             self.valid[slot] = self.full_mask
             self.stored[slot] = stored
@@ -268,6 +284,7 @@ class MemoryArena:
         n = len(data) // c
         base = self._base(slot) + first_chunk * c
         with self.lock:
+            self.changes[slot] += 1
             self.view[base:base + n * c] = data
             self._rehash(slot, first_chunk, first_chunk + n)
             self.valid[slot] = int(self.valid[slot]) | (((1 << n) - 1) << first_chunk)
@@ -277,6 +294,7 @@ class MemoryArena:
         base = self._base(slot)
         mask = self.range_mask(offset, len(data))
         with self.lock:
+            self.changes[slot] += 1
             self.view[base + offset:base + offset + len(data)] = data
             self._rehash(slot, offset // self.chunk, (offset + len(data) - 1) // self.chunk + 1)
             self.valid[slot] = int(self.valid[slot]) | mask
@@ -449,23 +467,34 @@ class MemoryArena:
         base = self._base(slot) + offset
         return self.view[base:base + length].tobytes()
 
-    def snapshot(self, slot: int) -> tuple[bytes, int]:
-        """A consistent, verified copy of a slot's stored chunks and their mask (write-back, any
-        thread). Compact: the stored chunks one after the other (the whole page when all are
-        stored), so a 4 KiB write to a 1 MiB page costs 4 KiB of copy, not 1 MiB; its xxh3 is
-        the page's stored checksum (`homes.stored_checksum`)."""
-        base = self._base(slot)
-        c = self.chunk
+    def begin_writeback(self, slot: int) -> tuple[int, int, memoryview]:
+        """Write-back of a slot (worker thread), step one: (change count, stored mask, the
+        page's bytes as a view of the mapping). Write the stored chunks of the view home,
+        then ask `finish_writeback` whether they are what the page held: no copy of the
+        page is made (a 256 MiB copy into params ~7 % faster than with one)."""
         with self.lock:
-            stored = int(self.stored[slot])
-            if stored == self.full_mask:
-                data = self.view[base:base + self.page_size].tobytes()
-            else:
-                data = b"".join(self.view[base + a * c:base + b * c] for a, b in chunk_runs(stored, self.chunks_per_page))
-            ok = self.verify_valid(slot)
+            return int(self.changes[slot]), int(self.stored[slot]), self.page_view(slot)
+
+    def finish_writeback(self, slot: int, begun: int, checksum: Callable[[memoryview], int]) -> int | None:
+        """Step two, after the stored chunks were written: `checksum` of the page's bytes
+        as they were written, or None when the slot changed since `begin_writeback` (the
+        bytes written may be torn: the caller must not commit them; the page stays dirty
+        and goes home with its next write-back). ChecksumMismatch when the slot's valid
+        chunks no longer match their sums (changed behind our back): nothing to commit.
+
+        Why this is exact: every change of the slot's bytes counts in `changes` under the
+        lock, and the count is read again under the lock after the write and the hashes;
+        an unchanged count means no change happened in between, so the hashed bytes are the
+        written ones."""
+        view = self.page_view(slot)
+        ok = self.verify_valid(slot)
+        value = checksum(view)
+        with self.lock:
+            if int(self.changes[slot]) != begun:
+                return None
         if not ok:
             raise ChecksumMismatch(f"memory copy in slot {slot} fails its checksum")
-        return data, stored
+        return value
 
     def stored_bytes(self, slot: int) -> int:
         """Bytes a write-back of the slot writes (its stored chunks)."""
@@ -475,6 +504,7 @@ class MemoryArena:
         """Move a copy between memory tiers with its masks."""
         base = self._base(slot)
         with self.lock:
+            self.changes[slot] += 1
             self.view[base:base + self.page_size] = other.page_view(other_slot)
             self.sums[slot] = other.sums[other_slot]
             if self.lines is not None:
@@ -490,7 +520,9 @@ class MemoryArena:
     def drop_contents(self, slot: int) -> None:
         """Give a slot's memory back to the system (tmpfs: punch a hole)."""
         if self.fd >= 0:
-            _punch_hole(self.fd, self._base(slot), self.page_size)
+            with self.lock:
+                self.changes[slot] += 1
+                _punch_hole(self.fd, self._base(slot), self.page_size)
 
     def close(self) -> None:
         self.sums = np.zeros((0, self.chunks_per_page), dtype=np.uint64)

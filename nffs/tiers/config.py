@@ -51,6 +51,10 @@ class StoreConfig:
     writeback_batch_bytes: int = 16 << 20
     #: bytes gathered into one pwritev when consecutive slots are written
     coalesce_bytes: int = 8 << 20
+    #: write-back runs of at least this many bytes go to the durable tier with O_DIRECT,
+    #: straight from the memory tier (no page-cache copy); smaller ones through the page
+    #: cache, where one fsync covers many (SlabHomes.write_many). 0: never O_DIRECT
+    direct_write_bytes: int = 512 << 10
     #: free memory-tier slots whose memory is given back (a hole punched in the arena file)
     #: per background tick, once a tick passed without evictions (under eviction pressure a
     #: freed slot is reused at once, and punching it would be wasted work)

@@ -37,7 +37,7 @@ from .config import StoreConfig
 from .pagetable import Home, MemTier, PageTable
 from .port import AccessEvent, AccessKind, AccessListener, FetchResult, MemoryGatherListener, MemoryReadListener, Priority
 from . import generations
-from .homes import SlabHomes, chunk_size, compact_checksum, mask_runs, stored_checksum
+from .homes import SlabHomes, chunk_size, mask_runs, stored_checksum
 from .scheduler import IOScheduler
 from .tier import Tier
 
@@ -56,8 +56,8 @@ _h = xxhash.xxh3_64_intdigest
 
 
 def _release_heap() -> None:
-    """Return freed heap memory to the system (glibc keeps a write-back batch's 64 KiB page
-    copies otherwise, and the daemon's memory would grow with the largest batch it wrote)."""
+    """Return freed heap memory to the system (glibc keeps what big temporaries such as a
+    published table's rows freed, and the daemon's memory would grow with the largest)."""
     global _malloc_trim
     if _malloc_trim is None:
         import ctypes
@@ -1158,11 +1158,6 @@ class PageStore:
                     written += await self._writeback_batch(batch)
                 except NffsError as exc:
                     first_error = first_error or exc
-            if not any(t.mem is not None and t.mem.dirty for t in self.memory_tiers):
-                # the burst is over: give the batches' page copies back to the system. Not
-                # after every batch: the next one reuses that memory, and trimming it only
-                # for the next batch to fault it in again cost a 256 MiB copy ~5 %
-                await self.io.run(Priority.BACKGROUND, _release_heap)
             self._last_writeback = time.monotonic()
             self.counters["writebacks"] += written
             if first_error is not None:
@@ -1192,24 +1187,34 @@ class PageStore:
             mt.pins[slot] += 1
 
         def work() -> tuple[list[tuple[int, Home]], list[tuple[int, BaseException]], bool]:
-            by_tier: dict[int, list[tuple[int, bytes, int]]] = {}
+            # the stored chunks are written straight from the memory tier's mapping; only
+            # pages whose slot did not change while they were written and hashed are
+            # committed (MemoryArena.finish_writeback), the others stay dirty
+            by_tier: dict[int, list[tuple[int, memoryview, int]]] = {}
+            begun: list[tuple[MemTier, int, int, Tier, int, int, int]] = []
             rows: list[tuple[int, Home]] = []
             bad: list[tuple[int, BaseException]] = []
             tiers: dict[int, Tier] = {}
             for mt, slot, page, _gen, tier, new_slot, _old in plan:
                 if int(mt.slot_page[slot]) != page:
                     continue  # dropped meanwhile (a corrupted copy): nothing of this page to write
+                count, mask, view = mt.arena.begin_writeback(slot)
+                by_tier.setdefault(tier.id, []).append((new_slot, view, mask))
+                tiers[tier.id] = tier
+                begun.append((mt, slot, page, tier, new_slot, count, mask))
+            for tid, writes in by_tier.items():
+                self._write_slots(tiers[tid], writes, aligned=True)
+            by_tier.clear()
+            for mt, slot, page, tier, new_slot, count, mask in begun:
                 try:
-                    data, mask = mt.arena.snapshot(slot)
+                    checksum = mt.arena.finish_writeback(
+                        slot, count, lambda view, mask=mask: stored_checksum(view, mask, self.chunk, self.n_chunks))
                 except ChecksumMismatch as exc:
                     bad.append((page, exc))
                     continue
-                by_tier.setdefault(tier.id, []).append((new_slot, data, mask))
-                tiers[tier.id] = tier
-                rows.append((page, Home(tier.id, new_slot, compact_checksum(data), mask)))
-            for tid, writes in by_tier.items():
-                self._write_slots(tiers[tid], writes)
-            by_tier.clear()
+                if checksum is not None:
+                    rows.append((page, Home(tier.id, new_slot, checksum, mask)))
+            begun.clear()
             if rows and not self.table.commit_homes(rows, abandoned=lambda: gave_up):
                 return [], bad, False
             return rows, bad, self._readers_active()
@@ -1268,13 +1273,16 @@ class PageStore:
             raise TierUnavailable(f"tier(s) {names} unavailable: dirty pages kept in memory")
         return len(row_by_page)
 
-    def _write_slots(self, tier: Tier, writes: list[tuple[int, bytes, int]]) -> None:
-        """Worker thread: pages into free slots of a durable tier, only their stored chunks, then fsync."""
+    def _write_slots(self, tier: Tier, writes: list[tuple[int, bytes | memoryview, int]], *, aligned: bool = False) -> None:
+        """Worker thread: pages (whole, with their stored-chunk masks) into free slots of a
+        durable tier, only their stored chunks, then fsync. `aligned`: the pages are views
+        of a memory tier's mapping, fit for O_DIRECT."""
         homes = tier.homes
         assert homes is not None
         try:
             whole = [(slot, data) for slot, data, mask in writes if mask == self.full_mask]
-            slabs = homes.write_many(whole, self.cfg.coalesce_bytes) if whole else set()
+            direct = self.cfg.direct_write_bytes if aligned else 0
+            slabs = homes.write_many(whole, self.cfg.coalesce_bytes, direct) if whole else set()
             for slot, data, mask in writes:
                 if mask != self.full_mask:
                     slabs.add(homes.write_partial(slot, data, mask, self.chunk, self.n_chunks))
