@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nffs.errors import ChecksumMismatch
 from nffs.tiers.arena import LINE_BYTES, MemoryArena
 
 PAGE = 16384
@@ -150,3 +151,35 @@ def test_background_learning_covers_valid_intact_chunks_only() -> None:
         assert arena.bad_slots_of_rows(np.array([2 * PAGE + LINE_BYTES], dtype=np.int64), ROW) == []  # other lines pass
     finally:
         arena.close()
+
+
+@settings(max_examples=100, deadline=None)
+@given(writes=st.lists(st.tuples(st.integers(0, PAGE - 1), st.integers(1, 3 * CHUNK), st.integers(0, 255)), max_size=6),
+       corrupt=st.one_of(st.none(), st.integers(0, PAGE - 1)), change=st.booleans())
+def test_writeback_checksum_is_the_stored_checksum_of_what_was_written(writes, corrupt, change) -> None:
+    """A write-back commits `finish_writeback`'s checksum for the bytes it wrote from the
+    mapping: it must equal the home's checksum of those bytes (what reads and fsck check),
+    refuse a slot changed behind the arena's back, and refuse one changed by a write."""
+    from nffs.tiers.homes import stored_checksum
+
+    arena = MemoryArena(None, 1, PAGE, CHUNK)
+    arena.install_empty(0)
+    for off, n, value in writes:
+        n = min(n, PAGE - off)
+        first, last = off // CHUNK, (off + n - 1) // CHUNK
+        for c in {first, last}:  # the store fills partly covered chunks first (implicit init)
+            if not arena.valid[0] >> np.uint64(c) & np.uint64(1):
+                arena.fill(0, c, bytes(CHUNK))
+        arena.write(0, off, memoryview(bytes([value]) * n))
+    begun, mask, view = arena.begin_writeback(0)
+    written = bytes(view)
+    if corrupt is not None:
+        arena.bytes[corrupt] ^= 0x5A
+    if change:
+        arena.write(0, 0, memoryview(b"x"))
+        assert arena.finish_writeback(0, begun) is None
+    elif corrupt is not None and arena.valid[0] >> np.uint64(corrupt // CHUNK) & np.uint64(1):
+        with pytest.raises(ChecksumMismatch):
+            arena.finish_writeback(0, begun)
+    else:
+        assert arena.finish_writeback(0, begun) == stored_checksum(written, mask, CHUNK, PAGE // CHUNK)

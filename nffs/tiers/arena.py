@@ -24,7 +24,6 @@ import logging
 import mmap
 import os
 import threading
-from typing import Callable
 
 import numpy as np
 import xxhash
@@ -475,26 +474,52 @@ class MemoryArena:
         with self.lock:
             return int(self.changes[slot]), int(self.stored[slot]), self.page_view(slot)
 
-    def finish_writeback(self, slot: int, begun: int, checksum: Callable[[memoryview], int]) -> int | None:
-        """Step two, after the stored chunks were written: `checksum` of the page's bytes
-        as they were written, or None when the slot changed since `begin_writeback` (the
-        bytes written may be torn: the caller must not commit them; the page stays dirty
-        and goes home with its next write-back). ChecksumMismatch when the slot's valid
-        chunks no longer match their sums (changed behind our back): nothing to commit.
+    def finish_writeback(self, slot: int, begun: int) -> int | None:
+        """Step two, after the stored chunks were written: the page's stored checksum (xxh3
+        of its stored chunks in order, `homes.stored_checksum`) of the bytes as they were
+        written, or None when the slot changed since `begin_writeback` (the bytes written
+        may be torn: the caller must not commit them; the page stays dirty and goes home
+        with its next write-back). ChecksumMismatch when the slot's valid chunks no longer
+        match their sums (changed behind our back): nothing to commit.
 
         Why this is exact: every change of the slot's bytes counts in `changes` under the
         lock, and the count is read again under the lock after the write and the hashes;
         an unchanged count means no change happened in between, so the hashed bytes are the
-        written ones."""
-        view = self.page_view(slot)
-        ok = self.verify_valid(slot)
-        value = checksum(view)
+        written ones. Each valid chunk is hashed once; a page storing one chunk (a 4 KiB
+        write to a new page) takes that hash as its stored checksum too.
+        """
+        base = self._base(slot)
+        c = self.chunk
+        view = self.view
+        stored = int(self.stored[slot])
+        valid = int(self.valid[slot])
+        if valid == self.full_mask:
+            ok = self.verify(slot)
+            checksum = _h(view[base:base + self.page_size]) if stored == self.full_mask else None
+        else:
+            sums = self.sums[slot].tolist()
+            ok = True
+            one = -1
+            while valid:  # the set bits only: a page with one written chunk checks one
+                i = (valid & -valid).bit_length() - 1
+                valid &= valid - 1
+                h = _h(view[base + i * c:base + (i + 1) * c])
+                if h != sums[i]:
+                    ok = False
+                if stored == 1 << i:
+                    one = h
+            checksum = one if one >= 0 else None
+        if checksum is None:
+            digest = xxhash.xxh3_64()
+            for a, b in chunk_runs(stored, self.chunks_per_page):
+                digest.update(view[base + a * c:base + b * c])
+            checksum = digest.intdigest()
         with self.lock:
             if int(self.changes[slot]) != begun:
                 return None
         if not ok:
             raise ChecksumMismatch(f"memory copy in slot {slot} fails its checksum")
-        return value
+        return checksum
 
     def stored_bytes(self, slot: int) -> int:
         """Bytes a write-back of the slot writes (its stored chunks)."""

@@ -23,8 +23,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -61,8 +60,9 @@ def to_unsigned64(value: int) -> int:
     return value + (1 << 64) if value < 0 else value
 
 
-@dataclass(frozen=True)
-class Home:
+class Home(NamedTuple):
+    """Where a page's durable version lives (a tuple: one is built per page written back)."""
+
     tier: int  # durable tier id (stable across mounts, from the tiers table)
     slot: int
     checksum: int  # xxh3 of the stored chunks, in order
@@ -213,7 +213,7 @@ class PageTable:
         if not self._homed_loaded or page in self._homed_recent:
             return True
         homed = self._homed
-        i = int(np.searchsorted(homed, page))
+        i = int(homed.searchsorted(page))
         return i < homed.size and int(homed[i]) == page
 
     def maybe_homed_many(self, pages: np.ndarray) -> np.ndarray:

@@ -389,7 +389,8 @@ class PageStore:
 
     def _levels_unready(self) -> None:
         """A page of the direct-mapped arena left memory or became incomplete."""
-        self._level_ready = [False] * self.layout.n_levels
+        if self._all_levels_ready or True in self._level_ready:  # every write of a new page comes here
+            self._level_ready = [False] * self.layout.n_levels
         self._all_levels_ready = False
 
     def _refresh_levels_ready(self) -> None:
@@ -1207,8 +1208,7 @@ class PageStore:
             by_tier.clear()
             for mt, slot, page, tier, new_slot, count, mask in begun:
                 try:
-                    checksum = mt.arena.finish_writeback(
-                        slot, count, lambda view, mask=mask: stored_checksum(view, mask, self.chunk, self.n_chunks))
+                    checksum = mt.arena.finish_writeback(slot, count)
                 except ChecksumMismatch as exc:
                     bad.append((page, exc))
                     continue
