@@ -19,7 +19,6 @@ after the write, as with any concurrent read).
 """
 from __future__ import annotations
 
-import errno
 import logging
 import mmap
 import os
@@ -146,6 +145,8 @@ class MemoryArena:
         self.full_mask = (1 << self.chunks_per_page) - 1
         size = n_slots * page_size
         self.fd = -1
+        #: whole-page installs populate their slot's mapping in one call (`install`)
+        self._populate = root is not None
         if root is None:
             self._mm = mmap.mmap(-1, size)
         else:
@@ -256,18 +257,21 @@ class MemoryArena:
     def install(self, slot: int, data: bytes | bytearray | memoryview | np.ndarray, *, stored: int) -> None:
         """A whole page into a slot, with fresh checksums; `stored` chunks belong to the page.
 
-        A tier file gets the page with one pwrite, not a copy into the mapping: a slot that
-        is not in memory yet (a fresh or trimmed one, every slot of a long copy) then costs
-        one system call instead of a page fault per 4 KiB (a 256 MiB copy ~8 % faster)."""
+        The slot is populated first with one madvise (MADV_POPULATE_WRITE): a slot that is
+        not in memory yet (a fresh or trimmed one, every slot of a long copy) then costs one
+        system call instead of a page fault per 4 KiB (a 256 MiB copy ~8 % faster). Not a
+        pwrite into the tier file: that is as fast, but leaves the pages unmapped here, and
+        the first read of each then faults (cold 4 KiB reads ~6 % slower)."""
         base = self._base(slot)
         mv = memoryview(data).cast("B")
         with self.lock:
             self.changes[slot] += 1
-            if self.fd >= 0:
-                if os.pwrite(self.fd, mv, base) != self.page_size:
-                    raise OSError(errno.EIO, f"short write into the memory tier's slot {slot}")
-            else:
-                self.view[base:base + self.page_size] = mv
+            if self._populate:
+                try:
+                    self._mm.madvise(_MADV_POPULATE_WRITE, base, self.page_size)
+                except OSError:  # before Linux 5.14: page faults, as before
+                    self._populate = False
+            self.view[base:base + self.page_size] = mv
             self._rehash(slot, 0, self.chunks_per_page)
             self.valid[slot] = self.full_mask
             self.stored[slot] = stored
@@ -564,6 +568,7 @@ class MemoryArena:
             self.fd = -1
 
 
+_MADV_POPULATE_WRITE = 23  # Linux 5.14; not in Python's mmap module before 3.13
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 _libc = None
