@@ -1,6 +1,7 @@
 """One writer, many readers (docs/sharing.md) at the storage-core level, no FUSE."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -92,3 +93,95 @@ def test_a_damaged_generation_is_refused(tmp_path: Path) -> None:
         assert "checksum" in str(exc)
     else:
         raise AssertionError("a damaged generation was accepted")
+
+
+def rows_of(pages: list[int], tier: int = 0, slot0: int = 0) -> np.ndarray:
+    rows = np.zeros(len(pages), dtype=generations.ROW)
+    rows["page"] = pages
+    rows["tier"] = tier
+    rows["slot"] = np.arange(slot0, slot0 + len(pages))
+    rows["sum"] = rows["slot"] * 7 + 1
+    return rows
+
+
+def test_deltas_apply_in_order_the_last_change_wins_and_no_home_drops() -> None:
+    base = rows_of([1, 2, 3, 4])
+    first = rows_of([2, 9], tier=1, slot0=100)
+    second = rows_of([2, 3], tier=0, slot0=200)
+    second["tier"][1] = generations.NO_HOME  # page 3 lost its home
+    got = generations.apply_deltas(base, [first, second])
+    assert got["page"].tolist() == [1, 2, 4, 9]
+    assert got["slot"].tolist() == [0, 200, 3, 101]
+    assert got["tier"].tolist() == [0, 0, 0, 1]
+
+
+async def test_fsyncs_publish_deltas_that_readers_apply_exactly(tmp_path: Path) -> None:
+    """An fsync publishes what changed since the last one, not the whole table; a reader
+    that loads CURRENT gets exactly the writer's homes; the chain is rebased before it
+    grows past its bounds, and only the files the last two CURRENTs name stay."""
+    field = tmp_path / "f"
+    init_field(str(field), FieldConfig(levels=4, log2_table_size=12, page_size=PAGE), specs(tmp_path, "writer"))
+    writer = open_field(str(field), specs(tmp_path, "writer"))
+    store = writer.store
+    gen_dir = field / "gen"
+    n_pages = writer.layout.params_bytes // PAGE
+    rng = np.random.default_rng(3)
+    try:
+        await store.write(0, rng.integers(0, 256, writer.layout.params_bytes, dtype=np.uint8).tobytes())
+        await store.sync()  # the writer's first publish is a base
+        assert not list(gen_dir.glob("*.pd"))
+        kinds = []
+
+        def named_by_current() -> set[str]:
+            meta = json.loads((gen_dir / "CURRENT").read_text())
+            return {meta["file"], *(d["file"] for d in meta.get("deltas", []))}
+
+        previous = named_by_current()
+        for i in range(12):
+            page = int(rng.integers(0, n_pages))
+            await store.write(page * PAGE + 10, bytes([i]) * 100)
+            await store.sync()
+            newest = max((p for p in gen_dir.iterdir() if p.suffix in (".pt", ".pd")), key=lambda p: int(p.stem))
+            kinds.append(newest.suffix)
+            got = generations.load_current(str(field))
+            assert got is not None and got.number == store.generation
+            want = store.table.export_rows()
+            assert got.rows.tobytes() == want.tobytes(), f"publish {i}: the reader's rows differ from the writer's"
+            # what neither this CURRENT nor the one before names is gone
+            named = named_by_current()
+            assert {p.name for p in gen_dir.iterdir() if p.suffix in (".pt", ".pd")} == named | previous
+            previous = named
+        assert ".pd" in kinds, "small fsyncs should publish deltas"
+        assert kinds.count(".pt") >= 1, "the chain should be rebased (delta_share of a small base)"
+    finally:
+        writer.close()
+    # a writer that starts again publishes a base first (it does not know what it missed)
+    writer = open_field(str(field), specs(tmp_path, "writer"))
+    try:
+        await writer.store.write(10, b"again")
+        await writer.store.sync()
+        meta = json.loads((gen_dir / "CURRENT").read_text())
+        assert "deltas" not in meta and meta["file"] == f"{writer.store.generation}.pt"
+        got = generations.load_current(str(field))
+        assert got is not None and got.rows.tobytes() == writer.store.table.export_rows().tobytes()
+    finally:
+        writer.close()
+
+
+def test_a_damaged_delta_is_refused(tmp_path: Path) -> None:
+    pub = generations.Publisher(str(tmp_path))
+    pub.publish_full(1, rows_of(list(range(100))))
+    assert not pub.wants_full(3)
+    pub.publish_delta(2, rows_of([5, 7, 200], tier=1, slot0=500))
+    got = generations.load_current(str(tmp_path))
+    assert got is not None and got.number == 2 and got.rows["page"].tolist()[-1] == 200
+    path = tmp_path / "gen" / "2.pd"
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0x10
+    path.write_bytes(bytes(raw))
+    try:
+        generations.load_current(str(tmp_path))
+    except generations.GenerationError as exc:
+        assert "checksum" in str(exc)
+    else:
+        raise AssertionError("a damaged delta was accepted")

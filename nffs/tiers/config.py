@@ -88,6 +88,12 @@ class StoreConfig:
     #: the writer publishes the page table for readers on other machines (docs/sharing.md)
     #: at every fsync and, after background write-backs, at most this often (seconds)
     publish_interval_s: float = 2.0
+    #: a publish writes only the rows changed since the previous one (a delta) until the
+    #: chain of deltas holds this share of the base's rows, or this many files; then a new
+    #: full base (generations.Publisher). An fsync after a few writes then costs what they
+    #: changed, not 36 B per materialised page
+    publish_delta_share: float = 0.25
+    publish_max_chain: int = 32
     #: while a reader's lease is younger than `reader_lease_fresh_s`, freed slots stay out
     #: of use this long, so a reader of the previous generation never reads a reused slot
     reader_retain_s: float = 30.0

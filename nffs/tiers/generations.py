@@ -2,18 +2,28 @@
 
 One writer, many readers (docs/sharing.md). SQLite's WAL needs shared memory and does
 not work across machines, so readers never open the writer's live database. Instead,
-at every sync point, after the homes are durable, the writer publishes the whole
-page table as an immutable file `FIELD/gen/<n>.pt` and then points `FIELD/gen/CURRENT`
-at it (temporary name, fsync, rename, fsync of the directory: a reader sees the old or
-the new generation, never a mix). Readers load CURRENT at mount and on refresh.
+at every sync point, after the homes are durable, the writer publishes the page table
+as immutable files and then points `FIELD/gen/CURRENT` at them (temporary name, fsync,
+rename, fsync of the directory: a reader sees the old or the new generation, never a
+mix). Readers load CURRENT at mount and on refresh.
+
+A generation is a full snapshot `<b>.pt` (a *base*) plus a chain of deltas `<n>.pd`,
+each holding the rows changed since the generation before it (a row whose tier is
+`NO_HOME`: the page has no home any more). Why: a full snapshot costs 36 bytes per
+materialised page, and every `fsync` publishes; with deltas an `fsync` after a few
+writes costs what they changed, not what the field holds (`Publisher`). A new base is
+written when the chain's rows pass `delta_share` of the base's, or the chain
+`max_chain` files, so a reader never applies more than a bounded chain.
 
 A slot a published generation names is not reused while readers may still use that
 generation: readers leave a lease file in `FIELD/gen/readers/`, and while a lease is
 fresh the writer keeps freed slots out of use for `retain_s` seconds (homes.py).
 
-File format (little-endian): magic `NFFSGEN1`, u64 generation, u64 rows, u64 xxh3 of
-the rows, then the rows (`ROW` below, sorted by page). CURRENT is JSON
-`{"generation": n, "file": "<n>.pt", "rows": r, "checksum": c}`.
+File format (little-endian): magic `NFFSGEN1` (base) or `NFFSDLT1` (delta), u64
+generation, u64 rows, u64 xxh3 of the rows, then the rows (`ROW` below, sorted by page).
+CURRENT is JSON `{"generation": n, "file": "<b>.pt", "rows": r, "checksum": c,
+"deltas": [{"file": "<k>.pd", "generation": k, "rows": r, "checksum": c}, ...],
+"tiers": {id: name}}` (no "deltas": the base alone).
 """
 from __future__ import annotations
 
@@ -34,6 +44,9 @@ GEN_DIR = "gen"
 CURRENT = "CURRENT"
 READERS = "readers"
 MAGIC = b"NFFSGEN1"
+DELTA_MAGIC = b"NFFSDLT1"
+#: the tier of a delta row whose page has no home any more
+NO_HOME = -1
 ROW = np.dtype([("page", "<i8"), ("tier", "<i4"), ("slot", "<i8"), ("sum", "<u8"), ("mask", "<u8")])
 _HEADER = struct.Struct("<8sQQQ")
 
@@ -79,29 +92,92 @@ def current_number(field_dir: str) -> int:
         return 0
 
 
-def publish(field_dir: str, number: int, rows: np.ndarray, tier_names: dict[int, str] | None = None) -> None:
-    """Write generation `number` and make it CURRENT (worker thread; homes already durable).
-
-    CURRENT also names the tiers by id: a reader resolves the writer's tier ids by name
-    from it, never from the writer's live database."""
-    directory = os.path.join(field_dir, GEN_DIR)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+def _write_rows(directory: str, name: str, magic: bytes, number: int, rows: np.ndarray) -> dict:
     body = np.ascontiguousarray(rows, dtype=ROW).tobytes()
     checksum = xxhash.xxh3_64_intdigest(body)
-    name = f"{number}.pt"
-    _write_atomically(directory, name, [_HEADER.pack(MAGIC, number, len(rows), checksum), body])
-    _fsync_dir(directory)
-    current = json.dumps({"generation": number, "file": name, "rows": len(rows), "checksum": checksum,
-                          "tiers": {str(k): v for k, v in (tier_names or {}).items()}}).encode()
-    _write_atomically(directory, CURRENT, [current])
-    _fsync_dir(directory)
-    # readers that loaded the previous generation a moment ago may still be opening it
-    for old in os.listdir(directory):
-        if old.endswith(".pt") and old[:-3].isdigit() and int(old[:-3]) < number - 1:
-            try:
-                os.unlink(os.path.join(directory, old))
-            except FileNotFoundError:
-                pass
+    _write_atomically(directory, name, [_HEADER.pack(magic, number, len(rows), checksum), body])
+    return {"file": name, "generation": number, "rows": len(rows), "checksum": checksum}
+
+
+def _files_named(meta: dict) -> set[str]:
+    files = {str(meta.get("file", ""))}
+    files.update(str(d.get("file", "")) for d in meta.get("deltas", []) if isinstance(d, dict))
+    return files
+
+
+def _read_current(directory: str) -> dict | None:
+    with open(os.path.join(directory, CURRENT)) as f:
+        meta = json.load(f)
+    if not isinstance(meta, dict):
+        raise ValueError("not a JSON object")
+    return meta
+
+
+class Publisher:
+    """The writer's side of generations (worker thread, one publish at a time).
+
+    `publish_full` writes a base; `publish_delta` the rows changed since the last
+    publish, when `wants_full` says a delta is worth it. Each publish then replaces
+    CURRENT and deletes the files that neither it nor the CURRENT before it names
+    (readers that loaded the previous one a moment ago may still be opening its files).
+    """
+
+    def __init__(self, field_dir: str, *, max_chain: int = 32, delta_share: float = 0.25) -> None:
+        self.directory = os.path.join(field_dir, GEN_DIR)
+        self.max_chain = max_chain
+        self.delta_share = delta_share
+        self._base: dict | None = None  # written by this writer: a delta needs its own base
+        self._deltas: list[dict] = []
+        self._delta_rows = 0
+        try:
+            self._previous = _files_named(_read_current(self.directory) or {})
+        except (OSError, ValueError):
+            self._previous = set()
+
+    def wants_full(self, changed: int) -> bool:
+        """Is a base due, rather than a delta of `changed` rows?"""
+        if self._base is None or len(self._deltas) >= self.max_chain:
+            return True
+        return self._delta_rows + changed > self.delta_share * self._base["rows"]
+
+    def publish_full(self, number: int, rows: np.ndarray, tier_names: dict[int, str] | None = None) -> None:
+        """Generation `number` as a base of every row (sorted by page)."""
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        base = _write_rows(self.directory, f"{number}.pt", MAGIC, number, rows)
+        self._commit(number, base, [], tier_names)
+        self._base, self._deltas, self._delta_rows = base, [], 0
+
+    def publish_delta(self, number: int, rows: np.ndarray, tier_names: dict[int, str] | None = None) -> None:
+        """Generation `number` as the last one plus `rows` (sorted by page; tier NO_HOME: no home)."""
+        assert self._base is not None
+        delta = _write_rows(self.directory, f"{number}.pd", DELTA_MAGIC, number, rows)
+        self._commit(number, self._base, self._deltas + [delta], tier_names)
+        self._deltas.append(delta)
+        self._delta_rows += len(rows)
+
+    def _commit(self, number: int, base: dict, deltas: list[dict], tier_names: dict[int, str] | None) -> None:
+        _fsync_dir(self.directory)
+        meta = {"generation": number, "file": base["file"], "rows": base["rows"], "checksum": base["checksum"],
+                "tiers": {str(k): v for k, v in (tier_names or {}).items()}}
+        if deltas:
+            meta["deltas"] = deltas
+        _write_atomically(self.directory, CURRENT, [json.dumps(meta).encode()])
+        _fsync_dir(self.directory)
+        named = _files_named(meta)
+        keep = named | self._previous
+        self._previous = named
+        for old in os.listdir(self.directory):
+            stem, dot, ext = old.rpartition(".")
+            if dot and ext in ("pt", "pd") and stem.isdigit() and old not in keep:
+                try:
+                    os.unlink(os.path.join(self.directory, old))
+                except FileNotFoundError:
+                    pass
+
+
+def publish(field_dir: str, number: int, rows: np.ndarray, tier_names: dict[int, str] | None = None) -> None:
+    """Write generation `number` as a base and make it CURRENT (a writer that publishes once)."""
+    Publisher(field_dir).publish_full(number, rows, tier_names)
 
 
 def current_tier_names(field_dir: str) -> dict[int, str]:
@@ -114,32 +190,64 @@ def current_tier_names(field_dir: str) -> dict[int, str]:
         return {}
 
 
+def _load_rows(directory: str, entry: object, magic: bytes, generation: object | None) -> np.ndarray:
+    """The rows of one file CURRENT names, verified against its header and CURRENT's entry."""
+    if not isinstance(entry, dict):
+        raise GenerationError(f"{directory}/{CURRENT}: malformed")
+    name = str(entry.get("file"))
+    ext = ".pt" if magic == MAGIC else ".pd"
+    if "/" in name or not name.endswith(ext):
+        raise GenerationError(f"{directory}/{CURRENT} names {name!r}")
+    try:
+        with open(os.path.join(directory, name), "rb") as f:
+            head = f.read(_HEADER.size)
+            got_magic, number, n_rows, checksum = _HEADER.unpack(head)
+            body = f.read(n_rows * ROW.itemsize + 1)
+    except (OSError, struct.error) as exc:
+        raise GenerationError(f"{directory}: generation unreadable: {exc}") from None
+    if got_magic != magic or (generation is not None and number != generation) or len(body) != n_rows * ROW.itemsize:
+        raise GenerationError(f"{directory}/{name}: not a complete generation file")
+    if xxhash.xxh3_64_intdigest(body) != checksum or checksum != entry.get("checksum"):
+        raise GenerationError(f"{directory}/{name}: checksum mismatch")
+    return np.frombuffer(body, dtype=ROW)
+
+
+def apply_deltas(base: np.ndarray, deltas: list[np.ndarray]) -> np.ndarray:
+    """`base` with every delta applied in order (the last row of a page wins; NO_HOME drops it)."""
+    if not deltas:
+        return base
+    changes = np.concatenate(deltas)
+    # the last change of each page: unique over the reversed list keeps the first it meets
+    _, last = np.unique(changes["page"][::-1], return_index=True)
+    changes = changes[::-1][last]  # sorted by page
+    kept = base[~np.isin(base["page"], changes["page"], assume_unique=True)]
+    merged = np.concatenate([kept, changes[changes["tier"] != NO_HOME]])
+    return merged[np.argsort(merged["page"], kind="stable")]
+
+
 def load_current(field_dir: str) -> Generation | None:
-    """The newest published generation, verified; None when the field never published one."""
+    """The newest published generation (its base and deltas applied), verified; None when
+    the field never published one."""
     directory = os.path.join(field_dir, GEN_DIR)
     try:
-        with open(os.path.join(directory, CURRENT)) as f:
-            meta = json.load(f)
+        meta = _read_current(directory)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
         raise GenerationError(f"{directory}/{CURRENT}: {exc}") from None
+    assert meta is not None
+    entries = meta.get("deltas", [])
+    if not isinstance(entries, list):
+        raise GenerationError(f"{directory}/{CURRENT}: malformed")
+    base = _load_rows(directory, meta, MAGIC, None if entries else meta.get("generation"))
+    deltas = [_load_rows(directory, e, DELTA_MAGIC, e.get("generation") if isinstance(e, dict) else None) for e in entries]
+    if entries and entries[-1].get("generation") != meta.get("generation"):
+        raise GenerationError(f"{directory}/{CURRENT}: its last delta is not its generation")
     try:
-        name = str(meta["file"])
-        if "/" in name or not name.endswith(".pt"):
-            raise GenerationError(f"{directory}/{CURRENT} names {name!r}")
-        with open(os.path.join(directory, name), "rb") as f:
-            head = f.read(_HEADER.size)
-            magic, number, n_rows, checksum = _HEADER.unpack(head)
-            body = f.read(n_rows * ROW.itemsize + 1)
-    except (OSError, KeyError, struct.error) as exc:
-        raise GenerationError(f"{directory}: generation unreadable: {exc}") from None
-    if magic != MAGIC or number != meta.get("generation") or len(body) != n_rows * ROW.itemsize:
-        raise GenerationError(f"{directory}/{name}: not a complete generation file")
-    if xxhash.xxh3_64_intdigest(body) != checksum or checksum != meta.get("checksum"):
-        raise GenerationError(f"{directory}/{name}: checksum mismatch")
-    rows = np.frombuffer(body, dtype=ROW)
-    return Generation(int(number), rows, time.monotonic())
+        number = int(meta["generation"])
+    except (KeyError, TypeError, ValueError):
+        raise GenerationError(f"{directory}/{CURRENT}: malformed") from None
+    return Generation(number, apply_deltas(base, deltas), time.monotonic())
 
 
 def lease_name() -> str:

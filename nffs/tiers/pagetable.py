@@ -136,6 +136,10 @@ class PageTable:
         self._homed_loaded = False
         self._rows: dict[int, object] = {}
         self._row_limit = row_cache
+        #: rows committed since the last publish of a generation (None: too many, or not
+        #: known: the next publish is a full one); see `take_unpublished`
+        self._unpublished: dict[int, Home | None] | None = None
+        self._unpublished_limit = max(row_cache, 1 << 16)
         # memory index: page -> (mem tier index << SLOT_BITS) | slot, or -1
         self.dense = n_pages <= dense_limit
         self._dense_index = np.full(n_pages if self.dense else 0, -1, dtype=np.int64)
@@ -267,7 +271,29 @@ class PageTable:
             except BaseException:
                 self._writer.execute("ROLLBACK")
                 raise
+            self._note_unpublished(rows)
         return True
+
+    def _note_unpublished(self, rows: list[tuple[int, Home | None]]) -> None:
+        """Under the writer lock, after a commit."""
+        if self._unpublished is not None:
+            self._unpublished.update(rows)
+            if len(self._unpublished) > self._unpublished_limit:
+                self._unpublished = None  # a full publish is cheaper than a delta this big
+
+    def take_unpublished(self) -> dict[int, Home | None] | None:
+        """The rows committed since the last call (worker thread, before a publish), or
+        None when they are not known (the first publish of this writer, or too many): the
+        publish must then be a full one. Rows committed from now on count for the next.
+        A publish that fails must call `forget_unpublished`."""
+        with self._write_lock:
+            rows, self._unpublished = self._unpublished, {}
+        return rows
+
+    def forget_unpublished(self) -> None:
+        """A publish failed: what it took is not published, so the next one is full."""
+        with self._write_lock:
+            self._unpublished = None
 
     def delete_homes(self, pages: list[int]) -> None:
         assert self._writer is not None
@@ -275,6 +301,7 @@ class PageTable:
             self._writer.execute("BEGIN IMMEDIATE")
             self._writer.executemany("DELETE FROM homes WHERE page=?", [(p,) for p in pages])
             self._writer.execute("COMMIT")
+            self._note_unpublished([(p, None) for p in pages])
         for p in pages:
             self._rows[p] = None
 

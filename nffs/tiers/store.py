@@ -176,6 +176,7 @@ class PageStore:
         self.generation = 0
         self._unpublished = True
         self._last_publish = 0.0
+        self._publisher: generations.Publisher | None = None  # the writer's, made at recovery
         self._refresh_kick = trio.Event()
         #: awaited with the pages a reader's refresh changed (the FUSE layer refreshes its caches)
         self.on_pages_changed: Callable[[list[int]], Awaitable[None]] | None = None
@@ -200,6 +201,8 @@ class PageStore:
                     generations.renew_lease(self.field_dir, gen.number)
             else:
                 self.generation = generations.current_number(self.field_dir)
+                self._publisher = generations.Publisher(
+                    self.field_dir, max_chain=self.cfg.publish_max_chain, delta_share=self.cfg.publish_delta_share)
 
     # ================================================================== helpers
     def _check_range(self, offset: int, size: int) -> None:
@@ -1055,9 +1058,33 @@ class PageStore:
 
         names = {t.id: t.name for t in self.durable_tiers}
 
+        if self._publisher is None:
+            self._publisher = generations.Publisher(
+                field_dir, max_chain=self.cfg.publish_max_chain, delta_share=self.cfg.publish_delta_share)
+        publisher = self._publisher
+
         def work() -> bool:
-            rows = self.table.export_rows()
-            generations.publish(field_dir, number, rows, names)
+            changed = self.table.take_unpublished()
+            try:
+                if changed is not None and not publisher.wants_full(len(changed)):
+                    # a delta: what changed since the last publish, not the whole table
+                    delta = np.zeros(len(changed), dtype=generations.ROW)
+                    if changed:
+                        pages = np.fromiter(changed, dtype=np.int64, count=len(changed))
+                        order = np.argsort(pages)
+                        homes = list(changed.values())
+                        delta["page"] = pages[order]
+                        for column, default in (("tier", generations.NO_HOME), ("slot", 0), ("sum", 0), ("mask", 0)):
+                            values = [default if h is None else getattr(h, "checksum" if column == "sum" else column)
+                                      for h in homes]
+                            delta[column] = np.array(values, dtype=generations.ROW[column])[order]
+                    publisher.publish_delta(number, delta, names)
+                    return self._readers_active()
+                rows = self.table.export_rows()
+                publisher.publish_full(number, rows, names)
+            except BaseException:
+                self.table.forget_unpublished()
+                raise
             # the rows were built as Python tuples and numpy copies the size of the table:
             # give that memory back (it left ~100 B per materialised page in glibc's free
             # lists otherwise; SPEC 8 memory per page). Only for big tables: malloc_trim
