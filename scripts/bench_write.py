@@ -2,7 +2,8 @@
 """SPEC 8 row "writes": copying into `params` and random writes to new pages, each with fsync.
 
 Setup (temp dirs on one disk, removed at the end):
-  * nffs: a field of log2_table_size 24 (1.5 GiB of float32 params, 64 KiB pages), mounted
+  * nffs: a field whose params hold every round's fresh regions (log2_table_size 24, 1.5 GiB
+    of float32 params, for --quick; 26, 5.6 GiB, for the full run; 64 KiB pages), mounted
     with `nffs mount` and the default options (prefetch hoeffding, write-back every 5 s)
     over a dram tier on tmpfs (/dev/shm, capacity 25 % as the embedded default) and an
     nvme home tier in the temp dir on disk;
@@ -40,6 +41,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from nffs.encoding.layout import FieldConfig, FieldLayout  # noqa: E402
 from bench_common import (  # noqa: E402
     MinimalMount, NffsMount, SameCpu, Workspace, human_rate, init_field, prefetch_args, print_machine, print_table, result_row, tier_args,
     verdict, write_json,
@@ -90,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="prefetcher of the measured mount (default: the mount's default, as SPEC 8 targets are for the default options)")
     p.add_argument("--placement", choices=["same", "free"], default="same",
                    help="the writer and both daemons on one CPU (default; see bench_common.SameCpu), or where the scheduler puts them")
-    p.add_argument("--log2-table-size", type=int, default=24)
+    p.add_argument("--log2-table-size", type=int, default=None,
+                   help="the field's table size (default: the smallest from 24 up whose params hold every round's regions)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results here")
     args = p.parse_args(argv)
@@ -102,13 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     payload = os.urandom(KIB4)
 
     print_machine()
+    need = rounds * (size + n_writes * 4 * PAGE)  # each round writes fresh regions
+    log2 = args.log2_table_size or next(
+        (n for n in range(24, 31) if FieldLayout(FieldConfig(log2_table_size=n)).params_bytes >= need), 30)
     with Workspace() as ws:
-        field = init_field(ws, "field", "--log2-table-size", str(args.log2_table_size))
+        field = init_field(ws, "field", "--log2-table-size", str(log2))
         nm = NffsMount(ws, field, *tier_args(ws, "field", dram_capacity="25%"), *prefetch_args(args.prefetch))
         params = nm.file("params")
         nm.settle()
         params_size = os.path.getsize(params)
-        need = rounds * (size + n_writes * 4 * PAGE)
         if need > params_size:
             raise SystemExit(f"bench_write: params is {params_size} bytes; {rounds} round(s) need {need}: "
                              f"raise --log2-table-size or lower --size/--writes/--rounds")
