@@ -171,7 +171,7 @@ class MemoryArena:
         self.stored = np.zeros(n_slots, dtype=np.uint64)
         self.lock = threading.Lock()
         #: changes of each slot's bytes, counted under `lock` (see `finish_writeback`)
-        self.changes = np.zeros(n_slots, dtype=np.uint64)
+        self.changes = np.zeros(n_slots, dtype=np.uint32)  # wraps after 2^32 changes: harmless
         self._free: list[int] = []
         #: free slots whose memory is still allocated (released, not punched yet): punching a
         #: hole costs ~30 µs on tmpfs, wasted when the slot is reused at once (streaming

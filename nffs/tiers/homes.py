@@ -283,7 +283,7 @@ class SlabHomes:
                     self.root.fsync()  # the slab's directory entry must be durable before the commit
                 return os.pwritev(fd, bufs, offset)
             except OSError as exc:
-                if exc.errno != errno.EINVAL:
+                if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
                     raise
                 # no O_DIRECT here (or not for this alignment): the page cache from now on
                 log.info("%s: O_DIRECT writes refused (%s); writing through the page cache", self.root.path, exc)

@@ -27,6 +27,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from ..arrays import sorted_unique
 from .arena import MemoryArena
 from .slotindex import SlotIndex
 
@@ -136,9 +137,12 @@ class PageTable:
         self._homed_loaded = False
         self._rows: dict[int, object] = {}
         self._row_limit = row_cache
-        #: rows committed since the last publish of a generation (None: too many, or not
-        #: known: the next publish is a full one); see `take_unpublished`
-        self._unpublished: dict[int, Home | None] | None = None
+        #: pages whose rows were committed since the last publish of a generation, as
+        #: int64 arrays (8 B a page: Python objects per page would stay in the daemon's
+        #: heap after the publish, SPEC 8 memory); None: too many, or not known, so the
+        #: next publish is a full one. See `take_unpublished`
+        self._unpublished: list[np.ndarray] | None = None
+        self._unpublished_count = 0
         self._unpublished_limit = max(row_cache, 1 << 16)
         # memory index: page -> (mem tier index << SLOT_BITS) | slot, or -1
         self.dense = n_pages <= dense_limit
@@ -271,29 +275,64 @@ class PageTable:
             except BaseException:
                 self._writer.execute("ROLLBACK")
                 raise
-            self._note_unpublished(rows)
+            self._note_unpublished(np.fromiter((p for p, _ in rows), dtype=np.int64, count=len(rows)))
         return True
 
-    def _note_unpublished(self, rows: list[tuple[int, Home | None]]) -> None:
+    def _note_unpublished(self, pages: np.ndarray) -> None:
         """Under the writer lock, after a commit."""
         if self._unpublished is not None:
-            self._unpublished.update(rows)
-            if len(self._unpublished) > self._unpublished_limit:
+            self._unpublished.append(pages)
+            self._unpublished_count += pages.size
+            if self._unpublished_count > self._unpublished_limit:
                 self._unpublished = None  # a full publish is cheaper than a delta this big
 
-    def take_unpublished(self) -> dict[int, Home | None] | None:
-        """The rows committed since the last call (worker thread, before a publish), or
-        None when they are not known (the first publish of this writer, or too many): the
-        publish must then be a full one. Rows committed from now on count for the next.
-        A publish that fails must call `forget_unpublished`."""
+    def take_unpublished(self) -> np.ndarray | None:
+        """The pages whose rows were committed since the last call, sorted and unique
+        (worker thread, before a publish), or None when they are not known (the first
+        publish of this writer, or too many): the publish must then be a full one. Pages
+        committed from now on count for the next. A publish that fails must call
+        `forget_unpublished`."""
         with self._write_lock:
-            rows, self._unpublished = self._unpublished, {}
-        return rows
+            parts, self._unpublished = self._unpublished, []
+            self._unpublished_count = 0
+        if parts is None:
+            return None
+        return sorted_unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
 
     def forget_unpublished(self) -> None:
         """A publish failed: what it took is not published, so the next one is full."""
         with self._write_lock:
             self._unpublished = None
+
+    def rows_of(self, pages: np.ndarray):
+        """generations.ROW rows of these sorted pages as committed now (worker thread; its own
+        connection); a page without a home gets tier generations.NO_HOME."""
+        from .generations import NO_HOME, ROW
+
+        out = np.zeros(pages.size, dtype=ROW)
+        out["page"] = pages
+        out["tier"] = NO_HOME
+        if not pages.size:
+            return out
+        conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA cache_size=-512")
+            step = 500  # SQLite's default limit of bound parameters is 999 (older builds)
+            for i in range(0, pages.size, step):
+                part = pages[i:i + step].tolist()
+                found = conn.execute(
+                    f"SELECT page, tier, slot, sum, mask FROM homes WHERE page IN ({','.join('?' * len(part))})", part).fetchall()
+                if not found:
+                    continue
+                # into numpy a step at a time: Python tuples for a whole delta would be
+                # daemon memory that stays in the heap once freed
+                arr = np.array(found, dtype=np.int64)
+                at = np.searchsorted(pages, arr[:, 0])
+                out["tier"][at], out["slot"][at] = arr[:, 1], arr[:, 2]
+                out["sum"][at], out["mask"][at] = arr[:, 3].view(np.uint64), arr[:, 4].view(np.uint64)
+        finally:
+            conn.close()
+        return out
 
     def delete_homes(self, pages: list[int]) -> None:
         assert self._writer is not None
@@ -301,7 +340,7 @@ class PageTable:
             self._writer.execute("BEGIN IMMEDIATE")
             self._writer.executemany("DELETE FROM homes WHERE page=?", [(p,) for p in pages])
             self._writer.execute("COMMIT")
-            self._note_unpublished([(p, None) for p in pages])
+            self._note_unpublished(np.asarray(pages, dtype=np.int64))
         for p in pages:
             self._rows[p] = None
 

@@ -177,6 +177,7 @@ class PageStore:
         self._unpublished = True
         self._last_publish = 0.0
         self._publisher: generations.Publisher | None = None  # the writer's, made at recovery
+        self._rows_since_trim = 0  # rows published since the heap was last trimmed
         self._refresh_kick = trio.Event()
         #: awaited with the pages a reader's refresh changed (the FUSE layer refreshes its caches)
         self.on_pages_changed: Callable[[list[int]], Awaitable[None]] | None = None
@@ -1066,31 +1067,27 @@ class PageStore:
         def work() -> bool:
             changed = self.table.take_unpublished()
             try:
-                if changed is not None and not publisher.wants_full(len(changed)):
-                    # a delta: what changed since the last publish, not the whole table
-                    delta = np.zeros(len(changed), dtype=generations.ROW)
-                    if changed:
-                        pages = np.fromiter(changed, dtype=np.int64, count=len(changed))
-                        order = np.argsort(pages)
-                        homes = list(changed.values())
-                        delta["page"] = pages[order]
-                        for column, default in (("tier", generations.NO_HOME), ("slot", 0), ("sum", 0), ("mask", 0)):
-                            values = [default if h is None else getattr(h, "checksum" if column == "sum" else column)
-                                      for h in homes]
-                            delta[column] = np.array(values, dtype=generations.ROW[column])[order]
-                    publisher.publish_delta(number, delta, names)
-                    return self._readers_active()
-                rows = self.table.export_rows()
-                publisher.publish_full(number, rows, names)
+                if changed is not None and not publisher.wants_full(changed.size):
+                    # a delta: the rows of the pages committed since the last publish
+                    published = changed.size
+                    publisher.publish_delta(number, self.table.rows_of(changed), names)
+                else:
+                    rows = self.table.export_rows()
+                    published = len(rows)
+                    publisher.publish_full(number, rows, names)
+                    del rows
             except BaseException:
                 self.table.forget_unpublished()
                 raise
-            # the rows were built as Python tuples and numpy copies the size of the table:
-            # give that memory back (it left ~100 B per materialised page in glibc's free
-            # lists otherwise; SPEC 8 memory per page). Only for big tables: malloc_trim
-            # walks every malloc arena under its lock, which other threads then wait for
-            if len(rows) >= TRIM_AFTER_PUBLISH_ROWS:
-                del rows
+            # a full publish builds every row as Python tuples and numpy copies the size of
+            # the table, and the pages committed since the last trim left their write-backs'
+            # and requests' temporaries: give that memory back (it left ~100 B per
+            # materialised page in glibc's free lists otherwise; SPEC 8 memory per page).
+            # Only after many rows: malloc_trim walks every malloc arena under its lock,
+            # which other threads then wait for
+            self._rows_since_trim += published
+            if self._rows_since_trim >= TRIM_AFTER_PUBLISH_ROWS:
+                self._rows_since_trim = 0
                 _release_heap()
             return self._readers_active()
 
