@@ -183,3 +183,31 @@ def test_writeback_checksum_is_the_stored_checksum_of_what_was_written(writes, c
             arena.finish_writeback(0, begun)
     else:
         assert arena.finish_writeback(0, begun) == stored_checksum(written, mask, CHUNK, PAGE // CHUNK)
+
+
+def test_every_change_of_a_slots_bytes_stops_its_writeback_commit(tmp_path) -> None:
+    """install, fill, write, a move between tiers and punching the slot's memory all change
+    its bytes: a write-back begun before any of them must not commit what it wrote."""
+    from nffs.tiers.tierroot import TierRoot
+
+    root = TierRoot.create(str(tmp_path / "mem"))  # a tier file: drop_contents punches a hole in it
+    arena = MemoryArena(root, 2, PAGE, CHUNK)
+    other = MemoryArena(None, 1, PAGE, CHUNK)
+    other.install(0, bytes(range(256)) * (PAGE // 256), stored=other.full_mask)
+    changes = {
+        "install": lambda: arena.install(0, bytes(PAGE), stored=arena.full_mask),
+        "fill": lambda: (arena.install_empty(0), arena.fill(0, 1, bytes(CHUNK))),
+        "write": lambda: arena.write(0, 10, memoryview(b"x")),
+        "copy_from": lambda: arena.copy_from(0, other, 0),
+        "drop_contents": lambda: arena.drop_contents(0),
+    }
+    for name, change in changes.items():
+        arena.install(0, b"\x07" * PAGE, stored=arena.full_mask)
+        begun, _, _ = arena.begin_writeback(0)
+        change()
+        assert arena.finish_writeback(0, begun) is None, f"{name} went unnoticed by a write-back"
+    arena.install(0, b"\x07" * PAGE, stored=arena.full_mask)
+    begun, _, _ = arena.begin_writeback(0)
+    assert arena.finish_writeback(0, begun) is not None  # and nothing else stops it
+    arena.close()
+    root.close()

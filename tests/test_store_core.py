@@ -996,10 +996,12 @@ async def test_migrated_home_of_a_partly_stored_page_keeps_its_chunks(tmp_path: 
     assert fsck(str(field)).clean
 
 
-async def test_write_during_writeback_is_never_committed_torn(tmp_path: Path) -> None:
+async def test_write_during_writeback_is_never_committed_torn_and_fsync_still_persists_it(tmp_path: Path) -> None:
     """Write-back writes a page home straight from the memory tier, without a copy. A write
-    that changes the page while that happens must not get the half-old bytes committed
-    under a checksum: the page stays dirty and the next sync brings the new bytes home."""
+    that changes the page after its bytes were written (before they are checked and
+    committed) must not get the old bytes committed under the new bytes' checksum — and the
+    sync must still bring the page home (as it was before the write or after it), not skip
+    it: fsync promises every write before it."""
     page = 65536
     field = make_field(tmp_path, page_size=page, memory="8M", log2=16, levels=8)
     opened = open_field(str(field))
@@ -1009,12 +1011,13 @@ async def test_write_during_writeback_is_never_committed_torn(tmp_path: Path) ->
     changed = []
 
     def write_many_then_change(self, items, coalesce_bytes, direct_bytes=0):
-        # halfway through the write-back (a worker thread), a write to page 3 comes in
-        touched = real_write_many(self, items[:3], coalesce_bytes, direct_bytes)
+        # every page's bytes are written; then, before the write-back checks and commits
+        # them, a write to page 3 comes in (from the trio thread, as a FUSE write would)
+        touched = real_write_many(self, items, coalesce_bytes, direct_bytes)
         if not changed:
             trio.from_thread.run(store.write, 3 * page, new)
             changed.append(True)
-        return touched | real_write_many(self, items[3:], coalesce_bytes, direct_bytes)
+        return touched
 
     try:
         await store.write(0, old)
@@ -1024,44 +1027,57 @@ async def test_write_during_writeback_is_never_committed_torn(tmp_path: Path) ->
         finally:
             SlabHomes.write_many = real_write_many
         assert changed
-        assert 3 not in homes_rows(field), "a page changed during its write-back was committed"
-        assert set(homes_rows(field)) == {0, 1, 2, 4, 5, 6, 7}
-        await store.sync()
+        assert set(homes_rows(field)) == set(range(8)), "the sync skipped a page written before it"
     finally:
         crash(opened, wipe_memory=True)
     opened = open_field(str(field))
     try:
-        want = old[:3 * page] + new + old[4 * page:]
-        assert bytes(await opened.store.read(0, 8 * page)) == want
+        got = bytes(await opened.store.read(0, 8 * page))
+        assert got[:3 * page] == old[:3 * page] and got[4 * page:] == old[4 * page:]
+        assert got[3 * page:4 * page] in (old[3 * page:4 * page], new), "page 3 came back torn or as the init"
     finally:
         opened.close()
     assert fsck(str(field)).clean
 
 
 async def test_writeback_without_o_direct_falls_back_to_the_page_cache(tmp_path: Path, monkeypatch) -> None:
-    """A durable tier whose file system refuses O_DIRECT (EINVAL) still takes big
-    write-backs, through the page cache."""
+    """A durable tier whose file system refuses O_DIRECT (EINVAL: Linux creates the file
+    first, then refuses) still takes big write-backs, through the page cache, and the new
+    slab's directory entry is still made durable before the commit."""
+    from nffs.tiers.tierroot import TierRoot
+
     page = 65536
     field = make_field(tmp_path, page_size=page, memory="8M", log2=16, levels=8)
     real_open = os.open
 
     def no_direct(path, flags, *args, **kw):
         if flags & os.O_DIRECT:
+            os.close(real_open(path, flags & ~os.O_DIRECT, *args, **kw))  # created, then refused
             raise OSError(errno.EINVAL, "no O_DIRECT here")
         return real_open(path, flags, *args, **kw)
 
-    monkeypatch.setattr(os, "open", no_direct)
     opened = open_field(str(field))
     store = opened.store
     data = pattern(3, 32 * page)  # one 2 MiB run: above the O_DIRECT threshold
+    home_root = store.tiers[-1].root
+    dir_syncs = []
+    real_fsync = TierRoot.fsync
+
+    def counted_fsync(self):
+        if self is home_root:
+            dir_syncs.append(True)
+        return real_fsync(self)
+
     try:
         await store.write(0, data)
+        monkeypatch.setattr(os, "open", no_direct)
+        monkeypatch.setattr(TierRoot, "fsync", counted_fsync)
         await store.sync()
-        homes = store.tiers[-1].homes
-        assert not homes.direct_ok
+        assert not store.tiers[-1].homes.direct_ok
+        assert dir_syncs, "the new slab's directory entry was not made durable"
     finally:
+        monkeypatch.undo()
         crash(opened, wipe_memory=True)
-    monkeypatch.undo()
     opened = open_field(str(field))
     try:
         assert bytes(await opened.store.read(0, 32 * page)) == data

@@ -19,6 +19,7 @@ after the write, as with any concurrent read).
 """
 from __future__ import annotations
 
+import errno
 import logging
 import mmap
 import os
@@ -28,7 +29,7 @@ import numpy as np
 import xxhash
 
 from ..arrays import sorted_unique
-from ..errors import ChecksumMismatch
+from ..errors import ChecksumMismatch, NoSpace
 from .tierroot import TierRoot
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ class MemoryArena:
         self.stored = np.zeros(n_slots, dtype=np.uint64)
         self.lock = threading.Lock()
         #: changes of each slot's bytes, counted under `lock` (see `finish_writeback`)
-        self.changes = np.zeros(n_slots, dtype=np.uint32)  # wraps after 2^32 changes: harmless
+        self.changes = np.zeros(n_slots, dtype=np.uint64)
         self._free: list[int] = []
         #: free slots whose memory is still allocated (released, not punched yet): punching a
         #: hole costs ~30 µs on tmpfs, wasted when the slot is reused at once (streaming
@@ -269,8 +270,11 @@ class MemoryArena:
             if self._populate:
                 try:
                     self._mm.madvise(_MADV_POPULATE_WRITE, base, self.page_size)
-                except OSError:  # before Linux 5.14: page faults, as before
-                    self._populate = False
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        # the tier's file system is out of memory: the copy would SIGBUS
+                        raise NoSpace(f"memory tier: no memory for slot {slot}: {exc}") from None
+                    self._populate = False  # before Linux 5.14: page faults, as before
             self.view[base:base + self.page_size] = mv
             self._rehash(slot, 0, self.chunks_per_page)
             self.valid[slot] = self.full_mask
@@ -524,6 +528,19 @@ class MemoryArena:
         if not ok:
             raise ChecksumMismatch(f"memory copy in slot {slot} fails its checksum")
         return checksum
+
+    def snapshot(self, slot: int) -> tuple[bytes, int]:
+        """A consistent, verified copy of the whole page and its stored mask, taken under the
+        lock (write-back of a page that changed while it was written from the mapping: with
+        the copy it goes home in the same write-back, however often it is written)."""
+        base = self._base(slot)
+        with self.lock:
+            data = self.view[base:base + self.page_size].tobytes()
+            stored = int(self.stored[slot])
+            ok = self.verify_valid(slot)
+        if not ok:
+            raise ChecksumMismatch(f"memory copy in slot {slot} fails its checksum")
+        return data, stored
 
     def stored_bytes(self, slot: int) -> int:
         """Bytes a write-back of the slot writes (its stored chunks)."""

@@ -144,28 +144,29 @@ class Publisher:
         """Generation `number` as a base of every row (sorted by page)."""
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         base = _write_rows(self.directory, f"{number}.pt", MAGIC, number, rows)
-        self._commit(number, base, [], tier_names)
-        self._base, self._deltas, self._delta_rows = base, [], 0
+        self._commit(number, base, [], tier_names, 0)
 
     def publish_delta(self, number: int, rows: np.ndarray, tier_names: dict[int, str] | None = None) -> None:
         """Generation `number` as the last one plus `rows` (sorted by page; tier NO_HOME: no home)."""
         assert self._base is not None
         delta = _write_rows(self.directory, f"{number}.pd", DELTA_MAGIC, number, rows)
-        self._commit(number, self._base, self._deltas + [delta], tier_names)
-        self._deltas.append(delta)
-        self._delta_rows += len(rows)
+        self._commit(number, self._base, self._deltas + [delta], tier_names, self._delta_rows + len(rows))
 
-    def _commit(self, number: int, base: dict, deltas: list[dict], tier_names: dict[int, str] | None) -> None:
+    def _commit(self, number: int, base: dict, deltas: list[dict], tier_names: dict[int, str] | None,
+                delta_rows: int) -> None:
         _fsync_dir(self.directory)
         meta = {"generation": number, "file": base["file"], "rows": base["rows"], "checksum": base["checksum"],
                 "tiers": {str(k): v for k, v in (tier_names or {}).items()}}
         if deltas:
             meta["deltas"] = deltas
         _write_atomically(self.directory, CURRENT, [json.dumps(meta).encode()])
-        _fsync_dir(self.directory)
+        # CURRENT names these files now (whatever fails below): the chain goes on from them,
+        # and the files the CURRENT before named stay for readers that just loaded it
         named = _files_named(meta)
         keep = named | self._previous
         self._previous = named
+        self._base, self._deltas, self._delta_rows = base, deltas, delta_rows
+        _fsync_dir(self.directory)
         for old in os.listdir(self.directory):
             stem, dot, ext = old.rpartition(".")
             if dot and ext in ("pt", "pd") and stem.isdigit() and old not in keep:

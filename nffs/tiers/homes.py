@@ -276,22 +276,35 @@ class SlabHomes:
         return touched
 
     def _write_run(self, slab: int, bufs: list, offset: int, direct: bool) -> int:
+        created_by_direct = False
         if direct and self.direct_ok:
             try:
                 fd, created = self._fd(slab, create=True, direct=True)
-                if created:
-                    self.root.fsync()  # the slab's directory entry must be durable before the commit
-                return os.pwritev(fd, bufs, offset)
             except OSError as exc:
                 if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
                     raise
-                # no O_DIRECT here (or not for this alignment): the page cache from now on
-                log.info("%s: O_DIRECT writes refused (%s); writing through the page cache", self.root.path, exc)
-                self.direct_ok = False
+                # Linux creates the file before it refuses O_DIRECT: its directory entry is
+                # made durable below, although the file exists by then
+                created_by_direct = True
+                self._refuse_direct(exc)
+            else:
+                if created:
+                    self.root.fsync()  # the slab's directory entry must be durable before the commit
+                try:
+                    return os.pwritev(fd, bufs, offset)
+                except OSError as exc:
+                    if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                        raise
+                    self._refuse_direct(exc)
         fd, created = self._fd(slab, create=True)
-        if created:
+        if created or created_by_direct:
             self.root.fsync()
         return os.pwritev(fd, bufs, offset)
+
+    def _refuse_direct(self, exc: OSError) -> None:
+        """No O_DIRECT here (or not for this alignment): the page cache from now on."""
+        log.info("%s: O_DIRECT writes refused (%s); writing through the page cache", self.root.path, exc)
+        self.direct_ok = False
 
     def sync(self, slabs: set[int]) -> None:
         """Make the written slots durable, then let go of the writable descriptors."""

@@ -316,6 +316,7 @@ class PageTable:
             return out
         conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
         try:
+            conn.execute("PRAGMA busy_timeout=10000")
             conn.execute("PRAGMA cache_size=-512")
             step = 500  # SQLite's default limit of bound parameters is 999 (older builds)
             for i in range(0, pages.size, step):

@@ -17,9 +17,11 @@ without a write. Slots written but not committed are free at the next mount.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
+import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Mapping
@@ -178,6 +180,7 @@ class PageStore:
         self._last_publish = 0.0
         self._publisher: generations.Publisher | None = None  # the writer's, made at recovery
         self._rows_since_trim = 0  # rows published since the heap was last trimmed
+        self._publish_attempt = 0  # the last generation number a publish tried
         self._refresh_kick = trio.Event()
         #: awaited with the pages a reader's refresh changed (the FUSE layer refreshes its caches)
         self.on_pages_changed: Callable[[list[int]], Awaitable[None]] | None = None
@@ -438,7 +441,11 @@ class PageStore:
             if mt.direct:
                 self._levels_unready()
         else:
-            mt.arena.install(slot, data, stored=stored)
+            try:
+                mt.arena.install(slot, data, stored=stored)
+            except BaseException:
+                mt.arena.release(slot, direct=mt.direct)  # the slot was never the page's
+                raise
         self.table.set_mem(page, mt, slot, dirty_gen=0, home_tier=home_tier, has_home=has_home)
         self._version[mt.index][slot] = self._next_gen()
         return loc
@@ -1054,7 +1061,10 @@ class PageStore:
     async def _publish_locked(self, field_dir: str) -> None:
         if not self._unpublished:
             return
-        number = self.generation + 1
+        # never a number twice, even after a publish that failed once CURRENT named it: a
+        # reader may have loaded that CURRENT, and its files must not be rewritten
+        number = max(self.generation, self._publish_attempt) + 1
+        self._publish_attempt = number
         self._unpublished = False
 
         names = {t.id: t.name for t in self.durable_tiers}
@@ -1093,7 +1103,7 @@ class PageStore:
 
         try:
             readers = await self.io.run(Priority.BACKGROUND, work)
-        except OSError as exc:
+        except (OSError, sqlite3.Error) as exc:
             self._unpublished = True
             log.error("could not publish generation %d for readers: %s", number, exc)
             return
@@ -1212,9 +1222,12 @@ class PageStore:
             mt.pins[slot] += 1
 
         def work() -> tuple[list[tuple[int, Home]], list[tuple[int, BaseException]], bool]:
-            # the stored chunks are written straight from the memory tier's mapping; only
-            # pages whose slot did not change while they were written and hashed are
-            # committed (MemoryArena.finish_writeback), the others stay dirty
+            # the stored chunks are written straight from the memory tier's mapping, and each
+            # page is checked right after (before the fdatasync: what pwritev took is in the
+            # page cache or on the device by then). A page that changed while it was written
+            # (a write came in) is written again from a copy taken under the arena lock, in
+            # this batch: a write-back, and so an fsync, always brings every page home as it
+            # was at some instant after the write-back began (MemoryArena.finish_writeback)
             by_tier: dict[int, list[tuple[int, memoryview, int]]] = {}
             begun: list[tuple[MemTier, int, int, Tier, int, int, int]] = []
             rows: list[tuple[int, Home]] = []
@@ -1227,18 +1240,27 @@ class PageStore:
                 by_tier.setdefault(tier.id, []).append((new_slot, view, mask))
                 tiers[tier.id] = tier
                 begun.append((mt, slot, page, tier, new_slot, count, mask))
-            for tid, writes in by_tier.items():
-                self._write_slots(tiers[tid], writes, aligned=True)
+            slabs = {tid: self._write_slots(tiers[tid], writes, aligned=True, sync=False) for tid, writes in by_tier.items()}
             by_tier.clear()
+            again: dict[int, list[tuple[int, bytes, int]]] = {}
             for mt, slot, page, tier, new_slot, count, mask in begun:
                 try:
                     checksum = mt.arena.finish_writeback(slot, count)
+                    if checksum is None and int(mt.slot_page[slot]) == page:
+                        data, mask = mt.arena.snapshot(slot)
+                        again.setdefault(tier.id, []).append((new_slot, data, mask))
+                        checksum = stored_checksum(data, mask, self.chunk, self.n_chunks)
                 except ChecksumMismatch as exc:
                     bad.append((page, exc))
                     continue
                 if checksum is not None:
                     rows.append((page, Home(tier.id, new_slot, checksum, mask)))
             begun.clear()
+            for tid, writes in again.items():
+                slabs[tid] |= self._write_slots(tiers[tid], writes, sync=False)
+            again.clear()
+            for tid, touched in slabs.items():
+                self._sync_slabs(tiers[tid], touched)
             if rows and not self.table.commit_homes(rows, abandoned=lambda: gave_up):
                 return [], bad, False
             return rows, bad, self._readers_active()
@@ -1297,20 +1319,38 @@ class PageStore:
             raise TierUnavailable(f"tier(s) {names} unavailable: dirty pages kept in memory")
         return len(row_by_page)
 
-    def _write_slots(self, tier: Tier, writes: list[tuple[int, bytes | memoryview, int]], *, aligned: bool = False) -> None:
+    def _write_slots(self, tier: Tier, writes: list[tuple[int, bytes | memoryview, int]], *, aligned: bool = False,
+                     sync: bool = True) -> set[int]:
         """Worker thread: pages (whole, with their stored-chunk masks) into free slots of a
-        durable tier, only their stored chunks, then fsync. `aligned`: the pages are views
-        of a memory tier's mapping, fit for O_DIRECT."""
+        durable tier, only their stored chunks, then fsync (`sync=False`: the caller calls
+        `_sync_slabs` with the slabs returned). `aligned`: the pages are views of a memory
+        tier's mapping, fit for O_DIRECT."""
         homes = tier.homes
         assert homes is not None
-        try:
+        with self._tier_io(tier):
             whole = [(slot, data) for slot, data, mask in writes if mask == self.full_mask]
             direct = self.cfg.direct_write_bytes if aligned else 0
             slabs = homes.write_many(whole, self.cfg.coalesce_bytes, direct) if whole else set()
             for slot, data, mask in writes:
                 if mask != self.full_mask:
                     slabs.add(homes.write_partial(slot, data, mask, self.chunk, self.n_chunks))
-            homes.sync(slabs)
+            if sync:
+                homes.sync(slabs)
+        return slabs
+
+    def _sync_slabs(self, tier: Tier, slabs: set[int]) -> None:
+        assert tier.homes is not None
+        with self._tier_io(tier):
+            tier.homes.sync(slabs)
+
+    @contextlib.contextmanager
+    def _tier_io(self, tier: Tier):
+        """A failed write or fsync leaves no writable descriptor behind (and after EIO, none
+        at all: some network file systems keep failing a handle once it saw an error)."""
+        homes = tier.homes
+        assert homes is not None
+        try:
+            yield
         except OSError as exc:
             homes.close_writers()
             if exc.errno == errno.EIO:
