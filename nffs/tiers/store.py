@@ -1240,27 +1240,32 @@ class PageStore:
                 by_tier.setdefault(tier.id, []).append((new_slot, view, mask))
                 tiers[tier.id] = tier
                 begun.append((mt, slot, page, tier, new_slot, count, mask))
-            slabs = {tid: self._write_slots(tiers[tid], writes, aligned=True, sync=False) for tid, writes in by_tier.items()}
-            by_tier.clear()
-            again: dict[int, list[tuple[int, bytes, int]]] = {}
-            for mt, slot, page, tier, new_slot, count, mask in begun:
-                try:
-                    checksum = mt.arena.finish_writeback(slot, count)
-                    if checksum is None and int(mt.slot_page[slot]) == page:
-                        data, mask = mt.arena.snapshot(slot)
-                        again.setdefault(tier.id, []).append((new_slot, data, mask))
-                        checksum = stored_checksum(data, mask, self.chunk, self.n_chunks)
-                except ChecksumMismatch as exc:
-                    bad.append((page, exc))
-                    continue
-                if checksum is not None:
-                    rows.append((page, Home(tier.id, new_slot, checksum, mask)))
-            begun.clear()
-            for tid, writes in again.items():
-                slabs[tid] |= self._write_slots(tiers[tid], writes, sync=False)
-            again.clear()
-            for tid, touched in slabs.items():
-                self._sync_slabs(tiers[tid], touched)
+            try:
+                slabs = {tid: self._write_slots(tiers[tid], writes, aligned=True, sync=False) for tid, writes in by_tier.items()}
+                by_tier.clear()
+                again: dict[int, list[tuple[int, bytes, int]]] = {}
+                for mt, slot, page, tier, new_slot, count, mask in begun:
+                    try:
+                        checksum = mt.arena.finish_writeback(slot, count)
+                        if checksum is None and int(mt.slot_page[slot]) == page:
+                            data, mask = mt.arena.snapshot(slot)
+                            again.setdefault(tier.id, []).append((new_slot, data, mask))
+                            checksum = stored_checksum(data, mask, self.chunk, self.n_chunks)
+                    except ChecksumMismatch as exc:
+                        bad.append((page, exc))
+                        continue
+                    if checksum is not None:
+                        rows.append((page, Home(tier.id, new_slot, checksum, mask)))
+                begun.clear()
+                for tid, writes in again.items():
+                    slabs[tid] |= self._write_slots(tiers[tid], writes, sync=False)
+                again.clear()
+                for tid, touched in slabs.items():
+                    self._sync_slabs(tiers[tid], touched)
+            except BaseException:
+                for t in tiers.values():  # no tier keeps a writable descriptor after a failed batch
+                    t.homes.close_writers()  # type: ignore[union-attr]
+                raise
             if rows and not self.table.commit_homes(rows, abandoned=lambda: gave_up):
                 return [], bad, False
             return rows, bad, self._readers_active()
