@@ -83,16 +83,20 @@ def test_a_damaged_generation_is_refused(tmp_path: Path) -> None:
     generations.publish(str(tmp_path), 7, rows)
     got = generations.load_current(str(tmp_path))
     assert got is not None and got.number == 7 and got.rows["page"].tolist() == [1, 5, 9]
-    path = tmp_path / "gen" / "7.pt"
+    assert_refused_once_damaged(tmp_path, tmp_path / "gen" / "7.pt", -1)
+
+
+def assert_refused_once_damaged(field: Path, path: Path, at: int) -> None:
+    """Flip bits of one byte of a generation's file: loading CURRENT must refuse it."""
     raw = bytearray(path.read_bytes())
-    raw[-1] ^= 0xFF
+    raw[at] ^= 0x10
     path.write_bytes(bytes(raw))
     try:
-        generations.load_current(str(tmp_path))
+        generations.load_current(str(field))
     except generations.GenerationError as exc:
         assert "checksum" in str(exc)
     else:
-        raise AssertionError("a damaged generation was accepted")
+        raise AssertionError(f"a damaged {path.name} was accepted")
 
 
 def rows_of(pages: list[int], tier: int = 0, slot0: int = 0) -> np.ndarray:
@@ -175,13 +179,4 @@ def test_a_damaged_delta_is_refused(tmp_path: Path) -> None:
     pub.publish_delta(2, rows_of([5, 7, 200], tier=1, slot0=500))
     got = generations.load_current(str(tmp_path))
     assert got is not None and got.number == 2 and got.rows["page"].tolist()[-1] == 200
-    path = tmp_path / "gen" / "2.pd"
-    raw = bytearray(path.read_bytes())
-    raw[-3] ^= 0x10
-    path.write_bytes(bytes(raw))
-    try:
-        generations.load_current(str(tmp_path))
-    except generations.GenerationError as exc:
-        assert "checksum" in str(exc)
-    else:
-        raise AssertionError("a damaged delta was accepted")
+    assert_refused_once_damaged(tmp_path, tmp_path / "gen" / "2.pd", -3)
