@@ -180,3 +180,41 @@ def test_a_damaged_delta_is_refused(tmp_path: Path) -> None:
     got = generations.load_current(str(tmp_path))
     assert got is not None and got.number == 2 and got.rows["page"].tolist()[-1] == 200
     assert_refused_once_damaged(tmp_path, tmp_path / "gen" / "2.pd", -3)
+
+
+async def test_a_restarted_writer_does_not_reuse_slots_a_readers_generation_names(tmp_path: Path, monkeypatch) -> None:
+    """The writer crashes after committing new homes it never published: the published
+    generation still names the old slots, which the page table no longer references. While
+    a reader holds a fresh lease, the restarted writer must not reuse them: a reader that
+    loads that generation reads its bytes, not EIO or another page's."""
+    from test_store_core import crash
+
+    field = tmp_path / "f"
+    init_field(str(field), FieldConfig(levels=4, log2_table_size=16, page_size=PAGE), specs(tmp_path, "writer"))
+    writer = open_field(str(field), specs(tmp_path, "writer"))
+    first = np.random.default_rng(5).integers(0, 256, 8 * PAGE, dtype=np.uint8).tobytes()
+    await writer.store.write(0, first)
+    await writer.store.sync()  # published: pages 0..7 in their first slots
+    reader = open_field(str(field), specs(tmp_path, "reader"), read_only=True)  # a fresh lease, on that generation
+    assert generations.readers_active(str(field), 60.0)
+
+    def not_now(*args, **kwargs):
+        raise OSError(5, "the publish of a writer about to crash")
+
+    monkeypatch.setattr(generations.Publisher, "publish_delta", not_now)
+    monkeypatch.setattr(generations.Publisher, "publish_full", not_now)
+    await writer.store.write(0, bytes(8 * PAGE))
+    await writer.store.sync()  # committed to new slots, not published
+    monkeypatch.undo()
+    crash(writer)
+
+    writer = open_field(str(field), specs(tmp_path, "writer"))
+    try:
+        n = writer.layout.params_bytes // PAGE
+        assert n >= 24  # new pages enough to take every slot the crash left free
+        await writer.store.write(8 * PAGE, np.random.default_rng(6).integers(0, 256, (n - 8) * PAGE, dtype=np.uint8).tobytes())
+        await writer.store.sync()  # many new homes: none may take a slot the reader's generation names
+        assert await reader.store.read(0, 8 * PAGE) == first
+    finally:
+        reader.close()
+        writer.close()

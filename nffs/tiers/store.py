@@ -189,12 +189,37 @@ class PageStore:
 
     # ================================================================== start-up
     def recover(self) -> None:
-        """Free slots are the ones the page table does not reference: crash leftovers vanish."""
+        """Free slots are the ones the page table does not reference: crash leftovers vanish.
+
+        Except, while readers on other machines hold fresh leases, the slots the published
+        generation names: after a crash the page table may already have moved pages on
+        (committed, never published), and a reader still on that generation must not read
+        a slot reused under it. Those slots wait in limbo for `reader_retain_s`, as slots
+        freed by a running writer do (docs/sharing.md)."""
         used = self.table.scan_homes()
+        empty = np.zeros(0, dtype=np.int64)
+        published: dict[int, np.ndarray] = {}
+        readers = not self.read_only and self._readers_active()
+        if readers:
+            assert self.field_dir is not None
+            try:
+                gen = generations.load_current(self.field_dir)
+            except generations.GenerationError as exc:
+                log.warning("readers hold leases, but the published generation is unreadable: %s", exc)
+                gen = None
+            if gen is not None:
+                for tid in np.unique(gen.rows["tier"]).tolist():
+                    named = gen.rows["slot"][gen.rows["tier"] == tid].astype(np.int64)
+                    published[int(tid)] = np.setdiff1d(named, used.get(int(tid), empty))
+            self._retain_for_readers(True)
         for t in self.durable_tiers:
             if t.homes is not None:
-                t.homes.load_used(used.get(t.id, np.zeros(0, dtype=np.int64)))
-        del used
+                mine, theirs = used.get(t.id, empty), published.get(t.id, empty)
+                t.homes.load_used(np.concatenate([mine, theirs]) if theirs.size else mine)
+                t.homes.committed -= int(theirs.size)
+                for slot in theirs.tolist():
+                    t.homes.retire(slot)
+        del used, published
         _release_heap()  # the scan's temporaries were the size of the table
         if self.field_dir is not None:
             if self.read_only:
