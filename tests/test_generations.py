@@ -80,7 +80,7 @@ async def test_slots_a_reader_may_still_use_are_not_reused_while_its_lease_is_fr
 def test_a_damaged_generation_is_refused(tmp_path: Path) -> None:
     rows = np.zeros(3, dtype=generations.ROW)
     rows["page"] = [1, 5, 9]
-    generations.publish(str(tmp_path), 7, rows)
+    generations.Publisher(str(tmp_path)).publish_full(7, rows)
     got = generations.load_current(str(tmp_path))
     assert got is not None and got.number == 7 and got.rows["page"].tolist() == [1, 5, 9]
     assert_refused_once_damaged(tmp_path, tmp_path / "gen" / "7.pt", -1)

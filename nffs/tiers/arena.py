@@ -448,19 +448,29 @@ class MemoryArena:
         return int(good.sum())
 
     def verify_valid(self, slot: int) -> bool:
-        valid = int(self.valid[slot])
-        if valid == self.full_mask:
+        if int(self.valid[slot]) == self.full_mask:
             return self.verify(slot)
+        return self._check_valid_chunks(slot)[0]
+
+    def _check_valid_chunks(self, slot: int, keep: int = -1) -> tuple[bool, int]:
+        """Whether the slot's valid chunks match their sums (the set bits only: a page with
+        one written chunk checks one), and the hash of chunk `keep` if it is one of them
+        (else -1)."""
+        valid = int(self.valid[slot])
         c = self.chunk
         base = self._base(slot)
         sums = self.sums[slot].tolist()
         view = self.view
-        while valid:  # the set bits only: a page with one written chunk checks one
+        ok, kept = True, -1
+        while valid:
             i = (valid & -valid).bit_length() - 1
             valid &= valid - 1
-            if _h(view[base + i * c:base + (i + 1) * c]) != sums[i]:
-                return False
-        return True
+            h = _h(view[base + i * c:base + (i + 1) * c])
+            if h != sums[i]:
+                ok = False
+            if i == keep:
+                kept = h
+        return ok, kept
 
     def read_into(self, slot: int, offset: int, out: memoryview) -> None:
         if not self.verify(slot, offset, len(out)):
@@ -486,9 +496,9 @@ class MemoryArena:
         """Step two, after the stored chunks were written: the page's stored checksum (xxh3
         of its stored chunks in order, `homes.stored_checksum`) of the bytes as they were
         written, or None when the slot changed since `begin_writeback` (the bytes written
-        may be torn: the caller must not commit them; the page stays dirty and goes home
-        with its next write-back). ChecksumMismatch when the slot's valid chunks no longer
-        match their sums (changed behind our back): nothing to commit.
+        may be torn: the caller must not commit them, and writes the page again from a
+        `snapshot`). ChecksumMismatch when the slot's valid chunks no longer match their
+        sums (changed behind our back): nothing to commit.
 
         Why this is exact: every change of the slot's bytes counts in `changes` under the
         lock, and the count is read again under the lock after the write and the hashes;
@@ -505,18 +515,9 @@ class MemoryArena:
             ok = self.verify(slot)
             checksum = _h(view[base:base + self.page_size]) if stored == self.full_mask else None
         else:
-            sums = self.sums[slot].tolist()
-            ok = True
-            one = -1
-            while valid:  # the set bits only: a page with one written chunk checks one
-                i = (valid & -valid).bit_length() - 1
-                valid &= valid - 1
-                h = _h(view[base + i * c:base + (i + 1) * c])
-                if h != sums[i]:
-                    ok = False
-                if stored == 1 << i:
-                    one = h
-            checksum = one if one >= 0 else None
+            one = stored.bit_length() - 1 if stored and not stored & (stored - 1) else -1
+            ok, kept = self._check_valid_chunks(slot, one)
+            checksum = kept if kept >= 0 else None
         if checksum is None:
             digest = xxhash.xxh3_64()
             for a, b in chunk_runs(stored, self.chunks_per_page):

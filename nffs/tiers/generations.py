@@ -105,7 +105,7 @@ def _files_named(meta: dict) -> set[str]:
     return files
 
 
-def _read_current(directory: str) -> dict | None:
+def _read_current(directory: str) -> dict:
     with open(os.path.join(directory, CURRENT)) as f:
         meta = json.load(f)
     if not isinstance(meta, dict):
@@ -130,7 +130,7 @@ class Publisher:
         self._deltas: list[dict] = []
         self._delta_rows = 0
         try:
-            self._previous = _files_named(_read_current(self.directory) or {})
+            self._previous = _files_named(_read_current(self.directory))
         except (OSError, ValueError):
             self._previous = set()
 
@@ -174,11 +174,6 @@ class Publisher:
                     os.unlink(os.path.join(self.directory, old))
                 except FileNotFoundError:
                     pass
-
-
-def publish(field_dir: str, number: int, rows: np.ndarray, tier_names: dict[int, str] | None = None) -> None:
-    """Write generation `number` as a base and make it CURRENT (a writer that publishes once)."""
-    Publisher(field_dir).publish_full(number, rows, tier_names)
 
 
 def current_tier_names(field_dir: str) -> dict[int, str]:
@@ -236,7 +231,6 @@ def load_current(field_dir: str) -> Generation | None:
         return None
     except (OSError, ValueError) as exc:
         raise GenerationError(f"{directory}/{CURRENT}: {exc}") from None
-    assert meta is not None
     entries = meta.get("deltas", [])
     if not isinstance(entries, list):
         raise GenerationError(f"{directory}/{CURRENT}: malformed")

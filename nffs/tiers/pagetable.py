@@ -104,6 +104,18 @@ class MemTier:
         self.fast_hits = 0
 
 
+def _as_rows(found: list[tuple]) -> np.ndarray:
+    """(page, tier, slot, sum, mask) tuples from the homes table as generations.ROW rows
+    (sum and mask are stored as signed 64-bit integers)."""
+    from .generations import ROW
+
+    arr = np.array(found, dtype=np.int64)
+    rows = np.empty(len(found), dtype=ROW)
+    rows["page"], rows["tier"], rows["slot"] = arr[:, 0], arr[:, 1], arr[:, 2]
+    rows["sum"], rows["mask"] = arr[:, 3].view(np.uint64), arr[:, 4].view(np.uint64)
+    return rows
+
+
 class PageTable:
     def __init__(self, db_path: str, n_pages: int, *, dense_limit: int, row_cache: int, read_only: bool,
                  immutable: bool = False) -> None:
@@ -175,7 +187,7 @@ class PageTable:
         """Every home, sorted by page, as generations.ROW (worker thread; its own connection)."""
         from .generations import ROW
 
-        conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
+        conn = self._worker_connection()
         try:
             cur = conn.execute("SELECT page, tier, slot, sum, mask FROM homes ORDER BY page")
             parts = []
@@ -183,14 +195,17 @@ class PageTable:
                 chunk = cur.fetchmany(1 << 16)
                 if not chunk:
                     break
-                arr = np.array(chunk, dtype=np.int64)
-                part = np.empty(len(chunk), dtype=ROW)
-                part["page"], part["tier"], part["slot"] = arr[:, 0], arr[:, 1], arr[:, 2]
-                part["sum"], part["mask"] = arr[:, 3].view(np.uint64), arr[:, 4].view(np.uint64)
-                parts.append(part)
+                parts.append(_as_rows(chunk))
         finally:
             conn.close()
         return np.concatenate(parts) if parts else np.zeros(0, dtype=ROW)
+
+    def _worker_connection(self) -> sqlite3.Connection:
+        """A connection of its own for a worker thread's read of many rows (publishing)."""
+        conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute("PRAGMA cache_size=-512")  # daemon memory, as the others' (SPEC 8)
+        return conn
 
     def scan_homes(self) -> dict[int, np.ndarray]:
         """At mount, one pass over the homes table: the pages with a home (a reader on a
@@ -314,10 +329,8 @@ class PageTable:
         out["tier"] = NO_HOME
         if not pages.size:
             return out
-        conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
+        conn = self._worker_connection()
         try:
-            conn.execute("PRAGMA busy_timeout=10000")
-            conn.execute("PRAGMA cache_size=-512")
             step = 500  # SQLite's default limit of bound parameters is 999 (older builds)
             for i in range(0, pages.size, step):
                 part = pages[i:i + step].tolist()
@@ -327,10 +340,8 @@ class PageTable:
                     continue
                 # into numpy a step at a time: Python tuples for a whole delta would be
                 # daemon memory that stays in the heap once freed
-                arr = np.array(found, dtype=np.int64)
-                at = np.searchsorted(pages, arr[:, 0])
-                out["tier"][at], out["slot"][at] = arr[:, 1], arr[:, 2]
-                out["sum"][at], out["mask"][at] = arr[:, 3].view(np.uint64), arr[:, 4].view(np.uint64)
+                rows = _as_rows(found)
+                out[np.searchsorted(pages, rows["page"])] = rows
         finally:
             conn.close()
         return out

@@ -178,7 +178,7 @@ class PageStore:
         self.generation = 0
         self._unpublished = True
         self._last_publish = 0.0
-        self._publisher: generations.Publisher | None = None  # the writer's, made at recovery
+        self._publisher: generations.Publisher | None = None  # the writer's, made at its first publish
         self._rows_since_trim = 0  # rows published since the heap was last trimmed
         self._publish_attempt = 0  # the last generation number a publish tried
         self._refresh_kick = trio.Event()
@@ -230,8 +230,6 @@ class PageStore:
                     generations.renew_lease(self.field_dir, gen.number)
             else:
                 self.generation = generations.current_number(self.field_dir)
-                self._publisher = generations.Publisher(
-                    self.field_dir, max_chain=self.cfg.publish_max_chain, delta_share=self.cfg.publish_delta_share)
 
     # ================================================================== helpers
     def _check_range(self, offset: int, size: int) -> None:
