@@ -62,24 +62,26 @@ class AddressPlan:
 
 class Stream:
     __slots__ = ("id", "last_off", "last_end", "last_size", "deltas", "sizes", "steps", "anchor",
-                 "frontier", "planned", "marker_step", "marker_page", "t", "classes", "chain", "trend", "unit", "hit_t", "hit_off", "rate",
+                 "frontier", "planned", "markers", "chunk", "t", "classes", "chain", "trend", "unit", "hits", "rate",
                  "boost", "late_seen", "sized", "phases", "seen", "kernel_led")
 
-    def __init__(self, sid: int, off: int, end: int, now: float, window: int) -> None:
+    def __init__(self, sid: int, off: int, end: int, now: float, window: int, markers_per_lead: int = 1) -> None:
         self.id = sid
         self.last_off = off
         self.last_end = end
         self.last_size = end - off
         self.deltas: deque = deque(maxlen=window)  # tokens: FWD / BWD / int byte delta
         self.sizes: deque = deque(maxlen=window)
-        self.steps = 0  # readahead window, in trend steps
+        self.steps = 0  # readahead window, in trend steps: a lead and a chunk
+        self.chunk = 1  # trend steps between markers (a lead / markers_per_lead)
         self.anchor = off  # byte offset of step 0 of the current plan
         self.frontier = 0  # last planned step (relative to anchor)
         self.planned: deque = deque()  # (step, [pages]) not yet passed
-        self.marker_step = -1
-        self.marker_page = -1
-        self.hit_t = -1.0
-        self.hit_off = 0
+        #: (step, page) of the markers planned and not yet reached, in the reader's order
+        self.markers: deque = deque()
+        #: (time, offset) of the latest marker hits: the reader's speed is measured over
+        #: about a lead of them (a single chunk is too short a baseline)
+        self.hits: deque = deque(maxlen=markers_per_lead + 1)
         self.rate = 0.0  # bytes/s the reader advances (measured between marker hits)
         self.boost = 1.0  # lead multiplier from measured lateness (1: none seen)
         self.late_seen = 0  # this stream's late count at the last marker hit
@@ -308,7 +310,7 @@ class AddressPredictor:
             self.orphans.remove(o)
         sid = self._next_id
         self._next_id += 1
-        s = Stream(sid, found[0][0], found[0][1], now, self.cfg.vote_window)
+        s = Stream(sid, found[0][0], found[0][1], now, self.cfg.vote_window, self.cfg.markers_per_lead)
         for o_off, o_end, _ in found[1:]:
             self._push_delta(s, self._token(s, o_off, o_end), o_off, o_end)
         self.streams[sid] = s
@@ -382,10 +384,14 @@ class AddressPredictor:
         s.anchor = anchor
         s.frontier = 0
         s.planned.clear()
+        s.markers.clear()
         s.unit = max(1, math.ceil(ps / abs(step)))
         s.kernel_led = cand == FWD and ps <= cfg.kernel_readahead_page_bytes
         s.steps = min(max(cfg.ra_initial_steps * s.unit, self._kernel_floor(s, step)), self._cap_steps(step, extent))
-        return self._extend(s, 0)
+        # one marker in the first window, half-way: until its reader reaches it, nothing says
+        # the trend is real
+        s.chunk = self._chunk(s, s.steps)
+        return self._extend(s, 0, first_marker=max(1, s.steps // 2))
 
     def _kernel_floor(self, s: Stream, step: float) -> int:
         """Steps a kernel-led stream plans at least (0 for the others)."""
@@ -444,19 +450,26 @@ class AddressPredictor:
         consumed: list[int] = []
         while s.planned and s.planned[0][0] < k:
             consumed.extend(s.planned.popleft()[1])
-        hit = s.marker_step >= 0 and (k >= s.marker_step or off // self.page_size <= s.marker_page <= (end - 1) // self.page_size)
+        # markers reached: by step (the reader may skip a marker's page) or by this read's pages
+        first_page, last_page = off // self.page_size, (end - 1) // self.page_size
+        hit = False
+        while s.markers and (k >= s.markers[0][0] or first_page <= s.markers[0][1] <= last_page):
+            s.markers.popleft()
+            hit = True
         overtook = k > s.frontier  # the reader got past everything planned: the window was short
         if hit or overtook:
             self.counters["marker_hits"] += int(hit)
-            if hit and s.hit_t >= 0 and now > s.hit_t:
-                r = abs(off - s.hit_off) / (now - s.hit_t)
-                s.rate = r if s.rate == 0 else 0.5 * s.rate + 0.5 * r
             if hit:
-                s.hit_t, s.hit_off = now, off
+                if s.hits and now > s.hits[0][0]:
+                    t0, off0 = s.hits[0]
+                    s.rate = abs(off - off0) / (now - t0)
+                s.hits.append((now, off))
             s.steps = self._window(s, step, extent, overtook)
-            s.marker_step = s.marker_page = -1
+            s.chunk = self._chunk(s, s.steps)
+            if overtook:
+                s.markers.clear()
         plan = None
-        if hit or overtook or s.frontier - k < max(s.unit, s.steps // 2):
+        if hit or overtook or s.frontier - k < max(s.unit, s.steps - s.chunk):
             plan = self._extend(s, k)
         if plan is None:
             plan = AddressPlan(s.id)
@@ -467,14 +480,15 @@ class AddressPredictor:
         """The stream's new window (in trend steps) at a marker hit.
 
         From first principles: the reader must not reach a page before it arrives, so the
-        lead (how far ahead of the reader the marker sits) must cover the reader's speed x
-        the reaction time x ``lead_margin``; the window is two leads (the marker one lead
-        ahead, one lead planned beyond it). Lateness since the last hit (pages demanded in
-        flight, or the reader overtaking the window) doubles a boost on that lead; a stream
-        all on time lets it decay — it never grows a window that is already on time. Until
-        the speed is known the window ramps by doubling, like Linux readahead. Never more
-        than twice the last window at once, never less than two window units (a page's worth
-        of steps each), never beyond the byte/page/step caps.
+        lead (how far ahead of the reader the next plan's pages start) must cover the
+        reader's speed x the reaction time x ``lead_margin``; the window is the lead and one
+        chunk (``markers_per_lead`` markers per lead, a chunk apart: a hit still leaves a
+        lead planned beyond it). Lateness since the last hit (pages demanded in flight, or
+        the reader overtaking the window) doubles a boost on that lead; a stream all on time
+        lets it decay — it never grows a window that is already on time. Until the speed is
+        known the window ramps by doubling, like Linux readahead. Never more than twice the
+        last window at once, never less than two window units (a page's worth of steps
+        each), never beyond the byte/page/step caps.
         """
         cfg = self.cfg
         late = self.late.get(s.id, 0)
@@ -485,22 +499,37 @@ class AddressPredictor:
             # during the ramp, late pages are the ramp's own (it starts short on purpose)
             if fresh > 0 or overtook:
                 s.boost = min(cfg.ra_boost_max, 2.0 * s.boost)
-            else:
-                s.boost = max(1.0, s.boost * cfg.ra_boost_decay)
+            else:  # ra_boost_decay per lead travelled on time (a hit per chunk)
+                s.boost = max(1.0, s.boost * cfg.ra_boost_decay ** (1.0 / max(1, cfg.markers_per_lead)))
         cap = self._cap_steps(step, extent)
         floor = min(cap, max(2 * s.unit, self._kernel_floor(s, step)))
         if s.rate > 0 and self.fetch_latency_s > 0:
-            lead = s.rate * self.fetch_latency_s * cfg.lead_margin * s.boost / abs(step)
-            want = 2 * max(s.unit, math.ceil(lead))
+            lead = max(s.unit, math.ceil(s.rate * self.fetch_latency_s * cfg.lead_margin * s.boost / abs(step)))
+            want = lead + max(s.unit, math.ceil(lead / max(1, cfg.markers_per_lead)))
             s.sized = want <= 2 * s.steps
             if not s.sized:
-                want = 2 * s.steps  # ramp: at most double per hit
+                want = self._ramp(s)
             return max(floor, min(cap, want))
         s.sized = False
-        return max(floor, min(cap, 2 * s.steps))
+        return max(floor, min(cap, self._ramp(s)))
 
-    def _extend(self, s: Stream, k: int) -> AddressPlan | None:
-        """Plan steps up to k + window; one marker page in the middle of what is new."""
+    def _ramp(self, s: Stream) -> int:
+        """The window while the speed is unknown (or far above it): it doubles per lead the
+        reader travels — 2^(1/markers_per_lead) per hit, a hit per chunk — like Linux
+        readahead per window: a step estimated from the first reads errs by a few bytes,
+        and a window grown faster than the estimate improves plans pages off the reader's
+        lattice."""
+        return max(s.steps + 1, math.ceil(s.steps * 2.0 ** (1.0 / max(1, self.cfg.markers_per_lead))))
+
+    def _chunk(self, s: Stream, window: int) -> int:
+        """Steps between markers for a window: its lead / ``markers_per_lead``, at least two
+        units (a page's worth of steps each): a marker on every page would push nothing, and
+        every read would cost its reader a request to the daemon."""
+        return max(2 * s.unit, window // (max(1, self.cfg.markers_per_lead) + 1))
+
+    def _extend(self, s: Stream, k: int, first_marker: int = 0) -> AddressPlan | None:
+        """Plan steps up to k + window; a marker page every chunk of what is new (or only
+        one, ``first_marker`` steps ahead, in a trend's first window)."""
         token, step, extent = s.trend
         target = k + s.steps
         first = max(s.frontier, k) + 1
@@ -530,16 +559,22 @@ class AddressPredictor:
         s.planned.extend(new_steps)
         s.frontier = new_steps[-1][0]
         plan = AddressPlan(s.id, pages=pages, source="trend", push=not s.kernel_led)
-        # the marker: the first page of the first new step at least half a window (one lead)
-        # ahead of the reader, so that when the reader reaches it a lead is still planned
-        # beyond it; markers are one lead apart, which also bounds how much of a stopped
-        # reader's tail goes unseen
-        lead_at = k + max(1, s.steps // 2)
+        # markers: the first page of a new step every chunk beyond the last marker, so that a
+        # hit leaves a lead planned beyond it and a stopped reader leaves at most a chunk of
+        # pushed pages read but unseen; a stream with none left gets one on its last new step
+        last = s.markers[-1][0] if s.markers else k
         for j, ps in new_steps:
-            if ps and (j >= lead_at or j == new_steps[-1][0]):
-                plan.markers.add(ps[0])
-                s.marker_step, s.marker_page = j, ps[0]
+            if first_marker and s.markers:
                 break
+            if ps and j - last >= (first_marker or s.chunk):
+                plan.markers.add(ps[0])
+                s.markers.append((j, ps[0]))
+                last = j
+        if not s.markers:
+            j, ps = next(((j, ps) for j, ps in reversed(new_steps) if ps), (0, []))
+            if ps:
+                plan.markers.add(ps[0])
+                s.markers.append((j, ps[0]))
         self.counters["trend_plans"] += 1
         return plan
 
@@ -593,6 +628,7 @@ class AddressPredictor:
         s = self.streams.get(stream_id)
         if s is not None:
             s.steps = max(1, s.steps // 2)
+            s.chunk = min(s.chunk, self._chunk(s, s.steps))
 
     def stats(self) -> dict:
         return {
@@ -601,7 +637,7 @@ class AddressPredictor:
             "trending": sum(1 for s in self.streams.values() if s.trend is not None),
             "reaction_ms": round(1e3 * self.fetch_latency_s, 3),
             # the most recent trending streams: window (steps), speed (MB/s), lateness boost
-            "windows": [{"steps": s.steps, "step": round(s.trend[1]), "mb_s": round(s.rate / 1e6, 2),
+            "windows": [{"steps": s.steps, "chunk": s.chunk, "step": round(s.trend[1]), "mb_s": round(s.rate / 1e6, 2),
                          "boost": round(s.boost, 2)}
                         for s in list(self.streams.values())[-4:] if s.trend is not None],
             "predict_us": round(1e6 * self.predict_s / self.predicts, 2) if self.predicts else 0.0,

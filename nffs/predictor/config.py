@@ -88,10 +88,15 @@ class PrefetchConfig:
     #: ... nor further than timeliness needs. The *lead* a stream needs is how far its reader
     #: goes while one prefetch is on its way: reader speed (measured between marker hits)
     #: x the measured reaction time (from the read that triggers a plan to the arrival of
-    #: the plan's first page), times this safety margin. The window is twice the lead (the
-    #: marker sits one lead ahead of the reader, so a hit still leaves a lead in flight):
-    #: a reader that stops leaves at most two leads of fetched, unread pages behind.
+    #: the plan's first page), times this safety margin. The window is the lead plus one
+    #: *chunk* (below): a marker every chunk, so a hit still leaves a lead in flight, and a
+    #: reader that stops leaves at most a lead and a chunk of fetched pages unseen.
     lead_margin: float = 2.0
+    #: markers per lead: the window is planned a chunk (a lead / this) at a time, one marker
+    #: per chunk. One marker per lead (1) needs a window of two leads — what a stopped reader
+    #: leaves unread and, behind its last marker, read but unseen; more markers shorten
+    #: that tail, each costing its reader one read served from memory instead of the cache
+    markers_per_lead: int = 4
     #: the reaction time is the median of this many recent samples (plan heads): robust to
     #: one-off stalls of a loaded machine, quick to follow a lasting change
     reaction_samples: int = 15
