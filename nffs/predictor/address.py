@@ -524,7 +524,8 @@ class AddressPredictor:
     def _chunk(self, s: Stream, window: int) -> int:
         """Steps between markers for a window: its lead / ``markers_per_lead``, at least two
         units (a page's worth of steps each): a marker on every page would push nothing, and
-        every read would cost its reader a request to the daemon."""
+        every read would cost its reader a request to the daemon. A window of two to four
+        units thus keeps the marker spacing of one marker per lead (a window of two leads)."""
         return max(2 * s.unit, window // (max(1, self.cfg.markers_per_lead) + 1))
 
     def _extend(self, s: Stream, k: int, first_marker: int = 0) -> AddressPlan | None:
