@@ -20,8 +20,10 @@ How (docs/prefetch.md has the pictures):
 - **Readahead window.** A confirmed trend plans ``ra_initial_steps`` steps ahead; one
   page of the plan (the *marker*, like Linux's PG_readahead) is fetched but not pushed,
   so that the reader's arrival there reaches the daemon: that read confirms the trend,
-  doubles the window (up to ``ra_max_steps`` / ``ra_max_bytes`` / ``ra_max_pages``)
-  and plans further. Pages of steps the reader has passed are reported *consumed*.
+  measures the reader's speed and plans further. The window then is a *lead* (speed x
+  measured reaction time x margin) and a *chunk*, planned a chunk at a time with a
+  marker per chunk (``markers_per_lead``), within ``ra_max_steps`` / ``ra_max_bytes`` /
+  ``ra_max_pages``. Pages of steps the reader has passed are reported *consumed*.
 - **Learned deltas.** When no majority holds, the learned model (``markov`` successor
   counts or river's Hoeffding tree) predicts the next delta class from the last
   ``model_history`` classes; above ``model_min_proba`` it chains up to ``model_steps``
