@@ -503,7 +503,7 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-SENSITIVE = ["vote_window", "min_votes", "ra_initial_steps", "lead_margin", "ra_boost_max", "stream_radius_bytes",
+SENSITIVE = ["vote_window", "min_votes", "ra_initial_steps", "lead_margin", "markers_per_lead", "ra_boost_max", "stream_radius_bytes",
              "stop_waste", "concurrency", "field_cell_fraction"]
 
 

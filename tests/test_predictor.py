@@ -133,6 +133,47 @@ def test_window_deepens_when_pages_come_late() -> None:
     assert max(s.boost for s in late.streams.values()) > 1.0
 
 
+def _arrival_replay(ap: AddressPredictor, phases: list[tuple[int, float]], read: int, reaction_s: float) -> float:
+    """A forward reader in phases of (reads, seconds between reads); a planned page arrives
+    ``reaction_s`` after its plan; a page read before it arrived reaches the daemon late (as
+    the store reports it), a pushed page that arrived is a cache hit. Returns the highest
+    boost a stream had."""
+    ps = ap.page_size
+    arrive: dict[int, float] = {}
+    pushed: set[int] = set()
+    t, i, peak = 0.0, 0, 1.0
+    for n, dt in phases:
+        for _ in range(n):
+            off, t = i * read, t + dt
+            page = off // ps
+            i += 1
+            if page in pushed and arrive[page] <= t:
+                continue
+            if page in arrive and t < arrive[page]:
+                for s in ap.streams.values():
+                    ap.late[s.id] = ap.late.get(s.id, 0) + 1
+            for plan in ap.observe(off, read, t):
+                for q in plan.pages:
+                    arrive.setdefault(q, t + reaction_s)
+                    if q not in plan.markers:
+                        pushed.add(q)
+            peak = max([peak, *(s.boost for s in ap.streams.values())])
+    return peak
+
+
+def test_lateness_raises_the_boost_per_lead_not_per_marker_hit() -> None:
+    """Markers come a chunk apart, so one shortfall (here: the reader speeds up 8x) makes the
+    hits of a whole lead late: the boost must grow per lead of lateness — not double at
+    every hit up to its maximum — and decay once pages are on time again."""
+    cfg = PrefetchConfig()
+    ap = AddressPredictor(cfg, make_model("markov"), page_size=65536, params_bytes=1 << 34)
+    ap.fetch_latency_s = 0.005
+    peak = _arrival_replay(ap, [(4000, 0.0005), (20000, 0.0005 / 8), (4000, 0.0005)], 16384, 0.005)
+    assert 1.0 < peak <= 3.0  # doubling per hit reached 4 here
+    (s,) = [x for x in ap.streams.values() if x.trend is not None]
+    assert s.boost < 1.5  # on time again: back down
+
+
 def test_address_interleaved_readers_form_separate_streams() -> None:
     ps = 65536
     ap = AddressPredictor(PrefetchConfig(), make_model("markov"), page_size=ps, params_bytes=1 << 30)

@@ -81,9 +81,9 @@ class Stream:
         self.planned: deque = deque()  # (step, [pages]) not yet passed
         #: (step, page) of the markers planned and not yet reached, in the reader's order
         self.markers: deque = deque()
-        #: (time, offset) of the latest marker hits: the reader's speed is measured over
-        #: about a lead of them (a single chunk is too short a baseline)
-        self.hits: deque = deque(maxlen=markers_per_lead + 1)
+        #: (time, offset) of the latest marker hits: the reader's speed is measured from the
+        #: oldest to the newest hit, about a lead (a single chunk is too short a baseline)
+        self.hits: deque = deque(maxlen=markers_per_lead)
         self.rate = 0.0  # bytes/s the reader advances (measured between marker hits)
         self.boost = 1.0  # lead multiplier from measured lateness (1: none seen)
         self.late_seen = 0  # this stream's late count at the last marker hit
@@ -391,9 +391,12 @@ class AddressPredictor:
         s.kernel_led = cand == FWD and ps <= cfg.kernel_readahead_page_bytes
         s.steps = min(max(cfg.ra_initial_steps * s.unit, self._kernel_floor(s, step)), self._cap_steps(step, extent))
         # one marker in the first window, half-way: until its reader reaches it, nothing says
-        # the trend is real
-        s.chunk = self._chunk(s, s.steps)
-        return self._extend(s, 0, first_marker=max(1, s.steps // 2))
+        # the trend is real (and nothing extends the window: its lead is the other half)
+        first_marker = max(1, s.steps // 2)
+        s.chunk = s.steps - first_marker
+        s.hits.clear()
+        s.rate = 0.0
+        return self._extend(s, 0, first_marker=first_marker)
 
     def _kernel_floor(self, s: Stream, step: float) -> int:
         """Steps a kernel-led stream plans at least (0 for the others)."""
@@ -462,14 +465,12 @@ class AddressPredictor:
         if hit or overtook:
             self.counters["marker_hits"] += int(hit)
             if hit:
-                if s.hits and now > s.hits[0][0]:
-                    t0, off0 = s.hits[0]
-                    s.rate = abs(off - off0) / (now - t0)
                 s.hits.append((now, off))
+                t0, off0 = s.hits[0]
+                if now > t0:
+                    s.rate = abs(off - off0) / (now - t0)
             s.steps = self._window(s, step, extent, overtook)
             s.chunk = self._chunk(s, s.steps)
-            if overtook:
-                s.markers.clear()
         plan = None
         if hit or overtook or s.frontier - k < max(s.unit, s.steps - s.chunk):
             plan = self._extend(s, k)
@@ -486,11 +487,12 @@ class AddressPredictor:
         reader's speed x the reaction time x ``lead_margin``; the window is the lead and one
         chunk (``markers_per_lead`` markers per lead, a chunk apart: a hit still leaves a
         lead planned beyond it). Lateness since the last hit (pages demanded in flight, or
-        the reader overtaking the window) doubles a boost on that lead; a stream all on time
-        lets it decay — it never grows a window that is already on time. Until the speed is
-        known the window ramps by doubling, like Linux readahead. Never more than twice the
-        last window at once, never less than two window units (a page's worth of steps
-        each), never beyond the byte/page/step caps.
+        the reader overtaking the window) raises a boost on that lead (doubling it per lead of
+        lateness); a stream all on time lets it decay — it never grows a window that is
+        already on time. Until the speed is known the window ramps, doubling per lead
+        travelled, like Linux readahead. Never more than twice the last window at once,
+        never less than two window units (a page's worth of steps each), never beyond the
+        byte/page/step caps.
         """
         cfg = self.cfg
         late = self.late.get(s.id, 0)
@@ -499,17 +501,22 @@ class AddressPredictor:
         if s.sized:
             # lateness says something about the lead formula only once the window follows it;
             # during the ramp, late pages are the ramp's own (it starts short on purpose)
+            # per hit, i.e. per chunk: a shortfall makes the pages of several chunks late, so
+            # lateness doubles the boost per lead of it, and on-time reading lets it decay by
+            # ra_boost_decay per lead
+            per_hit = 1.0 / max(1, cfg.markers_per_lead)
             if fresh > 0 or overtook:
-                s.boost = min(cfg.ra_boost_max, 2.0 * s.boost)
-            else:  # ra_boost_decay per lead travelled on time (a hit per chunk)
-                s.boost = max(1.0, s.boost * cfg.ra_boost_decay ** (1.0 / max(1, cfg.markers_per_lead)))
+                s.boost = min(cfg.ra_boost_max, s.boost * 2.0 ** per_hit)
+            else:
+                s.boost = max(1.0, s.boost * cfg.ra_boost_decay ** per_hit)
         cap = self._cap_steps(step, extent)
         floor = min(cap, max(2 * s.unit, self._kernel_floor(s, step)))
         if s.rate > 0 and self.fetch_latency_s > 0:
             lead = max(s.unit, math.ceil(s.rate * self.fetch_latency_s * cfg.lead_margin * s.boost / abs(step)))
             want = lead + max(s.unit, math.ceil(lead / max(1, cfg.markers_per_lead)))
-            s.sized = want <= 2 * s.steps
-            if not s.sized:
+            # a window at its cap follows the lead as far as it can: sized (its boost decays)
+            s.sized = want <= 2 * s.steps or s.steps >= cap
+            if want > 2 * s.steps:
                 want = self._ramp(s)
             return max(floor, min(cap, want))
         s.sized = False
@@ -527,7 +534,8 @@ class AddressPredictor:
         """Steps between markers for a window: its lead / ``markers_per_lead``, at least two
         units (a page's worth of steps each): a marker on every page would push nothing, and
         every read would cost its reader a request to the daemon. A window of two to four
-        units thus keeps the marker spacing of one marker per lead (a window of two leads)."""
+        units thus has a marker every two units (with a two-unit window, on its frontier:
+        the next plan's first new step is then one unit, its lead, past the marker)."""
         return max(2 * s.unit, window // (max(1, self.cfg.markers_per_lead) + 1))
 
     def _extend(self, s: Stream, k: int, first_marker: int = 0) -> AddressPlan | None:
