@@ -587,11 +587,25 @@ class Prefetcher:
 
     def _take_run(self, page: int, e: Entry) -> list[tuple[int, Entry]]:
         """The page and the queued pages right after it that continue it one page at a time
-        (a stream's window, forward or backward, planned together), in the reader's order:
-        fetched as one run, one I/O and one slot instead of one per page
+        (a stream's window, forward or backward, planned together), in the reader's order —
+        or, for the field space, the next queued pages of the predicted frames, wherever
+        they are: fetched as one run, one I/O and one slot instead of one per page
         (``fetch_run_pages`` at most)."""
         run = [(page, e)]
         q = self._fetchq
+        if e.space == "field":
+            # a predicted frame's pages are scattered by the hash, and all wanted by the same
+            # frame: fetched together, one slot and one worker call (the store reads a batch
+            # in one go) instead of one slot each — a camera bringing 20-40 new pages per
+            # frame outran 16 slots of one page
+            while q and len(run) < self.cfg.fetch_run_pages:
+                nxt = q[0]
+                x = self.ledger.entries.get(nxt)
+                if x is None or x.state != QUEUED or x.space != "field" or self.port.is_cheap(nxt):
+                    break
+                q.popleft()
+                run.append((nxt, x))
+            return run
         step = 0
         while q and len(run) < self.cfg.fetch_run_pages:
             nxt = q[0]
