@@ -302,6 +302,16 @@ def test_field_jitter_keeps_coarse_levels_and_random_batches_none() -> None:
     assert all(p is None for p in plans)
 
 
+def test_a_predicted_frames_pages_are_fetched_in_batches() -> None:
+    """The hash scatters a frame's pages, so no run of consecutive pages forms; fetched one
+    per PREFETCH slot, a camera bringing tens of new pages per frame outran the slots.
+    They go 16 (fetch_run_pages) to a slot, wherever they lie."""
+    cam = sim.Camera("orbit", rays=16, samples=4, seed=3)
+    out = trio.run(lambda: sim.run_field(cam, "hoeffding", frames=16, warmup=4, log2_table_size=18))
+    assert out["issued"] >= 100
+    assert out["prefetch_calls"] <= out["issued"] / 4, (out["prefetch_calls"], out["issued"])
+
+
 def test_field_frames_bigger_than_memory_are_not_prefetched() -> None:
     """A frame whose pages do not fit the memory tiers cannot be served from memory: its
     prefetches would evict each other and the frame's own pages. Nothing is issued then;

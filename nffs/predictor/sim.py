@@ -43,6 +43,7 @@ class FakePort:
         self.slow_reads = 0
         self.demand_slow_reads = 0
         self.prefetch_slow_reads = 0
+        self.prefetch_calls = 0  # fetch / fetch_many calls: slots of the PREFETCH class taken
         self._waiting = 0
         self._slots = trio.CapacityLimiter(prefetch_slots)
         self.heat: dict[int, float] = {}
@@ -120,13 +121,15 @@ class FakePort:
         page = int(page)
         joined = page in self.inflight
         version = self.versions.get(page, 0)
+        self.prefetch_calls += 1
         async with self._slots:
             slow = await self._load(page, demand=False)
         return FetchResult(page, self.content(page), version, slow, joined)
 
     async def fetch_many(self, pages: list[int], priority: Priority = Priority.PREFETCH) -> list[FetchResult]:
-        """A run of pages in one slot: one latency for all (a contiguous read)."""
+        """A run of pages in one slot: one latency for all (one read per home tier)."""
         out: list = [None] * len(pages)
+        self.prefetch_calls += 1
 
         async def one(i: int, page: int) -> None:
             joined = page in self.inflight
@@ -336,7 +339,8 @@ def _layout(page_size: int, log2_table_size: int = 17, levels: int = 16):
 def _summary(lat: list[float], port: FakePort, pf, elapsed: float) -> dict:
     a = np.asarray(lat) if lat else np.zeros(1)
     out = {"p50_ms": round(1e3 * float(np.percentile(a, 50)), 3), "p99_ms": round(1e3 * float(np.percentile(a, 99)), 3),
-           "total_s": round(elapsed, 3), "slow_reads": port.slow_reads, "demand_slow_reads": port.demand_slow_reads}
+           "total_s": round(elapsed, 3), "slow_reads": port.slow_reads, "demand_slow_reads": port.demand_slow_reads,
+           "prefetch_calls": port.prefetch_calls}
     if pf is not None:
         st = pf.stats()
         out.update({k: st.get(k) for k in ("issued", "useful", "late", "wasted", "pending", "accuracy", "coverage",
