@@ -195,6 +195,27 @@ def test_address_random_input_issues_nothing() -> None:
         assert len(issued) <= 0.01 * len(offsets)
 
 
+@pytest.mark.parametrize("stride", [200000, 3 * 65536, 8778, -70070])
+def test_a_strided_reader_is_followed_from_its_third_read(stride: int) -> None:
+    """Every read of a strided reader is a miss until its trend holds: three reads in a row
+    in progression are enough (a fourth miss is the p99 of a run of a few hundred reads);
+    the same three reads spread among other orphans are not."""
+    ap = AddressPredictor(PrefetchConfig(), make_model("markov"), page_size=65536, params_bytes=1 << 32)
+    base = 1 << 31
+    plans = [ap.observe(base + i * stride // 4096 * 4096 if stride > 0 else base - (-i * stride) // 4096 * 4096,
+                        4096, i * 0.01) for i in range(3)]
+    assert not plans[0] and not plans[1]
+    assert plans[2] and plans[2][0].pages
+    spread = AddressPredictor(PrefetchConfig(), make_model("markov"), page_size=65536, params_bytes=1 << 32)
+    rng = np.random.default_rng(5)
+    got = []
+    for i in range(3):
+        got += spread.observe(base + i * stride // 4096 * 4096 if stride > 0 else base - (-i * stride) // 4096 * 4096,
+                              4096, i * 0.01)
+        spread.observe(int(rng.integers(0, 1 << 20)) * 4096, 4096, i * 0.01 + 0.005)  # another reader's miss
+    assert not any(p.pages for p in got)
+
+
 def test_address_random_reads_in_a_small_file_found_no_trend() -> None:
     """In a small file random reads soon land near every stream and at its last delta
     repeated: without an age limit on young streams they founded trends of 128-512 steps

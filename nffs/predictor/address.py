@@ -65,7 +65,7 @@ class AddressPlan:
 class Stream:
     __slots__ = ("id", "last_off", "last_end", "last_size", "deltas", "sizes", "steps", "anchor",
                  "frontier", "planned", "markers", "chunk", "t", "classes", "chain", "trend", "unit", "hits", "rate",
-                 "boost", "late_seen", "sized", "phases", "seen", "kernel_led")
+                 "boost", "late_seen", "sized", "phases", "seen", "kernel_led", "progression")
 
     def __init__(self, sid: int, off: int, end: int, now: float, window: int, markers_per_lead: int = 1) -> None:
         self.id = sid
@@ -100,6 +100,9 @@ class Stream:
         #: the kernel's read-ahead follows this stream: its pages are fetched, not pushed
         #: (PrefetchConfig.kernel_readahead_page_bytes)
         self.kernel_led = False
+        #: founded on three recent reads in arithmetic progression: its first trend needs
+        #: only PrefetchConfig.min_votes_progression votes
+        self.progression = False
 
 
 def _close(a, b, tol: int) -> bool:
@@ -308,6 +311,8 @@ class AddressPredictor:
                 break
         if not found:
             return None
+        recent = orphans[-self.cfg.progression_recent_orphans:]
+        progression = len(found) == 2 and all(o in recent for o in found)
         for o in found:
             self.orphans.remove(o)
         sid = self._next_id
@@ -315,6 +320,7 @@ class AddressPredictor:
         s = Stream(sid, found[0][0], found[0][1], now, self.cfg.vote_window, self.cfg.markers_per_lead)
         for o_off, o_end, _ in found[1:]:
             self._push_delta(s, self._token(s, o_off, o_end), o_off, o_end)
+        s.progression = progression
         self.streams[sid] = s
         while len(self.streams) > self.cfg.max_streams:
             self.streams.popitem(last=False)
@@ -362,6 +368,8 @@ class AddressPredictor:
         deltas = list(s.deltas)
         cand, votes = majority(deltas)
         need = cfg.min_votes_contiguous if cand in (FWD, BWD) else cfg.min_votes
+        if s.progression:
+            need = min(need, cfg.min_votes_progression)
         phases: tuple[float, ...] = (0.0,)
         if cand is None or votes < need or cand == 0:
             periodic = self._periodic(deltas)
@@ -381,6 +389,7 @@ class AddressPredictor:
                 return None
             anchor = s.last_off
         s.trend = (cand, step, extent)
+        s.progression = False  # later trends of this stream are voted as usual
         s.phases = phases
         s.sized = False
         s.anchor = anchor

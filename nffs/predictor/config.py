@@ -55,6 +55,15 @@ class PrefetchConfig:
     #: readahead starts at the second sequential read), and every read before the trend is
     #: a miss that lands in the p99 of short runs and of interleaved readers
     min_votes_contiguous: int = 2
+    #: ... and a stream founded on three reads in arithmetic progression (to 4 KiB), read
+    #: one after the other — the read and the `progression_recent_orphans` unmatched reads
+    #: just before it — needs only this many (its two deltas): a strided reader's reads are
+    #: all misses until its trend holds, and in a run of a few hundred reads the fourth
+    #: miss is its p99. Three random reads in a row rarely line up (a false trend costs its
+    #: first window); progressions found further back in the orphans (interleaved readers)
+    #: still need `min_votes`
+    min_votes_progression: int = 2
+    progression_recent_orphans: int = 2
     #: when no delta holds a majority, the vote runs over sums of p consecutive deltas for
     #: p = 2 .. this (strides a, b, a, b, ... : every two sum to a + b); longer cycles are
     #: left to the learned model (a vote over p deltas needs p x min_votes of history)
