@@ -291,7 +291,9 @@ class AddressPredictor:
         return off - s.last_off
 
     def _from_orphans(self, off: int, end: int, now: float) -> Stream | None:
-        """Two contiguous orphans, or three in arithmetic progression, start a stream."""
+        """Two contiguous orphans, or three in arithmetic progression, start a stream (three
+        in a row — this read and the latest orphans — one marked ``progression``: its first
+        trend needs fewer votes)."""
         orphans = list(self.orphans)
         found = None
         for i in range(len(orphans) - 1, -1, -1):
