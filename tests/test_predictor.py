@@ -433,6 +433,25 @@ def test_reads_skipped_as_cheap_still_keep_their_pages_from_being_pushed_over() 
     assert all(p in pf.recent for p in (7, 1234, 99))
 
 
+def test_a_field_page_queued_twice_is_fetched_once() -> None:
+    """A page can sit in the fetch queue twice (demanded, then planned again by the next
+    frame): a batch of field pages must not take it twice (issued twice, heat lent twice,
+    the tier read twice)."""
+    from nffs.predictor.ledger import INFLIGHT
+    from nffs.predictor.prefetch import Prefetcher
+
+    layout = sim._layout(4096)
+    port = sim.FakePort(layout.n_pages, 4096)
+    pf = Prefetcher(port, layout, kind="markov", push=None)
+    for page in (5, 9):
+        pf.ledger.plan(page, "field", push=False, marker=False, now=0.0)
+    pf._fetchq.extend([5, 9, 5])
+    head = pf._fetchq.popleft()
+    run = pf._take_run(head, pf.ledger.entries[head])
+    assert [p for p, _ in run] == [5, 9]
+    assert all(x.state == INFLIGHT for _, x in run)
+
+
 def test_a_run_of_cheap_reads_hands_the_store_a_log_and_a_planned_read_takes_it_back() -> None:
     """Past `cheap_skip_after` reads served from memory that touched nothing planned, the
     store appends such reads' pages straight to `recent` (no call per read); a read of a

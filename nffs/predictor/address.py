@@ -296,6 +296,7 @@ class AddressPredictor:
         trend needs fewer votes)."""
         orphans = list(self.orphans)
         found = None
+        progression = False
         for i in range(len(orphans) - 1, -1, -1):
             b_off, b_end, _ = orphans[i]
             if abs(off - b_end) < QUANTUM and off > b_off or abs(end - b_off) < QUANTUM and end < b_end:
@@ -308,13 +309,14 @@ class AddressPredictor:
                 a_off = orphans[j][0]
                 if abs((b_off - a_off) - d) <= QUANTUM and abs(d) > 0:
                     found = [orphans[j], orphans[i]]
+                    # in a row: the two orphans are the latest ones (within the setting)
+                    k = self.cfg.progression_recent_orphans
+                    progression = k > 0 and j >= len(orphans) - k
                     break
             if found:
                 break
         if not found:
             return None
-        recent = orphans[-self.cfg.progression_recent_orphans:]
-        progression = len(found) == 2 and all(o in recent for o in found)
         for o in found:
             self.orphans.remove(o)
         sid = self._next_id

@@ -33,7 +33,8 @@ class PrefetchConfig:
     #: at most one thinking round (a hop to the learning thread) per this interval: events
     #: that arrive meanwhile are handled together in the next round
     think_interval_s: float = 0.002
-    #: consecutive planned pages fetched (and pushed) together as one run, at most
+    #: consecutive planned pages — or the next queued pages of the field space, wherever they
+    #: lie — fetched (and pushed) together as one run, at most
     fetch_run_pages: int = 16
     #: planned pages waiting to be fetched; the oldest plans are dropped beyond it
     max_queued: int = 8192

@@ -545,7 +545,9 @@ class Prefetcher:
                     got = await self.port.fetch_many(sorted(p for p, _ in run), Priority.PREFETCH)
                     by_page = {r.page: r for r in got}
                     results = [by_page.get(p) for p, _ in run]
-                if any(r is not None and r.from_slow_tier for r in results):
+                # the reaction time sizes address-space windows: measured on their fetches only
+                # (a field batch of 16 scattered pages says nothing about a stream's plan head)
+                if e.space == "address" and any(r is not None and r.from_slow_tier for r in results):
                     self._note_latency(e, t_fetch, time.monotonic())
             except Exception:
                 log.debug("prefetch of pages %s failed", [p for p, _ in run], exc_info=True)
@@ -598,12 +600,16 @@ class Prefetcher:
             # frame: fetched together, one slot and one worker call (the store reads a batch
             # in one go) instead of one slot each — a camera bringing 20-40 new pages per
             # frame outran 16 slots of one page
+            # (a page can sit in the queue twice — demanded, then planned again — so each
+            # page taken is marked at once and its second copy stops the run)
+            e.state = INFLIGHT
             while q and len(run) < self.cfg.fetch_run_pages:
                 nxt = q[0]
                 x = self.ledger.entries.get(nxt)
                 if x is None or x.state != QUEUED or x.space != "field" or self.port.is_cheap(nxt):
                     break
                 q.popleft()
+                x.state = INFLIGHT
                 run.append((nxt, x))
             return run
         step = 0
