@@ -67,7 +67,7 @@ class Stream:
                  "frontier", "planned", "markers", "chunk", "t", "classes", "chain", "trend", "unit", "hits", "rate",
                  "boost", "late_seen", "sized", "phases", "seen", "kernel_led", "progression")
 
-    def __init__(self, sid: int, off: int, end: int, now: float, window: int, markers_per_lead: int = 1) -> None:
+    def __init__(self, sid: int, off: int, end: int, now: float, window: int, markers_per_lead: int) -> None:
         self.id = sid
         self.last_off = off
         self.last_end = end

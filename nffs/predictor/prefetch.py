@@ -533,9 +533,7 @@ class Prefetcher:
             if self.port.is_cheap(page):
                 self.ledger.not_issued(page, e, "cheap")
                 continue
-            run = self._take_run(page, e)
-            for p, x in run:
-                x.state = INFLIGHT
+            run = self._take_run(page, e)  # (in flight from here)
             self.counters["fetches_inflight"] += len(run)  # pages: the tier-load limit counts pages
             try:
                 t_fetch = time.monotonic()
@@ -591,32 +589,20 @@ class Prefetcher:
         """The page and the queued pages right after it that continue it one page at a time
         (a stream's window, forward or backward, planned together), in the reader's order —
         or, for the field space, the next queued pages of the predicted frames, wherever
-        they are: fetched as one run, one I/O and one slot instead of one per page
-        (``fetch_run_pages`` at most)."""
+        they are (scattered by the hash, all wanted by the same frames: a camera bringing
+        20-40 new pages per frame outran 16 slots of one page): fetched as one run, one I/O
+        and one slot instead of one per page (``fetch_run_pages`` at most). Every page taken
+        is marked in flight at once: a page can sit in the queue twice (demanded, then
+        planned again), and its second copy ends the run."""
         run = [(page, e)]
+        e.state = INFLIGHT
         q = self._fetchq
-        if e.space == "field":
-            # a predicted frame's pages are scattered by the hash, and all wanted by the same
-            # frame: fetched together, one slot and one worker call (the store reads a batch
-            # in one go) instead of one slot each — a camera bringing 20-40 new pages per
-            # frame outran 16 slots of one page
-            # (a page can sit in the queue twice — demanded, then planned again — so each
-            # page taken is marked at once and its second copy stops the run)
-            e.state = INFLIGHT
-            while q and len(run) < self.cfg.fetch_run_pages:
-                nxt = q[0]
-                x = self.ledger.entries.get(nxt)
-                if x is None or x.state != QUEUED or x.space != "field" or self.port.is_cheap(nxt):
-                    break
-                q.popleft()
-                x.state = INFLIGHT
-                run.append((nxt, x))
-            return run
+        anywhere = e.space == "field"
         step = 0
         while q and len(run) < self.cfg.fetch_run_pages:
             nxt = q[0]
             d = nxt - run[-1][0]
-            if d not in (1, -1) or (step and d != step):
+            if not anywhere and (d not in (1, -1) or (step and d != step)):
                 break
             x = self.ledger.entries.get(nxt)
             if x is None or x.state != QUEUED or x.space != e.space or x.push != e.push:
@@ -624,6 +610,7 @@ class Prefetcher:
             if self.port.is_cheap(nxt):
                 break
             q.popleft()
+            x.state = INFLIGHT
             step = d
             run.append((nxt, x))
         return run

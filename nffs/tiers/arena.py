@@ -369,6 +369,11 @@ class MemoryArena:
             return None
         return view[lo:hi]
 
+    def chunks_of(self, offsets: np.ndarray) -> np.ndarray:
+        """The chunks (global ids, ascending, once each) holding these byte offsets of the
+        arena: what a gather of rows at those offsets has to verify."""
+        return sorted_unique(offsets >> (self.chunk.bit_length() - 1))
+
     def bad_slots_of_chunks(self, chunks: list[int]) -> list[int]:
         """Slots whose listed chunks (global ids: slot * chunks_per_page + i) fail their
         checksum; one hash call per chunk, no numpy round trip per chunk list."""
@@ -392,7 +397,7 @@ class MemoryArena:
         thread only (see `LineSums`)."""
         lines = self.lines
         if lines is None or LINE_BYTES % row_bytes:
-            return self.bad_slots_of_chunks(sorted_unique(offsets >> (self.chunk.bit_length() - 1)).tolist())
+            return self.bad_slots_of_chunks(self.chunks_of(offsets).tolist())
         line_ids = offsets >> _LINE_SHIFT
         got = lines.record(line_ids, self._line_sums(line_ids))
         matches = lines.records.take(line_ids & lines.mask) == got

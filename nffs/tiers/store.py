@@ -1511,8 +1511,9 @@ class PageStore:
                     # listed (which are every page of a complete level): every byte returned
                     # is still checked, and a frame of a hundred points no longer hashes the
                     # whole table (18 ms for 128 MiB, whatever the page size)
-                    self._check_entries(ent)  # (the chunk ids must be the table's)
-                    chunks = sorted_unique((ent.reshape(-1) * row_bytes) >> (arena.chunk.bit_length() - 1))
+                    if by_level and not pending:  # (the only case `touched_pages` did not check)
+                        self._check_entries(ent)  # the chunk ids must be the table's
+                    chunks = arena.chunks_of(ent.reshape(-1) * row_bytes)
                     if chunks.size >= pages.size * per_page:
                         chunks = None
                 if chunks is None:
