@@ -18,8 +18,10 @@ How (docs/prefetch.md has the pictures):
   deltas 4K, 8K, 4K, ...) still forms a majority. A trend holds when one class has a
   strict majority of at least ``min_votes`` deltas; otherwise nothing is issued from it.
 - **Readahead window.** A confirmed trend plans ``ra_initial_steps`` steps ahead; one
-  page of the plan (the *marker*, like Linux's PG_readahead) is fetched but not pushed,
-  so that the reader's arrival there reaches the daemon: that read confirms the trend,
+  page of the plan (the *marker*, like Linux's PG_readahead) is fetched but not pushed
+  (a contiguous stream's marker is pushed but for a *hole*, the 4 KiB kernel page where
+  its reader enters it), so that the reader's arrival there reaches the daemon (as a
+  read of 4 KiB from memory, with a hole, not of a whole page): that read confirms the trend,
   measures the reader's speed and plans further. The window then is a *lead* (speed x
   measured reaction time x margin) and a *chunk*, planned a chunk at a time with a
   marker per chunk (``markers_per_lead``), within ``ra_max_steps`` / ``ra_max_bytes`` /
@@ -50,7 +52,10 @@ FWD, BWD = "+", "-"  # contiguity tokens
 class AddressPlan:
     stream: int
     pages: list[int] = field(default_factory=list)  # to fetch, in order
-    markers: set[int] = field(default_factory=set)  # fetched, not pushed
+    #: marker pages: fetched, pushed but for a hole, (start, end) bytes within the page, that
+    #: the reader's first read of the page touches; None: not pushed at all (the hole would
+    #: be the whole page)
+    markers: dict[int, tuple[int, int] | None] = field(default_factory=dict)
     consumed: list[int] = field(default_factory=list)  # planned pages the reader has passed
     source: str = "trend"  # "trend" or "model"
     #: pushed into the kernel cache as they arrive (False: fetched into memory for the
@@ -591,16 +596,35 @@ class AddressPredictor:
             if first_marker and s.markers:
                 break
             if ps and j - last >= (first_marker or s.chunk):
-                plan.markers.add(ps[0])
+                plan.markers[ps[0]] = self._trend_hole(s, ps[0])
                 s.markers.append((j, ps[0]))
                 last = j
         if not s.markers:
             j, ps = next(((j, ps) for j, ps in reversed(new_steps) if ps), (0, []))
             if ps:
-                plan.markers.add(ps[0])
+                plan.markers[ps[0]] = self._trend_hole(s, ps[0])
                 s.markers.append((j, ps[0]))
         self.counters["trend_plans"] += 1
         return plan
+
+    def _trend_hole(self, s: Stream, page: int) -> tuple[int, int] | None:
+        """The hole of a marker page: the kernel page (4 KiB) where the stream's reader surely
+        first touches it. A contiguous stream reads every byte in order, so it enters a page
+        at its first byte going forward and at its last going backward. None (the page is not
+        pushed at all) for a strided stream: its true stride is known only to within the
+        kernel's 4 KiB alignment, a hole a few steps ahead may lie off the bytes it reads, and
+        a hole missed leaves the stream without its marker hit."""
+        token = s.trend[0]
+        if not self.cfg.marker_holes or token not in (FWD, BWD):
+            return None
+        base = page * self.page_size
+        end = min(base + self.page_size, self.params_bytes)
+        first = base if token == FWD else end - 1
+        a = first // QUANTUM * QUANTUM
+        b = min(end, a + QUANTUM)
+        if a <= base and b >= end:
+            return None  # the hole would be the whole page
+        return a - base, b - base
 
     def _model_plan(self, s: Stream) -> AddressPlan | None:
         """No majority: chain the learned model's next-delta predictions while confident."""
@@ -644,7 +668,7 @@ class AddressPredictor:
         plan = AddressPlan(s.id, pages=pages, source="model", confidence=conf)
         last_pages = self._pages(chain[-1][0], chain[-1][0] + size)
         if last_pages:
-            plan.markers.add(last_pages[0])
+            plan.markers[last_pages[0]] = None  # where a learned chain enters it is not sure: no hole
         return plan
 
     def forget(self, stream_id: int) -> None:

@@ -42,14 +42,17 @@ COUNTS = ("issued", "useful", "late", "wasted", "demand_misses", "cancelled", "c
 
 
 class Entry:
-    __slots__ = ("space", "state", "push", "marker", "pushed", "passed", "t", "stream", "conf", "heat", "arrived_t",
-                 "head_t")
+    __slots__ = ("space", "state", "push", "marker", "hole", "pushed", "passed", "t", "stream", "conf", "heat",
+                 "arrived_t", "head_t")
 
     def __init__(self, space: str, state: int, push: bool, marker: bool, t: float, stream: int, conf: float) -> None:
         self.space = space
         self.state = state
         self.push = push
         self.marker = marker
+        #: a marker's hole, (start, end) bytes within the page left out of its push (None: a
+        #: marker is not pushed at all)
+        self.hole: tuple[int, int] | None = None
         self.pushed = False
         self.passed = False
         self.t = t
@@ -162,12 +165,13 @@ class Ledger:
 
     # ------------------------------------------------------------------ planning
     def plan(self, page: int, space: str, *, push: bool, marker: bool, now: float, stream: int = 0,
-             conf: float = 1.0) -> Entry | None:
+             conf: float = 1.0, hole: tuple[int, int] | None = None) -> Entry | None:
         """A page a predictor wants; None when it is already known. Shadow entry when stopped."""
         if page in self.entries:
             return None
         active = self.control[space].active or space == "hint"
         e = Entry(space, QUEUED if active else SHADOW, push, marker, now, stream, conf)
+        e.hole = hole if marker else None
         self.entries[page] = e
         if not active:
             self.counts[space]["shadow"] += 1

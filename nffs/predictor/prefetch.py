@@ -46,7 +46,9 @@ from .models import Predictor, make_model
 
 log = logging.getLogger(__name__)
 
-PushFn = Callable[[int, bytes], Awaitable[None]]
+#: push(page, bytes, hole): the page's bytes into the kernel cache but for `hole`, (start,
+#: end) bytes within the page left for the reader's read to reach the daemon (a marker)
+PushFn = Callable[[int, bytes, "tuple[int, int] | None"], Awaitable[None]]
 
 
 class RecentPages:
@@ -427,7 +429,7 @@ class Prefetcher:
                     if is_cheap:
                         continue
                     e = self.ledger.plan(page, "address", push=p.push, marker=page in p.markers, now=now,
-                                         stream=p.stream, conf=p.confidence)
+                                         stream=p.stream, conf=p.confidence, hole=p.markers.get(page))
                     if e is not None and e.state == QUEUED:
                         if head:  # the plan's first page measures the reaction time
                             e.head_t = p.t_event or now
@@ -569,7 +571,8 @@ class Prefetcher:
                     x.heat = cfg.heat_boost * x.conf
                 except Exception:
                     pass
-                if x.push and not x.marker and self.push is not None and self.ledger.entries.get(p) is x:
+                if (x.push and (not x.marker or x.hole is not None) and self.push is not None
+                        and self.ledger.entries.get(p) is x):
                     to_push.append((p, x, res.data, res.version))
                 else:
                     self.ledger.arrived(p, x, time.monotonic())
@@ -659,7 +662,7 @@ class Prefetcher:
             if page in self.recent:  # read or written while we fetched
                 c["push_skipped"] += 1
                 return
-            await self.push(page, data)
+            await self.push(page, data, e.hole)
             self.recent.add(page, time.monotonic())
             if self.port.page_version(page) == version:
                 e.pushed = True

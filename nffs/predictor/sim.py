@@ -178,11 +178,13 @@ class FakePort:
 
 
 class SimKernel:
-    """The kernel page cache in front of the fake daemon (nffs-page granularity, LRU)."""
+    """The kernel page cache in front of the fake daemon (nffs-page granularity, LRU; a
+    marker page pushed with a hole is cached but for the hole's 4 KiB pages)."""
 
     def __init__(self, port: FakePort, capacity_pages: int = 1 << 30) -> None:
         self.port = port
         self.cached: OrderedDict[int, int] = OrderedDict()  # page -> version held
+        self.holes: dict[int, tuple[int, int]] = {}  # cached page -> (start, end) bytes not held
         self.capacity = capacity_pages
         self.daemon_reads = 0
         self.stale = 0
@@ -191,16 +193,22 @@ class SimKernel:
         self.cached[page] = version
         self.cached.move_to_end(page)
         while len(self.cached) > self.capacity:
-            self.cached.popitem(last=False)
+            old, _ = self.cached.popitem(last=False)
+            self.holes.pop(old, None)
 
-    async def push(self, page: int, data: bytes) -> None:
+    async def push(self, page: int, data: bytes, hole: tuple[int, int] | None = None) -> None:
         # data encodes the version it was read at; find it back for the staleness check
         version = next((v for v in range(0, 1 + self.port.versions.get(page, 0))
                         if bytes([(page * 7 + v * 13) % 251]) == data[:1]), -1)
         self._add(page, version)
+        if hole is None:
+            self.holes.pop(page, None)
+        else:
+            self.holes[page] = hole
 
     def invalidate(self, page: int) -> None:
         self.cached.pop(page, None)
+        self.holes.pop(page, None)
 
     async def read(self, offset: int, size: int) -> float:
         """One pread; returns its latency in seconds."""
@@ -209,19 +217,30 @@ class SimKernel:
         lo = offset // KPAGE * KPAGE
         hi = -(-(offset + size) // KPAGE) * KPAGE
         pages = list(range(lo // ps, (hi - 1) // ps + 1))
-        missing = [p for p in pages if p not in self.cached]
+        missing = []
+        parts = []  # the bytes the kernel asks the daemon for: uncached pages, holes read
         for p in pages:
-            if p in self.cached:
-                if self.cached[p] != self.port.versions.get(p, 0):
-                    self.stale += 1
-                self.cached.move_to_end(p)
+            base = p * ps
+            if p not in self.cached:
+                missing.append(p)
+                parts.append((max(lo, base), min(hi, base + ps)))
+                continue
+            hole = self.holes.get(p)
+            if hole is not None and lo < base + hole[1] and hi > base + hole[0]:
+                missing.append(p)
+                parts.append((max(lo, base + hole[0]), min(hi, base + hole[1])))
+                continue
+            if self.cached[p] != self.port.versions.get(p, 0):
+                self.stale += 1
+            self.cached.move_to_end(p)
         if missing:
             self.daemon_reads += 1
-            a = max(lo, missing[0] * ps)
-            b = min(hi, (missing[-1] + 1) * ps)
+            a = min(x for x, _ in parts)
+            b = max(y for _, y in parts)
             await self.port.demand(missing, AccessKind.READ, a, b - a)
             for p in missing:
                 self._add(p, self.port.versions.get(p, 0))
+                self.holes.pop(p, None)
         return time.perf_counter() - t0
 
 

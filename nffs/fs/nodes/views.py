@@ -65,16 +65,22 @@ class PageCacheSync:
         return out
 
     async def notify_aliases(self, offset: int, data: bytes | memoryview, source: int) -> None:
-        targets = self.alias_targets(offset, len(data), source)
-        if not targets:
+        await self._notify_pieces([(offset, data)], source)
+
+    async def _notify_pieces(self, pieces: list[tuple[int, bytes | memoryview]], source: int) -> None:
+        """Store each (params offset, bytes) into every other opened view, in one worker-thread hop."""
+        jobs = []
+        for offset, data in pieces:
+            view = memoryview(data)
+            jobs += [(inode, file_off, view[a:b]) for inode, file_off, a, b in self.alias_targets(offset, len(view), source)]
+        if not jobs:
             return
-        view = memoryview(data)
         notify = self.notify_store
 
         def push() -> None:
-            for inode, file_off, a, b in targets:
+            for inode, file_off, piece in jobs:
                 try:
-                    notify(inode, file_off, view[a:b])
+                    notify(inode, file_off, piece)
                 except OSError as exc:
                     # ENOENT: the kernel forgot the inode (nothing cached). Anything else only
                     # costs a stale-cache window that the next read of the page closes.
@@ -83,13 +89,21 @@ class PageCacheSync:
 
         await trio.to_thread.run_sync(push)
 
-    async def push_page(self, page: int, data: bytes) -> None:
+    async def push_page(self, page: int, data: bytes, hole: tuple[int, int] | None = None) -> None:
         """Put a page's current bytes into the kernel page cache of params and every level view.
 
         The prefetcher's last step: the next read of these bytes never reaches the daemon.
+        A marker's `hole` (start, end bytes within the page, on 4 KiB kernel-page bounds in
+        params) is left out: the reader's read there still reaches the daemon, and costs
+        a few KiB from memory rather than the whole page.
         """
         lo, hi = self.layout.page_byte_range(page)
-        await self.notify_aliases(lo, memoryview(data)[: hi - lo], source=-1)
+        view = memoryview(data)[: hi - lo]
+        if hole is None:
+            await self.notify_aliases(lo, view, source=-1)
+            return
+        a, b = hole
+        await self._notify_pieces([(lo + x, view[x:y]) for x, y in ((0, a), (b, len(view))) if y > x], source=-1)
 
     async def refresh_pages(self, pages: list[int], read: ReadBytes) -> None:
         """Pages changed behind the kernel's back (concept writes): push their new bytes."""
