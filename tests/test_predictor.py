@@ -483,6 +483,70 @@ def test_no_stale_push_after_write() -> None:
     assert trio.run(main) == 0
 
 
+def test_a_push_raced_by_a_write_is_pushed_again_with_the_new_bytes() -> None:
+    """A write landing while a push is on its way leaves the kernel holding the pushed (old)
+    bytes: the push is redone with the new ones, although the page now counts as one the
+    kernel holds (which makes a first push step aside)."""
+    from nffs.predictor.prefetch import Prefetcher
+
+    async def main() -> tuple[list[tuple[int, bytes]], bytes]:
+        layout = sim._layout(65536)
+        port = sim.FakePort(layout.n_pages, 65536)
+        pushes: list[tuple[int, bytes]] = []
+
+        async def push(page: int, data: bytes, hole: tuple[int, int] | None = None) -> None:
+            pushes.append((page, bytes(data[:1])))
+            if len(pushes) == 1:
+                port.write(page)  # lands while the first push is on its way
+
+        pf = Prefetcher(port, layout, kind="markov", push=push)
+        e = pf.ledger.plan(42, "address", push=True, marker=False, now=time.monotonic())
+        assert e is not None
+        res = await port.fetch(42)
+        await pf._push(42, e, res.data, res.version)
+        return pushes, port.content(42)[:1]
+
+    pushes, current = trio.run(main)
+    assert len(pushes) == 2 and pushes[-1] == (42, current)
+
+
+def test_a_contiguous_streams_markers_are_pushed_with_their_hole() -> None:
+    """Through the whole policy (ledger, fetch, push): a forward reader's marker pages reach
+    the push with the 4 KiB hole where the reader enters them, its other pages whole; a
+    backward reader's holes are the pages' last 4 KiB."""
+    from nffs.predictor.prefetch import Prefetcher
+    from nffs.tiers.port import AccessKind
+
+    ps = 65536
+
+    async def main(step: int) -> list[tuple[int, tuple[int, int] | None]]:
+        layout = sim._layout(ps)
+        port = sim.FakePort(layout.n_pages, ps, latency=0.002)
+        pushes: list[tuple[int, tuple[int, int] | None]] = []
+
+        async def push(page: int, data: bytes, hole: tuple[int, int] | None = None) -> None:
+            pushes.append((page, hole))
+
+        pf = Prefetcher(port, layout, kind="markov", push=push)
+        start = layout.n_params * 4 // 2 // ps * ps
+        async with trio.open_nursery() as n:
+            await n.start(pf.run)
+            for i in range(160):  # the kernel's 16 KiB requests of a contiguous reader
+                off = start + i * step
+                await port.demand([off // ps], AccessKind.READ, off, abs(step))
+                await trio.sleep(0.001)
+            await trio.sleep(0.05)
+            n.cancel_scope.cancel()
+        return pushes
+
+    for step, hole in ((16384, (0, 4096)), (-16384, (ps - 4096, ps))):
+        pushes = trio.run(main, step)
+        holes = [h for _, h in pushes if h is not None]
+        assert len(pushes) >= 10 and len(holes) >= 2
+        assert set(holes) == {hole}
+        assert len(holes) <= len(pushes) / 2 + 1  # a marker at most every other page
+
+
 def test_reads_skipped_as_cheap_still_keep_their_pages_from_being_pushed_over() -> None:
     """Reads served from memory skip the predictor once a run of them is long, but the kernel
     caches what they read (an mmap writer may dirty it): such pages must stay 'recent', so

@@ -649,6 +649,7 @@ class Prefetcher:
         if page in self.recent or time.monotonic() - self._last_write < self.cfg.write_quiet_s:
             c["push_skipped"] += 1
             return
+        pushed_once = False
         for _ in range(8):
             if self.port.page_version(page) != version:
                 # changed: fetch the new bytes at once (demand class: a stale copy may be in
@@ -659,10 +660,14 @@ class Prefetcher:
                     return
                 data, version = res.data, res.version
                 continue
-            if page in self.recent:  # read or written while we fetched
+            # read or written while we fetched: the kernel may hold bytes of its own. Not
+            # once our push landed: then the kernel holds ours, which the change made stale,
+            # and only the new bytes put that right
+            if not pushed_once and page in self.recent:
                 c["push_skipped"] += 1
                 return
             await self.push(page, data, e.hole)
+            pushed_once = True
             self.recent.add(page, time.monotonic())
             if self.port.page_version(page) == version:
                 e.pushed = True

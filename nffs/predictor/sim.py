@@ -200,8 +200,9 @@ class SimKernel:
         # data encodes the version it was read at; find it back for the staleness check
         version = next((v for v in range(0, 1 + self.port.versions.get(page, 0))
                         if bytes([(page * 7 + v * 13) % 251]) == data[:1]), -1)
+        had_page = page in self.cached and page not in self.holes
         self._add(page, version)
-        if hole is None:
+        if hole is None or had_page:  # a hole in a page the kernel holds whole stays filled
             self.holes.pop(page, None)
         else:
             self.holes[page] = hole
@@ -229,6 +230,9 @@ class SimKernel:
             if hole is not None and lo < base + hole[1] and hi > base + hole[0]:
                 missing.append(p)
                 parts.append((max(lo, base + hole[0]), min(hi, base + hole[1])))
+                if lo < base + hole[0] or hi > base + hole[1]:  # it reads pushed bytes too
+                    if self.cached[p] != self.port.versions.get(p, 0):
+                        self.stale += 1
                 continue
             if self.cached[p] != self.port.versions.get(p, 0):
                 self.stale += 1
@@ -239,8 +243,10 @@ class SimKernel:
             b = max(y for _, y in parts)
             await self.port.demand(missing, AccessKind.READ, a, b - a)
             for p in missing:
-                self._add(p, self.port.versions.get(p, 0))
-                self.holes.pop(p, None)
+                if self.holes.pop(p, None) is not None:
+                    self.cached.move_to_end(p)  # the hole filled; the rest is what was pushed
+                else:
+                    self._add(p, self.port.versions.get(p, 0))
         return time.perf_counter() - t0
 
 
