@@ -107,9 +107,9 @@ class PrefetchConfig:
     #: leaves unread and, behind its last marker, read but unseen; more markers shorten
     #: that tail, each costing its reader one read served from memory instead of the cache
     markers_per_lead: int = 4
-    #: a marker page is pushed but for a hole (the 4 KiB kernel pages where its reader first
-    #: touches it): the read that reaches the daemon there moves 4-12 KiB, not a whole page
-    #: (False: markers are not pushed at all)
+    #: a contiguous stream's marker page is pushed but for a hole (the 4 KiB kernel page where
+    #: its reader enters it): the read that reaches the daemon there moves 4 KiB, not a whole
+    #: page (False: markers are not pushed at all; a strided stream's never are)
     marker_holes: bool = True
     #: the reaction time is the median of this many recent samples (plan heads): robust to
     #: one-off stalls of a loaded machine, quick to follow a lasting change
