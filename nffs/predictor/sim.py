@@ -230,10 +230,8 @@ class SimKernel:
             if hole is not None and lo < base + hole[1] and hi > base + hole[0]:
                 missing.append(p)
                 parts.append((max(lo, base + hole[0]), min(hi, base + hole[1])))
-                if lo < base + hole[0] or hi > base + hole[1]:  # it reads pushed bytes too
-                    if self.cached[p] != self.port.versions.get(p, 0):
-                        self.stale += 1
-                continue
+                if base + hole[0] <= lo and hi <= base + hole[1]:
+                    continue  # the hole alone: no pushed byte read
             if self.cached[p] != self.port.versions.get(p, 0):
                 self.stale += 1
             self.cached.move_to_end(p)

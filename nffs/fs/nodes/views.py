@@ -99,11 +99,8 @@ class PageCacheSync:
         """
         lo, hi = self.layout.page_byte_range(page)
         view = memoryview(data)[: hi - lo]
-        if hole is None:
-            await self.notify_aliases(lo, view, source=-1)
-            return
-        a, b = hole
-        await self._notify_pieces([(lo + x, view[x:y]) for x, y in ((0, a), (b, len(view))) if y > x], source=-1)
+        spans = [(0, len(view))] if hole is None else [(0, hole[0]), (hole[1], len(view))]
+        await self._notify_pieces([(lo + x, view[x:y]) for x, y in spans if y > x], source=-1)
 
     async def refresh_pages(self, pages: list[int], read: ReadBytes) -> None:
         """Pages changed behind the kernel's back (concept writes): push their new bytes."""
