@@ -353,6 +353,33 @@ async def test_memory_reads_go_to_the_log_unless_a_watched_page_is_read(tmp_path
         opened.close()
 
 
+async def test_reads_across_slotted_pages_go_to_the_log_too(tmp_path: Path) -> None:
+    """The kernel's 128 KiB requests span pages; in a slotted (not direct-mapped) arena they
+    take the page-by-page path of `read`, and one served from memory goes to the log like a
+    one-page read (an event per request cost reads of data already in memory 5-10 %); a
+    request touching a watched page is still an event, and so is every request once the log
+    is taken away."""
+    field = make_field(tmp_path, page_size=16384, memory="64K")
+    opened = open_field(str(field))
+    store = opened.store
+    try:
+        await store.write(0, pattern(1, 3 * 16384))  # pages 0..2 in memory (4 slots)
+        events: list = []
+        store.add_listener(events.append, lambda page, off, size: events.append((page, off, size)))
+        log: list[int] = []
+        store.log_memory_reads(log, {2: object()})
+        assert store.read_from_memory(16384 - 10, 20) is None  # not side by side: the careful path
+        assert bytes(await store.read(16384 - 10, 20)) == pattern(1, 3 * 16384)[16384 - 10:16384 + 10]
+        assert log == [0, 1] and events == [] and store.logged_memory_reads() == 1
+        await store.read(2 * 16384 - 10, 20)  # touches the watched page 2
+        assert [e.page_list for e in events] == [[1, 2]] and log == [0, 1]
+        store.log_memory_reads(None)
+        await store.read(16384 - 10, 20)  # no log: every request is an event again
+        assert [e.page_list for e in events] == [[1, 2], [0, 1]] and log == [0, 1]
+    finally:
+        opened.close()
+
+
 @pytest.mark.parametrize("memory", ["1M", "64K"], ids=["direct", "slotted"])
 async def test_read_across_pages_never_returns_a_corrupted_memory_copy(tmp_path: Path, memory: str) -> None:
     """A read spanning written pages that all sit in memory (the kernel's 128 KiB
