@@ -70,7 +70,7 @@ class AddressPlan:
 class Stream:
     __slots__ = ("id", "last_off", "last_end", "last_size", "deltas", "sizes", "steps", "anchor",
                  "frontier", "planned", "markers", "chunk", "t", "classes", "chain", "trend", "unit", "hits", "rate",
-                 "boost", "late_seen", "sized", "phases", "seen", "kernel_led", "progression")
+                 "boost", "late_seen", "sized", "phases", "seen", "kernel_led", "progression", "whole_markers")
 
     def __init__(self, sid: int, off: int, end: int, now: float, window: int, markers_per_lead: int) -> None:
         self.id = sid
@@ -86,6 +86,10 @@ class Stream:
         self.planned: deque = deque()  # (step, [pages]) not yet passed
         #: (step, page) of the markers planned and not yet reached, in the reader's order
         self.markers: deque = deque()
+        #: a marker's hole was passed by (section "marker holes" of docs/prefetch.md): the
+        #: stream only looked contiguous — the kernel's read-ahead had filled its gaps — and its
+        #: reader skips bytes; its markers are not pushed at all from then on
+        self.whole_markers = False
         #: (time, offset) of the latest marker hits: the reader's speed is measured from the
         #: oldest to the newest hit, about a lead (a single chunk is too short a baseline)
         self.hits: deque = deque(maxlen=markers_per_lead)
@@ -154,7 +158,7 @@ class AddressPredictor:
         self._next_id = 1
         self.vocab: OrderedDict = OrderedDict()  # delta class -> count (bounded)
         self.counters = {"events": 0, "orphans": 0, "streams_started": 0, "trend_plans": 0, "model_plans": 0,
-                         "marker_hits": 0, "model_hits": 0}
+                         "marker_hits": 0, "model_hits": 0, "holes_passed": 0}
         self.predict_s = 0.0
         self.predicts = 0
         #: measured reaction time (set by the policy): from the read that triggers a plan to
@@ -477,8 +481,15 @@ class AddressPredictor:
         first_page, last_page = off // self.page_size, (end - 1) // self.page_size
         hit = False
         while s.markers and (k >= s.markers[0][0] or first_page <= s.markers[0][1] <= last_page):
-            s.markers.popleft()
+            _, page, holed = s.markers.popleft()
             hit = True
+            if holed and not s.whole_markers and (first_page > page if step > 0 else last_page < page):
+                # the reader is past this marker's page and never read its hole (nothing else
+                # of it reaches us): its reads have gaps, and a hole can lie in one. (A read
+                # entering the marker's step elsewhere — a backward reader meets a step's
+                # highest page first, the marker is its lowest — has not passed it.)
+                s.whole_markers = True
+                self.counters["holes_passed"] += 1
         overtook = k > s.frontier  # the reader got past everything planned: the window was short
         if hit or overtook:
             self.counters["marker_hits"] += int(hit)
@@ -596,14 +607,14 @@ class AddressPredictor:
             if first_marker and s.markers:
                 break
             if ps and j - last >= (first_marker or s.chunk):
-                plan.markers[ps[0]] = self._trend_hole(s, ps[0])
-                s.markers.append((j, ps[0]))
+                hole = plan.markers[ps[0]] = self._trend_hole(s, ps[0])
+                s.markers.append((j, ps[0], hole is not None))
                 last = j
         if not s.markers:
             j, ps = next(((j, ps) for j, ps in reversed(new_steps) if ps), (0, []))
             if ps:
-                plan.markers[ps[0]] = self._trend_hole(s, ps[0])
-                s.markers.append((j, ps[0]))
+                hole = plan.markers[ps[0]] = self._trend_hole(s, ps[0])
+                s.markers.append((j, ps[0], hole is not None))
         self.counters["trend_plans"] += 1
         return plan
 
@@ -613,9 +624,11 @@ class AddressPredictor:
         at its first byte going forward and at its last going backward. None (the page is not
         pushed at all) for a strided stream: its true stride is known only to within the
         kernel's 4 KiB alignment, a hole a few steps ahead may lie off the bytes it reads, and
-        a hole missed leaves the stream without its marker hit."""
+        a hole missed leaves the stream without its marker hit. None, too, once the stream's
+        reader went past a hole (`Stream.whole_markers`): contiguous requests can hide a
+        reader that skips bytes (the kernel's read-ahead fills its gaps until pushes stop it)."""
         token = s.trend[0]
-        if not self.cfg.marker_holes or token not in (FWD, BWD):
+        if not self.cfg.marker_holes or token not in (FWD, BWD) or s.whole_markers:
             return None
         base = page * self.page_size
         end = min(base + self.page_size, self.params_bytes)
