@@ -462,6 +462,24 @@ def test_controller_stops_on_waste_and_resumes_on_shadow_hits() -> None:
     assert led.control["field"].active
 
 
+def test_late_prefetches_stop_the_address_space_but_not_the_field_space() -> None:
+    """A demand that joins a prefetch in flight makes it late. An address stream late this
+    often asks more than the tier delivers, and deepening it floods memory: the space stops.
+    A camera's late prefetches still shorten the frames that join them, and the field
+    space has no depth to flood memory with: it stops on waste only."""
+    cfg = PrefetchConfig(feedback_min=8, feedback_window=16)
+    led = Ledger(cfg)
+    for space, base in (("address", 0), ("field", 1000)):
+        for page in range(base, base + 16):
+            e = led.plan(page, space, push=False, marker=False, now=0.0)
+            led.issued(page, e)
+            led.arrived(page, e, 2.0)
+            led.demand(page, True, space, t=1.0)  # the demand began before the page arrived
+        assert led.counts[space]["late"] == 16 and led.counts[space]["useful"] == 0
+    assert not led.control["address"].active
+    assert led.control["field"].active
+
+
 # ------------------------------------------------------------------ the whole policy over a FakePort
 @pytest.mark.parametrize("kind,stride", [("seq", None), ("back", None), ("stride", 6144), ("interleaved", None)])
 def test_policy_pays_on_patterns(kind: str, stride) -> None:

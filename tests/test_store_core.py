@@ -31,6 +31,7 @@ from nffs.tiers.fielddir import FieldError, OpenField, init_field, open_field
 from nffs.tiers.fielddir import open_field as open_field_with
 from nffs.tiers.fsck import fsck
 from nffs.tiers.homes import SlabHomes, slab_name
+from nffs.tiers.port import AccessKind
 from nffs.tiers.spec import parse_tier_spec
 
 SEED = 5
@@ -324,6 +325,35 @@ async def test_corrupted_clean_memory_copy_is_never_returned(tmp_path: Path, mem
     finally:
         opened.close()
     assert fsck(str(field)).clean
+
+
+async def test_a_read_that_joins_a_prefetch_in_flight_is_reported_as_waiting_on_the_slow_tier(tmp_path: Path) -> None:
+    """A demand read of a page a prefetch is fetching joins that fetch and waits for what is
+    left of its slow read: its access event must say it waited (slow), or the prefetcher
+    counts the prefetch useful when it was late (a camera's frames joined 15-55 prefetches
+    each while `stats` reported timeliness 1.0)."""
+    field = make_field(tmp_path, page_size=16384, memory="1M", latency="100ms")
+    opened = open_field(str(field))
+    try:
+        await opened.store.write(0, pattern(1, 16384))
+        await opened.store.sync()
+    finally:
+        opened.close()
+    opened = open_field(str(field))  # page 0 at home only
+    store = opened.store
+    try:
+        assert store.table.mem(0) is None
+        events: list = []
+        store.add_listener(events.append)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.port.fetch, 0)  # the prefetch class, 100 ms
+            await trio.sleep(0.02)
+            assert bytes(await store.read(100, 4096)) == pattern(1, 16384)[100:4196]
+        reads = [e for e in events if e.kind is AccessKind.READ]
+        assert [e.page_list for e in reads] == [[0]] and reads[0].any_slow
+        assert store.counters["late_joins"] == 1
+    finally:
+        opened.close()
 
 
 async def test_memory_reads_go_to_the_log_unless_a_watched_page_is_read(tmp_path: Path) -> None:

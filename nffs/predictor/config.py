@@ -175,6 +175,13 @@ class PrefetchConfig:
     #: deepening it only floods the memory tier (0.9 let a 1 MiB-read scan evict its own
     #: working set from the dram tier, docs/prefetch.md 6.0)
     stop_late: float = 0.6
+    #: ... in the address space: a field-space prefetch has no depth to flood memory with (its
+    #: budget is per frame), and a late one still shortens the frame that joins it — a
+    #: camera over a tier slower than its frames come (seed 29's orbit: ~30 new pages a
+    #: frame, late two times in three) had frames of 5.8 ms (p50) with its late prefetches,
+    #: 13.4 ms once stopped on lateness, 18 ms without prefetch (docs/prefetch.md 6.0m).
+    #: Field space stops on waste only (1.0: never on lateness)
+    field_stop_late: float = 1.0
     #: outcomes needed before the controller judges at all
     feedback_min: int = 32
     #: a stopped space keeps predicting in the shadow; it resumes when this share of

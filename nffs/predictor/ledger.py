@@ -11,7 +11,9 @@ Definitions (SPEC 5, issue #8), per space (address, field, hint):
   cache, where we put it). A useful page later demanded from a slow tier (evicted
   before its real use) is moved from useful to wasted.
 - *late*: an issued page demanded while its fetch was in flight (the demand waited less,
-  but waited).
+  but waited): the demand joined the fetch, and the store's access event says it waited
+  on the slow tier (``PageStore._fetch``), whether the drain task sees the event before
+  or after the page arrived.
 - *wasted*: an issued page never demanded within ``ledger_ttl_s``, evicted and fetched
   again by demand, or arriving after the reader passed it.
 - *demand misses*: demanded pages that waited on a slow tier and were not in flight as
@@ -20,7 +22,7 @@ Definitions (SPEC 5, issue #8), per space (address, field, hint):
   ``timeliness = useful / (useful + late)``.
 
 The controller keeps the last outcomes per space. A space whose wasted or late share
-exceeds ``stop_waste`` / ``stop_late`` stops issuing; its predictions are then only
+exceeds ``stop_waste`` / ``stop_late`` (``field_stop_late`` for the field space) stops issuing; its predictions are then only
 recorded as *shadow* entries (never fetched) and it resumes once ``resume_accuracy`` of
 its shadow predictions are demanded.
 """
@@ -66,8 +68,9 @@ class Entry:
 class Controller:
     """Stops a space that does not pay; resumes it when its shadow predictions come true."""
 
-    def __init__(self, cfg: PrefetchConfig) -> None:
+    def __init__(self, cfg: PrefetchConfig, stop_late: float | None = None) -> None:
         self.cfg = cfg
+        self.stop_late = cfg.stop_late if stop_late is None else stop_late
         self.active = True
         self.outcomes: deque = deque(maxlen=cfg.feedback_window)
         self.shadow: deque = deque(maxlen=cfg.feedback_window)
@@ -83,7 +86,7 @@ class Controller:
         n = len(self.outcomes)
         wasted = sum(1 for o in self.outcomes if o == "w") / n
         late = sum(1 for o in self.outcomes if o == "l") / n
-        if wasted > c.stop_waste or late > c.stop_late:
+        if wasted > c.stop_waste or late > self.stop_late:
             self.active = False
             self.stops += 1
             self.shadow.clear()
@@ -155,7 +158,7 @@ class Ledger:
         self.cfg = cfg
         self.entries: OrderedDict[int, Entry] = OrderedDict()
         self.counts = {s: {k: 0 for k in COUNTS} for s in SPACES}
-        self.control = {s: Controller(cfg) for s in SPACES}
+        self.control = {s: Controller(cfg, cfg.field_stop_late if s == "field" else None) for s in SPACES}
         #: recently useful pages: a later slow demand of one turns it into wasted
         self.recent_useful = RecentUseful(cfg.ledger_capacity)
         self.release = release or (lambda page, e: None)

@@ -626,10 +626,12 @@ class PageStore:
         return done
 
     async def _fetch(self, page: int, priority: Priority) -> tuple[bytes | None, bool]:
-        """Bring a materialised page into memory. Returns (bytes, came_from_slow_tier).
+        """Bring a materialised page into memory. Returns (bytes, waited_on_slow_tier).
 
         A second request for a page in flight joins the first (a demand joining a
-        prefetch is counted as late). bytes is None for an implicit page.
+        prefetch is counted as late) and waited on the slow tier as much as the first did,
+        for what remained of its read: its access event says so, and the prefetcher counts
+        the prefetch it joined as late, not useful. bytes is None for an implicit page.
         """
         flight = self._inflight.get(page)
         while flight is not None:
@@ -639,7 +641,7 @@ class PageStore:
             await flight.done.wait()
             if flight.error is None:
                 if flight.home == self.table.home(page):
-                    return flight.data, False
+                    return flight.data, True
                 # the page was written (and went home) while that fetch read an older version
             elif not flight.cancelled:
                 raise flight.error
@@ -1667,7 +1669,7 @@ class PageStore:
             return np.unique(flat // epp, return_inverse=True)
 
         # a big batch's page scan is ~20 ms of numpy: not on the trio thread
-        ordered, inverse = await self.io.cpu(touched) if flat.size > 4096 else touched()
+        ordered, inverse = await self.io.cpu(touched) if flat.size > 16384 else touched()
         dtype = self.layout.dtype
         page_tier, page_slot = self.table.mem_many(ordered)
         pinned: list[tuple[MemTier, np.ndarray]] = []
@@ -1774,7 +1776,7 @@ class PageStore:
                     out[rest] = table[np.searchsorted(known, p_rest) * epp + (flat[rest] - p_rest * epp)]
                 return out.reshape(elements.shape), []
 
-            values, bad = await self.io.cpu(take) if flat.size > 4096 else take()
+            values, bad = await self.io.cpu(take) if flat.size > 16384 else take()
         finally:
             for mt, slots in pinned:
                 self._unpin_many(mt, slots)
