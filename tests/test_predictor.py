@@ -139,6 +139,31 @@ def test_a_contiguous_readers_markers_cost_it_one_small_read_each(page_size: int
         assert events_whole > 3 * events
 
 
+def test_a_strided_readers_first_window_covers_its_own_pace_not_its_misses() -> None:
+    """A strided reader's founding reads are misses, a tier's latency apart (7 ms here),
+    while the reader itself takes 1.2 ms between an answer and its next request. Its first
+    window must reach as far as the reader goes while that window is on its way (7 ms x
+    lead_margin at ~1.25 ms a step: a dozen steps), not `ra_initial_steps` (4): the steps
+    past a short first window were misses too, the p99 of a run of a few hundred reads."""
+    ps, size, stride = 65536, 1 << 30, 150803
+    cfg = PrefetchConfig()
+    ap = AddressPredictor(cfg, make_model("markov"), page_size=ps, params_bytes=size)
+    t, plans = 100.0, []
+    for i in range(3):  # three misses in progression found the stream
+        plans += ap.observe(size // 4 + i * stride, 32768, t, t + 0.007)
+        t += 0.007 + 0.0012
+    planned_bytes = max(p for plan in plans for p in plan.pages) * ps - (size // 4 + 2 * stride)
+    assert planned_bytes >= 10 * stride  # ~2 x 7 ms / 1.25 ms steps ahead
+    assert ap.counters["founding_sized"] == 1
+    # a reader that really is a miss apart (no gap of its own) keeps a short first window
+    slow = AddressPredictor(cfg, make_model("markov"), page_size=ps, params_bytes=size)
+    t, plans = 100.0, []
+    for i in range(3):
+        plans += slow.observe(size // 4 + i * stride, 32768, t, t + 0.007)
+        t += 0.007 + 0.020
+    assert max(p for plan in plans for p in plan.pages) * ps - (size // 4 + 2 * stride) <= 5 * stride
+
+
 def test_a_reader_that_skips_a_markers_hole_gets_whole_markers() -> None:
     """Contiguous requests can hide a reader that skips bytes: the kernel's read-ahead fills
     the gaps of 4 KiB reads 12,000 bytes apart until pushed pages (which carry no read-ahead

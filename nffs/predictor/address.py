@@ -70,7 +70,8 @@ class AddressPlan:
 class Stream:
     __slots__ = ("id", "last_off", "last_end", "last_size", "deltas", "sizes", "steps", "anchor",
                  "frontier", "planned", "markers", "chunk", "t", "classes", "chain", "trend", "unit", "hits", "rate",
-                 "boost", "late_seen", "sized", "phases", "seen", "kernel_led", "progression", "whole_markers")
+                 "boost", "late_seen", "sized", "phases", "seen", "kernel_led", "progression", "whole_markers",
+                 "t_done", "gaps", "services")
 
     def __init__(self, sid: int, off: int, end: int, now: float, window: int, markers_per_lead: int) -> None:
         self.id = sid
@@ -102,6 +103,12 @@ class Stream:
         self.phases: tuple[float, ...] = (0.0,)
         self.unit = 1  # trend steps per window unit (a step smaller than a page: a page's worth)
         self.t = now
+        #: when the last read was answered, the reader's gaps between an answer and its next
+        #: request, and how long its requests took: before a trend holds, its reads are
+        #: misses, and their pace says nothing of the reader's own (`_founding_pace`)
+        self.t_done = now
+        self.gaps: deque = deque(maxlen=window)
+        self.services: deque = deque(maxlen=window)
         self.classes: deque = deque(maxlen=8)  # delta classes for the model
         self.chain: list[tuple[int, str]] = []  # (offset, class) predicted by the model, pending
         self.trend: tuple | None = None  # (token, step bytes, extent bytes)
@@ -154,11 +161,11 @@ class AddressPredictor:
         self.memory_pages = memory_pages
         self.n_pages = (params_bytes + page_size - 1) // page_size
         self.streams: OrderedDict[int, Stream] = OrderedDict()
-        self.orphans: deque = deque(maxlen=16)  # (off, end, t)
+        self.orphans: deque = deque(maxlen=16)  # (off, end, t, t_done)
         self._next_id = 1
         self.vocab: OrderedDict = OrderedDict()  # delta class -> count (bounded)
         self.counters = {"events": 0, "orphans": 0, "streams_started": 0, "trend_plans": 0, "model_plans": 0,
-                         "marker_hits": 0, "model_hits": 0, "holes_passed": 0}
+                         "marker_hits": 0, "model_hits": 0, "holes_passed": 0, "founding_sized": 0}
         self.predict_s = 0.0
         self.predicts = 0
         #: measured reaction time (set by the policy): from the read that triggers a plan to
@@ -244,10 +251,12 @@ class AddressPredictor:
         return False
 
     # ------------------------------------------------------------------ observe
-    def observe(self, off: int, size: int, now: float | None = None) -> list[AddressPlan]:
-        """One READ event; returns the plans it triggers (possibly none)."""
+    def observe(self, off: int, size: int, now: float | None = None, done: float | None = None) -> list[AddressPlan]:
+        """One READ event (the request began at `now`, was answered at `done`); returns the
+        plans it triggers (possibly none)."""
         t0 = time.perf_counter()
         now = time.monotonic() if now is None else now
+        done = now if done is None else max(now, done)
         end = off + max(1, size)
         self.counters["events"] += 1
         plans: list[AddressPlan] = []
@@ -272,12 +281,16 @@ class AddressPredictor:
         if s is None:
             s = self._from_orphans(off, end, now)
             if s is None:
-                self.orphans.append((off, end, now))
+                self.orphans.append((off, end, now, done))
                 self.counters["orphans"] += 1
                 self._timed(t0)
                 return plans
         self.streams.move_to_end(s.id)
         s.seen = self.counters["events"]
+        if s.trend is None:
+            s.gaps.append(max(0.0, now - s.t_done))
+            s.services.append(done - now)
+        s.t_done = done
         if k is not None:
             plan = self._advance(s, k, off, end, now)
         else:
@@ -307,7 +320,7 @@ class AddressPredictor:
         found = None
         progression = False
         for i in range(len(orphans) - 1, -1, -1):
-            b_off, b_end, _ = orphans[i]
+            b_off, b_end = orphans[i][0], orphans[i][1]
             if abs(off - b_end) < QUANTUM and off > b_off or abs(end - b_off) < QUANTUM and end < b_end:
                 found = [orphans[i]]
                 break
@@ -331,8 +344,13 @@ class AddressPredictor:
         sid = self._next_id
         self._next_id += 1
         s = Stream(sid, found[0][0], found[0][1], now, self.cfg.vote_window, self.cfg.markers_per_lead)
-        for o_off, o_end, _ in found[1:]:
+        s.t_done = found[0][3]
+        s.services.append(found[0][3] - found[0][2])
+        for o_off, o_end, o_t, o_done in found[1:]:
             self._push_delta(s, self._token(s, o_off, o_end), o_off, o_end)
+            s.gaps.append(max(0.0, o_t - s.t_done))
+            s.services.append(o_done - o_t)
+            s.t_done = o_done
         s.progression = progression
         self.streams[sid] = s
         while len(self.streams) > self.cfg.max_streams:
@@ -412,13 +430,43 @@ class AddressPredictor:
         s.unit = max(1, math.ceil(ps / abs(step)))
         s.kernel_led = cand == FWD and ps <= cfg.kernel_readahead_page_bytes
         s.steps = min(max(cfg.ra_initial_steps * s.unit, self._kernel_floor(s, step)), self._cap_steps(step, extent))
+        s.hits.clear()
+        s.rate = 0.0
+        if cand not in (FWD, BWD) and len(phases) == 1:
+            self._size_from_founding_reads(s, step, extent)
         # one marker in the first window, half-way: until its reader reaches it, nothing says
         # the trend is real (and nothing extends the window: its lead is the other half)
         first_marker = max(1, s.steps // 2)
         s.chunk = s.steps - first_marker
-        s.hits.clear()
-        s.rate = 0.0
         return self._extend(s, 0, first_marker=first_marker)
+
+    def _size_from_founding_reads(self, s: Stream, step: float, extent: int) -> None:
+        """A strided stream's first window from its reader's own pace, not a ramp.
+
+        Its founding reads were misses (the kernel's read-ahead does not follow a stride),
+        so they came a miss apart; the reader's pace is what it does between an answer and
+        its next request (`Stream.gaps`), plus a read from the cache. A reader 1.2 ms a
+        step over a tier that answers in ~8 ms goes a dozen steps while the first window
+        is on its way: a first window of `ra_initial_steps` (4) ran out, and the steps
+        after it were misses too, while the ramp caught up (in a run of ~550 reads, the
+        p99). The reaction time is the measured one, or before any (a fresh mount) the
+        founding reads' own service time. The window stays within the usual caps."""
+        cfg = self.cfg
+        if not s.gaps:
+            return
+        gaps = sorted(s.gaps)
+        pace = gaps[len(gaps) // 2] + cfg.cached_read_s
+        reaction = self.fetch_latency_s
+        if reaction <= 0 and s.services:
+            services = sorted(s.services)
+            reaction = services[len(services) // 2]
+        if reaction <= 0:
+            return
+        s.rate = abs(step) / pace
+        lead = max(s.unit, math.ceil(reaction * cfg.lead_margin / pace))
+        want = lead + max(s.unit, math.ceil(lead / max(1, cfg.markers_per_lead)))
+        s.steps = min(max(s.steps, want), self._cap_steps(step, extent))
+        self.counters["founding_sized"] += 1
 
     def _kernel_floor(self, s: Stream, step: float) -> int:
         """Steps a kernel-led stream plans at least (0 for the others)."""

@@ -83,8 +83,13 @@ class PrefetchConfig:
     #: request: the kernel's read-ahead runs up to one of its windows (128 KiB by default)
     #: ahead of the reader, and its next request must find its pages fetched already
     kernel_readahead_lead_bytes: int = 256 << 10
-    #: readahead window (in trend steps) when a trend is first confirmed
+    #: readahead window (in trend steps) when a trend is first confirmed ...
     ra_initial_steps: int = 4
+    #: ... or, for a strided stream, a lead and a chunk at its reader's own pace: the gap
+    #: between a founding read's answer and the next request, plus this (seconds) for a
+    #: read from the kernel's cache once its pages are pushed (its founding reads were
+    #: misses, a tier's latency apart, which says nothing of the reader's speed)
+    cached_read_s: float = 50e-6
     #: the window doubles on each confirmed marker hit up to this many steps ...
     ra_max_steps: int = 256
     #: ... and never reaches further than this many bytes ahead of the reader

@@ -402,7 +402,7 @@ class Prefetcher:
                 if item[0] == "event":
                     ev: AccessEvent = item[1]
                     if ev.kind == AccessKind.READ:
-                        for plan in self.address.observe(ev.offset, ev.size, ev.time or None):
+                        for plan in self.address.observe(ev.offset, ev.size, ev.time or None, ev.end or None):
                             out.append(("address", plan))
                 elif item[0] == "points":
                     plan = self.fieldp.observe(item[1])

@@ -174,7 +174,8 @@ class FakePort:
             for on_memory_read in self.memory_read_listeners:
                 on_memory_read(int(pages[0]), offset, size)
             return
-        self._emit(AccessEvent(kind, np.asarray(pages, dtype=np.int64), np.array(slow, dtype=bool), offset, size, t0))
+        self._emit(AccessEvent(kind, np.asarray(pages, dtype=np.int64), np.array(slow, dtype=bool), offset, size, t0,
+                               time.monotonic()))
 
 
 class SimKernel:

@@ -34,16 +34,19 @@ class AccessEvent:
     and listeners mostly look at ``any_slow`` and ``page_list`` only. Treat it as
     immutable."""
 
-    __slots__ = ("kind", "_pages", "_slow", "offset", "size", "time", "any_slow")
+    __slots__ = ("kind", "_pages", "_slow", "offset", "size", "time", "end", "any_slow")
 
     def __init__(self, kind: AccessKind, pages: "np.ndarray | list[int]", slow: "np.ndarray | list[bool]",
-                 offset: int = 0, size: int = 0, time: float = 0.0) -> None:
+                 offset: int = 0, size: int = 0, time: float = 0.0, end: float = 0.0) -> None:
         self.kind = kind
         self._pages = pages  # page numbers in access order (unique for GATHER)
         self._slow = slow  # per page: the demand had to wait on a non-memory tier (a miss)
         self.offset = offset  # READ: byte offset and size of the request within params
         self.size = size
         self.time = time  # time.monotonic() of the request
+        #: ... and of its answer: a reader's own pace is the gap between one request's end
+        #: and its next request's start, whatever its misses cost
+        self.end = end or time
         #: some page of the access waited on a slow tier
         self.any_slow = bool(slow.any()) if isinstance(slow, np.ndarray) else True in slow
 

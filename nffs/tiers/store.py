@@ -291,7 +291,8 @@ class PageStore:
         a slow tier: its wait must not look shorter than it was), else now."""
         if not self._listeners:
             return
-        event = AccessEvent(kind, pages, slow, offset, size, time.monotonic() if started is None else started)
+        now = time.monotonic()
+        event = AccessEvent(kind, pages, slow, offset, size, now if started is None else started, now)
         for listener in self._listeners:
             try:
                 listener(event)
