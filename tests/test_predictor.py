@@ -164,6 +164,33 @@ def test_a_strided_readers_first_window_covers_its_own_pace_not_its_misses() -> 
     assert max(p for plan in plans for p in plan.pages) * ps - (size // 4 + 2 * stride) <= 5 * stride
 
 
+@pytest.mark.parametrize("read,seconds_per_read,kernel_led", [
+    (8192, 0.001, True),  # 8 MB/s: 64 KiB per 8 ms reaction, within the kernel's 128 KiB window
+    (131072, 0.001, False),  # 128 MB/s: 1 MiB per reaction, far beyond it
+])
+def test_a_forward_stream_slow_enough_for_the_kernels_read_ahead_is_left_to_it(
+        read: int, seconds_per_read: float, kernel_led: bool) -> None:
+    """Over 64 KiB pages, a forward reader that goes less than the kernel's read-ahead window
+    in one reaction time is fetched into memory but no longer pushed: the kernel's own
+    asynchronous read-ahead then asks for each page before the reader needs it (answered
+    from memory), where pushes cost it a request at every marker and switch that read-ahead
+    off. A faster reader stays pushed."""
+    ps, size = 65536, 1 << 30
+    ap = AddressPredictor(PrefetchConfig(), make_model("markov"), page_size=ps, params_bytes=size)
+    ap.fetch_latency_s = 0.008
+    start, pushes = size // 4, []
+    for i in range(4000):  # every request reaches the daemon (the kernel's, or its markers')
+        off = start + i * read
+        for plan in ap.observe(off, read, 100.0 + i * seconds_per_read):
+            if plan.pages:
+                pushes.append(plan.push)
+        if len(pushes) >= 40:
+            break
+    assert pushes[0]  # a new stream is pushed until its speed is known
+    assert ap.counters["kernel_led"] == int(kernel_led)
+    assert all(p is not kernel_led for p in pushes[-10:])
+
+
 def test_a_reader_that_skips_a_markers_hole_gets_whole_markers() -> None:
     """Contiguous requests can hide a reader that skips bytes: the kernel's read-ahead fills
     the gaps of 4 KiB reads 12,000 bytes apart until pushed pages (which carry no read-ahead
@@ -600,7 +627,9 @@ def test_a_contiguous_streams_markers_are_pushed_with_their_hole() -> None:
         async def push(page: int, data: bytes, hole: tuple[int, int] | None = None) -> None:
             pushes.append((page, hole))
 
-        pf = Prefetcher(port, layout, kind="markov", push=push)
+        # pushed all along: this reader (16 MB/s over a 2 ms tier) is slow enough to be left to
+        # the kernel's read-ahead (`kernel_readahead_window_bytes`), which the simulator has not
+        pf = Prefetcher(port, layout, kind="markov", push=push, config=PrefetchConfig(kernel_readahead_window_bytes=0))
         start = layout.n_params * 4 // 2 // ps * ps
         async with trio.open_nursery() as n:
             await n.start(pf.run)

@@ -165,7 +165,8 @@ class AddressPredictor:
         self._next_id = 1
         self.vocab: OrderedDict = OrderedDict()  # delta class -> count (bounded)
         self.counters = {"events": 0, "orphans": 0, "streams_started": 0, "trend_plans": 0, "model_plans": 0,
-                         "marker_hits": 0, "model_hits": 0, "holes_passed": 0, "founding_sized": 0}
+                         "marker_hits": 0, "model_hits": 0, "holes_passed": 0, "founding_sized": 0,
+                         "kernel_led": 0, "pushed_again": 0}
         self.predict_s = 0.0
         self.predicts = 0
         #: measured reaction time (set by the policy): from the read that triggers a plan to
@@ -546,6 +547,7 @@ class AddressPredictor:
                 t0, off0 = s.hits[0]
                 if now > t0:
                     s.rate = abs(off - off0) / (now - t0)
+                    self._choose_kernel_led(s, token)
             s.steps = self._window(s, step, extent, overtook)
             s.chunk = self._chunk(s, s.steps)
         plan = None
@@ -555,6 +557,31 @@ class AddressPredictor:
             plan = AddressPlan(s.id)
         plan.consumed = consumed
         return plan
+
+    def _choose_kernel_led(self, s: Stream, token) -> None:
+        """Leave a forward stream to the kernel's own read-ahead while it is slow enough for it.
+
+        The kernel reads a forward reader's next window (`kernel_readahead_window_bytes`)
+        ahead of it, asynchronously; while the reader goes less than that in one reaction
+        time, the kernel's request for a page comes before the reader needs it, and, our
+        fetch ahead having put the page in memory, it is answered at once: the reader never
+        waits. Pushing instead costs such a reader a request to the daemon at every marker
+        (0.2-0.3 ms on the test machine), and pushed pages carry no read-ahead mark, so the
+        kernel stops reading ahead: `--prefetch none` was at 0.03-0.08 ms p99 where pushes
+        gave 0.25 (docs/prefetch.md 6.0m). A stream over small pages is always kernel-led
+        (`kernel_readahead_page_bytes`); another switches at a marker hit, by its measured
+        speed, back to pushes once it goes twice the window per reaction time."""
+        cfg = self.cfg
+        window = cfg.kernel_readahead_window_bytes
+        if token != FWD or window <= 0 or self.page_size <= cfg.kernel_readahead_page_bytes or self.fetch_latency_s <= 0:
+            return
+        ahead = s.rate * self.fetch_latency_s  # bytes the reader goes while a page is on its way
+        if not s.kernel_led and ahead < window:
+            s.kernel_led = True
+            self.counters["kernel_led"] += 1
+        elif s.kernel_led and ahead > 2 * window:
+            s.kernel_led = False
+            self.counters["pushed_again"] += 1
 
     def _window(self, s: Stream, step: float, extent: int, overtook: bool) -> int:
         """The stream's new window (in trend steps) at a marker hit.

@@ -79,6 +79,11 @@ class PrefetchConfig:
     #: 0.5-0.6 ms with pushes). Backward and strided streams are pushed: the kernel's
     #: read-ahead does not follow them
     kernel_readahead_page_bytes: int = 16 << 10
+    #: ... and so is a forward stream over bigger pages while it goes less than this many
+    #: bytes in one reaction time (measured at its marker hits): the kernel's read-ahead
+    #: window for the mount (Linux's default for FUSE, 128 KiB), which then asks for each
+    #: page before its reader gets there (0: push every forward stream over bigger pages)
+    kernel_readahead_window_bytes: int = 128 << 10
     #: ... such a stream's window reaches at least this many bytes beyond the kernel's latest
     #: request: the kernel's read-ahead runs up to one of its windows (128 KiB by default)
     #: ahead of the reader, and its next request must find its pages fetched already
