@@ -208,10 +208,10 @@ def test_a_reader_that_skips_a_markers_hole_gets_whole_markers() -> None:
     ap = AddressPredictor(cfg, make_model("markov"), page_size=ps, params_bytes=size)
     unseen: list[int] = []
     _replay_kernel_pages(ap, offsets, 4096, unseen)
-    assert unseen  # the first hole passed by
-    later = [p for p in unseen if p > unseen[0] + 8]  # past the markers planned before the switch
+    assert len(unseen) >= 2  # the holes passed by (two make the switch: one may be a marker never pushed)
+    later = [p for p in unseen if p > unseen[1] + 8]  # past the markers planned before the switch
     assert later == [] and ap.counters["marker_hits"] >= 15  # every later marker reached us
-    assert ap.counters["holes_passed"] == 1
+    assert ap.counters["holes_passed"] == 2
 
 
 @pytest.mark.parametrize("page_size,stride,read,pushed", [

@@ -71,7 +71,7 @@ class Stream:
     __slots__ = ("id", "last_off", "last_end", "last_size", "deltas", "sizes", "steps", "anchor",
                  "frontier", "planned", "markers", "chunk", "t", "classes", "chain", "trend", "unit", "hits", "rate",
                  "boost", "late_seen", "sized", "phases", "seen", "kernel_led", "progression", "whole_markers",
-                 "t_done", "gaps", "services")
+                 "t_done", "gaps", "services", "holes_passed")
 
     def __init__(self, sid: int, off: int, end: int, now: float, window: int, markers_per_lead: int) -> None:
         self.id = sid
@@ -85,11 +85,15 @@ class Stream:
         self.anchor = off  # byte offset of step 0 of the current plan
         self.frontier = 0  # last planned step (relative to anchor)
         self.planned: deque = deque()  # (step, [pages]) not yet passed
-        #: (step, page) of the markers planned and not yet reached, in the reader's order
+        #: (step, page, holed) of the markers planned and not yet reached, in the reader's
+        #: order; holed: pushed but for a hole
         self.markers: deque = deque()
-        #: a marker's hole was passed by (section "marker holes" of docs/prefetch.md): the
-        #: stream only looked contiguous — the kernel's read-ahead had filled its gaps — and its
-        #: reader skips bytes; its markers are not pushed at all from then on
+        #: markers' holes passed by (section "marker holes" of docs/prefetch.md): the stream
+        #: only looked contiguous — the kernel's read-ahead had filled its gaps — and its reader
+        #: skips bytes. At `holes_passed_for_whole_markers` its markers are no longer pushed at
+        #: all (one alone can be a marker that was never pushed: found in memory already, or
+        #: its push skipped); a new trend starts over
+        self.holes_passed = 0
         self.whole_markers = False
         #: (time, offset) of the latest marker hits: the reader's speed is measured from the
         #: oldest to the newest hit, about a lead (a single chunk is too short a baseline)
@@ -428,6 +432,8 @@ class AddressPredictor:
         s.frontier = 0
         s.planned.clear()
         s.markers.clear()
+        s.holes_passed = 0
+        s.whole_markers = False
         s.unit = max(1, math.ceil(ps / abs(step)))
         s.kernel_led = cand == FWD and ps <= cfg.kernel_readahead_page_bytes
         s.steps = min(max(cfg.ra_initial_steps * s.unit, self._kernel_floor(s, step)), self._cap_steps(step, extent))
@@ -532,13 +538,14 @@ class AddressPredictor:
         while s.markers and (k >= s.markers[0][0] or first_page <= s.markers[0][1] <= last_page):
             _, page, holed = s.markers.popleft()
             hit = True
-            if holed and not s.whole_markers and (first_page > page if step > 0 else last_page < page):
+            if holed and (first_page > page if step > 0 else last_page < page):
                 # the reader is past this marker's page and never read its hole (nothing else
                 # of it reaches us): its reads have gaps, and a hole can lie in one. (A read
                 # entering the marker's step elsewhere — a backward reader meets a step's
                 # highest page first, the marker is its lowest — has not passed it.)
-                s.whole_markers = True
+                s.holes_passed += 1
                 self.counters["holes_passed"] += 1
+                s.whole_markers = s.holes_passed >= self.cfg.holes_passed_for_whole_markers
         overtook = k > s.frontier  # the reader got past everything planned: the window was short
         if hit or overtook:
             self.counters["marker_hits"] += int(hit)
@@ -683,13 +690,13 @@ class AddressPredictor:
                 break
             if ps and j - last >= (first_marker or s.chunk):
                 hole = plan.markers[ps[0]] = self._trend_hole(s, ps[0])
-                s.markers.append((j, ps[0], hole is not None))
+                s.markers.append((j, ps[0], hole is not None and plan.push))
                 last = j
         if not s.markers:
             j, ps = next(((j, ps) for j, ps in reversed(new_steps) if ps), (0, []))
             if ps:
                 hole = plan.markers[ps[0]] = self._trend_hole(s, ps[0])
-                s.markers.append((j, ps[0], hole is not None))
+                s.markers.append((j, ps[0], hole is not None and plan.push))
         self.counters["trend_plans"] += 1
         return plan
 

@@ -121,6 +121,11 @@ class PrefetchConfig:
     #: its reader enters it): the read that reaches the daemon there moves 4 KiB, not a whole
     #: page (False: markers are not pushed at all; a strided stream's never are)
     marker_holes: bool = True
+    #: ... until the stream's reader has gone past this many holes without reading them: its
+    #: reads have gaps (contiguous requests were the kernel's read-ahead filling them), and
+    #: its markers are whole from then on (one alone may be a marker never pushed: found in
+    #: memory already, or its push skipped)
+    holes_passed_for_whole_markers: int = 2
     #: the reaction time is the median of this many recent samples (plan heads): robust to
     #: one-off stalls of a loaded machine, quick to follow a lasting change
     reaction_samples: int = 15

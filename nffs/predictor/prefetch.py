@@ -547,7 +547,8 @@ class Prefetcher:
                     results = [by_page.get(p) for p, _ in run]
                 # the reaction time sizes address-space windows: measured on their fetches only
                 # (a field batch of 16 scattered pages says nothing about a stream's plan head)
-                if e.space == "address" and any(r is not None and r.from_slow_tier for r in results):
+                # (not on a fetch it joined: the rest of another read says nothing of the reaction)
+                if e.space == "address" and any(r is not None and r.from_slow_tier and not r.joined for r in results):
                     self._note_latency(e, t_fetch, time.monotonic())
             except Exception:
                 log.debug("prefetch of pages %s failed", [p for p, _ in run], exc_info=True)

@@ -45,6 +45,10 @@ from .tier import Tier
 
 #: a gather of at most this many entries (8 points of a 16-level 3-D field) takes the small path
 SMALL_GATHER_ENTRIES = 1024
+#: a gather of at most 16,384 elements whose pages are at most this many is taken on the trio
+#: thread (~1 µs of checksum a page): a camera's frame of ~85 points, which two hops to a worker
+#: thread held up behind queued prefetch work; a scattered batch goes to a worker
+INLINE_TAKE_PAGES = 512
 #: a gather of up to this many rows verifies only the chunks its rows are in (when they are
 #: fewer than the chunks of the pages it lists); beyond, sorting the rows' chunks costs
 #: more than hashing every chunk of the pages
@@ -1777,7 +1781,8 @@ class PageStore:
                     out[rest] = table[np.searchsorted(known, p_rest) * epp + (flat[rest] - p_rest * epp)]
                 return out.reshape(elements.shape), []
 
-            values, bad = await self.io.cpu(take) if flat.size > 16384 else take()
+            # on the trio thread only when small in pages too: `take` checks one chunk sum per page
+            values, bad = await self.io.cpu(take) if flat.size > 16384 or ordered.size > INLINE_TAKE_PAGES else take()
         finally:
             for mt, slots in pinned:
                 self._unpin_many(mt, slots)
