@@ -577,16 +577,25 @@ class AddressPredictor:
         kernel stops reading ahead: `--prefetch none` was at 0.03-0.08 ms p99 where pushes
         gave 0.25 (docs/prefetch.md 6.0m). A stream over small pages is always kernel-led
         (`kernel_readahead_page_bytes`); another switches at a marker hit, by its measured
-        speed, back to pushes once it goes twice the window per reaction time."""
+        speed, back to pushes once it goes twice the window per reaction time — and only while
+        what it keeps in memory fits there."""
         cfg = self.cfg
         window = cfg.kernel_readahead_window_bytes
         if token != FWD or window <= 0 or self.page_size <= cfg.kernel_readahead_page_bytes or self.fetch_latency_s <= 0:
             return
         ahead = s.rate * self.fetch_latency_s  # bytes the reader goes while a page is on its way
-        if not s.kernel_led and ahead < window:
+        # the pages fetched ahead wait in memory for the kernel's requests (a page may take
+        # two of them): our lead and two of the kernel's windows must fit this stream's share
+        # of the memory tiers, or they are evicted before the kernel asks (a 2 MiB tier: a
+        # scan's pages fetched again from the slow tier, `tests/test_prefetch_mount.py`)
+        # — with room to spare (half the share) to switch, the whole share to stay: a speed
+        # near a bound must not flip the stream at every marker hit
+        kept = ahead * cfg.lead_margin + 2 * window
+        share = cfg.ra_max_memory_fraction * self.memory_pages * self.page_size
+        if not s.kernel_led and ahead < window and kept <= share / 2:
             s.kernel_led = True
             self.counters["kernel_led"] += 1
-        elif s.kernel_led and ahead > 2 * window:
+        elif s.kernel_led and (ahead > 2 * window or kept > share):
             s.kernel_led = False
             self.counters["pushed_again"] += 1
 
