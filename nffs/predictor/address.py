@@ -457,7 +457,9 @@ class AddressPredictor:
         is on its way: a first window of `ra_initial_steps` (4) ran out, and the steps
         after it were misses too, while the ramp caught up (in a run of ~550 reads, the
         p99). The reaction time is the measured one, or before any (a fresh mount) the
-        founding reads' own service time. The window stays within the usual caps."""
+        founding reads' own service time. The window stays within the usual caps and
+        `founding_max_steps` (requests issued concurrently leave no gap at all, and three
+        random reads can line up)."""
         cfg = self.cfg
         if not s.gaps:
             return
@@ -472,7 +474,7 @@ class AddressPredictor:
         s.rate = abs(step) / pace
         lead = max(s.unit, math.ceil(reaction * cfg.lead_margin / pace))
         want = lead + max(s.unit, math.ceil(lead / max(1, cfg.markers_per_lead)))
-        s.steps = min(max(s.steps, want), self._cap_steps(step, extent))
+        s.steps = min(max(s.steps, want), cfg.founding_max_steps * s.unit, self._cap_steps(step, extent))
         self.counters["founding_sized"] += 1
 
     def _kernel_floor(self, s: Stream, step: float) -> int:

@@ -95,6 +95,9 @@ class PrefetchConfig:
     #: read from the kernel's cache once its pages are pushed (its founding reads were
     #: misses, a tier's latency apart, which says nothing of the reader's speed)
     cached_read_s: float = 50e-6
+    #: ... and at most this many window units (a reader with requests in flight together has
+    #: no gap between them, and three random reads in a row can line up by chance)
+    founding_max_steps: int = 32
     #: the window doubles on each confirmed marker hit up to this many steps ...
     ra_max_steps: int = 256
     #: ... and never reaches further than this many bytes ahead of the reader
