@@ -109,7 +109,8 @@ class Stream:
         self.t = now
         #: when the last read was answered, the reader's gaps between an answer and its next
         #: request, and how long its requests took: before a trend holds, its reads are
-        #: misses, and their pace says nothing of the reader's own (`_founding_pace`)
+        #: misses, and their pace says nothing of the reader's own
+        #: (`AddressPredictor._size_from_founding_reads`)
         self.t_done = now
         self.gaps: deque = deque(maxlen=window)
         self.services: deque = deque(maxlen=window)
@@ -123,6 +124,13 @@ class Stream:
         #: founded on three recent reads in arithmetic progression: its first trend needs
         #: only PrefetchConfig.min_votes_progression votes
         self.progression = False
+
+    def note_answer(self, start: float, done: float) -> None:
+        """A read of the stream, requested at `start` and answered at `done`: its gap after the
+        previous answer and its service time."""
+        self.gaps.append(max(0.0, start - self.t_done))
+        self.services.append(done - start)
+        self.t_done = done
 
 
 def _close(a, b, tol: int) -> bool:
@@ -293,9 +301,9 @@ class AddressPredictor:
         self.streams.move_to_end(s.id)
         s.seen = self.counters["events"]
         if s.trend is None:
-            s.gaps.append(max(0.0, now - s.t_done))
-            s.services.append(done - now)
-        s.t_done = done
+            s.note_answer(now, done)
+        else:
+            s.t_done = done
         if k is not None:
             plan = self._advance(s, k, off, end, now)
         else:
@@ -349,13 +357,11 @@ class AddressPredictor:
         sid = self._next_id
         self._next_id += 1
         s = Stream(sid, found[0][0], found[0][1], now, self.cfg.vote_window, self.cfg.markers_per_lead)
-        s.t_done = found[0][3]
         s.services.append(found[0][3] - found[0][2])
+        s.t_done = found[0][3]
         for o_off, o_end, o_t, o_done in found[1:]:
             self._push_delta(s, self._token(s, o_off, o_end), o_off, o_end)
-            s.gaps.append(max(0.0, o_t - s.t_done))
-            s.services.append(o_done - o_t)
-            s.t_done = o_done
+            s.note_answer(o_t, o_done)
         s.progression = progression
         self.streams[sid] = s
         while len(self.streams) > self.cfg.max_streams:

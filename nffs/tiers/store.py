@@ -45,9 +45,11 @@ from .tier import Tier
 
 #: a gather of at most this many entries (8 points of a 16-level 3-D field) takes the small path
 SMALL_GATHER_ENTRIES = 1024
-#: a gather of at most 16,384 elements whose pages are at most this many is taken on the trio
-#: thread (~1 µs of checksum a page): a camera's frame of ~85 points, which two hops to a worker
-#: thread held up behind queued prefetch work; a scattered batch goes to a worker
+#: a gather of at most this many elements finds its pages on the trio thread ...
+INLINE_GATHER_ELEMENTS = 16384
+#: ... and takes its rows there too when its pages are at most this many (~1 µs of checksum a
+#: page): a camera's frame of ~85 points, which two hops to a worker thread held up behind
+#: queued prefetch work; a scattered batch goes to a worker
 INLINE_TAKE_PAGES = 512
 #: a gather of up to this many rows verifies only the chunks its rows are in (when they are
 #: fewer than the chunks of the pages it lists); beyond, sorting the rows' chunks costs
@@ -686,12 +688,8 @@ class PageStore:
             if view is None:
                 return None
             self.counters["reads"] += 1
-            if read_log is not None:
-                pages = range(first, (offset + size - 1) // ps + 1)
-                if self._read_log_watched.keys().isdisjoint(pages):
-                    read_log.extend(pages)
-                    self._logged_reads += 1
-                    return view
+            if read_log is not None and self._to_read_log(range(first, (offset + size - 1) // ps + 1)):
+                return view
         else:
             loc = self.table.mem(first)
             if loc is None:
@@ -799,12 +797,17 @@ class PageStore:
         set (`log_memory_reads`), as in :meth:`read_from_memory`: reads of 128 KiB across
         two pages come this way, and an event per request cost reads of data already in
         memory ~5-10 % (scripts/prefetch_suite.py seq-dram)."""
-        read_log = self._read_log
-        if read_log is not None and not any(slows) and self._read_log_watched.keys().isdisjoint(pages):
-            read_log.extend(pages)
-            self._logged_reads += 1
+        if self._read_log is not None and not any(slows) and self._to_read_log(pages):
             return
         self._emit(AccessKind.READ, pages, slows, offset, size, started)
+
+    def _to_read_log(self, pages: "range | list[int]") -> bool:
+        """A read of several pages into the read log, unless one of them is watched."""
+        if not self._read_log_watched.keys().isdisjoint(pages):
+            return False
+        self._read_log.extend(pages)  # type: ignore[union-attr]
+        self._logged_reads += 1
+        return True
 
     def _count_hits(self, mt: MemTier, slot: int, pages: int) -> None:
         """Reads of `pages` consecutive slots answered from a memory tier."""
@@ -1674,7 +1677,7 @@ class PageStore:
             return np.unique(flat // epp, return_inverse=True)
 
         # a big batch's page scan is ~20 ms of numpy: not on the trio thread
-        ordered, inverse = await self.io.cpu(touched) if flat.size > 16384 else touched()
+        ordered, inverse = await self.io.cpu(touched) if flat.size > INLINE_GATHER_ELEMENTS else touched()
         dtype = self.layout.dtype
         page_tier, page_slot = self.table.mem_many(ordered)
         pinned: list[tuple[MemTier, np.ndarray]] = []
@@ -1782,7 +1785,8 @@ class PageStore:
                 return out.reshape(elements.shape), []
 
             # on the trio thread only when small in pages too: `take` checks one chunk sum per page
-            values, bad = await self.io.cpu(take) if flat.size > 16384 or ordered.size > INLINE_TAKE_PAGES else take()
+            inline = flat.size <= INLINE_GATHER_ELEMENTS and ordered.size <= INLINE_TAKE_PAGES
+            values, bad = take() if inline else await self.io.cpu(take)
         finally:
             for mt, slots in pinned:
                 self._unpin_many(mt, slots)
