@@ -149,8 +149,8 @@ class MemoryArena:
         #: whole-page installs populate their slot's mapping in one call (`install`) ...
         self._populate = root is not None
         #: ... unless it is populated already: installed before and not punched since. A
-        #: slot reused from the free list needs no call (~5 µs, a tenth of what installing a
-        #: prefetched 4 KiB page cost the trio thread), and tmpfs cannot take its memory back
+        #: slot reused from the free list needs no system call (most installs of prefetched
+        #: pages, on the trio thread), and tmpfs cannot take its memory back
         self.populated = np.zeros(n_slots if root is not None else 0, dtype=bool)
         if root is None:
             self._mm = mmap.mmap(-1, size)
