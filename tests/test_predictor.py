@@ -461,6 +461,51 @@ def test_field_predicts_camera_pages(motion: str) -> None:
     assert len(predicted - actual) <= 0.05 * len(predicted)
 
 
+@pytest.mark.parametrize("motion", ["translate", "orbit", "zoom"])
+def test_a_steady_camera_hashes_only_its_new_horizon_and_plans_the_same_pages(motion: str) -> None:
+    """A frame predicted again with (nearly) the same points keeps its pages (not hashed, not
+    planned again): each batch hashes the next frame and the new horizon only, and every
+    frame's pages are those a predictor that hashes everything finds (the next frame's
+    exactly; a reused one's but for the few corners a refit's drift moves)."""
+    layout = _layout()
+    frames = sim.Camera(motion, rays=64, seed=1).frames(12)
+    reusing = FieldPredictor(PrefetchConfig(field_frames_ahead=4), layout)
+    hashing = FieldPredictor(PrefetchConfig(field_frames_ahead=4, field_reuse_cells=-1.0), layout)
+    for k, pts in enumerate(frames):
+        a, b = reusing.observe(pts), hashing.observe(pts)
+        if a is None:
+            assert b is None
+            continue
+        assert len(a.frames) == len(b.frames) == 4
+        assert np.array_equal(a.frames[0], b.frames[0])
+        for x, y in zip(a.frames[1:], b.frames[1:]):
+            assert len(np.intersect1d(x, y)) >= 0.97 * len(y)
+        assert all(b.fresh)
+        if k >= 4:  # the frames predicted by the batch before are predicted again, unchanged
+            assert a.fresh == [True, False, False, True]
+    assert reusing.counters["frames_reused"] > 0 and hashing.counters["frames_reused"] == 0
+
+
+def test_field_frames_ahead_cover_the_reaction_time_within_bounds() -> None:
+    """Batches every 10 ms and plans that take 35 ms to land: pages planned 1 + 4 frames
+    ahead; never fewer than the minimum, never more than the maximum."""
+    layout = _layout()
+    cfg = PrefetchConfig(field_frames_ahead=2, field_frames_ahead_max=6)
+    fp = FieldPredictor(cfg, layout)
+    frames = sim.Camera("translate", rays=64, seed=1).frames(8)
+    plan = None
+    for k, pts in enumerate(frames[:4]):
+        plan = fp.observe(pts, now=100.0 + 0.010 * k)
+    assert plan is not None and len(plan.frames) == 2  # no reaction time measured yet
+    fp.reaction_s = 0.035
+    plan = fp.observe(frames[4], now=100.04)
+    assert plan is not None and len(plan.frames) == 5 and fp.period_s == pytest.approx(0.010)
+    fp.reaction_s = 0.5
+    assert len(fp.observe(frames[5], now=100.05).frames) == 6
+    fp.reaction_s = 0.001
+    assert len(fp.observe(frames[6], now=100.06).frames) == 2
+
+
 def test_field_jitter_keeps_coarse_levels_and_random_batches_none() -> None:
     layout = _layout()
     fp = FieldPredictor(PrefetchConfig(), layout)

@@ -33,6 +33,7 @@ from nffs.tiers.fsck import fsck
 from nffs.tiers.homes import SlabHomes, slab_name
 from nffs.tiers.port import AccessKind
 from nffs.tiers.spec import parse_tier_spec
+from nffs.tiers.store import INLINE_TAKE_PAGES
 
 SEED = 5
 
@@ -533,6 +534,76 @@ async def test_a_frame_sized_gather_checks_the_chunks_it_reads_not_the_whole_tab
         flip(arena_path(opened), first * row_bytes)
         assert (await store.gather_rows(entries)).tobytes() == want, "a gather returned corrupted memory bytes"
         assert store.counters["checksum_failures"] == failures + 1
+    finally:
+        opened.close()
+
+
+async def test_a_frame_on_a_slotted_tier_checks_its_rows_lines_not_every_chunk(tmp_path: Path) -> None:
+    """A camera's frame over a memory tier smaller than the field (slotted) lists about a
+    thousand pages: it is taken on the FUSE thread, checking the lines its rows are in once
+    their chunks have been verified, not hashing a chunk per page at every frame. A flipped
+    row is still refetched from its clean home, never answered; a flipped chunk the frame
+    does not read costs it nothing."""
+    field = make_field(tmp_path, page_size=4096, memory="8M", log2=20, levels=4)
+    opened = open_field(str(field))
+    store, layout = opened.store, opened.layout
+    try:
+        data = np.random.default_rng(4).standard_normal(layout.params_bytes // 4, dtype=np.float32).tobytes()
+        await store.write(0, data)
+        await store.sync()
+        assert not store.memory_tiers[0].mem.direct  # the field (32 MiB) does not fit: slots
+        rows = np.frombuffer(data, dtype=layout.dtype).reshape(-1, layout.features)
+        n = 300  # 4 levels x 300 scattered rows
+        entries = np.stack([layout.levels[lv].offset + (np.arange(n) * 7919) % layout.levels[lv].entries
+                            for lv in range(layout.n_levels)]).astype(np.uint64).reshape(layout.n_levels, 1, n)
+        row_bytes = layout.itemsize * layout.features
+        assert len(set((entries.astype(np.int64).reshape(-1) * row_bytes // 4096).tolist())) > INLINE_TAKE_PAGES
+        want = rows[entries.astype(np.int64)].tobytes()
+        for _ in range(3):  # pages fetched, installed, then their chunks verified and lines learned
+            assert (await store.gather_rows(entries)).tobytes() == want
+        arena = store.memory_tiers[0].mem.arena
+        hashed: list[int] = []
+        real = arena.bad_slots_of_chunks
+
+        def counting(chunks: list[int]) -> list[int]:
+            hashed.extend(chunks)
+            return real(chunks)
+
+        arena.bad_slots_of_chunks = counting  # type: ignore[method-assign]
+        assert (await store.gather_rows(entries)).tobytes() == want
+        assert hashed == [], "a repeated frame hashed whole chunks again"
+        first = int(entries[0, 0, 0])
+        _, slot = store.table.mem(first * row_bytes // 4096)
+        failures = store.counters["checksum_failures"]
+        flip(arena_path(opened), slot * 4096 + first * row_bytes % 4096)
+        assert (await store.gather_rows(entries)).tobytes() == want, "a gather returned corrupted memory bytes"
+        assert store.counters["checksum_failures"] == failures + 1
+    finally:
+        opened.close()
+
+
+async def test_loading_homes_together_answers_as_one_by_one(tmp_path: Path) -> None:
+    """A prefetch plan or a gather's misses load their pages' rows with one query: each page
+    then has the home it would have had, and pages without one none."""
+    field = make_field(tmp_path, page_size=16384)
+    opened = open_field(str(field))
+    try:
+        await opened.store.write(0, pattern(1, 3 * 16384))
+        await opened.store.write(5 * 16384, pattern(2, 100))
+        await opened.store.sync()
+    finally:
+        opened.close()
+    pages = list(range(8))
+    opened = open_field(str(field))
+    try:
+        one_by_one = [opened.store.table.home(p) for p in pages]
+    finally:
+        opened.close()
+    opened = open_field(str(field))
+    try:
+        opened.store.table.load_homes(np.array(pages + pages, dtype=np.int64))
+        assert [opened.store.table.home(p) for p in pages] == one_by_one
+        assert [h is not None for h in one_by_one] == [True, True, True, False, False, True, False, False]
     finally:
         opened.close()
 

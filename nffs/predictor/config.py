@@ -160,11 +160,22 @@ class PrefetchConfig:
     model_history: int = 3
 
     # ---------------------------------------------------------------- field space
-    #: frames predicted ahead of the last batch
+    #: frames predicted ahead of the last batch, at least ...
     field_frames_ahead: int = 2
+    #: ... and at most: between the two, as many as the field space's measured reaction time
+    #: (a batch's arrival to its planned pages' arrival: thinking, queueing, the slow read)
+    #: spans frames, plus one. A camera whose frames come every 5 ms over a 5 ms tier needs
+    #: its pages planned three or four frames before it asks (two left most of them late)
+    field_frames_ahead_max: int = 8
     #: a level is predictable when the measured prediction error of the last frame,
     #: in that level's cells, is below this fraction of a cell
     field_cell_fraction: float = 0.25
+    #: a frame (beyond the next) predicted again with its points within this fraction of the
+    #: finest cell of the previous prediction's keeps that prediction's pages: not hashed nor
+    #: planned again. The refits of a steady camera from float32 points drift by ~0.03 of the
+    #: finest cell of a 2^19-resolution level, less than 10^-3 of a 2^11 one: a few of the
+    #: finest level's corners move, and the next frame, hashed afresh, takes them up
+    field_reuse_cells: float = 0.05
     #: pages fetched per predicted frame at most (coarse levels first)
     field_page_budget: int = 4096
     #: ... and never fewer than this once stops have cut it (each stop quarters the budget;

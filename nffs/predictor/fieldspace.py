@@ -24,11 +24,13 @@ Pure computation (numpy, no trio): runs in the learning thread.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..arrays import sorted_unique
 from ..encoding import hashgrid
 from ..encoding.layout import FieldLayout
 from .config import PrefetchConfig
@@ -37,10 +39,14 @@ from .config import PrefetchConfig
 @dataclass
 class FieldPlan:
     frames: list[np.ndarray] = field(default_factory=list)  # pages per frame ahead, coarse levels first
+    #: per frame: computed now (True), or the same points and pages as a previous plan's
+    #: prediction of that frame (False: planned then, nothing new to plan)
+    fresh: list[bool] = field(default_factory=list)
     levels: int = 0  # levels judged predictable
     error: float = 0.0  # measured prediction error of the last frame (field units)
     kind: str = ""  # "rigid" (point-to-point fit) or "moments" (fallback)
     touched: int = 0  # pages the next frame touches in its predictable levels (before the budget)
+    t_batch: float = 0.0  # when the batch it was made from arrived
 
 
 def umeyama(a: np.ndarray, b: np.ndarray, with_scale: bool = True) -> tuple[float, np.ndarray, np.ndarray]:
@@ -88,10 +94,34 @@ class FieldPredictor:
         self.motion: tuple[float, np.ndarray, np.ndarray] | None = None
         self.expected: np.ndarray | None = None  # prediction for the next batch (same N)
         self.expected_moments: tuple | None = None
-        self.counters = {"batches": 0, "fits": 0, "plans": 0, "levels_sum": 0, "skipped_small": 0}
+        self.counters = {"batches": 0, "fits": 0, "plans": 0, "levels_sum": 0, "skipped_small": 0, "frames_reused": 0}
         self.last_error = float("inf")
         self.predict_s = 0.0
         self.predicts = 0
+        #: how long a plan takes to land (the prefetcher measures it, on the trio thread)
+        self.reaction_s = 0.0
+        #: time between batches (exponential average), and the last batch's arrival
+        self.period_s = 0.0
+        self._last_t = 0.0
+        self.frames_ahead = cfg.field_frames_ahead
+        #: frames predicted so far, by number (batches counted from 1): the predicted points,
+        #: levels, pages and pages touched. A steady camera predicts frame j again at every
+        #: batch until it comes; when the points come out (nearly) the same, so do the pages:
+        #: reused, not hashed again. A plan then hashes two frames, whatever its depth: the
+        #: next one (always afresh: the most urgent, and the one that corrects a drift) and
+        #: its new horizon
+        self._frame_no = 0
+        self._predicted: dict[int, tuple[np.ndarray, int, np.ndarray, int]] = {}
+        self._finest_scale = float(self.scales.max()) if self.scales.size else 1.0
+
+    def _frames_ahead(self) -> int:
+        """Frames to predict: enough that a plan made now lands before the frame it is for
+        starts — its reaction time in frames, plus one — within the configured bounds."""
+        cfg = self.cfg
+        if self.period_s <= 0 or self.reaction_s <= 0:
+            return cfg.field_frames_ahead
+        need = 1 + math.ceil(self.reaction_s / self.period_s)
+        return max(cfg.field_frames_ahead, min(cfg.field_frames_ahead_max, need))
 
     def _layout_prefix(self, k: int) -> FieldLayout:
         if k >= self.layout.n_levels:
@@ -114,10 +144,19 @@ class FieldPredictor:
         idx = np.sort(self._rng.choice(n, self.cfg.field_max_points, replace=False))
         return pts[idx]
 
-    def observe(self, points: np.ndarray) -> FieldPlan | None:
+    def observe(self, points: np.ndarray, now: float | None = None) -> FieldPlan | None:
+        """A batch that arrived at `now` (monotonic): the plan for the next frames, or None."""
         t0 = time.perf_counter()
+        if now is not None:
+            if self._last_t and now > self._last_t:
+                gap = now - self._last_t
+                self.period_s = gap if not self.period_s else 0.75 * self.period_s + 0.25 * gap
+            self._last_t = now
         try:
-            return self._observe(points)
+            plan = self._observe(points)
+            if plan is not None and now is not None:
+                plan.t_batch = now
+            return plan
         finally:
             self.predict_s += time.perf_counter() - t0
             self.predicts += 1
@@ -129,6 +168,8 @@ class FieldPredictor:
         if pts.shape[0] < cfg.field_min_points:
             self.counters["skipped_small"] += 1
             return None
+        self._frame_no += 1
+        now_no = self._frame_no
         # 1. how good was the prediction made for this batch?
         error = float("inf")
         if self.expected is not None and self.expected.shape == pts.shape:
@@ -164,9 +205,14 @@ class FieldPredictor:
         s, r, t = self.motion
         # 3. extrapolate; remember the next-frame prediction to measure it
         frames: list[np.ndarray] = []
+        fresh: list[bool] = []
         cur = pts
         plan = FieldPlan(error=error, kind=kind)
-        for f in range(1, cfg.field_frames_ahead + 1):
+        self.frames_ahead = self._frames_ahead()
+        before = self._predicted
+        self._predicted = {}
+        same = cfg.field_reuse_cells / self._finest_scale  # "the same points", in field units
+        for f in range(1, self.frames_ahead + 1):
             cur = apply(s, r, t, cur)
             if f == 1:
                 if kind == "rigid":
@@ -179,7 +225,15 @@ class FieldPredictor:
                 plan.levels = k
             if k == 0 or not np.isfinite(error):
                 break
-            pages, touched = self._pages_of(cur, k)
+            old = before.get(now_no + f) if f > 1 else None  # the next frame: always hashed afresh
+            if old is not None and old[1] == k and old[0].shape == cur.shape and float(np.abs(old[0] - cur).max()) <= same:
+                pages, touched = old[2], old[3]
+                fresh.append(False)
+                self.counters["frames_reused"] += 1
+            else:
+                pages, touched = self._pages_of(cur, k)
+                fresh.append(True)
+            self._predicted[now_no + f] = (cur, k, pages, touched)
             if f == 1:
                 plan.touched = touched
             frames.append(pages)
@@ -188,6 +242,7 @@ class FieldPredictor:
         self.counters["plans"] += 1
         self.counters["levels_sum"] += plan.levels
         plan.frames = frames
+        plan.fresh = fresh
         return plan
 
     def _pages_of(self, pts: np.ndarray, k: int) -> tuple[np.ndarray, int]:
@@ -195,16 +250,21 @@ class FieldPredictor:
         and how many they touch in all."""
         lay = self._layout_prefix(k)
         sample = self._sample(np.clip(pts, 0.0, 1.0).astype(np.float32))
-        entries, _ = hashgrid.corner_entries(lay, sample)
+        # a camera's frame is tens of points: the all-levels path costs a fifth of the level
+        # loop here (it falls back to the loop for big samples itself)
+        entries, _ = hashgrid.corner_entries_small(lay, sample)
         budget = self.cfg.field_page_budget
         row = self.layout.features * self.layout.itemsize
         shift = np.uint64(self.layout.page_size.bit_length() - 1)
-        # pages level by level (coarse first); first occurrence wins, order kept
-        per_level = [(entries[level].reshape(-1) * np.uint64(row)) >> shift for level in range(k)]
-        flat = np.concatenate(per_level).astype(np.int64)
-        uniq, first = np.unique(flat, return_index=True)
-        pages = uniq[np.argsort(first, kind="stable")]
-        return pages[:budget], int(uniq.size)
+        # levels are a prefix of the layout, coarse first: entries (L, C, N) flattened in that
+        # order put coarse pages first
+        flat = ((entries.reshape(-1) * np.uint64(row)) >> shift).astype(np.int64)
+        uniq = sorted_unique(flat)
+        if uniq.size <= budget:
+            return uniq, int(uniq.size)  # all of them: their order does not matter
+        # over the budget: the first pages met, coarse levels first (first occurrence wins)
+        _, first = np.unique(flat, return_index=True)
+        return flat[np.sort(first)][:budget], int(uniq.size)
 
     def point_pages(self, points: np.ndarray) -> np.ndarray:
         """Every page the points touch (all levels): hints."""
@@ -218,4 +278,7 @@ class FieldPredictor:
             "mean_levels": round(b["levels_sum"] / b["plans"], 2) if b["plans"] else 0.0,
             "last_error": None if not np.isfinite(self.last_error) else round(self.last_error, 6),
             "predict_us": round(1e6 * self.predict_s / self.predicts, 2) if self.predicts else 0.0,
+            "frames_ahead": self.frames_ahead,
+            "reaction_ms": round(1e3 * self.reaction_s, 2),
+            "period_ms": round(1e3 * self.period_s, 2),
         }

@@ -62,7 +62,7 @@ class Entry:
         self.conf = conf
         self.heat = 0.0
         self.arrived_t = 0.0
-        self.head_t = 0.0  # first page of an address plan: the time of the read that triggered it
+        self.head_t = 0.0  # first page of an address plan, or a field plan's page: the time of the read or batch behind it
 
 
 class Controller:

@@ -152,6 +152,7 @@ class Prefetcher:
         self._head_samples = 0
         self._reaction_parts = [0.0, 0.0, 0.0]
         self._reactions: deque = deque(maxlen=self.cfg.reaction_samples)
+        self._field_reactions: deque = deque(maxlen=self.cfg.reaction_samples)
         self._field_budget = self.cfg.field_page_budget
         self._field_stops_seen = 0
         self._field_judged = 0
@@ -256,7 +257,7 @@ class Prefetcher:
             self.counters["small_batches"] += 1
             return
         step = -(-n // self.cfg.field_max_points) if n > self.cfg.field_max_points else 1
-        self._enqueue(("points", np.array(points[::step], dtype=np.float32, copy=True)))
+        self._enqueue(("points", np.array(points[::step], dtype=np.float32, copy=True), time.monotonic()))
 
     def hint(self, what) -> None:
         """An application hint: a ``hints`` line (``page P``, ``range OFF LEN``, ``point x y z``),
@@ -405,7 +406,7 @@ class Prefetcher:
                         for plan in self.address.observe(ev.offset, ev.size, ev.time or None, ev.end or None):
                             out.append(("address", plan))
                 elif item[0] == "points":
-                    plan = self.fieldp.observe(item[1])
+                    plan = self.fieldp.observe(item[1], item[2])
                     if plan is not None:
                         out.append(("field", plan))
                 elif item[0] == "hintpoints":
@@ -442,18 +443,21 @@ class Prefetcher:
                     self.counters["field_oversized"] += 1  # the frame does not fit memory: do no harm
                     continue
                 budget = self._field_budget_now()
-                for frame in fp.frames:
-                    pages = frame.tolist()
-                    cheap = self._cheap(pages)
-                    for page, is_cheap in zip(pages, cheap):
-                        if is_cheap:
-                            continue
+                for frame, fresh in zip(fp.frames, fp.fresh):
+                    if not fresh:  # predicted the same before: planned then
+                        continue
+                    # a frame names ~a thousand pages, nearly all in memory already: only the
+                    # others are looked at one by one
+                    pages = np.asarray(frame, dtype=np.int64)
+                    for page in pages[~np.asarray(self.port.cheap_mask(pages), dtype=bool)].tolist():
                         if budget <= 0:
                             break
                         e = self.ledger.plan(page, "field", push=False, marker=False, now=now)
                         if e is not None:
                             budget -= 1
                         if e is not None and e.state == QUEUED:
+                            if not e.head_t:  # the reaction time runs from the batch's arrival
+                                e.head_t = fp.t_batch
                             self._fetchq.append(page)
                             added += 1
             else:
@@ -548,8 +552,11 @@ class Prefetcher:
                 # the reaction time sizes address-space windows: measured on their fetches only
                 # (a field batch of 16 scattered pages says nothing about a stream's plan head)
                 # (not on a fetch it joined: the rest of another read says nothing of the reaction)
-                if e.space == "address" and any(r is not None and r.from_slow_tier and not r.joined for r in results):
-                    self._note_latency(e, t_fetch, time.monotonic())
+                if any(r is not None and r.from_slow_tier and not r.joined for r in results):
+                    if e.space == "address":
+                        self._note_latency(e, t_fetch, time.monotonic())
+                    elif e.space == "field" and e.head_t:
+                        self._note_field_reaction(time.monotonic() - e.head_t)
             except Exception:
                 log.debug("prefetch of pages %s failed", [p for p, _ in run], exc_info=True)
                 results = [None] * len(run)
@@ -618,6 +625,16 @@ class Prefetcher:
             step = d
             run.append((nxt, x))
         return run
+
+    def _note_field_reaction(self, dt: float) -> None:
+        """A field plan's reaction time (a batch's arrival to a page of its plan landing, as the
+        run's first page saw it): the median of the last few sets how many frames ahead the
+        field predictor plans (see `FieldPredictor._frames_ahead`)."""
+        if dt <= 0:
+            return
+        self._field_reactions.append(dt)
+        ordered = sorted(self._field_reactions)
+        self.fieldp.reaction_s = ordered[len(ordered) // 2]
 
     def _note_latency(self, e: Entry, t_fetch: float, t_done: float) -> None:
         """The reaction time a stream's lead must cover: from the read that triggered a plan to

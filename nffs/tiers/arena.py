@@ -57,6 +57,8 @@ _h = xxhash.xxh3_64_intdigest
 #: always lies in one line
 LINE_BYTES = 128
 _LINE_SHIFT = LINE_BYTES.bit_length() - 1
+#: `MemoryArena.bad_slots_of_rows` hashes each line once when given more rows than this
+LINES_DEDUP_FROM = 512
 _LINE_HALVES = LINE_BYTES // 4  # the line hash works on 32-bit halves of the words
 
 
@@ -193,7 +195,11 @@ class MemoryArena:
         if budget_bytes <= 0 or self.chunk % LINE_BYTES:
             return
         per_chunk = self.chunk // LINE_BYTES
-        self.lines = LineSums(LineSums.lines_for(budget_bytes, per_chunk), per_chunk)
+        # no more records than the arena has lines (a 16 MiB tier needs 1 MiB of them, not the
+        # whole budget: np.full writes every record)
+        arena_lines = 1 << max(0, (self.n_slots * self.page_size // LINE_BYTES - 1).bit_length())
+        n = min(LineSums.lines_for(budget_bytes, per_chunk), max(arena_lines, per_chunk))
+        self.lines = LineSums(n, per_chunk)
 
     # -- slots -------------------------------------------------------------------------
     def alloc(self) -> int | None:
@@ -405,6 +411,10 @@ class MemoryArena:
         if lines is None or LINE_BYTES % row_bytes:
             return self.bad_slots_of_chunks(self.chunks_of(offsets).tolist())
         line_ids = offsets >> _LINE_SHIFT
+        if line_ids.size > LINES_DEDUP_FROM:
+            # a frame of tens of points reads ~10^4 elements on a few thousand lines: hashing
+            # each line once is a third of the work (the sort costs less than the rest saved)
+            line_ids = sorted_unique(line_ids)
         got = lines.record(line_ids, self._line_sums(line_ids))
         matches = lines.records.take(line_ids & lines.mask) == got
         if matches.all():

@@ -48,8 +48,10 @@ SMALL_GATHER_ENTRIES = 1024
 #: a gather of at most this many elements finds its pages on the trio thread ...
 INLINE_GATHER_ELEMENTS = 16384
 #: ... and takes its rows there too when its pages are at most this many (~1 µs of checksum a
-#: page): a camera's frame of ~85 points, which two hops to a worker thread held up behind
-#: queued prefetch work; a scattered batch goes to a worker
+#: page), or any number when the memory tier keeps line sums (the rows' lines are checked in
+#: a few numpy calls, see `MemoryArena.bad_slots_of_rows`): a camera's frame of ~85 points,
+#: which two hops to a worker thread held up behind queued prefetch work; a scattered batch
+#: without line sums goes to a worker
 INLINE_TAKE_PAGES = 512
 #: a gather of up to this many rows verifies only the chunks its rows are in (when they are
 #: fewer than the chunks of the pages it lists); beyond, sorting the rows' chunks costs
@@ -155,8 +157,10 @@ class PageStore:
         self._small_gathered = False
         first = self.memory_tiers[0] if self.memory_tiers else None
         self._direct = first is not None and first.mem is not None and first.mem.direct and table.dense
-        if self._direct:
-            assert first is not None and first.mem is not None
+        if first is not None and first.mem is not None:
+            # small gathers check their rows' lines, not whole chunks: the direct arena's
+            # synchronous path, and a slotted arena's inline gathers (a camera's frame touches
+            # ~a thousand pages, nearly all checked before)
             first.mem.arena.enable_line_sums(self.cfg.line_sums_bytes)
         self._row_bytes = layout.features * layout.itemsize
         #: small gathers may take the synchronous path (`gather_rows_now`)
@@ -566,6 +570,7 @@ class PageStore:
         caller's page-by-page path then reads it again and reports the error as a single
         read does. The in-flight entries let concurrent readers of these pages join."""
         groups: dict[int, list[tuple[int, Home]]] = {}
+        self.table.load_homes(pages)
         for p in pages:
             if p in self._inflight or self.table.mem(p) is not None:
                 continue
@@ -1707,6 +1712,7 @@ class PageStore:
                 homed = self.table.maybe_homed_many(absent)
                 implicit = absent[~homed]
                 missing = absent[homed].tolist()
+                self.table.load_homes(absent[homed])
             slow: dict[int, bool] = {}
             errors: list[BaseException] = []
             limit = trio.CapacityLimiter(self.cfg.demand_threads)
@@ -1737,11 +1743,13 @@ class PageStore:
                         nursery.start_soon(fetch, page)
             if errors:
                 raise errors[0]
-            self._emit(AccessKind.GATHER, ordered.tolist(), [slow.get(p, False) for p in ordered.tolist()], started=started)
+            page_list = ordered.tolist()
+            slows = [slow.get(p, False) for p in page_list] if slow else [False] * len(page_list)
+            self._emit(AccessKind.GATHER, page_list, slows, started=started)
             tiers_used = sorted({mt.index for mt, _ in pinned})
             itemsize = self.itemsize
 
-            def take() -> tuple[np.ndarray | None, list[int]]:
+            def take(on_trio_thread: bool) -> tuple[np.ndarray | None, list[int]]:
                 pages_of = ordered[inverse]
                 within = flat - pages_of * epp
                 tier_of = page_tier[inverse]
@@ -1753,11 +1761,14 @@ class PageStore:
                     arena = mt.arena
                     sel = None if everything else np.flatnonzero(tier_of == t)
                     idx = (page_slot[inverse] * epp + within) if sel is None else page_slot[inverse[sel]] * epp + within[sel]
-                    if arena.chunk == self.page_size:  # a chunk per page: the chunks are the pages' slots
-                        chunks = page_slot[page_tier == t]
+                    if on_trio_thread and arena.lines is not None:  # (line sums are the trio thread's)
+                        bad_slots = arena.bad_slots_of_rows(idx * itemsize, itemsize)
                     else:
-                        chunks = sorted_unique((idx * itemsize) >> (arena.chunk.bit_length() - 1))
-                    bad_slots = arena.bad_slots_of_chunks(chunks.tolist())
+                        if arena.chunk == self.page_size:  # a chunk per page: the chunks are the pages' slots
+                            chunks = page_slot[page_tier == t]
+                        else:
+                            chunks = sorted_unique((idx * itemsize) >> (arena.chunk.bit_length() - 1))
+                        bad_slots = arena.bad_slots_of_chunks(chunks.tolist())
                     if bad_slots:
                         bad.extend(int(mt.slot_page[s]) for s in bad_slots)
                         continue
@@ -1784,9 +1795,12 @@ class PageStore:
                     out[rest] = table[np.searchsorted(known, p_rest) * epp + (flat[rest] - p_rest * epp)]
                 return out.reshape(elements.shape), []
 
-            # on the trio thread only when small in pages too: `take` checks one chunk sum per page
-            inline = flat.size <= INLINE_GATHER_ELEMENTS and ordered.size <= INLINE_TAKE_PAGES
-            values, bad = take() if inline else await self.io.cpu(take)
+            # on the trio thread only when small in pages too (`take` checks one chunk sum per
+            # page), or when every tier used checks the rows' lines instead
+            inline = flat.size <= INLINE_GATHER_ELEMENTS and (
+                ordered.size <= INLINE_TAKE_PAGES
+                or all(self.table.mem_tiers[t].arena.lines is not None for t in tiers_used))
+            values, bad = take(True) if inline else await self.io.cpu(take, False)
         finally:
             for mt, slots in pinned:
                 self._unpin_many(mt, slots)
@@ -2092,6 +2106,7 @@ class StorePort:
         if rest.size:
             maybe = t.maybe_homed_many(pages[rest])
             cheap[rest[~maybe]] = True
+            t.load_homes(pages[rest[maybe]])
             for i in rest[maybe].tolist():
                 cheap[i] = t.home(int(pages[i])) is None
         return cheap
