@@ -167,6 +167,9 @@ class PrefetchConfig:
     #: spans frames, plus one. A camera whose frames come every 5 ms over a 5 ms tier needs
     #: its pages planned three or four frames before it asks (two left most of them late)
     field_frames_ahead_max: int = 8
+    #: ... the reaction time taken as this quantile of the last ``reaction_samples`` plans: a
+    #: frame waits on the slowest of its pages, so the lead covers most plans, not half of them
+    field_reaction_quantile: float = 0.8
     #: a level is predictable when the measured prediction error of the last frame,
     #: in that level's cells, is below this fraction of a cell
     field_cell_fraction: float = 0.25

@@ -342,9 +342,11 @@ class Prefetcher:
                 self._apply(results, time.monotonic())
             except Exception:  # a bug here must not take the mount down: log it, go on
                 log.exception("applying prefetch plans failed")
-            if self.cfg.think_interval_s > 0:
+            if self.cfg.think_interval_s > 0 and any(item[0] == "event" for item in items):
                 # let events gather: one thinking round per interval at most, so a reader
-                # going faster than a thread hop pays one hop per batch, not one per read
+                # going faster than a thread hop pays one hop per batch, not one per read.
+                # (Not after a round of query batches only: they come a frame apart, and a
+                # camera's plan waiting out the interval reached its pages later)
                 await trio.sleep(self.cfg.think_interval_s)
 
     def _account(self, ev: AccessEvent, now: float) -> bool:
@@ -628,13 +630,13 @@ class Prefetcher:
 
     def _note_field_reaction(self, dt: float) -> None:
         """A field plan's reaction time (a batch's arrival to a page of its plan landing, as the
-        run's first page saw it): the median of the last few sets how many frames ahead the
-        field predictor plans (see `FieldPredictor._frames_ahead`)."""
+        run's first page saw it): a high quantile of the last few (`field_reaction_quantile`)
+        sets how many frames ahead the field predictor plans (`FieldPredictor._frames_ahead`)."""
         if dt <= 0:
             return
         self._field_reactions.append(dt)
         ordered = sorted(self._field_reactions)
-        self.fieldp.reaction_s = ordered[len(ordered) // 2]
+        self.fieldp.reaction_s = ordered[min(len(ordered) - 1, int(self.cfg.field_reaction_quantile * len(ordered)))]
 
     def _note_latency(self, e: Entry, t_fetch: float, t_done: float) -> None:
         """The reaction time a stream's lead must cover: from the read that triggered a plan to
