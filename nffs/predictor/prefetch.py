@@ -445,7 +445,8 @@ class Prefetcher:
                     self.counters["field_oversized"] += 1  # the frame does not fit memory: do no harm
                     continue
                 budget = self._field_budget_now()
-                for frame, fresh in zip(fp.frames, fp.fresh):
+                fresh_flags = fp.fresh if len(fp.fresh) == len(fp.frames) else [True] * len(fp.frames)
+                for frame, fresh in zip(fp.frames, fresh_flags):
                     if not fresh:  # predicted the same before: planned then
                         continue
                     # a frame names ~a thousand pages, nearly all in memory already: only the

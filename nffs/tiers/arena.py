@@ -413,7 +413,7 @@ class MemoryArena:
         line_ids = offsets >> _LINE_SHIFT
         if line_ids.size > LINES_DEDUP_FROM:
             # a frame of tens of points reads ~10^4 elements on a few thousand lines: hashing
-            # each line once is a third of the work (the sort costs less than the rest saved)
+            # each line once saves more than the sort costs
             line_ids = sorted_unique(line_ids)
         got = lines.record(line_ids, self._line_sums(line_ids))
         matches = lines.records.take(line_ids & lines.mask) == got

@@ -214,8 +214,7 @@ class SlabHomes:
             i = j
             try:
                 # one system call a run: every call gives the GIL back and waits to take it again,
-                # which under load costs more than the read (a prefetch of 16 scattered pages
-                # took 5-11 ms in its thread with a drop after each read)
+                # which under a camera's load cost more than the read itself
                 data = self._read_run(run[0], len(run), drop=False)
                 slab = run[0] // self.slots_per_slab
                 lo, hi = spans.get(slab, (run[0], run[-1]))

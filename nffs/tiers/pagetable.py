@@ -276,8 +276,8 @@ class PageTable:
         `HOME_QUERY_PAGES` pages, so that :meth:`home` of each then costs a dict lookup.
 
         A prefetch plan or a gather's misses name tens of pages never looked up before; one
-        query each cost ~50 us of the FUSE thread per page (a camera's frame ~1.5 ms). Pages
-        cached already, or surely without a home, are not asked for."""
+        query each was a round trip into SQLite on the FUSE thread per page, tens of them per
+        camera frame. Pages cached already, or surely without a home, are not asked for."""
         rows = self._rows
         want = [p for p in np.asarray(pages, dtype=np.int64).tolist() if p not in rows]
         if not want:
