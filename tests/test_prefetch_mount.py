@@ -203,3 +203,40 @@ def test_hints_prefetch_and_push_a_range(mounts: Mounts, scan_field: tuple[Path,
     assert got == data[4 * PAGE:(4 + n) * PAGE]
     after = read_stats(mnt)
     assert slow_tier_reads(after) == slow_tier_reads(before)  # nothing left to fetch
+
+
+def camera_answers(mnt: Path, frames: list[np.ndarray], think_s: float) -> list[bytes]:
+    """Each frame written to `query` and its answer read back, with `think_s` between frames."""
+    width = json.loads((mnt / "field.json").read_text())["encoding_width"]
+    fd = os.open(mnt / "query", os.O_RDWR)
+    out = []
+    try:
+        for pts in frames:
+            os.pwrite(fd, np.ascontiguousarray(pts, dtype="<f4").tobytes(), 0)
+            out.append(os.pread(fd, pts.shape[0] * width * 4, 0))
+            time.sleep(think_s)
+    finally:
+        os.close(fd)
+    return out
+
+
+def test_a_camera_over_a_slow_tier_is_prefetched_by_its_measured_reaction_time(mounts: Mounts) -> None:
+    """A translating camera's frames over a 5 ms tier: the field space plans its pages ahead
+    (by the reaction time it measures), nearly every page it fetches is then demanded (on
+    time or joined), and every answer is the one a mount without prefetch gives."""
+    from nffs.predictor.sim import Camera
+
+    # 4 MiB of params over a 2 MiB dram tier: a slotted arena, as under a field bigger than memory
+    field, _ = materialised_field(mounts, "--levels", "8", "--log2-table-size", "16", "--page-size", "4K")
+    frames = Camera("translate", rays=16, samples=2, speed=2.0, seed=3).frames(30)
+    mnt = mounts.mount(field, *slow_tiers(field, dram="2M"), "--prefetch", "hoeffding")
+    got = camera_answers(mnt, frames, 0.002)
+    st = read_stats(mnt)["prefetch"]
+    mounts.umount(mnt)
+    fs = st["spaces"]["field"]
+    assert fs["issued"] > 0
+    resolved = fs["issued"] - fs["pending"]
+    assert fs["useful"] + fs["late"] >= 0.8 * resolved, fs
+    assert st["field_model"]["reaction_ms"] > 0  # the lead was measured, not assumed
+    plain = mounts.mount(field, *slow_tiers(field, dram="2M"), "--prefetch", "none")
+    assert camera_answers(plain, frames, 0.0) == got, "prefetching changed an answer"

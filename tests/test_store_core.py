@@ -572,9 +572,14 @@ async def test_a_frame_on_a_slotted_tier_checks_its_rows_lines_not_every_chunk(t
         arena.bad_slots_of_chunks = counting  # type: ignore[method-assign]
         assert (await store.gather_rows(entries)).tobytes() == want
         assert hashed == [], "a repeated frame hashed whole chunks again"
+        read_pages = set((entries.astype(np.int64).reshape(-1) * row_bytes // 4096).tolist())
+        unread = next(p for p in range(layout.params_bytes // 4096) if p not in read_pages and store.table.mem(p))
+        failures = store.counters["checksum_failures"]
+        flip(arena_path(opened), store.table.mem(unread)[1] * 4096 + 100)
+        assert (await store.gather_rows(entries)).tobytes() == want
+        assert store.counters["checksum_failures"] == failures  # a chunk the frame does not read
         first = int(entries[0, 0, 0])
         _, slot = store.table.mem(first * row_bytes // 4096)
-        failures = store.counters["checksum_failures"]
         flip(arena_path(opened), slot * 4096 + first * row_bytes % 4096)
         assert (await store.gather_rows(entries)).tobytes() == want, "a gather returned corrupted memory bytes"
         assert store.counters["checksum_failures"] == failures + 1
@@ -601,8 +606,12 @@ async def test_loading_homes_together_answers_as_one_by_one(tmp_path: Path) -> N
         opened.close()
     opened = open_field(str(field))
     try:
-        opened.store.table.load_homes(np.array(pages + pages, dtype=np.int64))
-        assert [opened.store.table.home(p) for p in pages] == one_by_one
+        table = opened.store.table
+        before = table.home_queries
+        table.load_homes(np.array(pages + pages, dtype=np.int64))
+        assert table.home_queries == before + 1  # one query for the four pages with a home
+        assert [table.home(p) for p in pages] == one_by_one
+        assert table.home_queries == before + 1  # ... and none after it
         assert [h is not None for h in one_by_one] == [True, True, True, False, False, True, False, False]
     finally:
         opened.close()

@@ -35,13 +35,18 @@ from ..encoding import hashgrid
 from ..encoding.layout import FieldLayout
 from .config import PrefetchConfig
 
+#: a gap between batches counts as at most this many periods in the period's average: a
+#: camera that paused must not plan two frames ahead for the next twenty
+PAUSE_PERIODS = 4.0
+
 
 @dataclass
 class FieldPlan:
     frames: list[np.ndarray] = field(default_factory=list)  # pages per frame ahead, coarse levels first
-    #: per frame: computed now (True), or the same points and pages as a previous plan's
-    #: prediction of that frame (False: planned then, nothing new to plan)
+    #: per frame: hashed now (True), or the pages of a previous plan's prediction of that
+    #: frame, whose points came out the same (False: the prefetcher may have applied them then)
     fresh: list[bool] = field(default_factory=list)
+    first: int = 0  # the number of frames[0] (batches counted from 1), to tell frames apart
     levels: int = 0  # levels judged predictable
     error: float = 0.0  # measured prediction error of the last frame (field units)
     kind: str = ""  # "rigid" (point-to-point fit) or "moments" (fallback)
@@ -150,7 +155,10 @@ class FieldPredictor:
         if now is not None:
             if self._last_t and now > self._last_t:
                 gap = now - self._last_t
-                self.period_s = gap if not self.period_s else 0.75 * self.period_s + 0.25 * gap
+                if self.period_s:  # a pause (or a one-off stall) counts as a few periods at most
+                    self.period_s = 0.75 * self.period_s + 0.25 * min(gap, PAUSE_PERIODS * self.period_s)
+                else:
+                    self.period_s = gap
             self._last_t = now
         try:
             plan = self._observe(points)
@@ -227,13 +235,16 @@ class FieldPredictor:
                 break
             old = before.get(now_no + f) if f > 1 else None  # the next frame: always hashed afresh
             if old is not None and old[1] == k and old[0].shape == cur.shape and float(np.abs(old[0] - cur).max()) <= same:
+                # compared with the points that were hashed, not the latest prediction: drift
+                # does not add up over the plans that reuse them
+                self._predicted[now_no + f] = old
                 pages, touched = old[2], old[3]
                 fresh.append(False)
                 self.counters["frames_reused"] += 1
             else:
                 pages, touched = self._pages_of(cur, k)
                 fresh.append(True)
-            self._predicted[now_no + f] = (cur, k, pages, touched)
+                self._predicted[now_no + f] = (cur, k, pages, touched)
             if f == 1:
                 plan.touched = touched
             frames.append(pages)
@@ -243,6 +254,7 @@ class FieldPredictor:
         self.counters["levels_sum"] += plan.levels
         plan.frames = frames
         plan.fresh = fresh
+        plan.first = now_no + 1
         return plan
 
     def _pages_of(self, pts: np.ndarray, k: int) -> tuple[np.ndarray, int]:
@@ -261,7 +273,9 @@ class FieldPredictor:
         flat = ((entries.reshape(-1) * np.uint64(row)) >> shift).astype(np.int64)
         uniq = sorted_unique(flat)
         if uniq.size <= budget:
-            return uniq, int(uniq.size)  # all of them: their order does not matter
+            # all of them, ascending: level offsets ascend, so coarse levels still come first
+            # if the prefetcher's own budget cuts the frame
+            return uniq, int(uniq.size)
         # over the budget: the first pages met, coarse levels first (first occurrence wins)
         _, first = np.unique(flat, return_index=True)
         return flat[np.sort(first)][:budget], int(uniq.size)

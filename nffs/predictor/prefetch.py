@@ -134,7 +134,7 @@ class Prefetcher:
         self.ledger = Ledger(self.cfg, release=self._release)
         self.ledger.on_late = self._on_late
         self.recent = RecentPages(self.cfg.recent_buckets, horizon_s=self.cfg.repush_after_s)
-        self._queue: deque = deque()  # ("event", AccessEvent) | ("points", ndarray) | ("hint", ...)
+        self._queue: deque = deque()  # ("event", AccessEvent) | ("points", ndarray, arrival) | ("hint", ...)
         self._fetchq: deque = deque()
         self._fetch_ready: trio.Event | None = None
         self._wake: trio.Event | None = None
@@ -153,6 +153,9 @@ class Prefetcher:
         self._reaction_parts = [0.0, 0.0, 0.0]
         self._reactions: deque = deque(maxlen=self.cfg.reaction_samples)
         self._field_reactions: deque = deque(maxlen=self.cfg.reaction_samples)
+        #: numbers of predicted frames whose pages were all planned (a later plan that predicts
+        #: the same pages for them skips them; one cut by the budget is applied again)
+        self._field_applied: set[int] = set()
         self._field_budget = self.cfg.field_page_budget
         self._field_stops_seen = 0
         self._field_judged = 0
@@ -446,23 +449,31 @@ class Prefetcher:
                     continue
                 budget = self._field_budget_now()
                 fresh_flags = fp.fresh if len(fp.fresh) == len(fp.frames) else [True] * len(fp.frames)
-                for frame, fresh in zip(fp.frames, fresh_flags):
-                    if not fresh:  # predicted the same before: planned then
+                applied = self._field_applied
+                for i, (frame, fresh) in enumerate(zip(fp.frames, fresh_flags)):
+                    number = fp.first + i
+                    if not fresh and number in applied:  # the same pages, all planned before
                         continue
                     # a frame names ~a thousand pages, nearly all in memory already: only the
                     # others are looked at one by one
                     pages = np.asarray(frame, dtype=np.int64)
+                    whole = True
                     for page in pages[~np.asarray(self.port.cheap_mask(pages), dtype=bool)].tolist():
                         if budget <= 0:
+                            whole = False
                             break
                         e = self.ledger.plan(page, "field", push=False, marker=False, now=now)
-                        if e is not None:
-                            budget -= 1
-                        if e is not None and e.state == QUEUED:
-                            if not e.head_t:  # the reaction time runs from the batch's arrival
-                                e.head_t = fp.t_batch
+                        if e is None:  # known already
+                            continue
+                        budget -= 1
+                        if e.state == QUEUED:
+                            e.head_t = fp.t_batch  # the reaction time runs from the batch's arrival
                             self._fetchq.append(page)
                             added += 1
+                    if whole:
+                        applied.add(number)
+                # frames already asked for are forgotten (their numbers only grow)
+                self._field_applied = {n for n in applied if n >= fp.first}
             else:
                 pages, push = plan
                 for page in pages:
@@ -637,7 +648,8 @@ class Prefetcher:
             return
         self._field_reactions.append(dt)
         ordered = sorted(self._field_reactions)
-        self.fieldp.reaction_s = ordered[min(len(ordered) - 1, int(self.cfg.field_reaction_quantile * len(ordered)))]
+        q = min(1.0, max(0.0, self.cfg.field_reaction_quantile))
+        self.fieldp.reaction_s = ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
     def _note_latency(self, e: Entry, t_fetch: float, t_done: float) -> None:
         """The reaction time a stream's lead must cover: from the read that triggered a plan to

@@ -59,6 +59,10 @@ LINE_BYTES = 128
 _LINE_SHIFT = LINE_BYTES.bit_length() - 1
 #: `MemoryArena.bad_slots_of_rows` hashes each line once when given more rows than this
 LINES_DEDUP_FROM = 512
+#: ... and, when it finds this many chunks or fewer with unknown lines, learns every line of
+#: them; beyond, only the lines it read (their sums are computed already: a scattered batch's
+#: first look at ~a thousand chunks must not sum 32 lines of each on the FUSE thread)
+LINES_LEARN_WHOLE_CHUNKS = 64
 _LINE_HALVES = LINE_BYTES // 4  # the line hash works on 32-bit halves of the words
 
 
@@ -84,14 +88,16 @@ class LineSums:
     mod 2^64.) Its purpose is finding corruption, as the chunk sums' is; the xxh3 chunk
     sums stay what homes and recovery compare.
 
-    The table is direct-mapped by line id within a fixed memory budget, so its size does not
-    grow with the field (SPEC 8 memory per page); numpy's zeroed arrays cost memory only
-    where entries are written. A record is the line's sum XOR its line id, so one comparison
+    The table is direct-mapped by line id within a fixed memory budget (no bigger than the
+    arena's lines), so its size does not grow with the field (SPEC 8 memory per page). A record is the line's sum XOR its line id, so one comparison
     tells both "this record is that line's" and "the line is intact"; a record of another
     line, or an emptied one, fails it (but for a 2^-64 chance) and the chunk is hashed
     whole. Used on the trio thread only, which is also the only thread that changes the bytes
     of slots in use (worker threads take snapshots and big gathers, which verify whole
-    chunks and never look here).
+    chunks and never look here). A worker does zero *free* slots when it gives their memory
+    back (`punch`) without forgetting their lines: a free slot is read by nobody, and it
+    comes back into use only through `install` (which forgets) or `install_empty` (nothing
+    valid: every chunk is filled, and forgotten, before a gather reads it).
     """
 
     EMPTY = -1
@@ -190,8 +196,8 @@ class MemoryArena:
         self.lines: LineSums | None = None
 
     def enable_line_sums(self, budget_bytes: int) -> None:
-        """Keep line sums of verified chunks within this many bytes (direct-mapped arenas,
-        whose small gathers check rows: see `bad_slots_of_rows`)."""
+        """Keep line sums of verified chunks within this many bytes (the first memory tier,
+        direct-mapped or slotted, whose small gathers check rows: see `bad_slots_of_rows`)."""
         if budget_bytes <= 0 or self.chunk % LINE_BYTES:
             return
         per_chunk = self.chunk // LINE_BYTES
@@ -415,13 +421,19 @@ class MemoryArena:
             # a frame of tens of points reads ~10^4 elements on a few thousand lines: hashing
             # each line once saves more than the sort costs
             line_ids = sorted_unique(line_ids)
-        got = lines.record(line_ids, self._line_sums(line_ids))
+        sums = self._line_sums(line_ids)
+        got = lines.record(line_ids, sums)
         matches = lines.records.take(line_ids & lines.mask) == got
         if matches.all():
             return []
         # unknown lines (or a changed one): the chunks' own sums decide
-        chunks = sorted_unique(line_ids[~matches] >> lines.line_shift).tolist()
-        ids, sums = self._chunk_line_sums(chunks)  # before the chunks' own check: sums of
+        unknown = ~matches
+        chunks = sorted_unique(line_ids[unknown] >> lines.line_shift).tolist()
+        if len(chunks) <= LINES_LEARN_WHOLE_CHUNKS:
+            # every line of a few chunks (other rows of them are often read next)...
+            ids, sums = self._chunk_line_sums(chunks)  # before the chunks' own check: sums of
+        else:  # ...of many (a batch's first look at its pages): the lines read, already summed
+            ids, sums = line_ids[unknown], sums[unknown]
         bad = self.bad_slots_of_chunks(chunks)  # bytes changed in between are never kept
         if not bad:
             lines.learn(ids, sums)

@@ -69,10 +69,10 @@ class StoreConfig:
     #: a field whose pages fit in the first memory tier maps page p to slot p there, so a
     #: gather is one numpy take; below this page count the page->slot index is a dense array
     dense_index_pages: int = 1 << 20
-    #: memory for line sums of the direct-mapped arena's verified chunks (arena.LineSums):
+    #: memory for line sums of the first memory tier's verified chunks (arena.LineSums):
     #: small gathers check the 128-byte lines of their rows instead of hashing ~60 whole
     #: chunks. Fixed, whatever the field's size: 8 MiB (8 B per 128-byte line) covers
-    #: 128 MiB of arena
+    #: 128 MiB of arena (a smaller arena takes only what it has lines for)
     line_sums_bytes: int = 8 << 20
     #: slots of the direct-mapped arena whose chunks the background verifies and gives line
     #: sums per tick, once small gathers use them (16 MiB of 64 KiB pages: a 57 MB field

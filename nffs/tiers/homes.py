@@ -204,39 +204,41 @@ class SlabHomes:
         ordered = sorted(set(slots))
         per_run = max(1, max_bytes // self.page_size)
         spans: dict[int, tuple[int, int]] = {}  # per slab, the slots read: dropped from the cache at the end
-        i = 0
-        while i < len(ordered):
-            j = i + 1
-            while (j < len(ordered) and j - i < per_run and ordered[j] == ordered[j - 1] + 1
-                   and ordered[j] // self.slots_per_slab == ordered[i] // self.slots_per_slab):
-                j += 1
-            run = ordered[i:j]
-            i = j
-            try:
-                # one system call a run: every call gives the GIL back and waits to take it again,
-                # which under a camera's load cost more than the read itself
-                data = self._read_run(run[0], len(run), drop=False)
-                slab = run[0] // self.slots_per_slab
-                lo, hi = spans.get(slab, (run[0], run[-1]))
-                spans[slab] = (min(lo, run[0]), max(hi, run[-1]))
-            except OSError as exc:
-                for slot in run:
-                    out[slot] = exc
-                continue
-            if len(run) == 1:
-                out[run[0]] = data
-                continue
-            view = memoryview(data)
-            for k, slot in enumerate(run):
-                out[slot] = bytes(view[k * self.page_size:(k + 1) * self.page_size])
-        for slab, (lo, hi) in spans.items():
-            fd = self._fds.get(slab)
-            if fd is not None:
-                base = (lo % self.slots_per_slab) * self.page_size
+        try:
+            i = 0
+            while i < len(ordered):
+                j = i + 1
+                while (j < len(ordered) and j - i < per_run and ordered[j] == ordered[j - 1] + 1
+                       and ordered[j] // self.slots_per_slab == ordered[i] // self.slots_per_slab):
+                    j += 1
+                run = ordered[i:j]
+                i = j
                 try:
-                    os.posix_fadvise(fd, base, (hi - lo + 1) * self.page_size, os.POSIX_FADV_DONTNEED)
-                except OSError:  # advice only: a handle closed meanwhile (an I/O error) keeps nothing cached
-                    pass
+                    # one system call a run: every call gives the GIL back and waits to take it again,
+                    # which under a camera's load cost more than the read itself
+                    data = self._read_run(run[0], len(run), drop=False)
+                    slab = run[0] // self.slots_per_slab
+                    lo, hi = spans.get(slab, (run[0], run[-1]))
+                    spans[slab] = (min(lo, run[0]), max(hi, run[-1]))
+                except OSError as exc:
+                    for slot in run:
+                        out[slot] = exc
+                    continue
+                if len(run) == 1:
+                    out[run[0]] = data
+                    continue
+                view = memoryview(data)
+                for k, slot in enumerate(run):
+                    out[slot] = bytes(view[k * self.page_size:(k + 1) * self.page_size])
+        finally:  # also when a run fails (a slab missing): nothing read stays cached
+            for slab, (lo, hi) in spans.items():
+                fd = self._fds.get(slab)
+                if fd is not None:
+                    base = (lo % self.slots_per_slab) * self.page_size
+                    try:
+                        os.posix_fadvise(fd, base, (hi - lo + 1) * self.page_size, os.POSIX_FADV_DONTNEED)
+                    except OSError:  # advice only: a handle closed meanwhile (an I/O error) keeps nothing cached
+                        pass
         return out
 
     def write_partial(self, slot: int, page: bytes | memoryview, mask: int, chunk: int, n_chunks: int) -> int:

@@ -151,6 +151,8 @@ class PageTable:
         self._homed_loaded = False
         self._rows: dict[int, object] = {}
         self._row_limit = row_cache
+        #: queries of the homes table made for `home` and `load_homes` (a test's and stats' view)
+        self.home_queries = 0
         #: pages whose rows were committed since the last publish of a generation, as
         #: int64 arrays (8 B a page: Python objects per page would stay in the daemon's
         #: heap after the publish, SPEC 8 memory); None: too many, or not known, so the
@@ -264,6 +266,7 @@ class PageTable:
                 self._rows.clear()
             self._rows[page] = cached
         if cached is _NO_ROW:
+            self.home_queries += 1
             r = self._reader.execute("SELECT tier, slot, sum, mask FROM homes WHERE page=?", (page,)).fetchone()
             cached = None if r is None else Home(r[0], r[1], to_unsigned64(r[2]), to_unsigned64(r[3]))
             if len(self._rows) >= self._row_limit:
@@ -296,6 +299,7 @@ class PageTable:
         for i in range(0, want.size, HOME_QUERY_PAGES):
             part = want[i:i + HOME_QUERY_PAGES].tolist()
             marks = ",".join("?" * len(part))
+            self.home_queries += 1
             for r in self._reader.execute(f"SELECT page, tier, slot, sum, mask FROM homes WHERE page IN ({marks})", part):
                 found[r[0]] = Home(r[1], r[2], to_unsigned64(r[3]), to_unsigned64(r[4]))
         for p in want.tolist():

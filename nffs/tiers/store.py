@@ -48,11 +48,12 @@ SMALL_GATHER_ENTRIES = 1024
 #: a gather of at most this many elements finds its pages on the trio thread ...
 INLINE_GATHER_ELEMENTS = 16384
 #: ... and takes its rows there too when its pages are at most this many (~1 µs of checksum a
-#: page), or any number when the memory tier keeps line sums (the rows' lines are checked in
-#: a few numpy calls, see `MemoryArena.bad_slots_of_rows`): a camera's frame of ~85 points,
-#: which two hops to a worker thread held up behind queued prefetch work; a scattered batch
-#: without line sums goes to a worker
+#: page), or `INLINE_LINE_PAGES` when the memory tiers it takes from keep line sums (the rows'
+#: lines are checked in a few numpy calls, see `MemoryArena.bad_slots_of_rows`): a camera's
+#: frame of ~85 points, which two hops to a worker thread held up behind queued prefetch
+#: work; a more scattered batch goes to a worker (its first look hashes a chunk per page)
 INLINE_TAKE_PAGES = 512
+INLINE_LINE_PAGES = 2048
 #: a gather of up to this many rows verifies only the chunks its rows are in (when they are
 #: fewer than the chunks of the pages it lists); beyond, sorting the rows' chunks costs
 #: more than hashing every chunk of the pages
@@ -570,7 +571,7 @@ class PageStore:
         caller's page-by-page path then reads it again and reports the error as a single
         read does. The in-flight entries let concurrent readers of these pages join."""
         groups: dict[int, list[tuple[int, Home]]] = {}
-        self.table.load_homes(pages)
+        self.table.load_homes([p for p in pages if p not in self._inflight and self.table.mem(p) is None])
         for p in pages:
             if p in self._inflight or self.table.mem(p) is not None:
                 continue
@@ -1799,7 +1800,8 @@ class PageStore:
             # page), or when every tier used checks the rows' lines instead
             inline = flat.size <= INLINE_GATHER_ELEMENTS and (
                 ordered.size <= INLINE_TAKE_PAGES
-                or all(self.table.mem_tiers[t].arena.lines is not None for t in tiers_used))
+                or (ordered.size <= INLINE_LINE_PAGES and bool(tiers_used)
+                    and all(self.table.mem_tiers[t].arena.lines is not None for t in tiers_used)))
             values, bad = take(True) if inline else await self.io.cpu(take, False)
         finally:
             for mt, slots in pinned:
