@@ -504,6 +504,21 @@ async def test_gather_never_returns_a_corrupted_memory_copy(tmp_path: Path, memo
         opened.close()
 
 
+async def write_random_params(store) -> np.ndarray:
+    """Every element of params written (random, synced); the rows as written."""
+    layout = store.layout
+    data = np.random.default_rng(4).standard_normal(layout.params_bytes // 4, dtype=np.float32).tobytes()
+    await store.write(0, data)
+    await store.sync()
+    return np.frombuffer(data, dtype=layout.dtype).reshape(-1, layout.features)
+
+
+def scattered_entries(layout, n: int) -> np.ndarray:
+    """n rows of every level, 7,919 entries apart (wrapping): a frame-like gather, (L, 1, n)."""
+    return np.stack([layout.levels[lv].offset + (np.arange(n) * 7919) % layout.levels[lv].entries
+                     for lv in range(layout.n_levels)]).astype(np.uint64).reshape(layout.n_levels, 1, n)
+
+
 async def test_a_frame_sized_gather_checks_the_chunks_it_reads_not_the_whole_table(tmp_path: Path) -> None:
     """A batch of a few hundred points over complete levels lists every page of the table;
     it hashes only the chunks its rows are in (a 100-point frame hashed all 128 MiB of a
@@ -513,13 +528,8 @@ async def test_a_frame_sized_gather_checks_the_chunks_it_reads_not_the_whole_tab
     opened = open_field(str(field))
     store, layout = opened.store, opened.layout
     try:
-        data = np.random.default_rng(4).standard_normal(layout.params_bytes // 4, dtype=np.float32).tobytes()
-        await store.write(0, data)
-        await store.sync()
-        rows = np.frombuffer(data, dtype=layout.dtype).reshape(-1, layout.features)
-        n = 1100  # 4 levels x 1,100 rows: past the small path, far fewer rows than chunks
-        entries = np.stack([layout.levels[lv].offset + (np.arange(n) * 7919) % layout.levels[lv].entries
-                            for lv in range(layout.n_levels)]).astype(np.uint64).reshape(layout.n_levels, 1, n)
+        rows = await write_random_params(store)
+        entries = scattered_entries(layout, 1100)  # 4 x 1,100 rows: past the small path, far fewer rows than chunks
         want = rows[entries.astype(np.int64)].tobytes()
         for _ in range(2):  # the first gather finds the levels complete, the second lists every page
             assert (await store.gather_rows(entries)).tobytes() == want
@@ -548,14 +558,9 @@ async def test_a_frame_on_a_slotted_tier_checks_its_rows_lines_not_every_chunk(t
     opened = open_field(str(field))
     store, layout = opened.store, opened.layout
     try:
-        data = np.random.default_rng(4).standard_normal(layout.params_bytes // 4, dtype=np.float32).tobytes()
-        await store.write(0, data)
-        await store.sync()
+        rows = await write_random_params(store)
         assert not store.memory_tiers[0].mem.direct  # the field (32 MiB) does not fit: slots
-        rows = np.frombuffer(data, dtype=layout.dtype).reshape(-1, layout.features)
-        n = 300  # 4 levels x 300 scattered rows
-        entries = np.stack([layout.levels[lv].offset + (np.arange(n) * 7919) % layout.levels[lv].entries
-                            for lv in range(layout.n_levels)]).astype(np.uint64).reshape(layout.n_levels, 1, n)
+        entries = scattered_entries(layout, 300)
         row_bytes = layout.itemsize * layout.features
         assert len(set((entries.astype(np.int64).reshape(-1) * row_bytes // 4096).tolist())) > INLINE_TAKE_PAGES
         want = rows[entries.astype(np.int64)].tobytes()
