@@ -458,6 +458,7 @@ class Prefetcher:
                     # others are looked at one by one
                     pages = np.asarray(frame, dtype=np.int64)
                     whole = True
+                    new: list[int] = []
                     for page in pages[~np.asarray(self.port.cheap_mask(pages), dtype=bool)].tolist():
                         if budget <= 0:
                             whole = False
@@ -468,8 +469,14 @@ class Prefetcher:
                         budget -= 1
                         if e.state == QUEUED:
                             e.head_t = fp.t_batch  # the reaction time runs from the batch's arrival
-                            self._fetchq.append(page)
-                            added += 1
+                            new.append(page)
+                    if i == 0:
+                        # the next frame's pages that earlier plans did not foresee: the most
+                        # urgent, fetched before the farther frames' pages queued earlier
+                        self._fetchq.extendleft(reversed(new))
+                    else:
+                        self._fetchq.extend(new)
+                    added += len(new)
                     if whole:
                         applied.add(number)
                 # frames already asked for are forgotten (their numbers only grow)
