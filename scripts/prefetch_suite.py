@@ -621,6 +621,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-floor", dest="floor", action="store_false",
                     help="camera workloads: skip the warm re-run of `none` (the frames with every page in memory)")
+    ap.add_argument("--params", type=json.loads, default=None, metavar="JSON",
+                    help="use these workload parameters (a JSON object, as the --json output's `params`) "
+                         "instead of drawing them: re-run one drawn case of a longer run alone")
     args = ap.parse_args(argv)
     if args.ablation:
         rows = ablation(args)
@@ -651,11 +654,15 @@ def main(argv: list[str] | None = None) -> int:
                 field = suite.field(name, address_init(page_size))
                 params = suite.address_params(workload, page_size, 0)
                 params["seed"] = int(suite.rng.integers(1 << 30))
+                if args.params:
+                    params.update(args.params)
                 body = suite.address(workload)
             else:
                 name = f"field{page_size}"
                 field = suite.field(name, field_init(page_size), concepts=200)
                 params = suite.field_params(workload, page_size)
+                if args.params:
+                    params.update(args.params)
                 body = suite.fieldspace(workload)
             for predictor in predictors:
                 r = suite.run(workload, field, name, predictor, body, params)
