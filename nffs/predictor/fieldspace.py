@@ -35,10 +35,6 @@ from ..encoding import hashgrid
 from ..encoding.layout import FieldLayout
 from .config import PrefetchConfig
 
-#: a gap between batches counts as at most this many periods in the period's average: a
-#: camera that paused must not plan two frames ahead for the next twenty
-PAUSE_PERIODS = 4.0
-
 
 @dataclass
 class FieldPlan:
@@ -156,7 +152,7 @@ class FieldPredictor:
             if self._last_t and now > self._last_t:
                 gap = now - self._last_t
                 if self.period_s:  # a pause (or a one-off stall) counts as a few periods at most
-                    self.period_s = 0.75 * self.period_s + 0.25 * min(gap, PAUSE_PERIODS * self.period_s)
+                    self.period_s = 0.75 * self.period_s + 0.25 * min(gap, self.cfg.field_pause_periods * self.period_s)
                 else:
                     self.period_s = gap
             self._last_t = now

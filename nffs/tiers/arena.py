@@ -89,7 +89,8 @@ class LineSums:
     sums stay what homes and recovery compare.
 
     The table is direct-mapped by line id within a fixed memory budget (no bigger than the
-    arena's lines), so its size does not grow with the field (SPEC 8 memory per page). A record is the line's sum XOR its line id, so one comparison
+    arena's lines), so its size does not grow with the field (SPEC 8 memory per page). A
+    record is the line's sum XOR its line id, so one comparison
     tells both "this record is that line's" and "the line is intact"; a record of another
     line, or an emptied one, fails it (but for a 2^-64 chance) and the chunk is hashed
     whole. Used on the trio thread only, which is also the only thread that changes the bytes

@@ -571,10 +571,9 @@ class PageStore:
         caller's page-by-page path then reads it again and reports the error as a single
         read does. The in-flight entries let concurrent readers of these pages join."""
         groups: dict[int, list[tuple[int, Home]]] = {}
-        self.table.load_homes([p for p in pages if p not in self._inflight and self.table.mem(p) is None])
-        for p in pages:
-            if p in self._inflight or self.table.mem(p) is not None:
-                continue
+        wanted = [p for p in pages if p not in self._inflight and self.table.mem(p) is None]
+        self.table.load_homes(wanted)
+        for p in wanted:
             home = self.table.home(p)
             if home is None:
                 continue
