@@ -8,6 +8,8 @@ import pytest
 
 from mounting import Mounts, fuse_available
 
+pytest_plugins = ["hang_guard"]   # a hung test fails with stacks instead of stalling the run
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(

@@ -1,6 +1,7 @@
 """The mount daemon: one trio nursery owns the FUSE loop and every background worker."""
 from __future__ import annotations
 
+import faulthandler
 import gc
 import logging
 import os
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 
 #: how long a thread may hold the GIL before the interpreter hands it over (seconds)
 GIL_SWITCH_INTERVAL_S = 0.0005
+#: `kill -USR2 <pid>` writes every thread's stack to the daemon's stderr (the field's
+#: nffs.log): what a hung mount is waiting on, without a debugger on the machine
+STACK_DUMP_SIGNAL = signal.SIGUSR2
 
 
 @dataclass
@@ -72,6 +76,10 @@ def serve(field_dir: str, mountpoint: str, opts: MountOptions, on_ready: Callabl
     # Worker threads run numpy and checksums in many short calls that hold the GIL; the
     # trio thread must get it back within a fraction of a millisecond, not the default 5 ms.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    try:
+        faulthandler.register(STACK_DUMP_SIGNAL, file=sys.stderr, all_threads=True)
+    except (AttributeError, ValueError, OSError):  # a stderr without a file descriptor: no dump
+        log.info("no stack dump on signal %s: stderr has no file descriptor", STACK_DUMP_SIGNAL.name)
     opened = open_field(field_dir, opts.tiers or None, read_only=opts.read_only)
     catalog: ConceptCatalog | None = None
     try:
