@@ -5,6 +5,7 @@ import errno
 import json
 import mmap
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -279,3 +280,20 @@ def test_mounting_onto_the_fields_own_storage_is_refused(mounts: Mounts, tmp_pat
         assert not is_mounted(target)
     mnt = mounts.mount(field, *tiers)  # the field is not left locked or half-open
     assert (mnt / "params").stat().st_size > 0
+
+
+def test_sigusr2_writes_the_daemons_stacks_to_its_log_and_it_keeps_serving(small_field) -> None:
+    """docs/operations.md "A mount that seems stuck": kill -USR2 is a look inside, not a stop."""
+    field, mnt = small_field("--levels", "2", "--log2-table-size", "10")
+    before = (mnt / "params").read_bytes()
+    log = field / "nffs.log"
+    start = log.stat().st_size
+    os.kill(json.loads((mnt / "stats").read_text())["pid"], signal.SIGUSR2)
+    deadline = time.monotonic() + 10
+    text = ""
+    while "trio" not in text and time.monotonic() < deadline:
+        time.sleep(0.05)
+        text = log.read_bytes()[start:].decode(errors="replace")
+    assert "Current thread" in text and "in serve" in text      # the trio thread, inside the daemon's loop
+    assert (mnt / "params").read_bytes() == before               # and the mount answers as before
+    assert is_mounted(mnt)
