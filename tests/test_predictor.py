@@ -506,6 +506,32 @@ def test_field_frames_ahead_cover_the_reaction_time_within_bounds() -> None:
     assert len(fp.observe(frames[6], now=100.06).frames) == 2
 
 
+def test_a_camera_that_speeds_up_gets_its_lead_at_once_and_slows_down_gradually() -> None:
+    """A camera's first frames wait on their pages (25 ms apart), then come every 5 ms once
+    the prefetcher is ahead: the period follows the first fast gap at once (the lead for
+    25 ms frames left the next frames waiting), a slower gap moves it a quarter of the way,
+    and a pause counts as a few periods at most."""
+    layout = _layout()
+    cfg = PrefetchConfig(field_frames_ahead=2, field_frames_ahead_max=8)
+    fp = FieldPredictor(cfg, layout)
+    frames = sim.Camera("translate", rays=64, seed=1).frames(10)
+    t = 100.0
+    for pts in frames[:4]:
+        fp.observe(pts, now=t)
+        t += 0.025
+    assert fp.period_s == pytest.approx(0.025)
+    fp.reaction_s = 0.020
+    plan = fp.observe(frames[4], now=t - 0.020)  # 5 ms after the last
+    assert fp.period_s == pytest.approx(0.005)
+    assert plan is not None and len(plan.frames) == 5  # 1 + 20 / 5
+    t -= 0.020
+    fp.observe(frames[5], now=t + 0.009)
+    assert fp.period_s == pytest.approx(0.75 * 0.005 + 0.25 * 0.009)
+    before = fp.period_s
+    fp.observe(frames[6], now=t + 10.0)  # a pause
+    assert fp.period_s == pytest.approx(0.75 * before + 0.25 * cfg.field_pause_periods * before)
+
+
 def test_field_jitter_keeps_coarse_levels_and_random_batches_none() -> None:
     layout = _layout()
     fp = FieldPredictor(PrefetchConfig(), layout)

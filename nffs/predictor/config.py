@@ -170,8 +170,9 @@ class PrefetchConfig:
     #: ... the reaction time taken as this quantile of the last ``reaction_samples`` plans: a
     #: frame waits on the slowest of its pages, so the lead covers most plans, not half of them
     field_reaction_quantile: float = 0.8
-    #: ... and the time between batches an average in which one gap counts as this many
-    #: periods at most: a camera that paused must not plan two frames ahead for the next twenty
+    #: ... and the time between batches: a shorter gap sets it at once, a longer one moves it
+    #: a quarter of the way, counting as this many periods at most: a camera that paused
+    #: must not plan two frames ahead for the next twenty
     field_pause_periods: float = 4.0
     #: a level is predictable when the measured prediction error of the last frame,
     #: in that level's cells, is below this fraction of a cell

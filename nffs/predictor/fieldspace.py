@@ -151,9 +151,14 @@ class FieldPredictor:
         if now is not None:
             if self._last_t and now > self._last_t:
                 gap = now - self._last_t
-                if self.period_s:  # a pause (or a one-off stall) counts as a few periods at most
+                if self.period_s and gap >= self.period_s:
+                    # slower frames move it up slowly, a pause (or a one-off stall) counting as a
+                    # few periods at most...
                     self.period_s = 0.75 * self.period_s + 0.25 * min(gap, self.cfg.field_pause_periods * self.period_s)
                 else:
+                    # ...a faster frame at once: a camera speeds up as its pages arrive ahead of
+                    # it (each gap holds the frame's own wait), and a lead sized for its slow
+                    # first frames left the next ten frames waiting on their pages
                     self.period_s = gap
             self._last_t = now
         try:
