@@ -7,7 +7,7 @@ it, a watchdog thread:
 
 1. writes the test process's stacks, and asks every nffs daemon for its own
    (`kill -USR2`, written to its field's nffs.log) and prints their tails;
-2. aborts the FUSE connections of the nffs mounts, so that the blocked system calls return
+2. aborts the FUSE connections of the run's nffs mounts, so that the blocked system calls return
    ENOTCONN and the test fails the ordinary way (its fixtures unmount and clean up);
 3. if the test is still running `GRACE_S` later, ends the run (exit status 3).
 
@@ -15,6 +15,7 @@ A test that outlived its deadline fails even if the abort let it pass.
 """
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import signal
@@ -36,8 +37,23 @@ LOG_TAIL_LINES = 120
 FUSECTL = Path("/sys/fs/fuse/connections")
 
 
-def _daemons() -> list[tuple[int, Path]]:
-    """(pid, field dir) of every running nffs mount daemon (`nffs.cli ... mount FIELD MNT --foreground`)."""
+def _test_roots(config: pytest.Config) -> list[str]:
+    """Where this run's fields and mounts live: its temporary directory and the MooseFS
+    harness's; a developer's own mounts elsewhere are left alone."""
+    roots = [os.environ.get("NFFS_MOOSEFS_ROOT", "/tmp/nffs-moosefs")]
+    factory = getattr(config, "_tmp_path_factory", None)
+    if factory is not None:
+        roots.append(str(factory.getbasetemp()))
+    return [r.rstrip("/") + "/" for r in roots]
+
+
+def _under(path: str, roots: list[str]) -> bool:
+    return any(path.startswith(r) for r in roots)
+
+
+def _daemons(roots: list[str]) -> list[tuple[int, Path]]:
+    """(pid, field dir) of the running nffs mount daemons (`nffs.cli ... mount FIELD MNT
+    --foreground`) whose mount point lies under `roots`."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -49,27 +65,27 @@ def _daemons() -> list[tuple[int, Path]]:
         words = [a.decode(errors="replace") for a in argv]
         if "nffs.cli" in words and "--foreground" in words and "mount" in words:
             i = words.index("mount")
-            if i + 1 < len(words):
+            if i + 2 < len(words) and _under(words[i + 2], roots):
                 found.append((int(entry.name), Path(words[i + 1])))
     return found
 
 
-def _nffs_connections() -> list[tuple[str, str]]:
-    """(mount point, fusectl connection number) of every fuse.nffs mount."""
+def _nffs_connections(roots: list[str]) -> list[tuple[str, str]]:
+    """(mount point, fusectl connection number) of the fuse.nffs mounts under `roots`."""
     out = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
             head, _, tail = line.partition(" - ")
             fields, fstype = head.split(), tail.split()[:1]
-            if fstype == ["fuse.nffs"]:
+            if fstype == ["fuse.nffs"] and _under(fields[4], roots):
                 out.append((fields[4], fields[2].split(":")[1]))
     return out
 
 
-def _abort_nffs_connections(say) -> None:
+def _abort_nffs_connections(say, roots: list[str]) -> None:
     if not FUSECTL.is_dir() or not any(FUSECTL.iterdir()):
         subprocess.run(["mount", "-t", "fusectl", "none", str(FUSECTL)], capture_output=True)
-    for mnt, conn in _nffs_connections():
+    for mnt, conn in _nffs_connections(roots):
         try:
             (FUSECTL / conn / "abort").write_text("1")
             say(f"hang guard: aborted the FUSE connection of {mnt}")
@@ -82,7 +98,8 @@ def _report(nodeid: str, config: pytest.Config) -> None:
     say = lambda text: print(text, file=err, flush=True)  # noqa: E731
     say(f"\n\nhang guard: {nodeid} still running after {TEST_DEADLINE_S:.0f} s; stacks of the test process:")
     faulthandler.dump_traceback(file=err, all_threads=True)
-    daemons = _daemons()
+    roots = _test_roots(config)
+    daemons = _daemons(roots)
     for pid, _ in daemons:
         try:
             os.kill(pid, signal.SIGUSR2)
@@ -96,7 +113,7 @@ def _report(nodeid: str, config: pytest.Config) -> None:
         except OSError as exc:
             tail = [f"(cannot read {log}: {exc})"]
         say(f"\nhang guard: daemon {pid} of {field}, last lines of its log:\n" + "\n".join(tail))
-    _abort_nffs_connections(say)
+    _abort_nffs_connections(say, roots)
 
 
 #: tests that outlived their deadline (failed at their report)
@@ -108,11 +125,15 @@ def _watch(nodeid: str, done: threading.Event, config: pytest.Config) -> None:
         return
     _overdue.add(nodeid)
     capman = config.pluginmanager.getplugin("capturemanager")
-    with capman.global_and_fixture_disabled():  # the main thread is stuck: print to the real terminal
+
+    def terminal():  # the main thread is stuck: print to the real terminal
+        return capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext()
+
+    with terminal():
         _report(nodeid, config)
     if done.wait(GRACE_S):
         return
-    with capman.global_and_fixture_disabled():
+    with terminal():
         print(f"hang guard: {nodeid} did not end {GRACE_S:.0f} s after the abort; stacks, then exit 3",
               file=sys.stderr, flush=True)
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
