@@ -357,6 +357,45 @@ async def test_a_read_that_joins_a_prefetch_in_flight_is_reported_as_waiting_on_
         opened.close()
 
 
+async def test_a_demand_that_joins_a_waiting_prefetch_does_not_wait_behind_other_demands(tmp_path: Path) -> None:
+    """A prefetch waits while more than `prefetch_yield_demand` demand reads wait on slow
+    tiers. A demand read of the page it holds joins it, and must not then wait for those
+    other demands (priority inversion: a strided reader's first reads waited two and three
+    latencies behind the kernel's read-ahead). Here the other demands never end: the joined
+    read still completes, and the prefetch that nobody joined still waits."""
+    field = make_field(tmp_path, page_size=16384, memory="1M", latency="50ms")
+    opened = open_field(str(field))
+    try:
+        await opened.store.write(0, pattern(1, 3 * 16384))
+        await opened.store.sync()
+    finally:
+        opened.close()
+    opened = open_field(str(field))  # pages 0-2 at home only
+    store = opened.store
+    io = store.io
+    try:
+        io.demand_waiting = store.cfg.prefetch_yield_demand + 1  # demand reads that wait (for ever)
+        got: dict[str, object] = {}
+
+        async def prefetch(page: int) -> None:
+            got[f"prefetch {page}"] = await store.port.fetch(page)
+
+        with trio.move_on_after(2.0):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(prefetch, 0)
+                nursery.start_soon(prefetch, 1)
+                await trio.sleep(0.02)
+                assert not got  # both wait for room
+                got["read"] = bytes(await store.read(100, 4096))
+                nursery.cancel_scope.cancel()
+        assert got.get("read") == pattern(1, 3 * 16384)[100:4196]
+        assert store.counters["late_joins"] == 1
+        assert "prefetch 1" not in got  # not joined: it kept waiting for room
+    finally:
+        io.demand_waiting = 0
+        opened.close()
+
+
 async def test_memory_reads_go_to_the_log_unless_a_watched_page_is_read(tmp_path: Path) -> None:
     """While the prefetcher has reads logged (`log_memory_reads`), a read served from memory
     only appends its pages to the log; a read touching a watched (planned) page is reported

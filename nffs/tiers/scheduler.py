@@ -34,9 +34,15 @@ class IOScheduler:
         self._room.set()
         self.in_flight = {p: 0 for p in Priority}
 
-    async def run(self, priority: Priority, fn: Callable[..., T], *args: Any, latency: float = 0.0) -> T:
+    async def run(self, priority: Priority, fn: Callable[..., T], *args: Any, latency: float = 0.0,
+                  urgent: Callable[[], bool] | None = None) -> T:
+        """`fn(*args)` in a worker thread in `priority`'s class, after the tier's `latency`.
+
+        A prefetch waits while demand reads wait, unless `urgent()` says a demand read has
+        joined it meanwhile (see :meth:`demand_joined`): a demand must not wait behind the
+        other demands for a prefetch that holds its page."""
         if priority == Priority.PREFETCH:
-            while self.demand_waiting > self.cfg.prefetch_yield_demand:
+            while self.demand_waiting > self.cfg.prefetch_yield_demand and not (urgent is not None and urgent()):
                 await self._room.wait()
         demand = priority == Priority.DEMAND
         if demand:
@@ -62,6 +68,13 @@ class IOScheduler:
                 self.demand_waiting -= 1
                 if self.demand_waiting <= self.cfg.prefetch_yield_demand:
                     self._room.set()
+
+    def demand_joined(self) -> None:
+        """A demand read joined a prefetch in flight: the prefetches waiting for room look
+        again whether they have become urgent (the others wait on a fresh event)."""
+        if not self._room.is_set():
+            waiting, self._room = self._room, trio.Event()
+            waiting.set()
 
     async def cpu(self, fn: Callable[..., T], *args: Any) -> T:
         """CPU-heavy work (hashing, gathers) off the trio thread, outside the I/O classes, at

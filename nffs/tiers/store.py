@@ -510,7 +510,8 @@ class PageStore:
         return bytes(out)
 
     # ================================================================== slow fetches
-    async def _read_home(self, page: int, home: Home, priority: Priority) -> bytes:
+    async def _read_home(self, page: int, home: Home, priority: Priority,
+                         urgent: Callable[[], bool] | None = None) -> bytes:
         tier = self.tier_by_id.get(home.tier)
         if tier is None or tier.homes is None or tier.root is None:
             self.counters["io_errors"] += 1
@@ -531,7 +532,7 @@ class PageStore:
             return data
 
         try:
-            data = await self.io.run(priority, read_verified, latency=tier.latency)
+            data = await self.io.run(priority, read_verified, latency=tier.latency, urgent=urgent)
         except ChecksumMismatch:
             tier.counters.checksum_failures += 1
             self.counters["checksum_failures"] += 1
@@ -600,7 +601,8 @@ class PageStore:
 
             pinned: list[tuple[MemTier, int]] = []
             try:
-                datas = await self.io.run(priority, read_all, latency=tier.latency)
+                datas = await self.io.run(priority, read_all, latency=tier.latency,
+                                          urgent=lambda fl=flights: any(f.joined_by_demand for f in fl.values()))
                 for (p, home), data in zip(items, datas):
                     if data is None:
                         continue
@@ -650,6 +652,7 @@ class PageStore:
             if priority == Priority.DEMAND and flight.priority != Priority.DEMAND and not flight.joined_by_demand:
                 flight.joined_by_demand = True
                 self.counters["late_joins"] += 1
+                self.io.demand_joined()  # a prefetch still waiting for room goes now
             await flight.done.wait()
             if flight.error is None:
                 if flight.home == self.table.home(page):
@@ -666,7 +669,7 @@ class PageStore:
         flight = _InFlight(trio.Event(), priority, home)
         self._inflight[page] = flight
         try:
-            data = await self._read_home(page, home, priority)
+            data = await self._read_home(page, home, priority, urgent=lambda: flight.joined_by_demand)
             flight.data = data
             self._install_fetched(page, data, home)
             return data, True
