@@ -303,6 +303,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
     opts = _mount_options(args)
     if args.metrics_listen and args.ready_fd is None:
         _check_listen(args.metrics_listen)
+    if args.foreground:  # from here on `kill -USR2` shows where the daemon waits (the lock, the tiers)
+        from .fs.daemon import enable_stack_dump
+
+        enable_stack_dump()
     if not args.read_only:  # a reader takes no lock: the writer may be mounted anywhere
         _wait_for_field_lock(field_dir, args.lock_wait)
     if args.foreground:

@@ -769,6 +769,7 @@ def main(argv: list[str] | None = None) -> int:
     pd = sub.add_parser("down", help="tear down a run; without ID: every leftover and CLI-started run")
     pd.add_argument("run_id", nargs="?")
     pd.add_argument("--all", action="store_true", help="also runs whose owner (a test session) is still alive")
+    sub.add_parser("install", help="apt-get install the MooseFS packages when a binary is missing (root)")
     pb = sub.add_parser("bench", help="4 KiB random / 1 MiB sequential reads with the slow tier on MooseFS")
     pb.add_argument("--json", help="write the results here")
     pb.add_argument("--size", default="64M", help="bytes of params written and read back")
@@ -779,6 +780,9 @@ def main(argv: list[str] | None = None) -> int:
                          "slow tier (and field directory) on MooseFS, no emulated latency")
     pb.add_argument("--predictors", default="hoeffding,none", help="with --prefetch-workloads")
     a = ap.parse_args(argv)
+    if a.cmd == "install":
+        ensure_installed()
+        return 0
     if a.cmd == "up":
         c = Cluster(chunkservers=a.chunkservers).up(clients=a.clients)
         if not a.no_mount:

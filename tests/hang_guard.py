@@ -5,9 +5,9 @@ A real-mount test waits on the kernel, which waits on a daemon: a deadlock in th
 stop at its own time limit with no word on where. Each test gets `TEST_DEADLINE_S`. Past
 it, a watchdog thread:
 
-1. writes the test process's stacks, and asks every nffs daemon for its own
+1. writes the test process's stacks, and asks the test's nffs daemons for their own
    (`kill -USR2`, written to its field's nffs.log) and prints their tails;
-2. aborts the FUSE connections of the run's nffs mounts, so that the blocked system calls return
+2. aborts the FUSE connections of the test's nffs mounts (under its `tmp_path`), so that the blocked system calls return
    ENOTCONN and the test fails the ordinary way (its fixtures unmount and clean up);
 3. if the test is still running `GRACE_S` later, ends the run (exit status 3).
 
@@ -37,14 +37,17 @@ LOG_TAIL_LINES = 120
 FUSECTL = Path("/sys/fs/fuse/connections")
 
 
-def _test_roots(config: pytest.Config) -> list[str]:
-    """Where this run's fields and mounts live: its temporary directory and the MooseFS
-    harness's; a developer's own mounts elsewhere are left alone."""
-    roots = [os.environ.get("NFFS_MOOSEFS_ROOT", "/tmp/nffs-moosefs")]
-    factory = getattr(config, "_tmp_path_factory", None)
-    if factory is not None:
-        roots.append(str(factory.getbasetemp()))
-    return [r.rstrip("/") + "/" for r in roots]
+def _test_roots(item: pytest.Item) -> list[str]:
+    """Where this test's fields and mounts live: its `tmp_path` (every mount helper, the
+    MooseFS ones too, mounts there), else the run's temporary directory. Another test's,
+    another run's or a developer's own mounts are left alone."""
+    tmp = getattr(item, "funcargs", {}).get("tmp_path")
+    if tmp is None:
+        factory = getattr(item.config, "_tmp_path_factory", None)
+        if factory is None:
+            return []
+        tmp = factory.getbasetemp()
+    return [str(tmp).rstrip("/") + "/"]
 
 
 def _under(path: str, roots: list[str]) -> bool:
@@ -93,12 +96,14 @@ def _abort_nffs_connections(say, roots: list[str]) -> None:
             say(f"hang guard: cannot abort the FUSE connection of {mnt}: {exc}")
 
 
-def _report(nodeid: str, config: pytest.Config) -> None:
+def _report(item: pytest.Item, done: threading.Event) -> None:
     err = sys.stderr
     say = lambda text: print(text, file=err, flush=True)  # noqa: E731
-    say(f"\n\nhang guard: {nodeid} still running after {TEST_DEADLINE_S:.0f} s; stacks of the test process:")
+    say(f"\n\nhang guard: {item.nodeid} still running after {TEST_DEADLINE_S:.0f} s; stacks of the test process:")
     faulthandler.dump_traceback(file=err, all_threads=True)
-    roots = _test_roots(config)
+    if done.is_set():  # it ended meanwhile: the next test's mounts are not ours to touch
+        return
+    roots = _test_roots(item)
     daemons = _daemons(roots)
     for pid, _ in daemons:
         try:
@@ -113,24 +118,26 @@ def _report(nodeid: str, config: pytest.Config) -> None:
         except OSError as exc:
             tail = [f"(cannot read {log}: {exc})"]
         say(f"\nhang guard: daemon {pid} of {field}, last lines of its log:\n" + "\n".join(tail))
-    _abort_nffs_connections(say, roots)
+    if not done.is_set():
+        _abort_nffs_connections(say, roots)
 
 
 #: tests that outlived their deadline (failed at their report)
 _overdue: set[str] = set()
 
 
-def _watch(nodeid: str, done: threading.Event, config: pytest.Config) -> None:
+def _watch(item: pytest.Item, done: threading.Event) -> None:
+    nodeid = item.nodeid
     if done.wait(TEST_DEADLINE_S):
         return
     _overdue.add(nodeid)
-    capman = config.pluginmanager.getplugin("capturemanager")
+    capman = item.config.pluginmanager.getplugin("capturemanager")
 
     def terminal():  # the main thread is stuck: print to the real terminal
         return capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext()
 
     with terminal():
-        _report(nodeid, config)
+        _report(item, done)
     if done.wait(GRACE_S):
         return
     with terminal():
@@ -143,7 +150,7 @@ def _watch(nodeid: str, done: threading.Event, config: pytest.Config) -> None:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     done = threading.Event()
-    threading.Thread(target=_watch, args=(item.nodeid, done, item.config), name="hang-guard", daemon=True).start()
+    threading.Thread(target=_watch, args=(item, done), name="hang-guard", daemon=True).start()
     try:
         yield
     finally:
@@ -154,6 +161,10 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     outcome = yield
     report = outcome.get_result()
-    if report.when == "call" and item.nodeid in _overdue and report.passed:
+    # the phase (setup, call or teardown) that ended after the deadline fails (if it did not already)
+    if item.nodeid in _overdue:
+        _overdue.discard(item.nodeid)
+        if not report.passed:
+            return
         report.outcome = "failed"
-        report.longrepr = f"{item.nodeid} outlived its deadline of {TEST_DEADLINE_S:.0f} s (hang guard; stacks above)"
+        report.longrepr = f"{item.nodeid} outlived its deadline of {TEST_DEADLINE_S:.0f} s in {report.when} (hang guard; stacks above)"

@@ -15,7 +15,7 @@ import pytest
 
 from nffs.encoding.init import implicit_value_scalar
 
-from mounting import Mounts, is_mounted, nffs
+from mounting import NFFS, Mounts, is_mounted, nffs
 
 
 def read_json(path: Path) -> dict:
@@ -282,7 +282,23 @@ def test_mounting_onto_the_fields_own_storage_is_refused(mounts: Mounts, tmp_pat
     assert (mnt / "params").stat().st_size > 0
 
 
-def test_sigusr2_writes_the_daemons_stacks_to_its_log_and_it_keeps_serving(small_field) -> None:
+def _stderr_until(proc: subprocess.Popen, text: str, timeout: float = 30.0) -> str:
+    """What `proc` wrote to its stderr pipe until `text` appeared (or it exited, or the timeout)."""
+    import select
+
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while text not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 0.2)
+        if ready:
+            chunk = os.read(proc.stderr.fileno(), 65536).decode(errors="replace")
+            if not chunk:
+                break
+            seen += chunk
+    return seen
+
+
+def test_sigusr2_writes_the_daemons_stacks_to_its_log_and_it_keeps_serving(mounts: Mounts, small_field) -> None:
     """docs/operations.md "A mount that seems stuck": kill -USR2 is a look inside, not a stop."""
     field, mnt = small_field("--levels", "2", "--log2-table-size", "10")
     before = (mnt / "params").read_bytes()
@@ -297,3 +313,19 @@ def test_sigusr2_writes_the_daemons_stacks_to_its_log_and_it_keeps_serving(small
     assert "Current thread" in text and "in serve" in text      # the trio thread, inside the daemon's loop
     assert (mnt / "params").read_bytes() == before               # and the mount answers as before
     assert is_mounted(mnt)
+
+    # a second daemon of the same field waits for the lock: it shows where it waits, too
+    second = mnt.parent / "second"
+    second.mkdir()
+    proc = subprocess.Popen([*NFFS, "--log-level", "INFO", "mount", str(field), str(second), "--foreground",
+                             "--lock-wait", "60", "--prefetch", "none", *mounts.tiers(field)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert "waiting for the previous daemon" in _stderr_until(proc, "waiting for the previous daemon")
+        proc.send_signal(signal.SIGUSR2)
+        assert "_wait_for_field_lock" in _stderr_until(proc, "_wait_for_field_lock")
+        time.sleep(0.2)
+        assert proc.poll() is None   # dumped, and still waiting
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)

@@ -13,6 +13,7 @@ import os
 import shutil
 import sqlite3
 import stat
+import threading
 from functools import partial
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from nffs.tiers.fielddir import FieldError, OpenField, init_field, open_field
 from nffs.tiers.fielddir import open_field as open_field_with
 from nffs.tiers.fsck import fsck
 from nffs.tiers.homes import SlabHomes, slab_name
-from nffs.tiers.port import AccessKind
+from nffs.tiers.port import AccessKind, Priority
 from nffs.tiers.spec import parse_tier_spec
 from nffs.tiers.store import INLINE_TAKE_PAGES
 
@@ -372,9 +373,8 @@ async def test_a_demand_that_joins_a_waiting_prefetch_does_not_wait_behind_other
         opened.close()
     opened = open_field(str(field))  # pages 0-2 at home only
     store = opened.store
-    io = store.io
+    release = threading.Event()
     try:
-        io.demand_waiting = store.cfg.prefetch_yield_demand + 1  # demand reads that wait (for ever)
         got: dict[str, object] = {}
 
         async def prefetch(page: int) -> None:
@@ -382,17 +382,22 @@ async def test_a_demand_that_joins_a_waiting_prefetch_does_not_wait_behind_other
 
         with trio.move_on_after(2.0):
             async with trio.open_nursery() as nursery:
+                for _ in range(store.cfg.prefetch_yield_demand + 1):  # demand reads that wait (until released)
+                    nursery.start_soon(partial(store.io.run, Priority.DEMAND, release.wait, 30.0))
+                await trio.sleep(0.02)
                 nursery.start_soon(prefetch, 0)
                 nursery.start_soon(prefetch, 1)
-                await trio.sleep(0.02)
+                await trio.sleep(0.1)
                 assert not got  # both wait for room
                 got["read"] = bytes(await store.read(100, 4096))
-                nursery.cancel_scope.cancel()
+                await trio.sleep(0.1)
+                assert "prefetch 1" not in got  # not joined: it still waits for room
+                release.set()
         assert got.get("read") == pattern(1, 3 * 16384)[100:4196]
         assert store.counters["late_joins"] == 1
-        assert "prefetch 1" not in got  # not joined: it kept waiting for room
+        assert "prefetch 1" in got  # and went once the demands drained
     finally:
-        io.demand_waiting = 0
+        release.set()
         opened.close()
 
 
