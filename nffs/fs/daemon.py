@@ -76,7 +76,6 @@ def serve(field_dir: str, mountpoint: str, opts: MountOptions, on_ready: Callabl
     # Worker threads run numpy and checksums in many short calls that hold the GIL; the
     # trio thread must get it back within a fraction of a millisecond, not the default 5 ms.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    enable_stack_dump()
     opened = open_field(field_dir, opts.tiers or None, read_only=opts.read_only)
     catalog: ConceptCatalog | None = None
     try:
@@ -128,8 +127,8 @@ def serve(field_dir: str, mountpoint: str, opts: MountOptions, on_ready: Callabl
 
 def enable_stack_dump() -> None:
     """`kill -USR2` writes every thread's stack to stderr (the field's nffs.log) and the
-    daemon goes on (`STACK_DUMP_SIGNAL`). Registered by the CLI before the field lock is
-    waited for, and again (harmlessly) by `serve`."""
+    daemon goes on (`STACK_DUMP_SIGNAL`). Registered by the CLI's foreground mount before
+    it waits for the field lock, so it covers that wait and all of `serve`."""
     try:
         faulthandler.register(STACK_DUMP_SIGNAL, file=sys.stderr, all_threads=True)
     except (AttributeError, ValueError, OSError):  # a stderr without a file descriptor: no dump
