@@ -164,6 +164,37 @@ def test_a_strided_readers_first_window_covers_its_own_pace_not_its_misses() -> 
     assert max(p for plan in plans for p in plan.pages) * ps - (size // 4 + 2 * stride) <= 5 * stride
 
 
+def test_reads_told_as_they_start_found_the_same_window_from_their_answers() -> None:
+    """Misses reach the predictor as they start (``answered=False``), their answers later
+    (:meth:`AddressPredictor.answered`): the third read plans at once, before its answer, and
+    the first window is still sized by the reader's own pace (the gaps between an answer and
+    the next request), not by the misses' spacing."""
+    ps, size, stride = 65536, 1 << 30, 150803
+    cfg = PrefetchConfig()
+    ap = AddressPredictor(cfg, make_model("markov"), page_size=ps, params_bytes=size)
+    t, plans = 100.0, []
+    for i in range(3):
+        off = size // 4 + i * stride
+        got = ap.observe(off, 32768, t, answered=False)
+        if i == 2:
+            assert got and got[0].pages  # planned while the third read still waits
+        plans += got
+        ap.answered(off, 32768, t, t + 0.007)
+        t += 0.007 + 0.0012
+    planned_bytes = max(p for plan in plans for p in plan.pages) * ps - (size // 4 + 2 * stride)
+    assert planned_bytes >= 10 * stride
+    assert ap.counters["founding_sized"] == 1
+    # the answers, not the starts, set the pace: a reader a miss apart keeps a short window
+    slow = AddressPredictor(cfg, make_model("markov"), page_size=ps, params_bytes=size)
+    t, plans = 100.0, []
+    for i in range(3):
+        off = size // 4 + i * stride
+        plans += slow.observe(off, 32768, t, answered=False)
+        slow.answered(off, 32768, t, t + 0.007)
+        t += 0.007 + 0.020
+    assert max(p for plan in plans for p in plan.pages) * ps - (size // 4 + 2 * stride) <= 5 * stride
+
+
 @pytest.mark.parametrize("read,seconds_per_read,kernel_led", [
     (8192, 0.001, True),  # 8 MB/s: 64 KiB per 8 ms reaction, within the kernel's 128 KiB window
     (131072, 0.001, False),  # 128 MB/s: 1 MiB per reaction, far beyond it

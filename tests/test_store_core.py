@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 import stat
 import threading
+import time
 from functools import partial
 from pathlib import Path
 
@@ -354,6 +355,43 @@ async def test_a_read_that_joins_a_prefetch_in_flight_is_reported_as_waiting_on_
         reads = [e for e in events if e.kind is AccessKind.READ]
         assert [e.page_list for e in reads] == [[0]] and reads[0].any_slow
         assert store.counters["late_joins"] == 1
+    finally:
+        opened.close()
+
+
+@pytest.mark.trio
+async def test_a_read_that_waits_on_the_slow_tier_is_told_as_it_starts_and_again_when_answered(tmp_path: Path) -> None:
+    """A read that must wait on a slow tier is told to the listeners before it waits (a MISS
+    event): its reader's next request comes only after the answer, and a prefetcher that
+    plans from the answer has lost a tier latency (a strided reader's fourth read waited as
+    long as a miss). Its READ event follows, marked announced; a read from memory is told
+    once, as before."""
+    field = make_field(tmp_path, page_size=16384, memory="1M", latency="50ms")
+    opened = open_field(str(field))
+    try:
+        await opened.store.write(0, pattern(2, 32768))
+        await opened.store.sync()
+    finally:
+        opened.close()
+    opened = open_field(str(field))  # pages 0 and 1 at home only
+    store = opened.store
+    try:
+        events: list = []
+        store.add_listener(lambda ev: events.append((time.monotonic(), ev)))
+        t0 = time.monotonic()
+        assert bytes(await store.read(16384 + 100, 4096)) == pattern(2, 32768)[16484:20580]
+        t1 = time.monotonic()
+        kinds = [(ev.kind, ev.page_list, ev.offset, ev.size) for _, ev in events]
+        assert kinds == [(AccessKind.MISS, [1], 16484, 4096), (AccessKind.READ, [1], 16484, 4096)]
+        (t_miss, miss), (t_read, read) = events
+        assert t_miss - t0 < 0.025 <= t1 - t0  # told before the 50 ms wait, not after it
+        assert read.announced and not miss.announced and read.any_slow and read.time == miss.time
+        events.clear()
+        await store.read(16384 + 200, 100)  # in memory now: one READ event (or the read log)
+        assert all(ev.kind is AccessKind.READ and not ev.announced for _, ev in events)
+        events.clear()
+        assert bytes(await store.read(0, 20000)) == pattern(2, 32768)[:20000]  # page 0 cold, 1 warm
+        assert [(ev.kind, ev.page_list) for _, ev in events] == [(AccessKind.MISS, [0, 1]), (AccessKind.READ, [0, 1])]
     finally:
         opened.close()
 

@@ -125,10 +125,14 @@ class Stream:
         #: only PrefetchConfig.min_votes_progression votes
         self.progression = False
 
-    def note_answer(self, start: float, done: float) -> None:
-        """A read of the stream, requested at `start` and answered at `done`: its gap after the
-        previous answer and its service time."""
+    def note_answer(self, start: float, done: float | None) -> None:
+        """A read of the stream, requested at `start` and answered at `done` (None: not yet, a
+        miss told as it starts; :meth:`AddressPredictor.answered` completes it): its gap after
+        the previous answer and its service time."""
         self.gaps.append(max(0.0, start - self.t_done))
+        if done is None:
+            self.t_done = start
+            return
         self.services.append(done - start)
         self.t_done = done
 
@@ -173,7 +177,7 @@ class AddressPredictor:
         self.memory_pages = memory_pages
         self.n_pages = (params_bytes + page_size - 1) // page_size
         self.streams: OrderedDict[int, Stream] = OrderedDict()
-        self.orphans: deque = deque(maxlen=16)  # (off, end, t, t_done)
+        self.orphans: deque = deque(maxlen=16)  # (off, end, t, t_done or None: not answered yet)
         self._next_id = 1
         self.vocab: OrderedDict = OrderedDict()  # delta class -> count (bounded)
         self.counters = {"events": 0, "orphans": 0, "streams_started": 0, "trend_plans": 0, "model_plans": 0,
@@ -264,12 +268,14 @@ class AddressPredictor:
         return False
 
     # ------------------------------------------------------------------ observe
-    def observe(self, off: int, size: int, now: float | None = None, done: float | None = None) -> list[AddressPlan]:
+    def observe(self, off: int, size: int, now: float | None = None, done: float | None = None, *,
+                answered: bool = True) -> list[AddressPlan]:
         """One READ event (the request began at `now`, was answered at `done`); returns the
-        plans it triggers (possibly none)."""
+        plans it triggers (possibly none). ``answered=False``: a miss told as it starts (its
+        answer comes to :meth:`answered`), so that its plan does not wait for the tier."""
         t0 = time.perf_counter()
         now = time.monotonic() if now is None else now
-        done = now if done is None else max(now, done)
+        done = (now if done is None else max(now, done)) if answered else None
         end = off + max(1, size)
         self.counters["events"] += 1
         plans: list[AddressPlan] = []
@@ -303,7 +309,7 @@ class AddressPredictor:
         if s.trend is None:
             s.note_answer(now, done)
         else:
-            s.t_done = done
+            s.t_done = now if done is None else done
         if k is not None:
             plan = self._advance(s, k, off, end, now)
         else:
@@ -313,6 +319,24 @@ class AddressPredictor:
             plans.append(plan)
         self._timed(t0)
         return plans
+
+    def answered(self, off: int, size: int, start: float, done: float) -> None:
+        """The answer to a read :meth:`observe` saw as it started (``answered=False``): its
+        stream's reader paces itself from the answer, and a trend-less stream measures its
+        reads' service time (`Stream.note_answer`)."""
+        end = off + max(1, size)
+        for s in reversed(self.streams.values()):
+            if s.last_off == off and s.last_end == end:
+                if s.t_done == start:  # (a later read of the stream moved it on already)
+                    s.t_done = max(start, done)
+                    if s.trend is None:
+                        s.services.append(s.t_done - start)
+                return
+        for i in range(len(self.orphans) - 1, -1, -1):
+            o_off, o_end, o_t, o_done = self.orphans[i]
+            if o_off == off and o_end == end and o_done is None:
+                self.orphans[i] = (o_off, o_end, o_t, max(o_t, done))
+                return
 
     def _timed(self, t0: float) -> None:
         self.predict_s += time.perf_counter() - t0
@@ -357,8 +381,9 @@ class AddressPredictor:
         sid = self._next_id
         self._next_id += 1
         s = Stream(sid, found[0][0], found[0][1], now, self.cfg.vote_window, self.cfg.markers_per_lead)
-        s.services.append(found[0][3] - found[0][2])
-        s.t_done = found[0][3]
+        if found[0][3] is not None:
+            s.services.append(found[0][3] - found[0][2])
+        s.t_done = found[0][2] if found[0][3] is None else found[0][3]
         for o_off, o_end, o_t, o_done in found[1:]:
             self._push_delta(s, self._token(s, o_off, o_end), o_off, o_end)
             s.note_answer(o_t, o_done)

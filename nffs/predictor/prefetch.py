@@ -219,6 +219,13 @@ class Prefetcher:
     def _on_event(self, ev: AccessEvent) -> None:
         """Called by the store for every access but the reads from memory that
         `_on_memory_read` settles itself (trio thread): as little as possible here."""
+        if ev.kind is AccessKind.MISS:
+            # a read that waits on a slow tier, as it starts: the kernel will cache its pages
+            # (never push over them); the predictor sees it now, the bookkeeping waits for its
+            # answer (the READ event, announced)
+            self.recent.pending.extend(ev.page_list)
+            self._enqueue(("event", ev))
+            return
         self.counters["events"] += 1
         if ev.kind is AccessKind.WRITE:
             # nothing to learn; the kernel caches what was written (never push over it) and
@@ -232,7 +239,7 @@ class Prefetcher:
             # may dirty them), from now on, not only once the drain task gets to the event
             pages = ev.page_list
             self.recent.pending.extend(pages)
-            if not ev.any_slow and self._cheap_run > self.cfg.cheap_skip_after:
+            if not ev.any_slow and not ev.announced and self._cheap_run > self.cfg.cheap_skip_after:
                 entries = self.ledger.entries
                 planned = pages[0] in entries if len(pages) == 1 else not entries.keys().isdisjoint(pages)
                 if not planned:
@@ -332,8 +339,10 @@ class Prefetcher:
             now = time.monotonic()
             keep = []
             for item in items:
-                if item[0] != "event" or self._account(item[1], now):
+                if item[0] != "event" or item[1].kind is AccessKind.MISS:
                     keep.append(item)
+                elif self._account(item[1], now) or item[1].announced:
+                    keep.append(item)  # (an announced read's answer: its stream waits for it)
             items = keep
             if not items:
                 continue
@@ -407,7 +416,12 @@ class Prefetcher:
             try:
                 if item[0] == "event":
                     ev: AccessEvent = item[1]
-                    if ev.kind == AccessKind.READ:
+                    if ev.kind is AccessKind.MISS:
+                        for plan in self.address.observe(ev.offset, ev.size, ev.time or None, answered=False):
+                            out.append(("address", plan))
+                    elif ev.kind is AccessKind.READ and ev.announced:
+                        self.address.answered(ev.offset, ev.size, ev.time, ev.end)
+                    elif ev.kind is AccessKind.READ:
                         for plan in self.address.observe(ev.offset, ev.size, ev.time or None, ev.end or None):
                             out.append(("address", plan))
                 elif item[0] == "points":

@@ -159,6 +159,10 @@ class FakePort:
     async def demand(self, pages: list[int], kind: AccessKind, offset: int = 0, size: int = 0) -> None:
         slow = [int(p) not in self.memory for p in pages]
         t0 = time.monotonic()
+        announced = kind is AccessKind.READ and any(slow)
+        if announced:  # as the store does: a read that will wait is told as it starts
+            self._emit(AccessEvent(AccessKind.MISS, np.asarray(pages, dtype=np.int64), np.array(slow, dtype=bool),
+                                   offset, size, t0))
         self._waiting += 1
         try:
             async with trio.open_nursery() as n:
@@ -175,7 +179,7 @@ class FakePort:
                 on_memory_read(int(pages[0]), offset, size)
             return
         self._emit(AccessEvent(kind, np.asarray(pages, dtype=np.int64), np.array(slow, dtype=bool), offset, size, t0,
-                               time.monotonic()))
+                               time.monotonic(), announced))
 
 
 class SimKernel:

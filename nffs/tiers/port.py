@@ -25,6 +25,11 @@ class AccessKind(enum.Enum):
     READ = "read"  # a read of params/levels that reached the daemon (a kernel page-cache miss)
     GATHER = "gather"  # pages gathered for query/at/concept reads
     WRITE = "write"
+    #: a READ about to wait on a slow tier, told as it starts (its READ event, ``announced``,
+    #: follows when it is answered): a reader's next request comes only after the answer, so
+    #: a plan made now has a whole tier latency of head start (Linux starts its read-ahead
+    #: window on the synchronous miss too, before it waits)
+    MISS = "miss"
 
 
 class AccessEvent:
@@ -34,10 +39,11 @@ class AccessEvent:
     and listeners mostly look at ``any_slow`` and ``page_list`` only. Treat it as
     immutable."""
 
-    __slots__ = ("kind", "_pages", "_slow", "offset", "size", "time", "end", "any_slow")
+    __slots__ = ("kind", "_pages", "_slow", "offset", "size", "time", "end", "any_slow", "announced")
 
     def __init__(self, kind: AccessKind, pages: "np.ndarray | list[int]", slow: "np.ndarray | list[bool]",
-                 offset: int = 0, size: int = 0, time: float = 0.0, end: float = 0.0) -> None:
+                 offset: int = 0, size: int = 0, time: float = 0.0, end: float = 0.0,
+                 announced: bool = False) -> None:
         self.kind = kind
         self._pages = pages  # page numbers in access order (unique for GATHER)
         self._slow = slow  # per page: the demand had to wait on a non-memory tier (a miss)
@@ -49,6 +55,8 @@ class AccessEvent:
         self.end = end or time
         #: some page of the access waited on a slow tier
         self.any_slow = bool(slow.any()) if isinstance(slow, np.ndarray) else True in slow
+        #: READ: a MISS event told this read as it started (this one is its answer)
+        self.announced = announced
 
     @property
     def pages(self) -> np.ndarray:

@@ -297,13 +297,13 @@ class PageStore:
                 del self._home_heat[p]
 
     def _emit(self, kind: AccessKind, pages: list[int], slow: list[bool], offset: int = 0, size: int = 0,
-              started: float | None = None) -> None:
+              started: float | None = None, announced: bool = False) -> None:
         """Tell the listeners; `started` is when the request began (a request that waited on
         a slow tier: its wait must not look shorter than it was), else now."""
         if not self._listeners:
             return
         now = time.monotonic()
-        event = AccessEvent(kind, pages, slow, offset, size, now if started is None else started, now)
+        event = AccessEvent(kind, pages, slow, offset, size, now if started is None else started, now, announced)
         for listener in self._listeners:
             try:
                 listener(event)
@@ -774,10 +774,11 @@ class PageStore:
             # a bad chunk somewhere: the page by page path below finds and handles it
         self.counters["reads"] += 1
         started = time.monotonic()
+        announced = self._announce_miss(first, last, offset, size, started)
         if first == last:
             out = bytearray(size)
             slow = await self._read_page_into(first, start, memoryview(out))
-            self._emit_read([first], [slow], offset, size, started)
+            self._emit_read([first], [slow], offset, size, started, announced)
             return out
         out = bytearray(size)
         view = memoryview(out)
@@ -797,17 +798,37 @@ class PageStore:
             slows.append(was_slow or page in fetched_slow)
             pages.append(page)
             pos += length
-        self._emit_read(pages, slows, offset, size, started)
+        self._emit_read(pages, slows, offset, size, started, announced)
         return out
 
-    def _emit_read(self, pages: list[int], slows: list[bool], offset: int, size: int, started: float) -> None:
+    def _announce_miss(self, first: int, last: int, offset: int, size: int, started: float) -> bool:
+        """Tell the listeners now of a read that is about to wait on a slow tier (a MISS
+        event; its READ event follows, ``announced``), and return whether it was told.
+
+        Its reader's next request comes only once it is answered, so a plan made from it
+        now has a tier latency of head start over one made from its answer: a strided
+        reader's fourth read, planned from its third's answer, waited as long as a miss.
+        A page on its way already (a prefetch the read joins) counts as a wait too."""
+        if not self._listeners:
+            return False
+        mem, home, inflight = self.table.mem, self.table.home, self._inflight
+        for p in range(first, last + 1):
+            if mem(p) is None and (p in inflight or home(p) is not None):
+                pages = list(range(first, last + 1))
+                self._emit(AccessKind.MISS, pages, [True] * len(pages), offset, size, started)
+                return True
+        return False
+
+    def _emit_read(self, pages: list[int], slows: list[bool], offset: int, size: int, started: float,
+                   announced: bool = False) -> None:
         """A read's event; one served from memory goes to the read log instead while one is
         set (`log_memory_reads`), as in :meth:`read_from_memory`: reads of 128 KiB across
         two pages come this way, and an event per request cost reads of data already in
-        memory ~5-10 % (scripts/prefetch_suite.py seq-dram)."""
-        if self._read_log is not None and not any(slows) and self._to_read_log(pages):
+        memory ~5-10 % (scripts/prefetch_suite.py seq-dram). An announced read's answer is
+        always told: the listeners wait for it."""
+        if not announced and self._read_log is not None and not any(slows) and self._to_read_log(pages):
             return
-        self._emit(AccessKind.READ, pages, slows, offset, size, started)
+        self._emit(AccessKind.READ, pages, slows, offset, size, started, announced)
 
     def _to_read_log(self, pages: "range | list[int]") -> bool:
         """A read of several pages into the read log, unless one of them is watched."""
