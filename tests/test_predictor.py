@@ -669,7 +669,7 @@ def test_no_stale_push_after_write() -> None:
         kern = sim.SimKernel(port)
         from nffs.predictor.prefetch import Prefetcher
 
-        pf = Prefetcher(port, layout, kind="markov", push=kern.push)
+        pf = Prefetcher(port, layout, kind="markov", push=kern.push_pages)
         async with trio.open_nursery() as n:
             await n.start(pf.run)
             for i in range(40):
@@ -696,10 +696,10 @@ def test_a_push_raced_by_a_write_is_pushed_again_with_the_new_bytes() -> None:
         port = sim.FakePort(layout.n_pages, 65536)
         pushes: list[tuple[int, bytes]] = []
 
-        async def push(page: int, data: bytes, hole: tuple[int, int] | None = None) -> None:
-            pushes.append((page, bytes(data[:1])))
-            if len(pushes) == 1:
-                port.write(page)  # lands while the first push is on its way
+        async def push(pages: list[tuple[int, bytes, tuple[int, int] | None]]) -> None:
+            pushes.extend((page, bytes(data[:1])) for page, data, _ in pages)
+            if len(pushes) == len(pages):
+                port.write(pages[0][0])  # lands while the first push is on its way
 
         pf = Prefetcher(port, layout, kind="markov", push=push)
         e = pf.ledger.plan(42, "address", push=True, marker=False, now=time.monotonic())
@@ -710,6 +710,41 @@ def test_a_push_raced_by_a_write_is_pushed_again_with_the_new_bytes() -> None:
 
     pushes, current = trio.run(main)
     assert len(pushes) == 2 and pushes[-1] == (42, current)
+
+
+def test_a_run_is_pushed_in_one_call_and_a_page_raced_by_a_write_again_with_its_new_bytes() -> None:
+    """A fetched run's pages go to the kernel in one push (one hop to a worker thread, not
+    one per page), in the reader's order; a page written while that push was on its way is
+    pushed again with its new bytes, the others once; all are marked arrived."""
+    from nffs.predictor.ledger import INFLIGHT
+    from nffs.predictor.prefetch import Prefetcher
+
+    async def main() -> tuple[list[list[tuple[int, bytes]]], bytes, list]:
+        layout = sim._layout(65536)
+        port = sim.FakePort(layout.n_pages, 65536)
+        calls: list[list[tuple[int, bytes]]] = []
+
+        async def push(pages: list[tuple[int, bytes, tuple[int, int] | None]]) -> None:
+            calls.append([(page, bytes(data[:1])) for page, data, _ in pages])
+            if len(calls) == 1:
+                port.write(43)  # lands while the run's push is on its way
+
+        pf = Prefetcher(port, layout, kind="markov", push=push)
+        run = []
+        for page in (42, 43, 44):
+            e = pf.ledger.plan(page, "address", push=True, marker=False, now=time.monotonic())
+            assert e is not None
+            e.state = INFLIGHT
+            res = await port.fetch(page)
+            pf.ledger.issued(page, e)
+            run.append((page, e, res.data, res.version))
+        await pf._push_run(run)
+        return calls, port.content(43)[:1], [e for _, e, _, _ in run]
+
+    calls, current, entries = trio.run(main)
+    assert [p for p, _ in calls[0]] == [42, 43, 44]  # the run, in order, in one call
+    assert calls[1:] == [[(43, current)]]  # only the raced page again, with its new bytes
+    assert all(e.pushed and e.state != INFLIGHT for e in entries)
 
 
 def test_a_contiguous_streams_markers_are_pushed_with_their_hole() -> None:
@@ -726,8 +761,8 @@ def test_a_contiguous_streams_markers_are_pushed_with_their_hole() -> None:
         port = sim.FakePort(layout.n_pages, ps, latency=0.002)
         pushes: list[tuple[int, tuple[int, int] | None]] = []
 
-        async def push(page: int, data: bytes, hole: tuple[int, int] | None = None) -> None:
-            pushes.append((page, hole))
+        async def push(pages: list[tuple[int, bytes, tuple[int, int] | None]]) -> None:
+            pushes.extend((page, hole) for page, _, hole in pages)
 
         # pushed all along: this reader (16 MB/s over a 2 ms tier) is slow enough to be left to
         # the kernel's read-ahead (`kernel_readahead_window_bytes`), which the simulator has not

@@ -95,7 +95,7 @@ def serve(field_dir: str, mountpoint: str, opts: MountOptions, on_ready: Callabl
             from ..predictor.prefetch import Prefetcher
 
             # the predictor sees the store only through its typed port (nffs/tiers/port.py)
-            prefetcher = Prefetcher(opened.store.port, opened.layout, kind=opts.prefetch, push=ops.push_page)
+            prefetcher = Prefetcher(opened.store.port, opened.layout, kind=opts.prefetch, push=ops.push_pages)
             fld.point_listeners.append(prefetcher.on_points)
             ops.hint_sink = prefetcher.hint
         fuse_options = set(pyfuse3.default_options)

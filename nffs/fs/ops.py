@@ -105,10 +105,10 @@ class FieldOperations(pyfuse3.Operations):
     def hint_sink(self, sink: Callable[[list[int]], None] | None) -> None:
         self.ctx.hint_sink = sink
 
-    async def push_page(self, page: int, data: bytes, hole: tuple[int, int] | None = None) -> None:
-        """The prefetcher's last step: a page's bytes (but for a marker's `hole`) into the
-        kernel cache of every view."""
-        await self.cache.push_page(page, data, hole)
+    async def push_pages(self, pages: list[tuple[int, bytes, tuple[int, int] | None]]) -> None:
+        """The prefetcher's last step: pages' bytes (but for a marker's hole) into the kernel
+        cache of every view, in order, in one hand-off to a worker thread."""
+        await self.cache.push_pages(pages)
 
     # ------------------------------------------------------------------ dispatch
     def node(self, inode: int) -> Node:

@@ -201,6 +201,10 @@ class SimKernel:
             old, _ = self.cached.popitem(last=False)
             self.holes.pop(old, None)
 
+    async def push_pages(self, pages: list[tuple[int, bytes, tuple[int, int] | None]]) -> None:
+        for page, data, hole in pages:
+            await self.push(page, data, hole)
+
     async def push(self, page: int, data: bytes, hole: tuple[int, int] | None = None) -> None:
         # data encodes the version it was read at; find it back for the staleness check
         version = next((v for v in range(0, 1 + self.port.versions.get(page, 0))
@@ -390,7 +394,7 @@ async def run_address(kind: str, predictor: str, *, page_size: int = 65536, n: i
     kern = SimKernel(port)
     rng = np.random.default_rng(seed)
     offsets = address_offsets(kind, rng, size, n, read=read, stride=stride, readers=readers)
-    pf = None if predictor == "none" else Prefetcher(port, layout, kind=predictor, push=kern.push, config=config)
+    pf = None if predictor == "none" else Prefetcher(port, layout, kind=predictor, push=kern.push_pages, config=config)
     lat: list[float] = []
     async with trio.open_nursery() as nursery:
         if pf is not None:

@@ -89,18 +89,22 @@ class PageCacheSync:
 
         await trio.to_thread.run_sync(push)
 
-    async def push_page(self, page: int, data: bytes, hole: tuple[int, int] | None = None) -> None:
-        """Put a page's current bytes into the kernel page cache of params and every level view.
+    async def push_pages(self, pages: list[tuple[int, bytes, tuple[int, int] | None]]) -> None:
+        """Put pages' current bytes into the kernel page cache of params and every level view,
+        in order, in one worker-thread hop.
 
         The prefetcher's last step: the next read of these bytes never reaches the daemon.
-        A marker's `hole` (start, end bytes within the page, on 4 KiB kernel-page bounds in
+        A marker's hole (start, end bytes within the page, on 4 KiB kernel-page bounds in
         params) is left out: the reader's read there still reaches the daemon, and costs
         a few KiB from memory rather than the whole page.
         """
-        lo, hi = self.layout.page_byte_range(page)
-        view = memoryview(data)[: hi - lo]
-        spans = [(0, len(view))] if hole is None else [(0, hole[0]), (hole[1], len(view))]
-        await self._notify_pieces([(lo + x, view[x:y]) for x, y in spans if y > x], source=-1)
+        pieces: list[tuple[int, bytes | memoryview]] = []
+        for page, data, hole in pages:
+            lo, hi = self.layout.page_byte_range(page)
+            view = memoryview(data)[: hi - lo]
+            spans = [(0, len(view))] if hole is None else [(0, hole[0]), (hole[1], len(view))]
+            pieces += [(lo + x, view[x:y]) for x, y in spans if y > x]
+        await self._notify_pieces(pieces, source=-1)
 
     async def refresh_pages(self, pages: list[int], read: ReadBytes) -> None:
         """Pages changed behind the kernel's back (concept writes): push their new bytes."""
