@@ -823,6 +823,28 @@ def test_a_field_page_queued_twice_is_fetched_once() -> None:
     assert all(x.state == INFLIGHT for _, x in run)
 
 
+def test_a_strided_streams_pages_are_fetched_as_one_run_over_small_gaps() -> None:
+    """A stride that is not a multiple of the page size plans 1-4 pages a step with a page or
+    two between: they go to the tier as one run (one hop to a worker thread) while the
+    gaps stay within `fetch_run_gap_pages` and the pages go one way and are one stream's;
+    a wider gap, a turn or another stream's page starts a new run."""
+    from nffs.predictor.prefetch import Prefetcher
+
+    layout = sim._layout(65536)
+    port = sim.FakePort(layout.n_pages, 65536)
+    pf = Prefetcher(port, layout, kind="markov", push=None)
+    assert pf.cfg.fetch_run_gap_pages >= 2
+    queue = [10, 12, 13, 14, 16, 40, 41, 39, 50, 52]
+    for page in queue:
+        pf.ledger.plan(page, "address", push=True, marker=False, now=0.0, stream=1 if page < 50 else 2)
+    pf._fetchq.extend(queue)
+    runs = []
+    while pf._fetchq:
+        head = pf._fetchq.popleft()
+        runs.append([p for p, _ in pf._take_run(head, pf.ledger.entries[head])])
+    assert runs == [[10, 12, 13, 14, 16], [40, 41], [39], [50, 52]]
+
+
 def test_a_run_of_cheap_reads_hands_the_store_a_log_and_a_planned_read_takes_it_back() -> None:
     """Past `cheap_skip_after` reads served from memory that touched nothing planned, the
     store appends such reads' pages straight to `recent` (no call per read); a read of a

@@ -629,8 +629,9 @@ class Prefetcher:
                         self.ledger.arrived(p, x, time.monotonic())
 
     def _take_run(self, page: int, e: Entry) -> list[tuple[int, Entry]]:
-        """The page and the queued pages right after it that continue it one page at a time
-        (a stream's window, forward or backward, planned together), in the reader's order —
+        """The page and the queued pages right after it that continue it in one direction,
+        one page at a time or over gaps of up to ``fetch_run_gap_pages`` (a stream's window,
+        forward or backward, planned together: a stride's pages), in the reader's order —
         or, for the field space, the next queued pages of the predicted frames, wherever
         they are (scattered by the hash, all wanted by the same frames: a camera bringing
         20-40 new pages per frame outran 16 slots of one page): fetched as one run, one I/O
@@ -641,20 +642,23 @@ class Prefetcher:
         e.state = INFLIGHT
         q = self._fetchq
         anywhere = e.space == "field"
-        step = 0
+        gap = max(1, self.cfg.fetch_run_gap_pages)
+        sign = 0
         while q and len(run) < self.cfg.fetch_run_pages:
             nxt = q[0]
             d = nxt - run[-1][0]
-            if not anywhere and (d not in (1, -1) or (step and d != step)):
+            if not anywhere and (d == 0 or abs(d) > gap or (sign and (d > 0) != (sign > 0))):
                 break
             x = self.ledger.entries.get(nxt)
             if x is None or x.state != QUEUED or x.space != e.space or x.push != e.push:
+                break
+            if not anywhere and x.stream != e.stream:
                 break
             if self.port.is_cheap(nxt):
                 break
             q.popleft()
             x.state = INFLIGHT
-            step = d
+            sign = d
             run.append((nxt, x))
         return run
 
