@@ -164,6 +164,47 @@ def test_a_strided_readers_first_window_covers_its_own_pace_not_its_misses() -> 
     assert max(p for plan in plans for p in plan.pages) * ps - (size // 4 + 2 * stride) <= 5 * stride
 
 
+@pytest.mark.parametrize("stride,read,page_size", [(150803, 32768, 65536), (70001, 16384, 65536), (200000, 4096, 65536),
+                                                   (9000, 8192, 4096), (2_300_001, 65536, 1 << 20)])
+def test_a_stride_measured_from_its_first_reads_is_followed_past_its_drift(stride: int, read: int,
+                                                                         page_size: int) -> None:
+    """Requests start on 4 KiB bounds, so a stride measured from the three founding reads
+    errs by up to 2 KiB a step: 150,803 bytes came out as 149,504, and by the tenth step the
+    reader's read lay 12 KB past the pages planned for it (a page it straddled into was a
+    miss, the p99 of a run of 548 reads). Every page the reader reads after its fourth read
+    must be planned before it gets there, and every marker must be a page it reads."""
+    size = 1 << 30
+    ap = AddressPredictor(PrefetchConfig(), make_model("markov"), page_size=page_size, params_bytes=size)
+    start = 28786688 + 1234
+    cached: set[int] = set()
+    planned: set[int] = set()
+    markers: set[int] = set()
+    read_pages: set[int] = set()
+    unplanned = []
+    t = 0.0
+    for i in range(60):
+        off = start + i * stride
+        kpages = range(off // 4096, -(-(off + read) // 4096))
+        pages = {k * 4096 // page_size for k in kpages}
+        read_pages |= pages
+        if i > 3:
+            unplanned += sorted(pages - planned)
+        miss = [k for k in kpages if k * 4096 // page_size not in cached]
+        if not miss:
+            t += 0.0012
+            continue
+        lo, hi = miss[0] * 4096, (miss[-1] + 1) * 4096
+        for plan in ap.observe(lo, hi - lo, t, answered=False):
+            planned.update(plan.pages)
+            markers.update(plan.markers)
+            cached.update(p for p in plan.pages if p not in plan.markers)
+        ap.answered(lo, hi - lo, t, t + 0.007)
+        cached.update(k * 4096 // page_size for k in miss)
+        t += 0.008
+    assert unplanned == []
+    assert markers and markers <= read_pages | {p for p in markers if p * page_size > start + 59 * stride}
+
+
 def test_reads_told_as_they_start_found_the_same_window_from_their_answers() -> None:
     """Misses reach the predictor as they start (``answered=False``), their answers later
     (:meth:`AddressPredictor.answered`): the third read plans at once, before its answer, and

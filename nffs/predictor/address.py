@@ -71,7 +71,7 @@ class Stream:
     __slots__ = ("id", "last_off", "last_end", "last_size", "deltas", "sizes", "steps", "anchor",
                  "frontier", "planned", "markers", "chunk", "t", "classes", "chain", "trend", "unit", "hits", "rate",
                  "boost", "late_seen", "sized", "phases", "seen", "kernel_led", "progression", "whole_markers",
-                 "t_done", "gaps", "services", "holes_passed")
+                 "t_done", "gaps", "services", "holes_passed", "base")
 
     def __init__(self, sid: int, off: int, end: int, now: float, window: int, markers_per_lead: int) -> None:
         self.id = sid
@@ -117,6 +117,10 @@ class Stream:
         self.classes: deque = deque(maxlen=8)  # delta classes for the model
         self.chain: list[tuple[int, str]] = []  # (offset, class) predicted by the model, pending
         self.trend: tuple | None = None  # (token, step bytes, extent bytes)
+        #: steps of baseline the trend's byte stride was measured over: request offsets are
+        #: the reads' offsets rounded down to 4 KiB, so the stride errs by under 4 KiB / base
+        #: per step (0: no such error to allow for — a contiguity token, a periodic trend)
+        self.base = 0
         self.seen = 0  # the predictor's event count at this stream's last read
         #: the kernel's read-ahead follows this stream: its pages are fetched, not pushed
         #: (PrefetchConfig.kernel_readahead_page_bytes)
@@ -456,6 +460,8 @@ class AddressPredictor:
                 return None
             anchor = s.last_off
         s.trend = (cand, step, extent)
+        # a byte stride averaged over its votes (consecutive deltas: the first and last offsets)
+        s.base = votes if cand not in (FWD, BWD) and len(phases) == 1 else 0
         s.progression = False  # later trends of this stream are voted as usual
         s.phases = phases
         s.sized = False
@@ -546,10 +552,16 @@ class AddressPredictor:
         """A read on the stream's trend at step k: confirm, report what was passed, plan ahead."""
         token, step, extent = s.trend
         s.t = now
-        if not isinstance(token, str) and k >= 2 and abs(step) >= 2 * self.page_size and len(s.phases) == 1:
-            # refine the stride over the longest baseline: quantised offsets err by <= 8 KiB / k
+        if (not isinstance(token, str) and k >= 2 and abs(step) >= 2 * self.page_size and len(s.phases) == 1
+                and k > s.base and (off % self.page_size or self.page_size <= QUANTUM)):
+            # refine the stride over the longest baseline: quantised offsets err by < 4 KiB / k.
+            # Not from a request that starts on a page boundary: a read that began in the page
+            # before (pushed, in the kernel's cache) reaches us only from the next page on,
+            # and its offset says nothing of where the reader is (a marker hit's, mostly) —
+            # but for 4 KiB pages, where every request starts on a page boundary anyway
             step = (off - s.anchor) / k
             s.trend = (token, step, extent)
+            s.base = k
         passed = max(0, k - max(0, round((s.last_off - s.anchor) / step)))
         if len(s.phases) > 1:  # a periodic trend: its deltas, in turn
             seq = [b - a for a, b in zip(s.phases, [*s.phases[1:], s.phases[0] + step])]
@@ -703,16 +715,29 @@ class AddressPredictor:
         seen = set(p for _, ps in s.planned for p in ps)
         widen = 0 if isinstance(token, str) or all((step + ph) % QUANTUM == 0 for ph in s.phases) else QUANTUM
         new_steps = []
+        sure: dict[int, int] = {}  # step -> the page its reader surely reads first (a marker)
+        drift_max = max(self.cfg.stride_drift_max_bytes, self.page_size // 2)
         for j in range(first, target + 1):
             ps = []
             inside = False
+            # the stride's own error, j steps from the anchor (`Stream.base`): a founding stride
+            # from three reads errs by up to 2 KiB a step, and by the tenth step its reads lie
+            # past the pages planned for them (a straddled page missed, the p99 of a run of a
+            # few hundred reads)
+            drift = min(drift_max, abs(j) * QUANTUM / s.base) if s.base else 0.0
             for ph in s.phases:
                 lo = s.anchor + j * step + ph
                 inside = inside or 0 <= lo < self.params_bytes
                 # requests are the reads aligned to 4 KiB: the true one starts in (lo - Q, lo + Q)
                 # and, its size being the aligned size, ends by lo + extent (+ Q when it starts late)
-                ps += [p for p in self._pages(lo - widen, lo + extent + (widen if extent < 2 * QUANTUM else 0))
-                       if p not in seen and p not in ps]
+                hi = lo + extent + (widen if extent < 2 * QUANTUM else 0)
+                core = self._pages(lo - widen, hi)
+                if core and j not in sure and core[0] not in seen:
+                    # (the read's first page: a marker later in the read would be a miss the
+                    # kernel answers with read-ahead into the stride's gap, docs 6.0p)
+                    sure[j] = core[0]
+                wide = self._pages(lo - widen - drift, hi + drift) if drift else core
+                ps += [p for p in wide if p not in seen and p not in ps]
             if not ps and not inside:
                 break
             seen.update(ps)
@@ -726,19 +751,24 @@ class AddressPredictor:
         # markers: the first page of a new step every chunk beyond the last marker, so that a
         # hit leaves a lead planned beyond it and a stopped reader leaves at most a chunk of
         # pushed pages read but unseen; a stream with none left gets one on its last new step
+        # (a marker is the first page of the step's reads as planned without the stride's
+        # drift: pages added for the drift may lie off the reader's path, and a marker it
+        # skips is a marker hit lost)
         last = s.markers[-1][0] if s.markers else k
         for j, ps in new_steps:
             if first_marker and s.markers:
                 break
             if ps and j - last >= (first_marker or s.chunk):
-                hole = plan.markers[ps[0]] = self._trend_hole(s, ps[0])
-                s.markers.append((j, ps[0], hole is not None and plan.push))
+                m = sure.get(j, ps[0])
+                hole = plan.markers[m] = self._trend_hole(s, m)
+                s.markers.append((j, m, hole is not None and plan.push))
                 last = j
         if not s.markers:
             j, ps = next(((j, ps) for j, ps in reversed(new_steps) if ps), (0, []))
             if ps:
-                hole = plan.markers[ps[0]] = self._trend_hole(s, ps[0])
-                s.markers.append((j, ps[0], hole is not None and plan.push))
+                m = sure.get(j, ps[0])
+                hole = plan.markers[m] = self._trend_hole(s, m)
+                s.markers.append((j, m, hole is not None and plan.push))
         self.counters["trend_plans"] += 1
         return plan
 

@@ -103,6 +103,12 @@ class PrefetchConfig:
     #: ... and at most this many window units (a reader with requests in flight together has
     #: no gap between them, and three random reads in a row can line up by chance)
     founding_max_steps: int = 32
+    #: a byte stride measured over few steps errs by up to 4 KiB / steps per step (request
+    #: offsets are rounded down to 4 KiB); a step planned j steps ahead is widened by that
+    #: error times j on each side (its pages pushed, never its marker), up to this many bytes
+    #: or half a page, whichever is more: a founding stride (two steps) errs by 2 KiB a step,
+    #: and its first window reaches 10-20 steps before a marker hit measures it again
+    stride_drift_max_bytes: int = 16 << 10
     #: the window doubles on each confirmed marker hit up to this many steps ...
     ra_max_steps: int = 256
     #: ... and never reaches further than this many bytes ahead of the reader
