@@ -886,6 +886,39 @@ def test_a_strided_streams_pages_are_fetched_as_one_run_over_small_gaps() -> Non
     assert runs == [[10, 12, 13, 14, 16], [40, 41], [39], [50, 52]]
 
 
+@pytest.mark.parametrize("kind", ["random", "stride"])
+def test_misses_are_looked_at_as_they_start_until_a_random_reader_shows_they_lead_nowhere(kind: str) -> None:
+    """A miss is looked at as it starts (a thinking round during the reader's wait) while
+    misses lead to plans; a random reader's misses never do, and past `miss_quiet_after`
+    of them they are looked at with their answers (no round during the wait: it cost such
+    a reader 5 % of its time). A strided reader is never made to wait for its answers."""
+    from nffs.predictor.prefetch import Prefetcher
+
+    async def main() -> dict:
+        layout = sim._layout(65536, 20)
+        port = sim.FakePort(layout.n_pages, 65536, latency=0.003)
+        kern = sim.SimKernel(port)
+        pf = Prefetcher(port, layout, kind="markov", push=kern.push_pages)
+        rng = np.random.default_rng(5)
+        if kind == "random":
+            offsets = (rng.integers(0, layout.params_bytes // 4096 - 8, 60) * 4096).tolist()
+        else:
+            offsets = [1_000_000 + i * 150803 for i in range(60)]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pf.run)
+            for off in offsets:
+                await kern.read(off, 16384)
+                await trio.sleep(0.001)
+            nursery.cancel_scope.cancel()
+        return pf.stats()
+
+    st = trio.run(main)
+    if kind == "random":
+        assert st["misses_quiet"] >= 60 - PrefetchConfig().miss_quiet_after - 4
+    else:
+        assert st["misses_quiet"] == 0
+
+
 def test_a_run_of_cheap_reads_hands_the_store_a_log_and_a_planned_read_takes_it_back() -> None:
     """Past `cheap_skip_after` reads served from memory that touched nothing planned, the
     store appends such reads' pages straight to `recent` (no call per read); a read of a

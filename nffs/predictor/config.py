@@ -47,6 +47,10 @@ class PrefetchConfig:
     #: a planned page, such events skip the predictor (the data is in memory already:
     #: nothing to gain, and the kernel's readahead works); the next slow one resumes it
     cheap_skip_after: int = 8
+    #: a read that waits on a slow tier is looked at as it starts (a MISS event, a thinking
+    #: round during its wait); after this many such misses in a row that planned nothing (a
+    #: random reader), with its answer instead (as before MISS events), until a plan comes
+    miss_quiet_after: int = 8
     #: a GATHER event of at most this many pages, all served from memory and none of them
     #: planned by us, skips the predictor at once (a single-point query touches ~60 pages)
     small_gather_pages: int = 256

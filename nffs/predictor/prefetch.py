@@ -142,7 +142,7 @@ class Prefetcher:
         self._wake: trio.Event | None = None
         self._token = None
         self._wake_pending = False
-        self.counters = {"events": 0, "batches": 0, "dropped": 0, "think_calls": 0, "think_s": 0.0,
+        self.counters = {"events": 0, "batches": 0, "dropped": 0, "think_calls": 0, "think_s": 0.0, "misses_quiet": 0,
                          "push_redone": 0, "fetches_inflight": 0, "cheap_skipped": 0, "small_batches": 0,
                          "field_oversized": 0}
         self._cheap_run = 0
@@ -162,15 +162,17 @@ class Prefetcher:
         self._field_stops_seen = 0
         self._field_judged = 0
         self._last_write = -1e9
+        #: misses in a row whose early look (MISS events) planned nothing (see `_on_event`)
+        self._misses_idle = 0
         port.add_listener(self._on_event, self._on_memory_read, self._on_memory_gather)
 
     # ------------------------------------------------------------------ listeners (any thread)
-    def _enqueue(self, item) -> None:
+    def _enqueue(self, item, wake: bool = True) -> None:
         if len(self._queue) >= self.cfg.queue_capacity:
             self.counters["dropped"] += 1
             return
         self._queue.append(item)
-        if self._token is None or self._wake_pending:
+        if not wake or self._token is None or self._wake_pending:
             return
         self._wake_pending = True
         try:
@@ -226,7 +228,12 @@ class Prefetcher:
             # (never push over them); the predictor sees it now, the bookkeeping waits for its
             # answer (the READ event, announced)
             self.recent.pending.extend(ev.page_list)
-            self._enqueue(("event", ev))
+            # looked at at once while misses lead somewhere; past `miss_quiet_after` misses
+            # whose early look planned nothing (a random reader), with their answers: a
+            # thinking round during the read's own wait cost such a reader 5 % of its time
+            quiet = self._misses_idle >= self.cfg.miss_quiet_after
+            self.counters["misses_quiet"] += quiet
+            self._enqueue(("event", ev), wake=not quiet)
             return
         self.counters["events"] += 1
         if ev.kind is AccessKind.WRITE:
@@ -348,10 +355,23 @@ class Prefetcher:
             items = keep
             if not items:
                 continue
+            if all(item[0] == "event" and item[1].announced for item in items):
+                # only answers to reads the predictor saw as they started: a few field updates
+                # each, done here (no thinking round runs meanwhile: this task is the only one
+                # that starts them). A round per answer doubled the hops of a random reader,
+                # every read a miss: 5 % of its total time (docs/prefetch.md 6.0q)
+                for item in items:
+                    ev = item[1]
+                    self.address.answered(ev.offset, ev.size, ev.time, ev.end)
+                continue
             t0 = time.perf_counter()
             results = await trio.to_thread.run_sync(self._think, items)
             self.counters["think_calls"] += 1
             self.counters["think_s"] += time.perf_counter() - t0
+            if any(space == "address" and plan.pages for space, plan in results):
+                self._misses_idle = 0
+            else:
+                self._misses_idle += sum(1 for item in items if item[0] == "event" and item[1].kind is AccessKind.MISS)
             try:
                 self._apply(results, time.monotonic())
             except Exception:  # a bug here must not take the mount down: log it, go on
@@ -818,6 +838,8 @@ class Prefetcher:
             "events": self.counters["events"] + skipped_reads,
             "batches": self.counters["batches"],
             "think_mean_ms": round(1e3 * self.counters["think_s"] / think, 3) if think else 0.0,
+            #: misses looked at with their answers, not as they started (`miss_quiet_after`)
+            "misses_quiet": self.counters["misses_quiet"],
             "push_redone": self.counters["push_redone"],
             "cheap_skipped": self.counters["cheap_skipped"] + skipped_reads,
             "field_budget": self._field_budget,
