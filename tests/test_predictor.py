@@ -875,7 +875,7 @@ def test_a_strided_streams_pages_are_fetched_as_one_run_over_small_gaps() -> Non
     port = sim.FakePort(layout.n_pages, 65536)
     pf = Prefetcher(port, layout, kind="markov", push=None)
     assert pf.cfg.fetch_run_gap_pages >= 2
-    queue = [10, 12, 13, 14, 16, 40, 41, 39, 50, 52]
+    queue = [10, 12, 13, 14, 16, 21, 27, 40, 41, 39, 50, 52]
     for page in queue:
         pf.ledger.plan(page, "address", push=True, marker=False, now=0.0, stream=1 if page < 50 else 2)
     pf._fetchq.extend(queue)
@@ -883,7 +883,7 @@ def test_a_strided_streams_pages_are_fetched_as_one_run_over_small_gaps() -> Non
     while pf._fetchq:
         head = pf._fetchq.popleft()
         runs.append([p for p, _ in pf._take_run(head, pf.ledger.entries[head])])
-    assert runs == [[10, 12, 13, 14, 16], [40, 41], [39], [50, 52]]
+    assert runs == [[10, 12, 13, 14, 16, 21], [27], [40, 41], [39], [50, 52]]  # 16 -> 21: a gap of 4
 
 
 @pytest.mark.parametrize("kind", ["random", "stride"])
@@ -917,6 +917,32 @@ def test_misses_are_looked_at_as_they_start_until_a_random_reader_shows_they_lea
         assert st["misses_quiet"] >= 60 - PrefetchConfig().miss_quiet_after - 4
     else:
         assert st["misses_quiet"] == 0
+
+
+def test_a_page_planned_only_for_a_strides_drift_is_not_counted_read_when_passed() -> None:
+    """Pushed pages the reader goes past are counted read (useful): the reader reads them
+    from the kernel's cache, unseen. Not the pages a strided plan adds for its stride's
+    error: the reader may never touch them — passed by, they count as wasted, and the
+    plan's markers are never among them."""
+    from nffs.predictor.ledger import Ledger
+
+    ledger = Ledger(PrefetchConfig())
+    for page, unsure in ((1, False), (2, True)):
+        e = ledger.plan(page, "address", push=True, marker=False, now=0.0, unsure=unsure)
+        assert e is not None
+        ledger.issued(page, e)
+        e.pushed = True
+        ledger.arrived(page, e, 0.001)
+        ledger.passed(page)
+    c = ledger.counts["address"]
+    assert (c["useful"], c["inferred"], c["wasted"]) == (1, 1, 1)
+    # a founding stride's plan marks its drift pages so, and none of its markers
+    ap = AddressPredictor(PrefetchConfig(), make_model("markov"), page_size=65536, params_bytes=1 << 30)
+    plans = []
+    for i in range(3):
+        plans += ap.observe(28786688 + i * 150803 // 4096 * 4096, 32768, i * 0.01, i * 0.01 + 0.007)
+    assert plans and plans[0].unsure and not plans[0].unsure & set(plans[0].markers)
+    assert plans[0].unsure <= set(plans[0].pages)
 
 
 def test_a_run_of_cheap_reads_hands_the_store_a_log_and_a_planned_read_takes_it_back() -> None:

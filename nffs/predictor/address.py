@@ -57,6 +57,9 @@ class AddressPlan:
     #: be the whole page)
     markers: dict[int, tuple[int, int] | None] = field(default_factory=dict)
     consumed: list[int] = field(default_factory=list)  # planned pages the reader has passed
+    #: pages planned only for the stride's drift (`AddressPredictor._extend`): the reader may
+    #: never touch them, so passing them by says nothing of their use
+    unsure: set[int] = field(default_factory=set)
     source: str = "trend"  # "trend" or "model"
     #: pushed into the kernel cache as they arrive (False: fetched into memory for the
     #: kernel's own read-ahead to find, see PrefetchConfig.kernel_readahead_page_bytes)
@@ -575,10 +578,12 @@ class AddressPredictor:
                 s.classes.append(self._cls(token))
         s.last_off, s.last_end = off, end
         consumed: list[int] = []
-        while s.planned and s.planned[0][0] < k:
-            consumed.extend(s.planned.popleft()[1])
-        # markers reached: by step (the reader may skip a marker's page) or by this read's pages
         first_page, last_page = off // self.page_size, (end - 1) // self.page_size
+        while s.planned and s.planned[0][0] < k:
+            # (not this read's own pages: its demand settles them, and seen as it starts — a
+            # MISS — it is counted after this plan is applied)
+            consumed.extend(p for p in s.planned.popleft()[1] if not first_page <= p <= last_page)
+        # markers reached: by step (the reader may skip a marker's page) or by this read's pages
         hit = False
         while s.markers and (k >= s.markers[0][0] or first_page <= s.markers[0][1] <= last_page):
             _, page, holed = s.markers.popleft()
@@ -713,6 +718,9 @@ class AddressPredictor:
             return None
         pages: list[int] = []
         seen = set(p for _, ps in s.planned for p in ps)
+        # (nor the pages of the read that triggers the plan: it is fetching them itself)
+        seen.update(self._pages(s.last_off, s.last_end))
+        unsure: set[int] = set()
         widen = 0 if isinstance(token, str) or all((step + ph) % QUANTUM == 0 for ph in s.phases) else QUANTUM
         new_steps = []
         sure: dict[int, int] = {}  # step -> the page its reader surely reads first (a marker)
@@ -737,6 +745,8 @@ class AddressPredictor:
                     # kernel answers with read-ahead into the stride's gap, docs 6.0p)
                     sure[j] = core[0]
                 wide = self._pages(lo - widen - drift, hi + drift) if drift else core
+                if drift:
+                    unsure.update(p for p in wide if p not in core)
                 ps += [p for p in wide if p not in seen and p not in ps]
             if not ps and not inside:
                 break
@@ -748,6 +758,7 @@ class AddressPredictor:
         s.planned.extend(new_steps)
         s.frontier = new_steps[-1][0]
         plan = AddressPlan(s.id, pages=pages, source="trend", push=not s.kernel_led)
+        plan.unsure = unsure.intersection(pages).difference(sure.values())
         # markers: the first page of a new step every chunk beyond the last marker, so that a
         # hit leaves a lead planned beyond it and a stopped reader leaves at most a chunk of
         # pushed pages read but unseen; a stream with none left gets one on its last new step

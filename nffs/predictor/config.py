@@ -49,7 +49,7 @@ class PrefetchConfig:
     cheap_skip_after: int = 8
     #: a read that waits on a slow tier is looked at as it starts (a MISS event, a thinking
     #: round during its wait); after this many such misses in a row that planned nothing (a
-    #: random reader), with its answer instead (as before MISS events), until a plan comes
+    #: random reader), with its answer instead (as before MISS events), until an address plan comes
     miss_quiet_after: int = 8
     #: a GATHER event of at most this many pages, all served from memory and none of them
     #: planned by us, skips the predictor at once (a single-point query touches ~60 pages)

@@ -45,7 +45,7 @@ COUNTS = ("issued", "useful", "late", "wasted", "demand_misses", "cancelled", "c
 
 class Entry:
     __slots__ = ("space", "state", "push", "marker", "hole", "pushed", "passed", "t", "stream", "conf", "heat",
-                 "arrived_t", "head_t")
+                 "arrived_t", "head_t", "unsure")
 
     def __init__(self, space: str, state: int, push: bool, marker: bool, t: float, stream: int, conf: float) -> None:
         self.space = space
@@ -63,6 +63,9 @@ class Entry:
         self.heat = 0.0
         self.arrived_t = 0.0
         self.head_t = 0.0  # first page of an address plan, or a field plan's page: the time of the read or batch behind it
+        #: planned for a stride's error only (its reader may not touch it): passed by, it is
+        #: not inferred read (useful) but counted wasted
+        self.unsure = False
 
 
 class Controller:
@@ -168,13 +171,14 @@ class Ledger:
 
     # ------------------------------------------------------------------ planning
     def plan(self, page: int, space: str, *, push: bool, marker: bool, now: float, stream: int = 0,
-             conf: float = 1.0, hole: tuple[int, int] | None = None) -> Entry | None:
+             conf: float = 1.0, hole: tuple[int, int] | None = None, unsure: bool = False) -> Entry | None:
         """A page a predictor wants; None when it is already known. Shadow entry when stopped."""
         if page in self.entries:
             return None
         active = self.control[space].active or space == "hint"
         e = Entry(space, QUEUED if active else SHADOW, push, marker, now, stream, conf)
         e.hole = hole if marker else None
+        e.unsure = unsure
         self.entries[page] = e
         if not active:
             self.counts[space]["shadow"] += 1
@@ -253,7 +257,7 @@ class Ledger:
             return
         if e.state == READY:
             del self.entries[page]
-            if e.pushed:
+            if e.pushed and not e.unsure:
                 self.counts[e.space]["inferred"] += 1
                 self._useful(page, e)
             else:

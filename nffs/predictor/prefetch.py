@@ -471,7 +471,8 @@ class Prefetcher:
                     if is_cheap:
                         continue
                     e = self.ledger.plan(page, "address", push=p.push, marker=page in p.markers, now=now,
-                                         stream=p.stream, conf=p.confidence, hole=p.markers.get(page))
+                                         stream=p.stream, conf=p.confidence, hole=p.markers.get(page),
+                                         unsure=page in p.unsure)
                     if e is not None and e.state == QUEUED:
                         if head:  # the plan's first page measures the reaction time
                             e.head_t = p.t_event or now
@@ -667,7 +668,7 @@ class Prefetcher:
         while q and len(run) < self.cfg.fetch_run_pages:
             nxt = q[0]
             d = nxt - run[-1][0]
-            if not anywhere and (d == 0 or abs(d) > gap or (sign and (d > 0) != (sign > 0))):
+            if not anywhere and (d == 0 or abs(d) > gap + 1 or (sign and (d > 0) != (sign > 0))):
                 break
             x = self.ledger.entries.get(nxt)
             if x is None or x.state != QUEUED or x.space != e.space or x.push != e.push:
@@ -725,18 +726,33 @@ class Prefetcher:
         microseconds: one hop per page (as before) cost a run of four pages four hops, each
         1-5 ms on a loaded two-CPU machine, the last page arriving ~10 ms after the first
         (docs/prefetch.md 6.0p)."""
-        assert self.push is not None
+        if not run or self.push is None:
+            return
         ready: list[tuple[int, Entry, bytes, int]] = []
         quiet = time.monotonic() - self._last_write >= self.cfg.write_quiet_s
+        awaited = False
         for page, e, data, version in run:
             if page in self.recent or not quiet:
                 self.ledger.counts[e.space]["push_skipped"] += 1
                 self.ledger.arrived(page, e, time.monotonic())
             elif self.port.page_version(page) != version:
                 await self._push(page, e, data, version)  # changed since the fetch: the slow way
+                awaited = True
                 self.ledger.arrived(page, e, time.monotonic())
             else:
                 ready.append((page, e, data, version))
+        if awaited and ready:
+            # time passed: the kernel may have read (and an mmap writer dirtied) a waiting
+            # page, or a write come — the same checks again, right before the push
+            quiet = time.monotonic() - self._last_write >= self.cfg.write_quiet_s
+            keep = []
+            for page, e, data, version in ready:
+                if page in self.recent or not quiet:
+                    self.ledger.counts[e.space]["push_skipped"] += 1
+                    self.ledger.arrived(page, e, time.monotonic())
+                else:
+                    keep.append((page, e, data, version))
+            ready = keep
         if not ready:
             return
         await self.push([(page, data, e.hole) for page, e, data, _ in ready])
