@@ -74,7 +74,7 @@ class Stream:
     __slots__ = ("id", "last_off", "last_end", "last_size", "deltas", "sizes", "steps", "anchor",
                  "frontier", "planned", "markers", "chunk", "t", "classes", "chain", "trend", "unit", "hits", "rate",
                  "boost", "late_seen", "sized", "phases", "seen", "kernel_led", "progression", "whole_markers",
-                 "t_done", "gaps", "services", "holes_passed", "base")
+                 "t_done", "gaps", "services", "holes_passed", "base", "base_end")
 
     def __init__(self, sid: int, off: int, end: int, now: float, window: int, markers_per_lead: int) -> None:
         self.id = sid
@@ -124,6 +124,9 @@ class Stream:
         #: the reads' offsets rounded down to 4 KiB, so the stride errs by under 4 KiB / base
         #: per step (0: no such error to allow for — a contiguity token, a periodic trend)
         self.base = 0
+        #: ... and the step (from the anchor) where that baseline ends: the stride's error
+        #: grows from there, by under 4 KiB / base per step
+        self.base_end = 0
         self.seen = 0  # the predictor's event count at this stream's last read
         #: the kernel's read-ahead follows this stream: its pages are fetched, not pushed
         #: (PrefetchConfig.kernel_readahead_page_bytes)
@@ -465,6 +468,7 @@ class AddressPredictor:
         s.trend = (cand, step, extent)
         # a byte stride averaged over its votes (consecutive deltas: the first and last offsets)
         s.base = votes if cand not in (FWD, BWD) and len(phases) == 1 else 0
+        s.base_end = 0  # (the anchor is the last of the reads it was measured on)
         s.progression = False  # later trends of this stream are voted as usual
         s.phases = phases
         s.sized = False
@@ -564,7 +568,7 @@ class AddressPredictor:
             # but for 4 KiB pages, where every request starts on a page boundary anyway
             step = (off - s.anchor) / k
             s.trend = (token, step, extent)
-            s.base = k
+            s.base = s.base_end = k
         passed = max(0, k - max(0, round((s.last_off - s.anchor) / step)))
         if len(s.phases) > 1:  # a periodic trend: its deltas, in turn
             seq = [b - a for a, b in zip(s.phases, [*s.phases[1:], s.phases[0] + step])]
@@ -720,7 +724,8 @@ class AddressPredictor:
         seen = set(p for _, ps in s.planned for p in ps)
         # (nor the pages of the read that triggers the plan: it is fetching them itself)
         seen.update(self._pages(s.last_off, s.last_end))
-        unsure: set[int] = set()
+        unsure: set[int] = set()  # pages of some step's drift ...
+        cores: set[int] = set()  # ... and of some step's own reads
         widen = 0 if isinstance(token, str) or all((step + ph) % QUANTUM == 0 for ph in s.phases) else QUANTUM
         new_steps = []
         sure: dict[int, int] = {}  # step -> the page its reader surely reads first (a marker)
@@ -728,11 +733,12 @@ class AddressPredictor:
         for j in range(first, target + 1):
             ps = []
             inside = False
-            # the stride's own error, j steps from the anchor (`Stream.base`): a founding stride
+            # the stride's own error, j steps from where it was measured (`Stream.base`,
+            # `Stream.base_end`), each step's share under 4 KiB / base: a founding stride
             # from three reads errs by up to 2 KiB a step, and by the tenth step its reads lie
             # past the pages planned for them (a straddled page missed, the p99 of a run of a
             # few hundred reads)
-            drift = min(drift_max, abs(j) * QUANTUM / s.base) if s.base else 0.0
+            drift = min(drift_max, abs(j - s.base_end) * QUANTUM / s.base) if s.base else 0.0
             for ph in s.phases:
                 lo = s.anchor + j * step + ph
                 inside = inside or 0 <= lo < self.params_bytes
@@ -745,6 +751,7 @@ class AddressPredictor:
                     # kernel answers with read-ahead into the stride's gap, docs 6.0p)
                     sure[j] = core[0]
                 wide = self._pages(lo - widen - drift, hi + drift) if drift else core
+                cores.update(core)
                 if drift:
                     unsure.update(p for p in wide if p not in core)
                 ps += [p for p in wide if p not in seen and p not in ps]
@@ -758,7 +765,7 @@ class AddressPredictor:
         s.planned.extend(new_steps)
         s.frontier = new_steps[-1][0]
         plan = AddressPlan(s.id, pages=pages, source="trend", push=not s.kernel_led)
-        plan.unsure = unsure.intersection(pages).difference(sure.values())
+        plan.unsure = unsure.difference(cores).intersection(pages)
         # markers: the first page of a new step every chunk beyond the last marker, so that a
         # hit leaves a lead planned beyond it and a stopped reader leaves at most a chunk of
         # pushed pages read but unseen; a stream with none left gets one on its last new step

@@ -108,8 +108,9 @@ class PrefetchConfig:
     #: no gap between them, and three random reads in a row can line up by chance)
     founding_max_steps: int = 32
     #: a byte stride measured over few steps errs by up to 4 KiB / steps per step (request
-    #: offsets are rounded down to 4 KiB); a step planned j steps ahead is widened by that
-    #: error times j on each side (its pages pushed, never its marker), up to this many bytes
+    #: offsets are rounded down to 4 KiB); a step planned j steps past the end of that
+    #: baseline is widened by that error times j on each side (its pages pushed, never its
+    #: marker; passed by, they count as wasted), up to this many bytes
     #: or half a page, whichever is more: a founding stride (two steps) errs by 2 KiB a step,
     #: and its first window reaches 10-20 steps before a marker hit measures it again
     stride_drift_max_bytes: int = 16 << 10
