@@ -330,19 +330,25 @@ async def test_corrupted_clean_memory_copy_is_never_returned(tmp_path: Path, mem
     assert fsck(str(field)).clean
 
 
+async def opened_with_pages_at_home(tmp: Path, data: bytes, *, latency: str) -> OpenField:
+    """A field (16 KiB pages, a 1 MiB memory tier, a durable tier with `latency`) whose first
+    pages hold `data`, synced, then opened again: those pages are at home only."""
+    field = make_field(tmp, page_size=16384, memory="1M", latency=latency)
+    opened = open_field(str(field))
+    try:
+        await opened.store.write(0, data)
+        await opened.store.sync()
+    finally:
+        opened.close()
+    return open_field(str(field))
+
+
 async def test_a_read_that_joins_a_prefetch_in_flight_is_reported_as_waiting_on_the_slow_tier(tmp_path: Path) -> None:
     """A demand read of a page a prefetch is fetching joins that fetch and waits for what is
     left of its slow read: its access event must say it waited (slow), or the prefetcher
     counts the prefetch useful when it was late (a camera's frames joined 15-55 prefetches
     each while `stats` reported timeliness 1.0)."""
-    field = make_field(tmp_path, page_size=16384, memory="1M", latency="100ms")
-    opened = open_field(str(field))
-    try:
-        await opened.store.write(0, pattern(1, 16384))
-        await opened.store.sync()
-    finally:
-        opened.close()
-    opened = open_field(str(field))  # page 0 at home only
+    opened = await opened_with_pages_at_home(tmp_path, pattern(1, 16384), latency="100ms")  # page 0
     store = opened.store
     try:
         assert store.table.mem(0) is None
@@ -359,21 +365,13 @@ async def test_a_read_that_joins_a_prefetch_in_flight_is_reported_as_waiting_on_
         opened.close()
 
 
-@pytest.mark.trio
 async def test_a_read_that_waits_on_the_slow_tier_is_told_as_it_starts_and_again_when_answered(tmp_path: Path) -> None:
     """A read that must wait on a slow tier is told to the listeners before it waits (a MISS
     event): its reader's next request comes only after the answer, and a prefetcher that
     plans from the answer has lost a tier latency (a strided reader's fourth read waited as
     long as a miss). Its READ event follows, marked announced; a read from memory is told
     once, as before."""
-    field = make_field(tmp_path, page_size=16384, memory="1M", latency="50ms")
-    opened = open_field(str(field))
-    try:
-        await opened.store.write(0, pattern(2, 32768))
-        await opened.store.sync()
-    finally:
-        opened.close()
-    opened = open_field(str(field))  # pages 0 and 1 at home only
+    opened = await opened_with_pages_at_home(tmp_path, pattern(2, 32768), latency="50ms")  # pages 0, 1
     store = opened.store
     try:
         events: list = []
