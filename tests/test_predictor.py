@@ -884,6 +884,16 @@ def test_a_strided_streams_pages_are_fetched_as_one_run_over_small_gaps() -> Non
         head = pf._fetchq.popleft()
         runs.append([p for p, _ in pf._take_run(head, pf.ledger.entries[head])])
     assert runs == [[10, 12, 13, 14, 16, 21], [27], [40, 41], [39], [50, 52]]  # 16 -> 21: a gap of 4
+    # fetch_run_gap_pages 0: consecutive pages only
+    pf = Prefetcher(port, layout, kind="markov", push=None, config=PrefetchConfig(fetch_run_gap_pages=0))
+    for page in queue:
+        pf.ledger.plan(page, "address", push=True, marker=False, now=0.0, stream=1)
+    pf._fetchq.extend(queue)
+    runs = []
+    while pf._fetchq:
+        head = pf._fetchq.popleft()
+        runs.append([p for p, _ in pf._take_run(head, pf.ledger.entries[head])])
+    assert runs == [[10], [12, 13, 14], [16], [21], [27], [40, 41], [39], [50], [52]]
 
 
 @pytest.mark.parametrize("kind", ["random", "stride"])

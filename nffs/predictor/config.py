@@ -39,7 +39,7 @@ class PrefetchConfig:
     #: ... and an address-space run goes on over gaps of up to this many pages (one stream's
     #: pages, in one direction): a stride that is not a multiple of the page size plans 1-4
     #: pages a step with a page or two between, and a run per step cost a hop to a worker
-    #: thread per step (1: consecutive pages only)
+    #: thread per step (0: consecutive pages only)
     fetch_run_gap_pages: int = 4
     #: planned pages waiting to be fetched; the oldest plans are dropped beyond it
     max_queued: int = 8192

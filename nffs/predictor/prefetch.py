@@ -663,7 +663,7 @@ class Prefetcher:
         e.state = INFLIGHT
         q = self._fetchq
         anywhere = e.space == "field"
-        gap = max(1, self.cfg.fetch_run_gap_pages)
+        gap = max(0, self.cfg.fetch_run_gap_pages)  # missing pages a run may bridge
         sign = 0
         while q and len(run) < self.cfg.fetch_run_pages:
             nxt = q[0]
