@@ -772,21 +772,22 @@ class AddressPredictor:
         # (a marker is the first page of the step's reads as planned without the stride's
         # drift: pages added for the drift may lie off the reader's path, and a marker it
         # skips is a marker hit lost)
+        def place_marker(j: int, ps: list[int]) -> None:
+            m = sure.get(j, ps[0])
+            hole = plan.markers[m] = self._trend_hole(s, m)
+            s.markers.append((j, m, hole is not None and plan.push))
+
         last = s.markers[-1][0] if s.markers else k
         for j, ps in new_steps:
             if first_marker and s.markers:
                 break
             if ps and j - last >= (first_marker or s.chunk):
-                m = sure.get(j, ps[0])
-                hole = plan.markers[m] = self._trend_hole(s, m)
-                s.markers.append((j, m, hole is not None and plan.push))
+                place_marker(j, ps)
                 last = j
         if not s.markers:
             j, ps = next(((j, ps) for j, ps in reversed(new_steps) if ps), (0, []))
             if ps:
-                m = sure.get(j, ps[0])
-                hole = plan.markers[m] = self._trend_hole(s, m)
-                s.markers.append((j, m, hole is not None and plan.push))
+                place_marker(j, ps)
         self.counters["trend_plans"] += 1
         return plan
 

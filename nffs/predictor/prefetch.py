@@ -719,6 +719,11 @@ class Prefetcher:
         mid = len(ordered) // 2
         self.address.fetch_latency_s = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
+    def _push_blocked(self, page: int) -> bool:
+        """No push now: the kernel may hold bytes of its own for the page (read or written
+        lately: `recent`), or writes have not gone quiet (`write_quiet_s`)."""
+        return page in self.recent or time.monotonic() - self._last_write < self.cfg.write_quiet_s
+
     async def _push_run(self, run: list[tuple[int, Entry, bytes, int]]) -> None:
         """Push a fetched run's pages into the kernel cache, in the reader's order, in one
         hand-off to a worker thread, and mark them arrived; each page checked as
@@ -729,30 +734,22 @@ class Prefetcher:
         if not run or self.push is None:
             return
         ready: list[tuple[int, Entry, bytes, int]] = []
-        quiet = time.monotonic() - self._last_write >= self.cfg.write_quiet_s
-        awaited = False
         for page, e, data, version in run:
-            if page in self.recent or not quiet:
-                self.ledger.counts[e.space]["push_skipped"] += 1
-                self.ledger.arrived(page, e, time.monotonic())
-            elif self.port.page_version(page) != version:
+            if self.port.page_version(page) != version:
                 await self._push(page, e, data, version)  # changed since the fetch: the slow way
-                awaited = True
                 self.ledger.arrived(page, e, time.monotonic())
             else:
                 ready.append((page, e, data, version))
-        if awaited and ready:
-            # time passed: the kernel may have read (and an mmap writer dirtied) a waiting
-            # page, or a write come — the same checks again, right before the push
-            quiet = time.monotonic() - self._last_write >= self.cfg.write_quiet_s
-            keep = []
-            for page, e, data, version in ready:
-                if page in self.recent or not quiet:
-                    self.ledger.counts[e.space]["push_skipped"] += 1
-                    self.ledger.arrived(page, e, time.monotonic())
-                else:
-                    keep.append((page, e, data, version))
-            ready = keep
+        # right before the push (after any wait above): the kernel may have read (and an mmap
+        # writer dirtied) a page meanwhile, or a write come
+        keep = []
+        for page, e, data, version in ready:
+            if self._push_blocked(page):
+                self.ledger.counts[e.space]["push_skipped"] += 1
+                self.ledger.arrived(page, e, time.monotonic())
+            else:
+                keep.append((page, e, data, version))
+        ready = keep
         if not ready:
             return
         await self.push([(page, data, e.hole) for page, e, data, _ in ready])
@@ -771,7 +768,7 @@ class Prefetcher:
         (`pushed_once`: older bytes of ours may be there already, which only a push of the
         new ones puts right)."""
         c = self.ledger.counts[e.space]
-        if not pushed_once and (page in self.recent or time.monotonic() - self._last_write < self.cfg.write_quiet_s):
+        if not pushed_once and self._push_blocked(page):
             c["push_skipped"] += 1
             return
         for _ in range(8):
