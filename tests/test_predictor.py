@@ -1033,3 +1033,28 @@ def test_memory_reads_that_skip_the_predictor_are_counted_and_never_pushed_over(
     hook(501, 501 * ps, 4096)
     assert len(pf._queue) == 1 and pf._queue[0][1].page_list == [501]
     assert 501 in pf.recent  # at once, not only once the drain task gets to the event
+
+
+def test_a_demand_that_waited_for_a_fetch_counted_wasted_on_arrival_is_late_not_a_miss() -> None:
+    """Concurrent FUSE requests can report a page passed while its fetch is in flight
+    before the read of that page, which joined the fetch, is told: the fetch counts wasted
+    as it arrives. That read is then no demand miss (the slow tier was read once, by the
+    prefetch: issued + demand misses must equal its read counter) but the prefetch's late
+    use. A slow read after the arrival is a real miss."""
+    from nffs.predictor.ledger import INFLIGHT, Ledger
+
+    ledger = Ledger(PrefetchConfig())
+    for page in (1, 2):
+        e = ledger.plan(page, "address", push=True, marker=False, now=0.0)
+        e.state = INFLIGHT  # the prefetcher's fetch started
+        ledger.issued(page, e)
+        ledger.passed(page)  # passed while in flight
+        ledger.arrived(page, e, 2.0)
+    c = ledger.counts["address"]
+    assert (c["issued"], c["wasted"]) == (2, 2)
+    ledger.demand(1, True, "address", t=1.0)  # began before page 1 arrived: it joined the fetch
+    assert (c["wasted"], c["late"], c["demand_misses"]) == (1, 1, 0)
+    ledger.demand(2, True, "address", t=3.0)  # began after page 2 arrived: read again
+    assert (c["wasted"], c["late"], c["demand_misses"]) == (1, 1, 1)
+    ledger.demand(1, True, "address", t=1.5)  # told once only
+    assert c["demand_misses"] == 2

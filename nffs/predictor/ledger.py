@@ -43,6 +43,11 @@ COUNTS = ("issued", "useful", "late", "wasted", "demand_misses", "cancelled", "c
           "pushed", "push_skipped", "inferred", "shadow", "shadow_hits", "reclassified")
 
 
+#: how many pages wasted on arrival (passed while in flight) are remembered for a demand
+#: read that joined their fetch (Ledger.passed_arrivals)
+PASSED_ARRIVALS_KEPT = 256
+
+
 class Entry:
     __slots__ = ("space", "state", "push", "marker", "hole", "pushed", "passed", "t", "stream", "conf", "heat",
                  "arrived_t", "head_t", "unsure")
@@ -162,6 +167,12 @@ class Ledger:
         self.entries: OrderedDict[int, Entry] = OrderedDict()
         self.counts = {s: {k: 0 for k in COUNTS} for s in SPACES}
         self.control = {s: Controller(cfg, cfg.field_stop_late if s == "field" else None) for s in SPACES}
+        #: pages counted wasted as they arrived because the reader had passed them while
+        #: in flight, with their space and arrival time: a demand read that was waiting for
+        #: that very fetch (it began before the page arrived) used it late, and is no demand
+        #: miss: the slow tier was read once, by the prefetch. Concurrent FUSE requests can
+        #: report a page passed before its own read is told. Bounded: rare by nature.
+        self.passed_arrivals: OrderedDict[int, tuple[str, float]] = OrderedDict()
         #: recently useful pages: a later slow demand of one turns it into wasted
         self.recent_useful = RecentUseful(cfg.ledger_capacity)
         self.release = release or (lambda page, e: None)
@@ -205,12 +216,17 @@ class Ledger:
         e.arrived_t = now
         if e.passed:
             self._wasted(page, e)
+            self.passed_arrivals[page] = (e.space, now)
+            if len(self.passed_arrivals) > PASSED_ARRIVALS_KEPT:
+                self.passed_arrivals.popitem(last=False)
 
     # ------------------------------------------------------------------ demand
     def demand(self, page: int, slow: bool, space: str, t: float = 0.0) -> None:
         """A page the daemon read or gathered; ``t`` is when the request began (0: unknown)."""
         e = self.entries.get(page)
         if e is None:
+            if slow and self._joined_a_passed_fetch(page, t):
+                return
             if slow:
                 self.counts[space]["demand_misses"] += 1
                 sp = self.recent_useful.pop(page)
@@ -249,6 +265,19 @@ class Ledger:
                 self.counts[space]["demand_misses"] += 1
             else:
                 self._useful(page, e)
+
+    def _joined_a_passed_fetch(self, page: int, t: float) -> bool:
+        """A slow demand that waited for a prefetch counted wasted on arrival (passed while in
+        flight): move that prefetch from wasted to late."""
+        got = self.passed_arrivals.pop(page, None) if self.passed_arrivals else None
+        if got is None or not t or got[1] < t:
+            return False
+        c = self.counts[got[0]]
+        c["wasted"] -= 1
+        c["late"] += 1
+        c["reclassified"] += 1
+        self.control[got[0]].outcome("l")
+        return True
 
     def passed(self, page: int) -> None:
         """The reader went past this planned page without the daemon seeing a read of it."""

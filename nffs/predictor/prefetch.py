@@ -397,11 +397,12 @@ class Prefetcher:
             # useful) need a look one by one; the other slow ones are plain demand misses.
             # One dict lookup per page: building sets of the ledger per gather costs more.
             entries, recent_useful = self.ledger.entries, self.ledger.recent_useful
+            passed_arrivals = self.ledger.passed_arrivals
             kept_pages: list[int] = []
             kept_slow: list[bool] = []
             misses = 0
             for p, s in zip(pages, slow):
-                if p in entries or (s and p in recent_useful):
+                if p in entries or (s and (p in recent_useful or p in passed_arrivals)):
                     kept_pages.append(p)
                     kept_slow.append(s)
                 elif s:
