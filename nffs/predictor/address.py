@@ -46,6 +46,9 @@ from .models import Predictor
 #: the kernel reads FUSE files in 4 KiB pages: request offsets are quantised to it
 QUANTUM = 4096
 FWD, BWD = "+", "-"  # contiguity tokens
+#: a bound on the steps past a plan looked at for its drift pages' owners (the loop stops
+#: when a step lies beyond them: a drift is at most half a page, a few steps of any stride)
+MAX_STEPS_BEYOND = 64
 
 
 @dataclass
@@ -696,6 +699,23 @@ class AddressPredictor:
         s.sized = False
         return max(floor, min(cap, self._ramp(s)))
 
+    def _cores_beyond(self, s: Stream, target: int, widen: int, reach_lo: int, reach_hi: int) -> set[int]:
+        """The own pages (no drift) of the steps after ``target`` that lie within pages
+        reach_lo..reach_hi: the steps a plan's drift pages may belong to."""
+        token, step, extent = s.trend
+        out: set[int] = set()
+        if not step:
+            return out
+        ps = self.page_size
+        for j in range(target + 1, target + 1 + MAX_STEPS_BEYOND):
+            los = [s.anchor + j * step + ph for ph in s.phases]
+            if (step > 0 and (min(los) - widen) // ps > reach_hi) or (step < 0 and (max(los) + extent) // ps < reach_lo):
+                break
+            for lo in los:
+                hi = lo + extent + (widen if extent < 2 * QUANTUM else 0)
+                out.update(p for p in self._pages(lo - widen, hi) if reach_lo <= p <= reach_hi)
+        return out
+
     def _ramp(self, s: Stream) -> int:
         """The window while the speed is unknown (or far above it): it doubles per lead the
         reader travels — 2^(1/markers_per_lead) per hit, a hit per chunk — like Linux
@@ -765,7 +785,13 @@ class AddressPredictor:
         s.planned.extend(new_steps)
         s.frontier = new_steps[-1][0]
         plan = AddressPlan(s.id, pages=pages, source="trend", push=not s.kernel_led)
-        plan.unsure = unsure.difference(cores).intersection(pages)
+        unsure = unsure.difference(cores).intersection(pages)
+        if unsure:
+            # the last steps' drift reaches into the steps the next plan will take: their own
+            # pages are no less sure for being planned early (counted wasted when the reader
+            # passed them, they were an eighth of a stride's prefetches)
+            unsure.difference_update(self._cores_beyond(s, target, widen, min(unsure), max(unsure)))
+        plan.unsure = unsure
         # markers: the first page of a new step every chunk beyond the last marker, so that a
         # hit leaves a lead planned beyond it and a stopped reader leaves at most a chunk of
         # pushed pages read but unseen; a stream with none left gets one on its last new step
