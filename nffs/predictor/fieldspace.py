@@ -273,13 +273,11 @@ class FieldPredictor:
         # order put coarse pages first
         flat = ((entries.reshape(-1) * np.uint64(row)) >> shift).astype(np.int64)
         uniq = sorted_unique(flat)
-        if uniq.size <= budget:
-            # all of them, ascending: level offsets ascend, so coarse levels still come first
-            # if the prefetcher's own budget cuts the frame
-            return uniq, int(uniq.size)
-        # over the budget: the first pages met, coarse levels first (first occurrence wins)
-        _, first = np.unique(flat, return_index=True)
-        return flat[np.sort(first)][:budget], int(uniq.size)
+        # ascending: level offsets ascend, so coarse levels come first — over the budget,
+        # its first pages are the coarse levels' (and some of the level it cuts), as they
+        # are if the prefetcher's own budget cuts the frame. (A first-occurrence order, by
+        # np.unique's stable argsort, cost two thirds of a 144-point batch's prediction.)
+        return uniq[:budget], int(uniq.size)
 
     def point_pages(self, points: np.ndarray) -> np.ndarray:
         """Every page the points touch (all levels): hints."""
