@@ -637,6 +637,27 @@ def test_field_frames_bigger_than_memory_are_not_prefetched() -> None:
     assert small["issued"] == 0 and small["stats"]["field_oversized"] > 0
 
 
+def test_a_plan_keeps_only_the_frames_ahead_that_fit_memory_with_the_frame_read() -> None:
+    """Each frame ahead adds the pages its predecessor lacks (at fine levels, a good part of
+    a frame): the frame being read and the frames planned must fit memory together, or the
+    prefetches evict the frame's own pages. The plan is cut to the frames that fit; when
+    not even the next one fits beside the frame read, nothing is issued."""
+    from nffs.predictor.fieldspace import FieldPredictor
+
+    cam = sim.Camera("orbit", rays=16, samples=4, seed=3)
+    layout = sim._layout(4096, 18)
+    fp = FieldPredictor(PrefetchConfig(), layout)
+    for i, pts in enumerate(cam.frames(10)):
+        plan = fp.observe(pts.astype(np.float32), now=i * 0.01)
+    assert plan is not None and len(plan.held) == len(plan.frames) >= 2
+    assert plan.touched < plan.held[0] < plan.held[1]  # each frame ahead adds new pages
+    cut = trio.run(lambda: sim.run_field(cam, "hoeffding", frames=16, warmup=4, log2_table_size=18, memory_pages=4000))
+    assert cut["issued"] > 0 and cut["stats"]["field_frames_trimmed"] > 0
+    # (one frame, ~2,100 pages, fits 0.75 of 3,000; not with the ~700 the next one adds)
+    tight = trio.run(lambda: sim.run_field(cam, "hoeffding", frames=16, warmup=4, log2_table_size=18, memory_pages=3000))
+    assert tight["issued"] == 0 and tight["stats"]["field_oversized"] > 0
+
+
 # ------------------------------------------------------------------ ledger and controller
 def test_controller_stops_on_waste_and_resumes_on_shadow_hits() -> None:
     cfg = PrefetchConfig(feedback_min=8, feedback_window=16)

@@ -47,6 +47,10 @@ class FieldPlan:
     error: float = 0.0  # measured prediction error of the last frame (field units)
     kind: str = ""  # "rigid" (point-to-point fit) or "moments" (fallback)
     touched: int = 0  # pages the next frame touches in its predictable levels (before the budget)
+    #: pages kept in memory at once while a frame is read with the first 1, 2, ... frames of
+    #: the plan ahead (FieldPredictor._held): a camera whose frames share most pages holds
+    #: about one frame's worth, a fast one a frame's worth per frame ahead
+    held: list[int] = field(default_factory=list)
     t_batch: float = 0.0  # when the batch it was made from arrived
 
 
@@ -251,12 +255,33 @@ class FieldPredictor:
             frames.append(pages)
         if not frames:
             return None
+        plan.held = self._held(frames, plan.touched)
         self.counters["plans"] += 1
         self.counters["levels_sum"] += plan.levels
         plan.frames = frames
         plan.fresh = fresh
         plan.first = now_no + 1
         return plan
+
+    @staticmethod
+    def _held(frames: list[np.ndarray], touched: int) -> list[int]:
+        """Pages held at once by reading one frame with the first 1, 2, ... of ``frames``
+        planned ahead (sorted page arrays, the first one ``touched`` pages in all): each
+        frame adds its pages that the one before it lacks, and the frame being read those it
+        has and the next one lacks — about as many as come new between two frames ahead
+        (unknown with a single frame: not counted)."""
+        news = []
+        for before, after in zip(frames, frames[1:]):
+            if before.size and after.size:
+                at = np.searchsorted(before, after).clip(max=before.size - 1)
+                news.append(int(np.count_nonzero(before[at] != after)))
+            else:
+                news.append(int(after.size))
+        step_new = news[0] if news else 0
+        held = [touched + step_new]
+        for new in news:
+            held.append(held[-1] + new)
+        return held
 
     def _pages_of(self, pts: np.ndarray, k: int) -> tuple[np.ndarray, int]:
         """Pages the points touch in levels < k, coarse levels first, at most the page budget;

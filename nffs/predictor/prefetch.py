@@ -144,7 +144,7 @@ class Prefetcher:
         self._wake_pending = False
         self.counters = {"events": 0, "batches": 0, "dropped": 0, "think_calls": 0, "think_s": 0.0, "misses_quiet": 0,
                          "push_redone": 0, "fetches_inflight": 0, "cheap_skipped": 0, "small_batches": 0,
-                         "field_oversized": 0}
+                         "field_oversized": 0, "field_frames_trimmed": 0}
         self._cheap_run = 0
         #: `_cheap_run` is past `cfg.cheap_skip_after` and the store logs reads of unplanned
         #: pages served from memory into `recent` (`log_memory_reads`)
@@ -482,9 +482,18 @@ class Prefetcher:
                         added += 1
             elif space == "field":
                 fp: FieldPlan = plan
-                if fp.touched > self.cfg.field_memory_fraction * self.port.memory_capacity_pages():
-                    self.counters["field_oversized"] += 1  # the frame does not fit memory: do no harm
+                # the frame read and the frames planned must fit memory together, or prefetches
+                # evict the frame's own pages and each other: as many frames ahead as fit, and
+                # none (do no harm) when not even the next one does
+                room = self.cfg.field_memory_fraction * self.port.memory_capacity_pages()
+                fitting = sum(1 for h in fp.held if h <= room) if fp.held else len(fp.frames)
+                if fitting == 0 or (not fp.held and fp.touched > room):
+                    self.counters["field_oversized"] += 1
                     continue
+                if fitting < len(fp.frames):
+                    self.counters["field_frames_trimmed"] += 1
+                    fp.frames = fp.frames[:fitting]
+                    fp.fresh = fp.fresh[:fitting]
                 budget = self._field_budget_now()
                 fresh_flags = fp.fresh if len(fp.fresh) == len(fp.frames) else [True] * len(fp.frames)
                 applied = self._field_applied
@@ -859,6 +868,8 @@ class Prefetcher:
             "field_budget": self._field_budget,
             # predicted frames not prefetched because they touch more than memory can hold
             "field_oversized": self.counters["field_oversized"],
+            # plans cut to the frames ahead that fit memory with the frame being read
+            "field_frames_trimmed": self.counters["field_frames_trimmed"],
             # mean reaction time of plan heads split: trigger read -> plan, plan -> fetch, fetch
             "reaction_parts_ms": [round(1e3 * x / self._head_samples, 3) if self._head_samples else 0.0
                                   for x in self._reaction_parts],
