@@ -153,6 +153,8 @@ class Prefetcher:
         self._page_size = layout.page_size
         self._head_samples = 0
         self._reaction_parts = [0.0, 0.0, 0.0]
+        self._field_head_samples = 0
+        self._field_reaction_parts = [0.0, 0.0, 0.0]
         self._reactions: deque = deque(maxlen=self.cfg.reaction_samples)
         self._field_reactions: deque = deque(maxlen=self.cfg.reaction_samples)
         #: numbers of predicted frames whose pages were all planned (a later plan that predicts
@@ -624,7 +626,11 @@ class Prefetcher:
                     if e.space == "address":
                         self._note_latency(e, t_fetch, time.monotonic())
                     elif e.space == "field" and e.head_t:
-                        self._note_field_reaction(time.monotonic() - e.head_t)
+                        t_done = time.monotonic()
+                        self._field_head_samples += 1
+                        for i, part in enumerate((e.t - e.head_t, t_fetch - e.t, t_done - t_fetch)):
+                            self._field_reaction_parts[i] += part
+                        self._note_field_reaction(t_done - e.head_t)
             except Exception:
                 log.debug("prefetch of pages %s failed", [p for p, _ in run], exc_info=True)
                 results = [None] * len(run)
@@ -873,5 +879,8 @@ class Prefetcher:
             # mean reaction time of plan heads split: trigger read -> plan, plan -> fetch, fetch
             "reaction_parts_ms": [round(1e3 * x / self._head_samples, 3) if self._head_samples else 0.0
                                   for x in self._reaction_parts],
+            # ... and of field plans' fetch runs: batch -> plan, plan -> fetch start, fetch
+            "field_reaction_parts_ms": [round(1e3 * x / self._field_head_samples, 3) if self._field_head_samples
+                                        else 0.0 for x in self._field_reaction_parts],
             "slow_tier_reads": self.port.slow_tier_reads(),
         }
