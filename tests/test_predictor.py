@@ -1102,3 +1102,16 @@ def test_a_strides_drift_pages_that_later_steps_read_are_not_unsure() -> None:
     assert len(planned) > 300
     # (12 of 701 planned pages before)
     assert len(unsure & touched) <= 0.005 * len(planned), (len(unsure & touched), len(planned))
+
+
+def test_a_stride_between_one_and_two_pages_is_refined_as_it_goes() -> None:
+    """A stride measured from its founding reads' 4 KiB-aligned offsets errs by up to 2 KiB
+    a step; refined over the steps the reader then takes (its marker reads), the pages
+    planned for that error shrink. A 1.3-page stride was left unrefined (refinement began
+    at two pages): a fifth of its prefetches were drift pages it never read (accuracy
+    0.82 in the simulator, 0.80 through a mount)."""
+    out = trio.run(lambda: sim.run_address("stride", "hoeffding", n=1000, stride=86551, read=4096, page_size=65536,
+                                           think_s=0.0011, log2_table_size=20))
+    st = out["stats"]["spaces"]["address"]
+    assert st["coverage"] >= 0.95, st
+    assert st["accuracy"] >= 0.9, st
