@@ -567,7 +567,8 @@ class AddressPredictor:
             # refine the stride over the longest baseline: quantised offsets err by < 4 KiB / k
             # (from a page up: a stride of 1.3 pages estimated from its founding reads alone
             # erred by 535 bytes a step, and the pages planned for that drift were a fifth of
-            # its prefetches; strides under a page touch every page anyway). Not from a request that starts on a page boundary: a read that began in the page
+            # its prefetches; strides under a page touch every page anyway). Not from a
+            # request that starts on a page boundary: a read that began in the page
             # before (pushed, in the kernel's cache) reaches us only from the next page on,
             # and its offset says nothing of where the reader is (a marker hit's, mostly) —
             # but for 4 KiB pages, where every request starts on a page boundary anyway
