@@ -1115,27 +1115,3 @@ def test_a_stride_between_one_and_two_pages_is_refined_as_it_goes() -> None:
     st = out["stats"]["spaces"]["address"]
     assert st["coverage"] >= 0.95, st
     assert st["accuracy"] >= 0.9, st
-
-
-@pytest.mark.parametrize("stride,read", [(200000, 4096), (150803, 32768), (140000, 4096)])
-def test_a_strided_plans_markers_are_pages_its_reader_reads(stride: int, read: int) -> None:
-    """A marker is the page where a step's read begins. Requests start at or after the
-    planned offset (the anchor is a request's offset, aligned down), so the page holding it
-    is that page; the page below, which the step's 4 KiB of slack reaches when the offset
-    lies just above a page boundary, is never read: a marker there was fetched in vain and
-    its hit lost (4 % of such a stride's prefetches)."""
-    ps = 65536
-    ap = AddressPredictor(PrefetchConfig(), make_model("markov"), page_size=ps, params_bytes=1 << 30)
-    touched: set[int] = set()
-    markers: set[int] = set()
-    for i in range(300):
-        true = 3_000_000 + 1234 + i * stride
-        off = true // 4096 * 4096
-        size = -(-(true + read) // 4096) * 4096 - off
-        touched.update(range(off // ps, (off + size - 1) // ps + 1))
-        for plan in ap.observe(off, size, i * 0.003, i * 0.003 + 0.0005):
-            markers.update(plan.markers)
-    last = (3_000_000 + 1234 + 299 * stride + read) // ps
-    markers = {m for m in markers if m <= last}  # (the plan's lead past the last read)
-    assert len(markers) >= 20
-    assert len(markers - touched) <= 0.05 * len(markers), (sorted(markers - touched), len(markers))

@@ -769,15 +769,10 @@ class AddressPredictor:
                 # and, its size being the aligned size, ends by lo + extent (+ Q when it starts late)
                 hi = lo + extent + (widen if extent < 2 * QUANTUM else 0)
                 core = self._pages(lo - widen, hi)
-                first_page = max(0, int(lo)) // self.page_size
-                if core and j not in sure and first_page in core and first_page not in seen:
-                    # the read's first page: a marker later in the read would be a miss the
-                    # kernel answers with read-ahead into the stride's gap (docs 6.0p). That
-                    # is the page holding `lo`, not the core's first: requests start at or
-                    # after `lo` (the anchor is a request's offset, aligned down), and the page
-                    # below, in the core when `lo` lies within 4 KiB above a page boundary,
-                    # is never read — a marker there was wasted and its hit lost
-                    sure[j] = first_page
+                if core and j not in sure and core[0] not in seen:
+                    # (the read's first page: a marker later in the read would be a miss the
+                    # kernel answers with read-ahead into the stride's gap, docs 6.0p)
+                    sure[j] = core[0]
                 wide = self._pages(lo - widen - drift, hi + drift) if drift else core
                 cores.update(core)
                 if drift:
