@@ -762,6 +762,8 @@ class AddressPredictor:
             # past the pages planned for them (a straddled page missed, the p99 of a run of a
             # few hundred reads)
             drift = min(drift_max, abs(j - s.base_end) * QUANTUM / s.base) if s.base else 0.0
+            if drift < self.cfg.stride_drift_min_bytes:
+                drift = 0.0
             for ph in s.phases:
                 lo = s.anchor + j * step + ph
                 inside = inside or 0 <= lo < self.params_bytes

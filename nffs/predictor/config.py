@@ -114,6 +114,12 @@ class PrefetchConfig:
     #: or half a page, whichever is more: a founding stride (two steps) errs by 2 KiB a step,
     #: and its first window reaches 10-20 steps before a marker hit measures it again
     stride_drift_max_bytes: int = 16 << 10
+    #: ... and not at all while that error is under this many bytes: a refined stride's
+    #: (hundreds of steps measured) stays under it for tens of steps, and a page it would add
+    #: is read only if the read ends within that error of a page boundary — a stride of whole
+    #: 4 KiB chunks ending on one had a never-read page planned every step (a third of its
+    #: prefetches)
+    stride_drift_min_bytes: int = 1024
     #: the window doubles on each confirmed marker hit up to this many steps ...
     ra_max_steps: int = 256
     #: ... and never reaches further than this many bytes ahead of the reader
