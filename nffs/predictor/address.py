@@ -715,9 +715,15 @@ class AddressPredictor:
             if (step > 0 and (min(los) - widen) // ps > reach_hi) or (step < 0 and (max(los) + extent) // ps < reach_lo):
                 break
             for lo in los:
-                hi = lo + extent + (widen if extent < 2 * QUANTUM else 0)
-                out.update(p for p in self._pages(lo - widen, hi) if reach_lo <= p <= reach_hi)
+                out.update(p for p in self._pages(*self._step_span(lo, extent, widen)) if reach_lo <= p <= reach_hi)
         return out
+
+    @staticmethod
+    def _step_span(lo: float, extent: int, widen: int) -> tuple[float, float]:
+        """The bytes of a step's own reads planned at byte `lo` (no drift). Requests are the
+        reads aligned to 4 KiB: the true one starts in (lo - widen, lo + widen) and, its size
+        being the aligned size, ends by lo + extent (+ widen when it starts late)."""
+        return lo - widen, lo + extent + (widen if extent < 2 * QUANTUM else 0)
 
     def _ramp(self, s: Stream) -> int:
         """The window while the speed is unknown (or far above it): it doubles per lead the
@@ -767,15 +773,13 @@ class AddressPredictor:
             for ph in s.phases:
                 lo = s.anchor + j * step + ph
                 inside = inside or 0 <= lo < self.params_bytes
-                # requests are the reads aligned to 4 KiB: the true one starts in (lo - Q, lo + Q)
-                # and, its size being the aligned size, ends by lo + extent (+ Q when it starts late)
-                hi = lo + extent + (widen if extent < 2 * QUANTUM else 0)
-                core = self._pages(lo - widen, hi)
+                a, b = self._step_span(lo, extent, widen)
+                core = self._pages(a, b)
                 if core and j not in sure and core[0] not in seen:
                     # (the read's first page: a marker later in the read would be a miss the
                     # kernel answers with read-ahead into the stride's gap, docs 6.0p)
                     sure[j] = core[0]
-                wide = self._pages(lo - widen - drift, hi + drift) if drift else core
+                wide = self._pages(a - drift, b + drift) if drift else core
                 cores.update(core)
                 if drift:
                     unsure.update(p for p in wide if p not in core)

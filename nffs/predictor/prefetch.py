@@ -114,6 +114,25 @@ class RecentPages:
         return t > 0.0 and time.monotonic() - self._t0 - t < self.horizon_s + 1.0
 
 
+class ReactionParts:
+    """Where plan heads' reaction time goes, summed over the heads measured: trigger (a read
+    or a batch) -> plan, plan -> fetch start, the fetch itself. Diagnostics for `stats`."""
+
+    __slots__ = ("samples", "sums")
+
+    def __init__(self) -> None:
+        self.samples = 0
+        self.sums = [0.0, 0.0, 0.0]
+
+    def add(self, e: Entry, t_fetch: float, t_done: float) -> None:
+        self.samples += 1
+        for i, part in enumerate((e.t - e.head_t, t_fetch - e.t, t_done - t_fetch)):
+            self.sums[i] += part
+
+    def means_ms(self) -> list[float]:
+        return [round(1e3 * x / self.samples, 3) if self.samples else 0.0 for x in self.sums]
+
+
 class Prefetcher:
     def __init__(
         self,
@@ -151,10 +170,8 @@ class Prefetcher:
         self._skip_memory_reads = False
         self._planned = self.ledger.entries  # page -> ledger entry: the pages the store's log watches
         self._page_size = layout.page_size
-        self._head_samples = 0
-        self._reaction_parts = [0.0, 0.0, 0.0]
-        self._field_head_samples = 0
-        self._field_reaction_parts = [0.0, 0.0, 0.0]
+        self._reaction_parts = ReactionParts()  # address plans' heads
+        self._field_reaction_parts = ReactionParts()  # field plans' fetch runs
         self._reactions: deque = deque(maxlen=self.cfg.reaction_samples)
         self._field_reactions: deque = deque(maxlen=self.cfg.reaction_samples)
         #: numbers of predicted frames whose pages were all planned (a later plan that predicts
@@ -488,8 +505,8 @@ class Prefetcher:
                 # evict the frame's own pages and each other: as many frames ahead as fit, and
                 # none (do no harm) when not even the next one does
                 room = self.cfg.field_memory_fraction * self.port.memory_capacity_pages()
-                fitting = sum(1 for h in fp.held if h <= room) if fp.held else len(fp.frames)
-                if fitting == 0 or (not fp.held and fp.touched > room):
+                fitting = sum(1 for h in fp.held if h <= room)  # (held grows frame by frame)
+                if fitting == 0:
                     self.counters["field_oversized"] += 1
                     continue
                 if fitting < len(fp.frames):
@@ -627,9 +644,7 @@ class Prefetcher:
                         self._note_latency(e, t_fetch, time.monotonic())
                     elif e.space == "field" and e.head_t:
                         t_done = time.monotonic()
-                        self._field_head_samples += 1
-                        for i, part in enumerate((e.t - e.head_t, t_fetch - e.t, t_done - t_fetch)):
-                            self._field_reaction_parts[i] += part
+                        self._field_reaction_parts.add(e, t_fetch, t_done)
                         self._note_field_reaction(t_done - e.head_t)
             except Exception:
                 log.debug("prefetch of pages %s failed", [p for p, _ in run], exc_info=True)
@@ -720,11 +735,8 @@ class Prefetcher:
         must not deepen every window for a while (real, lasting lateness raises the boost)."""
         if e.head_t:
             dt = t_done - e.head_t
-            self._head_samples += 1
-            # where the reaction time goes: trigger -> plan, plan -> fetch start, the fetch
-            for i, part in enumerate((e.t - e.head_t, t_fetch - e.t, t_done - t_fetch)):
-                self._reaction_parts[i] += part
-        elif self._head_samples:
+            self._reaction_parts.add(e, t_fetch, t_done)
+        elif self._reaction_parts.samples:
             return
         else:
             dt = t_done - t_fetch
@@ -877,10 +889,8 @@ class Prefetcher:
             # plans cut to the frames ahead that fit memory with the frame being read
             "field_frames_trimmed": self.counters["field_frames_trimmed"],
             # mean reaction time of plan heads split: trigger read -> plan, plan -> fetch, fetch
-            "reaction_parts_ms": [round(1e3 * x / self._head_samples, 3) if self._head_samples else 0.0
-                                  for x in self._reaction_parts],
+            "reaction_parts_ms": self._reaction_parts.means_ms(),
             # ... and of field plans' fetch runs: batch -> plan, plan -> fetch start, fetch
-            "field_reaction_parts_ms": [round(1e3 * x / self._field_head_samples, 3) if self._field_head_samples
-                                        else 0.0 for x in self._field_reaction_parts],
+            "field_reaction_parts_ms": self._field_reaction_parts.means_ms(),
             "slow_tier_reads": self.port.slow_tier_reads(),
         }
