@@ -464,6 +464,34 @@ async def test_memory_reads_go_to_the_log_unless_a_watched_page_is_read(tmp_path
         opened.close()
 
 
+@pytest.mark.parametrize("memory", ["1M", "64K"], ids=["direct", "slotted"])
+async def test_reads_from_memory_count_as_reads_hits_and_heat_once_applied(tmp_path: Path, memory: str) -> None:
+    """The fast path defers a one-page read's heat and counts (a list append, not numpy
+    updates): stats report every read and hit, and the pages' heat has every read in it
+    once applied (as it is before anything ranks pages by heat)."""
+    field = make_field(tmp_path, page_size=16384, memory=memory)
+    opened = open_field(str(field))
+    store = opened.store
+    try:
+        await store.write(0, pattern(1, 3 * 16384))  # pages 0..2 in memory
+        mt = store.memory_tiers[0].mem
+        slot_of = {int(mt.slot_page[s]): int(s) for s in np.flatnonzero(mt.slot_page >= 0)}
+        heat_before = {p: float(mt.heat[slot_of[p]]) for p in (0, 1, 2)}
+        before = store.stats()
+        for _ in range(7):
+            assert store.read_from_memory(2 * 16384 + 100, 4096) is not None
+        for page in (0, 1):
+            assert store.read_from_memory(page * 16384, 4096) is not None
+        after = store.stats()
+        assert after["reads"] - before["reads"] == 9
+        dram_before, dram_after = (next(t for t in st["tiers"] if t["name"] == "d") for st in (before, after))
+        assert dram_after["hits"] - dram_before["hits"] == 9 and dram_after["reads"] - dram_before["reads"] == 9
+        gained = {p: float(mt.heat[slot_of[p]]) - heat_before[p] for p in (0, 1, 2)}
+        assert gained == {0: 1.0, 1: 1.0, 2: 7.0}
+    finally:
+        opened.close()
+
+
 async def test_reads_across_slotted_pages_go_to_the_log_too(tmp_path: Path) -> None:
     """The kernel's 128 KiB requests span pages; in a slotted (not direct-mapped) arena they
     take the page-by-page path of `read`, and one served from memory goes to the log like a

@@ -65,20 +65,27 @@ def fuse_handler(func: F) -> F:
             return await func(self, *args)
         except pyfuse3.FUSEError:
             raise
-        except NffsError as exc:
-            self.errors.count(exc.errno)
-            if exc.errno in LOUD_ERRNOS:
-                log.error("%s: %s", func.__name__, exc)
-            else:
-                log.debug("%s: %s (%s)", func.__name__, exc, errno.errorcode.get(exc.errno, exc.errno))
-            raise pyfuse3.FUSEError(exc.errno) from None
-        except Exception:
-            self.errors.unexpected += 1
-            self.errors.count(errno.EIO)
-            log.exception("%s: unexpected failure; answering EIO and serving on", func.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception as exc:
+            raise fuse_error_for(self.errors, func.__name__, exc) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def fuse_error_for(errors: ErrorCounters, handler: str, exc: Exception) -> pyfuse3.FUSEError:
+    """The contract's answer to `exc` (not a FUSEError) raised in `handler`: counted and
+    logged as the module docstring says. Called by `fuse_handler`, and inline by the one
+    handler that cannot spare its extra coroutine (`FieldOperations.read`)."""
+    if isinstance(exc, NffsError):
+        errors.count(exc.errno)
+        if exc.errno in LOUD_ERRNOS:
+            log.error("%s: %s", handler, exc)
+        else:
+            log.debug("%s: %s (%s)", handler, exc, errno.errorcode.get(exc.errno, exc.errno))
+        return pyfuse3.FUSEError(exc.errno)
+    errors.unexpected += 1
+    errors.count(errno.EIO)
+    log.error("%s: unexpected failure; answering EIO and serving on", handler, exc_info=exc)
+    return pyfuse3.FUSEError(errno.EIO)
 
 
 _BY_ERRNO: dict[int, type[NffsError]] = {

@@ -101,9 +101,14 @@ class MemTier:
         self.heat = np.zeros(n, dtype=np.float32)
         self.dirty = 0
         self.resident = 0
-        #: pages read by the store's fast path (reads served from this tier's memory): kept
+        #: one-page reads served by the store's fast path from this tier's memory: counted
         #: here, on an object that path touches anyway, and added to the tier's counters
         self.fast_hits = 0
+        #: slots of the fast path's reads whose heat and counts are not applied yet: one
+        #: list append per read instead of a numpy item update and three counters, applied
+        #: in one `np.add.at` before anything ranks or reports them (PageStore's
+        #: `_apply_deferred_heat`)
+        self.pending_hits: list[int] = []
 
 
 def _as_rows(found: list[tuple]) -> np.ndarray:
@@ -426,7 +431,7 @@ class PageTable:
 
     def mem(self, page: int) -> tuple[MemTier, int] | None:
         if self.dense:
-            code = int(self._dense_index[page])
+            code = self._dense_index.item(page)  # .item: a Python int without a numpy scalar
         else:
             code = self._sparse_index.get(page)
         if code < 0:

@@ -60,8 +60,10 @@ INLINE_LINE_PAGES = 2048
 MID_GATHER_ROWS = 1 << 18
 #: a published generation of at least this many rows gives its temporaries back (malloc_trim)
 TRIM_AFTER_PUBLISH_ROWS = 1 << 15
-#: small gathers whose heat may wait for the background tick (see `_apply_gather_heat`)
+#: small gathers whose heat may wait for the background tick (see `_apply_deferred_heat`)
 GATHER_HEAT_PENDING = 1024
+#: one-page reads from memory whose heat and counts may wait (`MemTier.pending_hits`)
+READ_HEAT_PENDING = 4096
 #: the unsigned word that holds one row of 2, 4 or 8 bytes (a row taken as one word)
 _ROW_WORDS = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 
@@ -152,12 +154,15 @@ class PageStore:
         #: the direct-mapped arena's parameter rows, as one word per row where one fits
         self._row_table = np.zeros(0, dtype=np.uint8)
         self._row_table_arena: MemoryArena | None = None
-        #: pages of recent small gathers, counted in the direct arena's heat later (`_apply_gather_heat`)
+        #: pages of recent small gathers, counted in the direct arena's heat later (`_apply_deferred_heat`)
         self._gather_heat: list[np.ndarray] = []
         #: a small gather was answered since the last background tick (`_learn_lines`)
         self._small_gathered = False
         first = self.memory_tiers[0] if self.memory_tiers else None
         self._direct = first is not None and first.mem is not None and first.mem.direct and table.dense
+        #: the direct-mapped first tier (slot = page), whose copies the fast path finds without
+        #: asking the page table; None when the first tier is slotted
+        self._direct_mem: MemTier | None = first.mem if self._direct else None  # type: ignore[union-attr]
         if first is not None and first.mem is not None:
             # small gathers check their rows' lines, not whole chunks: the direct arena's
             # synchronous path, and a slotted arena's inline gathers (a camera's frame touches
@@ -269,19 +274,31 @@ class PageStore:
     def _touch(self, mt: MemTier, slot: int, boost: float = 1.0) -> None:
         mt.heat[slot] += boost
 
-    def _apply_gather_heat(self) -> None:
-        """Count the pages of the small gathers since the last call as accesses (one per row
-        read): deferred, as a single-point query cannot spare the three numpy calls of doing
-        it at once, and applied before anything ranks pages by heat."""
+    def _apply_deferred_heat(self) -> None:
+        """Count the pages of the small gathers and of the one-page reads from memory since
+        the last call as accesses (one per row or read): deferred, as neither a single-point
+        query nor a cold 4 KiB read can spare the numpy calls of doing it at once, and
+        applied before anything ranks pages by heat or reports reads."""
         if self._gather_heat:
             mt = self.memory_tiers[0].mem
             assert mt is not None
             np.add.at(mt.heat, np.concatenate(self._gather_heat), 1.0)
             self._gather_heat.clear()
+        for t in self.memory_tiers:
+            mt = t.mem
+            if mt is not None and mt.pending_hits:
+                self._apply_read_heat(mt)
+
+    def _apply_read_heat(self, mt: MemTier) -> None:
+        hits = mt.pending_hits
+        np.add.at(mt.heat, np.array(hits, dtype=np.int64), 1.0)
+        mt.fast_hits += len(hits)
+        self.counters["reads"] += len(hits)
+        hits.clear()
 
     def _decay_heat(self, elapsed: float) -> None:
         """Hotness is a decayed access count: the decay is applied to whole arrays, not per access."""
-        self._apply_gather_heat()
+        self._apply_deferred_heat()
         factor = math.exp2(-elapsed / self.cfg.heat_half_life_s)
         for t in self.memory_tiers:
             if t.mem is not None:
@@ -362,7 +379,7 @@ class PageStore:
         return False
 
     def _victims(self, mt: MemTier, count: int, *, clean_only: bool) -> np.ndarray:
-        self._apply_gather_heat()
+        self._apply_deferred_heat()
         slots = np.flatnonzero((mt.slot_page >= 0) & (mt.pins == 0))
         if clean_only:
             slots = slots[mt.dirty_gen[slots] == 0]
@@ -699,17 +716,21 @@ class PageStore:
             if read_log is not None and self._to_read_log(range(first, (offset + size - 1) // ps + 1)):
                 return view
         else:
-            loc = self.table.mem(first)
-            if loc is None:
-                return None
-            mt, slot = loc
+            mt = self._direct_mem
+            if mt is not None and mt.slot_page.item(first) >= 0:  # direct-mapped: slot = page
+                slot = first
+            else:
+                loc = self.table.mem(first)
+                if loc is None:
+                    return None
+                mt, slot = loc
             view = mt.arena.checked_view(slot, start, size)
             if view is None:
                 return None
-            heat = mt.heat
-            heat[slot] = heat.item(slot) + 1.0
-            mt.fast_hits += 1  # the tier's reads and hits (Tier.describe adds them)
-            self.counters["reads"] += 1
+            hits = mt.pending_hits  # heat, the tier's hits and the store's reads, applied later
+            hits.append(slot)
+            if len(hits) >= READ_HEAT_PENDING:
+                self._apply_read_heat(mt)
             if read_log is not None and first not in self._read_log_watched:
                 read_log.append(first)
                 self._logged_reads += 1
@@ -1631,7 +1652,7 @@ class PageStore:
         self._small_gathered = True
         self._gather_heat.append(pages)
         if len(self._gather_heat) >= GATHER_HEAT_PENDING:
-            self._apply_gather_heat()
+            self._apply_deferred_heat()
         for listener in self._memory_gather_listeners:
             try:
                 listener(pages)
@@ -2087,6 +2108,7 @@ class PageStore:
         ]
 
     def stats(self) -> dict:
+        self._apply_deferred_heat()  # the reads and hits of the fast path
         return {
             "generation": self.generation,
             "materialised_pages": self.materialised_pages(),
