@@ -6,8 +6,10 @@ resident page with its int objects, ~30 MB for a 1 GiB dram tier of 4 KiB pages,
 counted against SPEC 8's 200 bytes of daemon memory per materialised page. This is an
 open-addressing table in two numpy arrays instead: linear probing from a Fibonacci hash,
 deletion by backward shift (no tombstones), 16 bytes per entry, at a load factor between
-one eighth and one half (it doubles twice when half full: 32-128 bytes per resident
-page, and nothing is allocated for slots that are never used). A key is the page + 1:
+one quarter and one half (it doubles when half full: 32-64 bytes per resident page, and
+nothing is allocated for slots that are never used; growing four times at once left
+up to 128 bytes a page, which showed as ~120 B/page of SPEC 8's 200 between 3*10^4 and
+10^5 pages in scripts/bench_scale.py's range). A key is the page + 1:
 0 means empty.
 
 Single-threaded like the rest of the page table (the trio thread).
@@ -40,11 +42,11 @@ class SlotIndex:
         return fibonacci_slots(pages, self._shift)
 
     def _grow(self) -> None:
-        """Four times the size, every entry placed again (vectorised: on the trio thread, a
+        """Twice the size, every entry placed again (vectorised: on the trio thread, a
         table of 10^5 pages takes milliseconds, not the Python loop's tenth of a second)."""
         keys, codes = self.keys, self.codes
         used = np.flatnonzero(keys)
-        self._alloc(4 * (self.mask + 1))
+        self._alloc(2 * (self.mask + 1))
         self._place_many(keys[used], codes[used])
 
     def _place_many(self, keys: np.ndarray, codes: np.ndarray) -> None:
