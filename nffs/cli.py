@@ -56,6 +56,14 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
+def _seconds(text: str) -> float:
+    """A time to wait: a finite number of seconds above 0."""
+    value = _float(text)
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return value
+
+
 def _size(text: str) -> int:
     try:
         return parse_size(text)
@@ -124,11 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("refresh", help="read-only mount: serve the writer's newest published generation now")
     pr.add_argument("mountpoint")
-    pr.add_argument("--timeout", type=_float, default=60.0, help="seconds to wait for the new generation (default 60)")
+    pr.add_argument("--timeout", type=_seconds, default=60.0, help="seconds to wait for the new generation (default 60)")
 
     pu = sub.add_parser("umount", help="flush, unmount and wait for the daemon to exit")
     pu.add_argument("mountpoint")
-    pu.add_argument("--timeout", type=_float, default=600.0, help="seconds to wait for the daemon (default 600)")
+    pu.add_argument("--timeout", type=_seconds, default=600.0, help="seconds to wait for the daemon (default 600)")
 
     ps = sub.add_parser("stat", help="show a field or a mounted field")
     ps.add_argument("target", help="FIELD_DIR or MOUNTPOINT")
@@ -318,10 +326,11 @@ def _serve_foreground(field_dir: str, mountpoint: str, opts, ready_fd: int | Non
     from .fs.daemon import serve
     from .tiers.fielddir import FieldError
 
-    def ready() -> None:
+    def ready(warnings: list[str]) -> None:
         log.info("mounted %s on %s (pid %d)", field_dir, mountpoint, os.getpid())
         if ready_fd is not None:
-            os.write(ready_fd, b"ok\n")
+            # the waiting `nffs mount` prints the warnings (a foreground daemon logged them)
+            os.write(ready_fd, b"".join(f"warning: {w}\n".encode() for w in warnings) + b"ok\n")
             os.close(ready_fd)
 
     try:
@@ -365,17 +374,23 @@ def _spawn_daemon(args: argparse.Namespace, field_dir: str, mountpoint: str) -> 
                                 start_new_session=True, cwd="/")
     os.close(write_fd)
     chunks = []
+    warnings = []
     deadline = time.monotonic() + 120
     with os.fdopen(read_fd, "rb") as pipe:
         while time.monotonic() < deadline:
             data = pipe.readline()
             if not data:
                 break
+            if data.startswith(b"warning: "):
+                warnings.append(data.decode(errors="replace").strip())
+                continue
             chunks.append(data)
             if data.startswith(b"ok") or data.startswith(b"error"):
                 break
     message = b"".join(chunks).decode(errors="replace").strip()
     if message.startswith("ok"):
+        for w in warnings:  # mounted, but part of the field is unavailable: say so
+            print(f"nffs mount: {w}", file=sys.stderr)
         return 0
     if not message:
         proc.poll()

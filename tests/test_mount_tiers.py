@@ -265,3 +265,81 @@ def test_cxl_tier_bound_to_a_numa_node(mounts: Mounts, tmp_path: Path) -> None:
     res = nffs("init", str(tmp_path / "nonode"), "--tier", f"c={tmp_path}/c,kind=cxl,numa=999", "--tier", f"n={tmp_path}/n2")
     res = nffs("mount", str(tmp_path / "nonode"), str(tmp_path), check=False)
     assert res.returncode != 0 and "NUMA node 999" in res.stderr
+
+
+def test_a_mount_that_leaves_out_or_misnames_a_tier_holding_pages_is_refused_and_changes_nothing(
+        mounts: Mounts, tmp_path: Path) -> None:
+    """SPEC 7, bad tier specs: a mount whose --tier list leaves out the tier holding the
+    pages (or gives its directory under another tier's name) used to mount with every page
+    EIO and leave that tier set on record, so that `fsck --repair` then reset the intact
+    data to the init. Now it is a clear error, and the field is as before."""
+    field = mounts.init("--levels", "4", "--log2-table-size", "12", "--page-size", "4K")
+    mnt = mounts.mount(field, "--prefetch", "none")  # the embedded default tiers
+    nvme_dir = next(Path(t["path"]) for t in stats(mnt)["store"]["tiers"] if t["name"] == "nvme")
+    with open(mnt / "params", "r+b") as f:
+        f.seek(100)
+        f.write(b"DATA")
+    mounts.umount(mnt)
+    copy = tmp_path / "copy-of-nvme"
+    shutil.copytree(nvme_dir, copy)
+    target = tmp_path / "refused"
+    target.mkdir()
+    attempts = {
+        "left out (renamed)": (["--tier", f"home={nvme_dir},kind=nvme"], "'nvme'"),
+        "left out (another dir)": (["--tier", f"other={tmp_path}/empty,kind=nvme"], "'nvme'"),
+        "another tier's dir": (["--tier", f"nvme={nvme_dir},kind=nvme", "--tier", f"home={copy},kind=hdd"], "given here as tier 'home'"),
+    }
+    for what, (tiers, expected) in attempts.items():
+        res = nffs("mount", str(field), str(target), *tiers, "--prefetch", "none", check=False)
+        assert res.returncode != 0 and expected in res.stderr, (what, res.stderr)
+        assert not is_mounted(target), what
+    report = nffs("fsck", "--repair", str(field))
+    assert "reset" not in report.stdout + report.stderr
+    mnt = mounts.mount(field, "--prefetch", "none")
+    with open(mnt / "params", "rb") as f:
+        f.seek(100)
+        assert f.read(4) == b"DATA"
+
+
+def test_a_missing_durable_root_is_told_at_mount_and_shown_by_stat(mounts: Mounts, tmp_path: Path) -> None:
+    """A configured tier whose directory is gone: the field mounts (the rest of it serves),
+    its pages give EIO, and the user is told — by `nffs mount` on stderr, and by `nffs stat`."""
+    field = mounts.init("--levels", "8", "--log2-table-size", "14", "--page-size", "16K")
+    tiers = ["--tier", f"dram={tmp_path}/dram,kind=dram,capacity=1M", "--tier", f"nvme={tmp_path}/nvme,kind=nvme"]
+    mnt = mounts.mount(field, *tiers, "--prefetch", "none")
+    (mnt / "params").write_bytes(b"x" * PAGE * 2)
+    mounts.umount(mnt)
+    os.rename(tmp_path / "nvme", tmp_path / "away")
+    target = tmp_path / "partial"
+    target.mkdir()
+    mounts.watch_log(field)
+    mounts.allow_log("its home tier is not available")  # the read answered EIO, logged as an operator must see it
+    res = nffs("mount", str(field), str(target), *tiers, "--prefetch", "none", check=False)
+    if is_mounted(target):
+        mounts.mounted.append(target)
+    assert res.returncode == 0, res.stderr
+    assert "tier nvme" in res.stderr and "EIO" in res.stderr and str(tmp_path / "nvme") in res.stderr
+    assert not (tmp_path / "nvme").exists()  # never recreated
+    assert "UNAVAILABLE" in nffs("stat", str(target)).stdout
+    with pytest.raises(OSError) as err:
+        with open(target / "params", "rb") as f:
+            f.read(100)
+    assert err.value.errno == errno.EIO
+
+
+def test_tier_option_twice_capacity_below_a_page_and_bad_umount_timeouts_are_refused(mounts: Mounts, tmp_path: Path) -> None:
+    res = nffs("init", str(tmp_path / "f"), "--tier", f"n={tmp_path}/n,kind=nvme,kind=hdd", check=False)
+    assert res.returncode != 0 and "given twice" in res.stderr
+    res = nffs("init", str(tmp_path / "f"), "--page-size", "4K", "--tier", f"n={tmp_path}/n,kind=nvme,capacity=1.5K", check=False)
+    assert res.returncode != 0 and "less than one page" in res.stderr
+    assert not (tmp_path / "f" / "field.json").exists()
+    field = mounts.init("--levels", "4", "--log2-table-size", "12", "--page-size", "4K")
+    target = tmp_path / "m"
+    target.mkdir()
+    res = nffs("mount", str(field), str(target), "--tier", f"n={tmp_path}/n2,kind=nvme,capacity=2K", check=False)
+    assert res.returncode != 0 and "less than one page" in res.stderr and not is_mounted(target)
+    mnt = mounts.mount(field, "--prefetch", "none")
+    for bad in ("-1", "0", "nan", "inf"):
+        res = nffs("umount", str(mnt), "--timeout", bad, check=False)
+        assert res.returncode == 2 and "above 0" in res.stderr, bad
+        assert is_mounted(mnt), bad  # refused before anything was done

@@ -44,8 +44,8 @@ class FieldConfig:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{name} must be an integer, got {value!r}")
             if value < lo or (hi is not None and value > hi):
-                upper = "" if hi is None else f"..{hi}"
-                raise ValueError(f"{name} must be in {lo}{upper}, got {value}")
+                bounds = f"at least {lo}" if hi is None else f"in {lo}..{hi}"
+                raise ValueError(f"{name} must be {bounds}, got {value}")
 
         need_int("dims", 1, 7)
         need_int("levels", 1, 64)

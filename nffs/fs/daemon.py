@@ -71,8 +71,11 @@ def check_mount_location(mountpoint: str, places: list[tuple[str, str]]) -> None
                                    "(the daemon would wait on its own mount); choose a mount point elsewhere")
 
 
-def serve(field_dir: str, mountpoint: str, opts: MountOptions, on_ready: Callable[[], None] | None = None) -> None:
-    """Open the field, mount, serve until unmounted or signalled, then flush and clean up."""
+def serve(field_dir: str, mountpoint: str, opts: MountOptions, on_ready: Callable[[list[str]], None] | None = None) -> None:
+    """Open the field, mount, serve until unmounted or signalled, then flush and clean up.
+
+    `on_ready` gets the warnings the user must see at mount (a durable tier that could not
+    be opened: its pages give EIO, the rest of the field serves on)."""
     # Worker threads run numpy and checksums in many short calls that hold the GIL; the
     # trio thread must get it back within a fraction of a millisecond, not the default 5 ms.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
@@ -112,7 +115,10 @@ def serve(field_dir: str, mountpoint: str, opts: MountOptions, on_ready: Callabl
         raise
     unmount = True
     try:
-        trio.run(_run, ops, opened.store, prefetcher, opts, on_ready)
+        warnings = [f"tier {t.name}: {t.broken} -- its pages give EIO until it is back and the field is remounted"
+                    for t in opened.tiers if t.broken is not None]
+        ready = None if on_ready is None else (lambda: on_ready(warnings))
+        trio.run(_run, ops, opened.store, prefetcher, opts, ready)
         # main() returns when the kernel unmounted us, or on a signal (still mounted then)
         unmount = is_mounted(mountpoint)
     finally:

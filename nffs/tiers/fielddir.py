@@ -64,6 +64,11 @@ def _prepare_durable_root(spec: TierSpec, field_id: str, tier_id: int, pages_the
             return root, sps
         if marker.get("field_id") != field_id:
             raise TierRootError(f"{spec.path} belongs to another field ({marker.get('field_id')})")
+        if marker.get("tier") not in (None, spec.name):
+            # its homes are recorded under the other tier's name: served under this one they
+            # would all be EIO, and an fsck would take them for lost
+            raise TierRootError(f"{spec.path} is the directory of this field's tier {marker.get('tier')!r}, "
+                                f"given here as tier {spec.name!r}")
         sps = int(marker.get("slots_per_slab") or slots_per_slab(cfg, page_size))
         return root, sps
     except BaseException:
@@ -78,6 +83,7 @@ def init_field(field_dir: str, cfg: FieldConfig, tiers: list[TierSpec] | None, s
     if tiers:
         check_tier_set(tiers)
         check_tier_paths(tiers)
+        _check_capacities(tiers, cfg.page_size)
     if os.path.exists(os.path.join(field_dir, FIELD_JSON)):
         raise FieldError(f"{field_dir} already holds a field")
     if os.path.lexists(field_dir) and not os.path.isdir(field_dir):
@@ -151,6 +157,13 @@ def load_config(field_dir: str) -> FieldConfig:
         raise FieldError(f"{path}: {exc}") from None
 
 
+def _check_capacities(specs: list[TierSpec], page_size: int) -> None:
+    """A fixed capacity must hold a page at least (a percentage depends on the file system)."""
+    for spec in specs:
+        if spec.capacity is not None and not spec.capacity.endswith("%") and spec.capacity_bytes() < page_size:
+            raise FieldError(f"tier {spec.name}: capacity {spec.capacity} is less than one page ({page_size} bytes)")
+
+
 def persisted_tiers(meta: MetaDB, field_dir: str) -> list[TierSpec]:
     raw = meta.get_meta("tiers")
     if raw:
@@ -159,11 +172,16 @@ def persisted_tiers(meta: MetaDB, field_dir: str) -> list[TierSpec]:
 
 
 def tiers_for_check(meta: MetaDB, field_dir: str) -> list[TierSpec]:
-    """The tiers of the last mount (a mount may override the persisted ones), for fsck and stat."""
+    """The tiers of the last mount (a mount may override the persisted ones), for fsck and
+    stat, plus any tier of `init` that mount did not name (a field written before mounts
+    had to name every tier holding pages may have such a mount on record)."""
+    persisted = persisted_tiers(meta, field_dir)
     raw = meta.get_meta("last_tiers")
-    if raw:
-        return [TierSpec.from_dict(d) for d in json.loads(raw)]
-    return persisted_tiers(meta, field_dir)
+    if not raw:
+        return persisted
+    last = [TierSpec.from_dict(d) for d in json.loads(raw)]
+    named = {s.name for s in last}
+    return last + [s for s in persisted if s.name not in named and not s.volatile]
 
 
 def open_meta(field_dir: str, *, read_only: bool = False, immutable: bool = False) -> MetaDB:
@@ -322,6 +340,18 @@ def open_field(field_dir: str, tier_overrides: list[TierSpec] | None = None, *, 
             from .generations import current_tier_names
 
             known.update({name: i for i, name in current_tier_names(field_dir).items()})
+        _check_capacities(specs, cfg.page_size)
+        configured = {known[s.name] for s in specs if s.name in known}
+        left_out = {tid: n for tid, n in pages_by_tier.items() if n and tid not in configured}
+        if left_out:
+            # bad input (SPEC 7): served without them, these pages would all be EIO, and the
+            # tiers of record (fsck's) would lose them; a tier that is configured but whose
+            # directory vanished is another matter: EIO for its pages, the rest serves on
+            names = {i: name for name, i in known.items()}
+            raise FieldError("this mount's tiers leave out "
+                             + ", ".join(f"tier {names.get(t, t)!r} ({n} pages)" for t, n in sorted(left_out.items()))
+                             + " of this field: give every tier that holds pages, by its name, with --tier NAME=PATH"
+                             + " (the field's tiers: `nffs stat FIELD_DIR`)")
         for n, spec in enumerate(specs):
             # a reader never writes metadata: a tier name the field does not know holds no pages
             tid = meta.tier_id(spec.name) if not read_only else known.get(spec.name, -1000 - n)
@@ -336,11 +366,6 @@ def open_field(field_dir: str, tier_overrides: list[TierSpec] | None = None, *, 
             except OSError as exc:
                 raise FieldError(f"tier {spec.name}: cannot use {spec.path}: {exc.strerror or exc}") from None
             opened.append(tier)
-        unknown = set(pages_by_tier) - {t.id for t in opened}
-        if unknown:
-            names = meta.tier_names()
-            log.warning("pages on tiers not configured for this mount give EIO: %s",
-                        ", ".join(names.get(i, str(i)) for i in sorted(unknown)))
         tiers = list(opened)
         if not any(t.mem is not None for t in tiers):
             tiers.insert(0, _anonymous_tier(layout, store_cfg, table))

@@ -67,6 +67,8 @@ def fsck(field_dir: str, repair: bool = False, progress: Callable[[int, int], No
                 continue
             homes[tid] = SlabHomes(root, cfg.page_size, sps)
         total = sum(counts.values())
+        configured = {by_name.get(s.name) for s in tiers_for_check(meta, field_dir)}
+        unchecked: dict[int, int] = {}
         lost: list[int] = []
         seen: dict[tuple[int, int], int] = {}
         done = 0
@@ -77,9 +79,10 @@ def fsck(field_dir: str, repair: bool = False, progress: Callable[[int, int], No
                 progress(done, total)
             store = homes.get(home.tier)
             if store is None:
-                if home.tier not in {by_name.get(s.name) for s in tiers_for_check(meta, field_dir)}:
-                    report.problems.append(f"page {page}: its home tier id {home.tier} is not configured")
-                    lost.append(page)
+                if home.tier not in configured:
+                    # not lost: its tier is not among those fsck knows where to find; never
+                    # reset (its data may be intact there), only reported
+                    unchecked[home.tier] = unchecked.get(home.tier, 0) + 1
                 continue
             key = (home.tier, home.slot)
             if key in seen:
@@ -102,6 +105,10 @@ def fsck(field_dir: str, repair: bool = False, progress: Callable[[int, int], No
                 lost.append(page)
         if progress is not None:
             progress(done, total)
+        for tid, n in sorted(unchecked.items()):
+            what = f"{n} pages on tier {names.get(tid, tid)!r}"
+            report.problems.append(f"{what}: the tier is not among the field's tiers of record; not checked")
+            report.unrepaired.append(f"{what}: mount once with that tier named (--tier {names.get(tid, tid)}=PATH), then check again")
         if lost:
             if repair:
                 table.delete_homes(lost)

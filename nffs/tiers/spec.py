@@ -105,10 +105,14 @@ def parse_tier_spec(text: str) -> TierSpec:
     capacity: str | None = None
     numa: int | None = None
     latency = 0.0
+    seen: set[str] = set()
     for opt in opts:
         if "=" not in opt:
             raise TierSpecError(f"tier {name}: bad option {opt!r}, expected key=value")
         key, value = (s.strip() for s in opt.split("=", 1))
+        if key in seen:
+            raise TierSpecError(f"tier {name}: option {key!r} given twice")
+        seen.add(key)
         if key == "kind":
             if value not in KINDS:
                 raise TierSpecError(f"tier {name}: unknown kind {value!r} (expected one of {', '.join(KINDS)})")

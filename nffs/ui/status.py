@@ -35,7 +35,8 @@ def tier_lines(v: View, ascii_only: bool = False) -> list[str]:
             f"{human_bytes(t.used_bytes)} / {cap}  {plural(t.pages, 'page')}, {count(t.dirty_pages)} dirty, "
             f"{count(t.reads)} reads, hit rate {pct(t.hit_rate)}"
         )
-        lines.append(f"  {'':<{name_w}} {t.path or DASH}")
+        gone = "  UNAVAILABLE: its pages give EIO (see the field's nffs.log)" if t.available is False else ""
+        lines.append(f"  {'':<{name_w}} {t.path or DASH}{gone}")
     return lines
 
 

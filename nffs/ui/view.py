@@ -170,6 +170,8 @@ class TierInfo:
     io_errors: float | None = None
     latency_s: float | None = None
     read_latency: Histogram | None = None
+    #: False: the tier's root could not be used (missing, replaced, failing): its pages give EIO
+    available: bool | None = None
 
     @property
     def fill(self) -> float | None:
@@ -329,6 +331,7 @@ def _tier(t: Mapping[str, Any]) -> TierInfo:
         kind=_str(t.get("kind")),
         path=_str(t.get("path")),
         volatile=t.get("volatile") if isinstance(t.get("volatile"), bool) else None,
+        available=t.get("available") if isinstance(t.get("available"), bool) else None,
         capacity=first_num(t, "capacity", "capacity_bytes"),
         used_bytes=first_num(t, "used_bytes"),
         pages=first_num(t, "pages", "memory_pages", "home_pages"),
