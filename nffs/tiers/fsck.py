@@ -56,8 +56,8 @@ def fsck(field_dir: str, repair: bool = False, progress: Callable[[int, int], No
             if spec.volatile:
                 continue
             tid = by_name.get(spec.name)
-            if tid is None:
-                continue
+            if tid is None or (not counts.get(tid) and not os.path.lexists(spec.path)):
+                continue  # (a tier that holds nothing and was never created is no problem)
             try:
                 root, sps = _prepare_durable_root(spec, field_id, tid, counts.get(tid, 0), cfg.page_size, DEFAULT,
                                                   create=False, write=False)
