@@ -212,8 +212,8 @@ class FieldOperations(pyfuse3.Operations):
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         # The hottest request (every cold 4 KiB read of params): the error contract is applied
-        # inline, not by `fuse_handler`, whose extra coroutine per request cost a cold read
-        # ~3 % (scripts/bench_io.py); self.handle() inlined as well.
+        # inline, not by `fuse_handler`, whose extra coroutine per request is one more step of
+        # a cold read's few microseconds (scripts/bench_io.py); self.handle() inlined as well.
         try:
             h = self.handles.get(fh)
             if h is None:

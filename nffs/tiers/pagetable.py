@@ -101,7 +101,7 @@ class MemTier:
         self.heat = np.zeros(n, dtype=np.float32)
         self.dirty = 0
         self.resident = 0
-        #: one-page reads served by the store's fast path from this tier's memory: counted
+        #: pages read by the store's fast path from this tier's memory: counted
         #: here, on an object that path touches anyway, and added to the tier's counters
         self.fast_hits = 0
         #: slots of the fast path's reads whose heat and counts are not applied yet: one
