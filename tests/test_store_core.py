@@ -492,19 +492,29 @@ async def test_reads_from_memory_count_as_reads_hits_and_heat_once_applied(tmp_p
         opened.close()
 
 
+async def opened_after_a_writing_tick(tmp: Path) -> OpenField:
+    """A direct-mapped field with every page written and synced, after the background tick
+    that saw the writes (its line-sum pass waits for a tick without them)."""
+    opened = open_field(str(make_field(tmp, page_size=16384, memory="1M")))
+    try:
+        await opened.store.write(0, pattern(1, opened.store.layout.params_bytes))
+        await opened.store.sync()
+        await opened.store._learn_lines()  # a tick that saw writes: nothing yet
+    except BaseException:
+        opened.close()
+        raise
+    return opened
+
+
 async def test_line_sums_are_learned_in_quiet_ticks_not_while_params_is_read(tmp_path: Path) -> None:
     """The background's line-sum pass (for single-point queries) waits while `params` is
     being read (it cost reads of memory up to a fifth of their rate) and runs once a tick
     passes without reads, or at once when small gathers want its work."""
-    field = make_field(tmp_path, page_size=16384, memory="1M")
-    opened = open_field(str(field))
+    opened = await opened_after_a_writing_tick(tmp_path)
     store = opened.store
     try:
         n = store.layout.n_pages
-        await store.write(0, pattern(1, store.layout.params_bytes))
-        await store.sync()
         arena = store.memory_tiers[0].mem.arena
-        await store._learn_lines()  # a tick that saw writes: nothing yet
         assert store.read_from_memory(100, 4096) is not None
         await store._learn_lines()  # reads since the last tick, no gather: postponed
         for _ in range(3):
@@ -518,15 +528,11 @@ async def test_line_sums_are_learned_in_quiet_ticks_not_while_params_is_read(tmp
 
 
 async def test_small_gathers_keep_the_line_sum_pass_going_while_params_is_read(tmp_path: Path) -> None:
-    field = make_field(tmp_path, page_size=16384, memory="1M")
-    opened = open_field(str(field))
+    opened = await opened_after_a_writing_tick(tmp_path)
     store = opened.store
     try:
         n = store.layout.n_pages
-        await store.write(0, pattern(1, store.layout.params_bytes))
-        await store.sync()
         arena = store.memory_tiers[0].mem.arena
-        await store._learn_lines()  # a tick that saw writes: nothing yet
         assert store.read_from_memory(100, 4096) is not None
         await store.gather_rows(np.array([[0, 1, 2]], dtype=np.int64))  # a small gather
         await store._learn_lines()
