@@ -353,6 +353,22 @@ def _serve_foreground(field_dir: str, mountpoint: str, opts, ready_fd: int | Non
     return 0
 
 
+def daemon_environment(env: "os._Environ[str] | dict[str, str]") -> dict[str, str]:
+    """The daemon's environment: the caller's, with glibc's allocator for Python objects.
+
+    Python's own small-object allocator (pymalloc) keeps 1 MiB arenas as long as one object
+    in them lives: the per-page temporaries of write-back batches and FUSE requests left
+    more and more of them two-thirds empty, ~100-200 B of daemon memory per materialised
+    page beyond what is alive (SPEC 8: 200 B). glibc's malloc gives such memory back at
+    the daemon's `malloc_trim`; at most two malloc arenas, not one per worker thread. A
+    value the caller set (PYTHONMALLOC=debug, say) is kept. See docs/design.md, "Memory".
+    """
+    out = dict(env)
+    out.setdefault("PYTHONMALLOC", "malloc")
+    out.setdefault("MALLOC_ARENA_MAX", "2")
+    return out
+
+
 def _spawn_daemon(args: argparse.Namespace, field_dir: str, mountpoint: str) -> int:
     """Run the daemon detached; return only when it reports the mount ready (or its error)."""
     read_fd, write_fd = os.pipe()
@@ -371,7 +387,7 @@ def _spawn_daemon(args: argparse.Namespace, field_dir: str, mountpoint: str) -> 
     log_path = os.path.join(field_dir, LOG_NAME)
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, pass_fds=(write_fd,),
-                                start_new_session=True, cwd="/")
+                                start_new_session=True, cwd="/", env=daemon_environment(os.environ))
     os.close(write_fd)
     chunks = []
     warnings = []

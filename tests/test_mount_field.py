@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nffs.cli import daemon_environment
 from nffs.encoding.init import implicit_value_scalar
 
 from mounting import NFFS, Mounts, is_mounted, nffs
@@ -46,6 +47,10 @@ def test_init_mount_ls_cat_dd_umount_waits_for_daemon(mounts: Mounts) -> None:
     od = subprocess.run(["od", "-f"], input=dd.stdout, capture_output=True, check=True)
     assert od.stdout.count(b"\n") > 100
     pid = read_json(mnt / "stats")["pid"]
+    # the daemon allocates Python objects with glibc's malloc, which gives freed memory back
+    # (docs/design.md, "Memory"), unless the caller chose an allocator
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert f"PYTHONMALLOC={os.environ.get('PYTHONMALLOC', 'malloc')}".encode() in environ
     mounts.umount(mnt)
     # `nffs umount` returns only once the daemon is gone (reaped or zombie)
     try:
@@ -295,6 +300,12 @@ def _stderr_until(proc: subprocess.Popen, text: str, timeout: float = 30.0) -> s
                 break
             seen += chunk
     return seen
+
+
+def test_daemon_environment_chooses_glibc_malloc_unless_the_caller_chose() -> None:
+    assert daemon_environment({"HOME": "/root"}) == {"HOME": "/root", "PYTHONMALLOC": "malloc", "MALLOC_ARENA_MAX": "2"}
+    mine = {"PYTHONMALLOC": "debug", "MALLOC_ARENA_MAX": "8"}
+    assert daemon_environment(mine) == mine
 
 
 def test_sigusr2_writes_the_daemons_stacks_to_its_log_and_it_keeps_serving(mounts: Mounts, small_field) -> None:

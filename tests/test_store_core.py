@@ -527,6 +527,33 @@ async def test_line_sums_are_learned_in_quiet_ticks_not_while_params_is_read(tmp
         opened.close()
 
 
+async def test_the_heap_is_trimmed_once_paging_work_stops_for_a_tick(tmp_path: Path, monkeypatch) -> None:
+    """Pages written back or loaded leave their temporaries in the allocator's free lists:
+    the background gives them back (malloc_trim) after many pages, and once a tick passes
+    without more, so that a daemon's memory after a copy or a scan does not depend on
+    where the work stopped (SPEC 8, memory per page)."""
+    import nffs.tiers.store as store_module
+
+    trims = []
+    monkeypatch.setattr(store_module, "_release_heap", lambda: trims.append(1))
+    opened = open_field(str(make_field(tmp_path, page_size=16384, memory="1M")))
+    store = opened.store
+    try:
+        trims.clear()                          # (opening trims after its scan of the homes)
+        await store._trim_heap_if_due()
+        assert trims == []                     # nothing paged: nothing to give back
+        await store.write(0, pattern(1, 5 * 16384))
+        await store.sync()                     # five pages written back
+        await store._trim_heap_if_due()
+        assert trims == []                     # the tick that saw the work: it may go on
+        await store._trim_heap_if_due()
+        assert trims == [1]                    # a tick without more: trimmed
+        await store._trim_heap_if_due()
+        assert trims == [1]                    # and not again until more work
+    finally:
+        opened.close()
+
+
 async def test_small_gathers_keep_the_line_sum_pass_going_while_params_is_read(tmp_path: Path) -> None:
     opened = await opened_after_a_writing_tick(tmp_path)
     store = opened.store

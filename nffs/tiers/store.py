@@ -60,8 +60,9 @@ INLINE_LINE_PAGES = 2048
 MID_GATHER_ROWS = 1 << 18
 #: a published generation of at least this many rows gives its temporaries back (malloc_trim)
 TRIM_AFTER_PUBLISH_ROWS = 1 << 15
-#: so do this many pages loaded from their homes (at the next background tick)
-TRIM_AFTER_LOADED_PAGES = 1 << 13
+#: so do this many pages loaded from their homes or written back to them (at the next
+#: background tick), and any such work once a tick passed without more of it
+TRIM_AFTER_PAGES = 1 << 13
 #: small gathers whose heat may wait for the background tick (see `_apply_deferred_heat`)
 GATHER_HEAT_PENDING = 1024
 #: one-page reads from memory whose heat and counts may wait (`MemTier.pending_hits`)
@@ -203,7 +204,8 @@ class PageStore:
         self._last_publish = 0.0
         self._publisher: generations.Publisher | None = None  # the writer's, made at its first publish
         self._rows_since_trim = 0  # rows published since the heap was last trimmed
-        self._loaded_since_trim = 0  # pages loaded from their homes since then
+        self._paged_since_trim = 0  # pages loaded from or written to their homes since then
+        self._paged_at_last_tick = 0
         self._publish_attempt = 0  # the last generation number a publish tried
         self._refresh_kick = trio.Event()
         #: awaited with the pages a reader's refresh changed (the FUSE layer refreshes its caches)
@@ -581,7 +583,7 @@ class PageStore:
             loc = self._install(page, data, has_home=True, home_tier=home.tier, stored=home.mask)
             if loc is not None:
                 self.memory_tiers[loc[0].index].counters.promotions += 1
-            self._loaded_since_trim += 1  # its read's temporaries (see `_trim_heap_if_due`)
+            self._paged_since_trim += 1  # its read's temporaries (see `_trim_heap_if_due`)
 
     async def _fetch_batch(self, pages: list[int], priority: Priority) -> dict[int, bytes]:
         """Bring several pages home -> memory with one worker call per home tier (the
@@ -1399,6 +1401,7 @@ class PageStore:
                 continue
             homes.committed += 1
             tier.counters.writes += 1
+            self._paged_since_trim += 1
             if old is not None:
                 old_tier = self.tier_by_id.get(old.tier)
                 if old_tier is not None and old_tier.homes is not None:
@@ -1892,14 +1895,17 @@ class PageStore:
                     reported = str(exc)
 
     async def _trim_heap_if_due(self) -> None:
-        """After many pages loaded from their homes, give the heap their reads' temporaries
-        back, as a big publish does for a writer: without it a mount that read 10^5 pages
-        kept ~100 B per page in glibc's free lists (scripts/bench_scale.py, "after reading
-        all": 249-293 -> 141-228 B/page). In a worker thread: malloc_trim holds the
+        """After many pages loaded from or written to their homes, and when such work stops
+        for a tick, give the heap their temporaries back: without it a mount that read 10^5
+        pages kept ~100 B per page in glibc's free lists (scripts/bench_scale.py, "after
+        reading all": 249-293 -> 141-228 B/page), and what a writer kept depended on whether
+        a big publish happened to trim last. In a worker thread: malloc_trim holds the
         allocator's locks while it walks the heap."""
-        if self._loaded_since_trim >= TRIM_AFTER_LOADED_PAGES:
-            self._loaded_since_trim = 0
+        paged = self._paged_since_trim
+        if paged and (paged >= TRIM_AFTER_PAGES or paged == self._paged_at_last_tick):
+            self._paged_since_trim = 0
             await self.io.run(Priority.BACKGROUND, _release_heap)
+        self._paged_at_last_tick = self._paged_since_trim
 
     async def _learn_lines(self) -> None:
         """Give the direct arena's chunks line sums ahead of the small gathers that check them
