@@ -12,6 +12,7 @@ from nffs.encoding.init import implicit_values
 from nffs.encoding.layout import FieldConfig
 from nffs.tiers.fielddir import FieldError, init_field, open_field
 from nffs.tiers.spec import TierSpecError, check_tier_set, parse_duration, parse_size, parse_tier_spec
+from nffs.tiers.store import add_accesses
 
 
 def test_sizes_and_durations() -> None:
@@ -209,3 +210,15 @@ def test_a_niced_job_that_fails_runs_once() -> None:
         t.start()
         t.join()
     assert results == [[1], [1], [1]]
+
+
+@pytest.mark.parametrize("n_slots, n_accesses", [(1000, 5000), (1 << 16, 100), (7, 0)])
+def test_accesses_add_one_heat_per_access_repeats_included(n_slots: int, n_accesses: int) -> None:
+    rng = np.random.default_rng(n_slots)
+    heat = rng.random(n_slots, dtype=np.float32) * 4
+    slots = rng.integers(0, n_slots, n_accesses)
+    slots[: n_accesses // 2] = 3  # many repeats of one slot
+    want = heat.astype(np.float64) + np.bincount(slots, minlength=n_slots)
+    add_accesses(heat, slots)
+    assert heat.dtype == np.float32
+    assert np.allclose(heat, want, rtol=1e-6)

@@ -106,7 +106,7 @@ class MemTier:
         self.fast_hits = 0
         #: slots of the fast path's reads whose heat and counts are not applied yet: one
         #: list append per read instead of a numpy item update and three counters, applied
-        #: in one `np.add.at` before anything ranks or reports them (PageStore's
+        #: in one `add_accesses` before anything ranks or reports them (PageStore's
         #: `_apply_deferred_heat`)
         self.pending_hits: list[int] = []
 

@@ -94,6 +94,17 @@ def _release_heap() -> None:
 _malloc_trim = None
 
 
+def add_accesses(heat: np.ndarray, slots: np.ndarray) -> None:
+    """heat[s] += 1 for each s in slots (repeats count): by counting when the slots are
+    many for the array (`np.add.at` took 6 ms for the 131,072 rows of 1,024 deferred
+    single-point gathers over 13,896 slots, on the trio thread; a dense bincount 0.2 ms),
+    else where they fall."""
+    if slots.size * 8 >= heat.size:
+        np.add(heat, np.bincount(slots, minlength=heat.size), out=heat, casting="unsafe")
+    else:
+        np.add.at(heat, slots, 1.0)
+
+
 @dataclass
 class _InFlight:
     done: trio.Event
@@ -288,7 +299,7 @@ class PageStore:
         if self._gather_heat:
             mt = self.memory_tiers[0].mem
             assert mt is not None
-            np.add.at(mt.heat, np.concatenate(self._gather_heat), 1.0)
+            add_accesses(mt.heat, np.concatenate(self._gather_heat))
             self._gather_heat.clear()
         for t in self.memory_tiers:
             mt = t.mem
@@ -297,7 +308,7 @@ class PageStore:
 
     def _apply_read_heat(self, mt: MemTier) -> None:
         hits = mt.pending_hits
-        np.add.at(mt.heat, np.array(hits, dtype=np.int64), 1.0)
+        add_accesses(mt.heat, np.array(hits, dtype=np.int64))
         mt.fast_hits += len(hits)
         self.counters["reads"] += len(hits)
         hits.clear()
