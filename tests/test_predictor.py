@@ -917,6 +917,39 @@ def test_a_strided_streams_pages_are_fetched_as_one_run_over_small_gaps() -> Non
     assert runs == [[10], [12, 13, 14], [16], [21], [27], [40, 41], [39], [50], [52]]
 
 
+def test_runs_of_big_pages_stop_at_fetch_run_bytes() -> None:
+    """Every page of a run arrives when the last does: consecutive 1 MiB pages are fetched
+    one per I/O (a reader reaching the first waited for 2-16 MiB), 64 KiB pages 16 at a time."""
+    from nffs.predictor.prefetch import Prefetcher
+
+    for page_size, want in ((1 << 20, [[10], [11], [12]]), (65536, [[10, 11, 12]])):
+        layout = sim._layout(page_size)
+        port = sim.FakePort(layout.n_pages, page_size)
+        pf = Prefetcher(port, layout, kind="markov", push=None)
+        for page in (10, 11, 12):
+            pf.ledger.plan(page, "address", push=True, marker=False, now=0.0, stream=1)
+        pf._fetchq.extend([10, 11, 12])
+        runs = []
+        while pf._fetchq:
+            head = pf._fetchq.popleft()
+            runs.append([p for p, _ in pf._take_run(head, pf.ledger.entries[head])])
+        assert runs == want, page_size
+
+
+def test_a_contiguous_stream_over_big_pages_may_plan_a_quarter_of_memory() -> None:
+    """The memory cap counts a contiguous stream's step as its own pages (one 1 MiB page per
+    step of 1 MiB reads), not twice over: over 16 memory slots of 1 MiB the window reaches
+    4 pages, not 2."""
+    ps = 1 << 20
+    ap = AddressPredictor(PrefetchConfig(use_model=False), make_model("markov"), page_size=ps, params_bytes=1 << 32,
+                          memory_pages=16)
+    ahead = 0
+    for i in range(200):
+        for plan in ap.observe(i * ps, ps, now=i * 3e-3):
+            ahead = max(ahead, max((p for p in plan.pages), default=i) - i)
+    assert ahead == 4
+
+
 @pytest.mark.parametrize("kind", ["random", "stride"])
 def test_misses_are_looked_at_as_they_start_until_a_random_reader_shows_they_lead_nowhere(kind: str) -> None:
     """A miss is looked at as it starts (a thinking round during the reader's wait) while

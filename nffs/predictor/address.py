@@ -237,7 +237,12 @@ class AddressPredictor:
         c = self.cfg
         unit = max(1, math.ceil(self.page_size / max(1, abs(step))))
         by_bytes = c.ra_max_bytes // max(1, int(abs(step)))
-        pages_per_step = max(1.0, (min(abs(step), extent) + extent) / self.page_size) if abs(step) >= self.page_size else 1.0 / unit
+        if abs(step) < self.page_size:
+            pages_per_step = 1.0 / unit
+        elif extent >= abs(step):  # a contiguous stream: each step is its own whole pages
+            pages_per_step = abs(step) / self.page_size
+        else:  # a stride: the pages of one read, which may straddle a page boundary
+            pages_per_step = max(1.0, (min(abs(step), extent) + extent) / self.page_size)
         max_pages = min(c.ra_max_pages, max(2, int(c.ra_max_memory_fraction * self.memory_pages)))
         by_pages = int(max_pages / pages_per_step)
         return max(1, min(c.ra_max_steps * unit, by_bytes, by_pages))

@@ -36,6 +36,11 @@ class PrefetchConfig:
     #: consecutive planned pages — or the next queued pages of the field space, wherever they
     #: lie — fetched (and pushed) together as one run, at most
     fetch_run_pages: int = 16
+    #: ... and at most this many bytes (at least one page): every page of a run arrives when
+    #: the last does, so a run of 1 MiB pages made a reader that reached its first page wait
+    #: for the whole run (2-16 MiB read and pushed: 10-15 ms over a 5 ms tier), more than a
+    #: plain miss; pages this big are fetched one per I/O, concurrently
+    fetch_run_bytes: int = 1 << 20
     #: ... and an address-space run goes on over gaps of up to this many pages (one stream's
     #: pages, in one direction): a stride that is not a multiple of the page size plans 1-4
     #: pages a step with a page or two between, and a run per step cost a hop to a worker

@@ -687,7 +687,8 @@ class Prefetcher:
         or, for the field space, the next queued pages of the predicted frames, wherever
         they are (scattered by the hash, all wanted by the same frames: a camera bringing
         20-40 new pages per frame outran 16 slots of one page): fetched as one run, one I/O
-        and one slot instead of one per page (``fetch_run_pages`` at most). Every page taken
+        and one slot instead of one per page (``fetch_run_pages`` and ``fetch_run_bytes`` at
+        most). Every page taken
         is marked in flight at once: a page can sit in the queue twice (demanded, then
         planned again), and its second copy ends the run."""
         run = [(page, e)]
@@ -696,7 +697,8 @@ class Prefetcher:
         anywhere = e.space == "field"
         gap = max(0, self.cfg.fetch_run_gap_pages)  # missing pages a run may bridge
         sign = 0
-        while q and len(run) < self.cfg.fetch_run_pages:
+        max_pages = max(1, min(self.cfg.fetch_run_pages, self.cfg.fetch_run_bytes // self.port.page_size))
+        while q and len(run) < max_pages:
             nxt = q[0]
             d = nxt - run[-1][0]
             if not anywhere and (d == 0 or abs(d) > gap + 1 or (sign and (d > 0) != (sign > 0))):
