@@ -311,6 +311,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     opts = _mount_options(args)
     if args.metrics_listen and args.ready_fd is None:
         _check_listen(args.metrics_listen)
+    if args.foreground:
+        _adopt_daemon_environment(args)
     if args.foreground:  # from here on `kill -USR2` shows where the daemon waits (the lock, the tiers)
         from .fs.daemon import enable_stack_dump
 
@@ -361,12 +363,26 @@ def daemon_environment(env: "os._Environ[str] | dict[str, str]") -> dict[str, st
     more and more of them two-thirds empty, ~100-200 B of daemon memory per materialised
     page beyond what is alive (SPEC 8: 200 B). glibc's malloc gives such memory back at
     the daemon's `malloc_trim`; at most two malloc arenas, not one per worker thread. A
-    value the caller set (PYTHONMALLOC=debug, say) is kept. See docs/design.md, "Memory".
+    value the caller set (PYTHONMALLOC=debug, say) is kept. A foreground daemon started
+    without them takes them too (`_adopt_daemon_environment`). See docs/design.md, "Memory".
     """
     out = dict(env)
     out.setdefault("PYTHONMALLOC", "malloc")
     out.setdefault("MALLOC_ARENA_MAX", "2")
     return out
+
+
+def _adopt_daemon_environment(args: argparse.Namespace) -> None:
+    """A daemon run in the foreground by hand (a systemd unit, a test fixture) serves with the
+    same allocator settings as one `nffs mount` starts (`daemon_environment`): when they are
+    missing from its environment, the process starts again with them — same pid, arguments,
+    descriptors and working directory (`execve`). Not when called in process, nor when the
+    caller chose an allocator."""
+    if args.program_argv is None or "PYTHONMALLOC" in os.environ:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "nffs.cli", *args.program_argv], daemon_environment(os.environ))
 
 
 def _spawn_daemon(args: argparse.Namespace, field_dir: str, mountpoint: str) -> int:
@@ -780,6 +796,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     parser = build_parser()
     args = parser.parse_args(raw)
+    #: the command line as a program got it (None when called in process): a foreground
+    #: daemon may start again with it (`_adopt_daemon_environment`)
+    args.program_argv = raw if argv is None else None
     level = getattr(logging, str(args.log_level).upper(), logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(process)d %(name)s %(levelname)s: %(message)s")
     handlers = HANDLERS

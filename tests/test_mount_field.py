@@ -308,6 +308,34 @@ def test_daemon_environment_chooses_glibc_malloc_unless_the_caller_chose() -> No
     assert daemon_environment(mine) == mine
 
 
+def test_a_foreground_daemon_takes_the_daemons_allocator_and_keeps_its_pid(mounts: Mounts) -> None:
+    """`nffs mount --foreground` run by hand (a systemd unit, a fixture) serves as a daemon that
+    `nffs mount` started does: without PYTHONMALLOC in its environment it starts again with
+    the daemon's settings, as the same process (the pid its caller knows)."""
+    field = mounts.init("--levels", "2", "--log2-table-size", "10")
+    mnt = field.parent / "foreground"
+    mnt.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONMALLOC", "MALLOC_ARENA_MAX")}
+    proc = subprocess.Popen([*NFFS, "mount", str(field), str(mnt), "--foreground", "--prefetch", "none", *mounts.tiers(field)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    mounts.mounted.append(mnt)  # unmounted at the end whatever happens
+    try:
+        deadline = time.monotonic() + 60
+        while not is_mounted(mnt) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert is_mounted(mnt)
+        pid = read_json(mnt / "stats")["pid"]
+        assert pid == proc.pid
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert b"PYTHONMALLOC=malloc" in environ and b"MALLOC_ARENA_MAX=2" in environ
+        mounts.umount(mnt)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
 def test_sigusr2_writes_the_daemons_stacks_to_its_log_and_it_keeps_serving(mounts: Mounts, small_field) -> None:
     """docs/operations.md "A mount that seems stuck": kill -USR2 is a look inside, not a stop."""
     field, mnt = small_field("--levels", "2", "--log2-table-size", "10")
