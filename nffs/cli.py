@@ -313,7 +313,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         _check_listen(args.metrics_listen)
     if args.foreground:
         _adopt_daemon_environment(args)
-    if args.foreground:  # from here on `kill -USR2` shows where the daemon waits (the lock, the tiers)
+        # from here on `kill -USR2` shows where the daemon waits (the lock, the tiers)
         from .fs.daemon import enable_stack_dump
 
         enable_stack_dump()

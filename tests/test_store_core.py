@@ -492,14 +492,16 @@ async def test_reads_from_memory_count_as_reads_hits_and_heat_once_applied(tmp_p
         opened.close()
 
 
-async def opened_after_a_writing_tick(tmp: Path) -> OpenField:
+async def opened_while_params_is_read(tmp: Path) -> OpenField:
     """A direct-mapped field with every page written and synced, after the background tick
-    that saw the writes (its line-sum pass waits for a tick without them)."""
+    that saw the writes (its line-sum pass waits for a tick without them), and `params`
+    read from memory since."""
     opened = open_field(str(make_field(tmp, page_size=16384, memory="1M")))
     try:
         await opened.store.write(0, pattern(1, opened.store.layout.params_bytes))
         await opened.store.sync()
         await opened.store._learn_lines()  # a tick that saw writes: nothing yet
+        assert opened.store.read_from_memory(100, 4096) is not None
     except BaseException:
         opened.close()
         raise
@@ -510,12 +512,10 @@ async def test_line_sums_are_learned_in_quiet_ticks_not_while_params_is_read(tmp
     """The background's line-sum pass (for single-point queries) waits while `params` is
     being read (it cost reads of memory up to a fifth of their rate) and runs once a tick
     passes without reads, or at once when small gathers want its work."""
-    opened = await opened_after_a_writing_tick(tmp_path)
+    opened = await opened_while_params_is_read(tmp_path)
     store = opened.store
+    n, arena = store.layout.n_pages, store.memory_tiers[0].mem.arena
     try:
-        n = store.layout.n_pages
-        arena = store.memory_tiers[0].mem.arena
-        assert store.read_from_memory(100, 4096) is not None
         await store._learn_lines()  # reads since the last tick, no gather: postponed
         for _ in range(3):
             assert store.read_from_memory(16384 + 100, 4096) is not None
@@ -555,12 +555,10 @@ async def test_the_heap_is_trimmed_once_paging_work_stops_for_a_tick(tmp_path: P
 
 
 async def test_small_gathers_keep_the_line_sum_pass_going_while_params_is_read(tmp_path: Path) -> None:
-    opened = await opened_after_a_writing_tick(tmp_path)
+    opened = await opened_while_params_is_read(tmp_path)
     store = opened.store
+    n, arena = store.layout.n_pages, store.memory_tiers[0].mem.arena
     try:
-        n = store.layout.n_pages
-        arena = store.memory_tiers[0].mem.arena
-        assert store.read_from_memory(100, 4096) is not None
         await store.gather_rows(np.array([[0, 1, 2]], dtype=np.int64))  # a small gather
         await store._learn_lines()
         assert arena.learn_lines_of_slots(0, n) == 0

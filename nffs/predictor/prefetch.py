@@ -688,9 +688,8 @@ class Prefetcher:
         they are (scattered by the hash, all wanted by the same frames: a camera bringing
         20-40 new pages per frame outran 16 slots of one page): fetched as one run, one I/O
         and one slot instead of one per page (``fetch_run_pages`` and ``fetch_run_bytes`` at
-        most). Every page taken
-        is marked in flight at once: a page can sit in the queue twice (demanded, then
-        planned again), and its second copy ends the run."""
+        most). Every page taken is marked in flight at once: a page can sit in the queue
+        twice (demanded, then planned again), and its second copy ends the run."""
         run = [(page, e)]
         e.state = INFLIGHT
         q = self._fetchq

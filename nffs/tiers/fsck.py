@@ -52,7 +52,8 @@ def fsck(field_dir: str, repair: bool = False, progress: Callable[[int, int], No
         by_name = {n: i for i, n in names.items()}
         field_id = meta.get_meta("field_id") or "unknown"
         counts = table.count_by_tier()
-        for spec in tiers_for_check(meta, field_dir):
+        of_record = tiers_for_check(meta, field_dir)
+        for spec in of_record:
             if spec.volatile:
                 continue
             tid = by_name.get(spec.name)
@@ -67,7 +68,7 @@ def fsck(field_dir: str, repair: bool = False, progress: Callable[[int, int], No
                 continue
             homes[tid] = SlabHomes(root, cfg.page_size, sps)
         total = sum(counts.values())
-        configured = {by_name.get(s.name) for s in tiers_for_check(meta, field_dir)}
+        configured = {by_name.get(s.name) for s in of_record}
         unchecked: dict[int, int] = {}
         lost: list[int] = []
         seen: dict[tuple[int, int], int] = {}
