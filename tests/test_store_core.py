@@ -447,7 +447,7 @@ async def test_memory_reads_go_to_the_log_unless_a_watched_page_is_read(tmp_path
     try:
         await store.write(0, pattern(1, 4 * 16384))  # pages 0..3 in memory
         reported: list[tuple[int, int, int]] = []
-        store.add_listener(lambda ev: None, lambda page, off, size: reported.append((page, off, size)))
+        store.add_listener(lambda ev: None, lambda page, off, size, reader: reported.append((page, off, size)))
         log: list[int] = []
         watched = {2: object()}
         store.log_memory_reads(log, watched)
@@ -578,7 +578,7 @@ async def test_reads_across_slotted_pages_go_to_the_log_too(tmp_path: Path) -> N
     try:
         await store.write(0, pattern(1, 3 * 16384))  # pages 0..2 in memory (4 slots)
         events: list = []
-        store.add_listener(events.append, lambda page, off, size: events.append((page, off, size)))
+        store.add_listener(events.append, lambda page, off, size, reader: events.append((page, off, size)))
         log: list[int] = []
         store.log_memory_reads(log, {2: object()})
         assert store.read_from_memory(16384 - 10, 20) is None  # not side by side: the careful path

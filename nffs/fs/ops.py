@@ -137,6 +137,7 @@ class FieldOperations(pyfuse3.Operations):
         fh = self._next_fh
         self._next_fh += 1
         self.handles[fh] = h
+        h.fh = fh
         return pyfuse3.FileInfo(fh=fh, keep_cache=h.node.keep_cache, direct_io=h.node.direct_io)
 
     # ------------------------------------------------------------------ attributes, lookup
@@ -219,7 +220,7 @@ class FieldOperations(pyfuse3.Operations):
             if h is None:
                 raise fs_error(errno.EBADF, "unknown file handle")
             node = h.node
-            data = node.read_now(off, size)
+            data = node.read_now(off, size, fh)
             if data is not None:
                 return data
             return await node.read(h, off, size)

@@ -77,10 +77,14 @@ class Stream:
     __slots__ = ("id", "last_off", "last_end", "last_size", "deltas", "sizes", "steps", "anchor",
                  "frontier", "planned", "markers", "chunk", "t", "classes", "chain", "trend", "unit", "hits", "rate",
                  "boost", "late_seen", "sized", "phases", "seen", "kernel_led", "progression", "whole_markers",
-                 "t_done", "gaps", "services", "holes_passed", "base", "base_end")
+                 "t_done", "gaps", "services", "holes_passed", "base", "base_end", "reader")
 
-    def __init__(self, sid: int, off: int, end: int, now: float, window: int, markers_per_lead: int) -> None:
+    def __init__(self, sid: int, off: int, end: int, now: float, window: int, markers_per_lead: int,
+                 reader: int = 0) -> None:
         self.id = sid
+        #: the open file its reads came through (`AccessEvent.reader`): reads of another one
+        #: join it only on its trend, never found or grow it
+        self.reader = reader
         self.last_off = off
         self.last_end = end
         self.last_size = end - off
@@ -190,7 +194,7 @@ class AddressPredictor:
         self.memory_pages = memory_pages
         self.n_pages = (params_bytes + page_size - 1) // page_size
         self.streams: OrderedDict[int, Stream] = OrderedDict()
-        self.orphans: deque = deque(maxlen=16)  # (off, end, t, t_done or None: not answered yet)
+        self.orphans: deque = deque(maxlen=16)  # (off, end, t, t_done or None: not answered yet, reader)
         self._next_id = 1
         self.vocab: OrderedDict = OrderedDict()  # delta class -> count (bounded)
         self.counters = {"events": 0, "orphans": 0, "streams_started": 0, "trend_plans": 0, "model_plans": 0,
@@ -287,10 +291,18 @@ class AddressPredictor:
 
     # ------------------------------------------------------------------ observe
     def observe(self, off: int, size: int, now: float | None = None, done: float | None = None, *,
-                answered: bool = True) -> list[AddressPlan]:
+                answered: bool = True, reader: int = 0) -> list[AddressPlan]:
         """One READ event (the request began at `now`, was answered at `done`); returns the
         plans it triggers (possibly none). ``answered=False``: a miss told as it starts (its
-        answer comes to :meth:`answered`), so that its plan does not wait for the tier."""
+        answer comes to :meth:`answered`), so that its plan does not wait for the tier.
+
+        `reader` names the open file the read came through. As the kernel keeps read-ahead
+        state per open file, a read is looked for first on the trends of its own file's
+        streams, and only orphans and young streams of its own file found or grow a stream:
+        two readers converging on the same bytes (one forward, one backward) no longer take
+        each other's reads, and interleaved readers' first reads never pair up across files.
+        A read of another file joins a stream only on one of its markers (two processes
+        scanning the same region: the one behind reaches the markers' holes first)."""
         t0 = time.perf_counter()
         now = time.monotonic() if now is None else now
         done = (now if done is None else max(now, done)) if answered else None
@@ -300,10 +312,21 @@ class AddressPredictor:
         s = None
         k = None
         for cand in reversed(self.streams.values()):
-            k = self._on_trend(cand, off, end)
-            if k is not None:
-                s = cand
-                break
+            if cand.reader == reader:
+                k = self._on_trend(cand, off, end)
+                if k is not None:
+                    s = cand
+                    break
+        if s is None and self.streams:
+            # another file's reader on one of a stream's markers (two readers of one region:
+            # the one behind reads what the one ahead was pushed, but for the markers' holes)
+            first, last = off // self.page_size, (end - 1) // self.page_size
+            for cand in reversed(self.streams.values()):
+                if cand.reader != reader and any(first <= m[1] <= last for m in cand.markers):
+                    k = self._on_trend(cand, off, end)
+                    if k is not None:
+                        s = cand
+                        break
         if s is None:
             # young streams (no trend yet) take reads near them — if the stream's reader read
             # recently: a read that lands near a stream after many others is a coincidence of
@@ -312,13 +335,13 @@ class AddressPredictor:
             idle = self.cfg.young_stream_idle_events
             events = self.counters["events"]
             for cand in reversed(self.streams.values()):
-                if cand.trend is None and events - cand.seen <= idle and self._near(cand, off):
+                if cand.trend is None and cand.reader == reader and events - cand.seen <= idle and self._near(cand, off):
                     s = cand
                     break
         if s is None:
-            s = self._from_orphans(off, end, now)
+            s = self._from_orphans(off, end, now, reader)
             if s is None:
-                self.orphans.append((off, end, now, done))
+                self.orphans.append((off, end, now, done, reader))
                 self.counters["orphans"] += 1
                 self._timed(t0)
                 return plans
@@ -338,7 +361,7 @@ class AddressPredictor:
         self._timed(t0)
         return plans
 
-    def answered(self, off: int, size: int, start: float, done: float) -> None:
+    def answered(self, off: int, size: int, start: float, done: float, reader: int = 0) -> None:
         """The answer to a read :meth:`observe` saw as it started (``answered=False``): its
         stream's reader paces itself from the answer, and a trend-less stream measures its
         reads' service time (`Stream.note_answer`)."""
@@ -351,9 +374,9 @@ class AddressPredictor:
                         s.services.append(s.t_done - start)
                 return
         for i in range(len(self.orphans) - 1, -1, -1):
-            o_off, o_end, o_t, o_done = self.orphans[i]
-            if o_off == off and o_end == end and o_done is None:
-                self.orphans[i] = (o_off, o_end, o_t, max(o_t, done))
+            o_off, o_end, o_t, o_done, o_reader = self.orphans[i]
+            if o_off == off and o_end == end and o_done is None and o_reader == reader:
+                self.orphans[i] = (o_off, o_end, o_t, max(o_t, done), reader)
                 return
 
     def _timed(self, t0: float) -> None:
@@ -367,16 +390,22 @@ class AddressPredictor:
             return BWD
         return off - s.last_off
 
-    def _from_orphans(self, off: int, end: int, now: float) -> Stream | None:
-        """Two contiguous orphans, or three in arithmetic progression, start a stream (three
-        in a row — this read and the latest orphans — one marked ``progression``: its first
-        trend needs fewer votes)."""
-        orphans = list(self.orphans)
+    def _from_orphans(self, off: int, end: int, now: float, reader: int = 0) -> Stream | None:
+        """Two contiguous orphans, or three in arithmetic progression, of the same open file,
+        start a stream (three in a row — this read and the file's latest orphans — one marked
+        ``progression``: its first trend needs fewer votes). Contiguous means a read asked
+        for after the other was answered: requests made together are one read, split."""
+        orphans = [o for o in self.orphans if o[4] == reader]
         found = None
         progression = False
         for i in range(len(orphans) - 1, -1, -1):
-            b_off, b_end = orphans[i][0], orphans[i][1]
+            b_off, b_end, b_done = orphans[i][0], orphans[i][1], orphans[i][3]
             if abs(off - b_end) < QUANTUM and off > b_off or abs(end - b_off) < QUANTUM and end < b_end:
+                if b_done is None or b_done > now:
+                    # asked for before that read was answered: two parts of one read the
+                    # kernel split (its read-around of a random read of tens of KiB comes as
+                    # two or three requests at once), not a reader's next read
+                    continue
                 found = [orphans[i]]
                 break
             d = off - b_off
@@ -398,11 +427,11 @@ class AddressPredictor:
             self.orphans.remove(o)
         sid = self._next_id
         self._next_id += 1
-        s = Stream(sid, found[0][0], found[0][1], now, self.cfg.vote_window, self.cfg.markers_per_lead)
+        s = Stream(sid, found[0][0], found[0][1], now, self.cfg.vote_window, self.cfg.markers_per_lead, reader)
         if found[0][3] is not None:
             s.services.append(found[0][3] - found[0][2])
         s.t_done = found[0][2] if found[0][3] is None else found[0][3]
-        for o_off, o_end, o_t, o_done in found[1:]:
+        for o_off, o_end, o_t, o_done, _ in found[1:]:
             self._push_delta(s, self._token(s, o_off, o_end), o_off, o_end)
             s.note_answer(o_t, o_done)
         s.progression = progression

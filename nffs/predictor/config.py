@@ -66,9 +66,11 @@ class PrefetchConfig:
     #: a trend needs at least this many deltas in the window, and a strict majority
     min_votes: int = 3
     #: ... but a contiguous run (each read starting where the last ended, forward or
-    #: backward) needs only this many: contiguity is a strong signal on its own (Linux
-    #: readahead starts at the second sequential read), and every read before the trend is
-    #: a miss that lands in the p99 of short runs and of interleaved readers
+    #: backward) needs only this many: contiguity is a strong signal on its own, and every
+    #: read before the trend is a miss that lands in the p99 of short runs and of
+    #: interleaved readers. Not 1 (a trend at a stream's second read, where Linux's
+    #: read-ahead starts): random reads in a small file pair up often enough that it
+    #: prefetched hundreds of pages for nothing (docs/prefetch.md 6.0u)
     min_votes_contiguous: int = 2
     #: ... and a stream founded on three reads in arithmetic progression (to 4 KiB), read
     #: one after the other — the read and the `progression_recent_orphans` unmatched reads

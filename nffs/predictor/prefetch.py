@@ -216,14 +216,15 @@ class Prefetcher:
         if self._wake is not None:
             self._wake.set()
 
-    def _on_memory_read(self, page: int, offset: int, size: int) -> None:
+    def _on_memory_read(self, page: int, offset: int, size: int, reader: int) -> None:
         """A read served from memory, pages page..last (trio thread; the store's hottest
         path), as an event: `_on_event` notes its pages in `recent` at once and skips the
         predictor past a run of cheap reads. Once such a run hands the store a log
         (`_account`), reads of pages we did not plan never get here."""
         last = (offset + size - 1) // self._page_size
         n = last - page + 1
-        self._on_event(AccessEvent(AccessKind.READ, list(range(page, last + 1)), [False] * n, offset, size, time.monotonic()))
+        self._on_event(AccessEvent(AccessKind.READ, list(range(page, last + 1)), [False] * n, offset, size,
+                                   time.monotonic(), reader=reader))
 
     def _on_memory_gather(self, pages: np.ndarray) -> None:
         """A small gather served from memory (trio thread; a one-point query's path): with
@@ -381,7 +382,7 @@ class Prefetcher:
                 # every read a miss: 5 % of its total time (docs/prefetch.md 6.0q)
                 for item in items:
                     ev = item[1]
-                    self.address.answered(ev.offset, ev.size, ev.time, ev.end)
+                    self.address.answered(ev.offset, ev.size, ev.time, ev.end, ev.reader)
                 continue
             t0 = time.perf_counter()
             results = await trio.to_thread.run_sync(self._think, items)
@@ -459,12 +460,14 @@ class Prefetcher:
                 if item[0] == "event":
                     ev: AccessEvent = item[1]
                     if ev.kind is AccessKind.MISS:
-                        for plan in self.address.observe(ev.offset, ev.size, ev.time or None, answered=False):
+                        for plan in self.address.observe(ev.offset, ev.size, ev.time or None, answered=False,
+                                                         reader=ev.reader):
                             out.append(("address", plan))
                     elif ev.kind is AccessKind.READ and ev.announced:
-                        self.address.answered(ev.offset, ev.size, ev.time, ev.end)
+                        self.address.answered(ev.offset, ev.size, ev.time, ev.end, ev.reader)
                     elif ev.kind is AccessKind.READ:
-                        for plan in self.address.observe(ev.offset, ev.size, ev.time or None, ev.end or None):
+                        for plan in self.address.observe(ev.offset, ev.size, ev.time or None, ev.end or None,
+                                                         reader=ev.reader):
                             out.append(("address", plan))
                 elif item[0] == "points":
                     plan = self.fieldp.observe(item[1], item[2])

@@ -66,7 +66,8 @@ class FakePort:
         self.listeners.append(listener)
         self.memory_gather_listeners.append(on_memory_gather)
         self.memory_read_listeners.append(on_memory_read or (
-            lambda page, offset, size: listener(AccessEvent(AccessKind.READ, [page], [False], offset, size, time.monotonic()))))
+            lambda page, offset, size, reader: listener(AccessEvent(AccessKind.READ, [page], [False], offset, size,
+                                                                    time.monotonic(), reader=reader))))
 
     def log_memory_reads(self, log, watched=None) -> None:
         self.read_log = log
@@ -156,13 +157,13 @@ class FakePort:
         return self.slow_reads
 
     # -- demand (what the daemon would do) ------------------------------------------------
-    async def demand(self, pages: list[int], kind: AccessKind, offset: int = 0, size: int = 0) -> None:
+    async def demand(self, pages: list[int], kind: AccessKind, offset: int = 0, size: int = 0, reader: int = 0) -> None:
         slow = [int(p) not in self.memory for p in pages]
         t0 = time.monotonic()
         announced = kind is AccessKind.READ and any(slow)
         if announced:  # as the store does: a read that will wait is told as it starts
             self._emit(AccessEvent(AccessKind.MISS, np.asarray(pages, dtype=np.int64), np.array(slow, dtype=bool),
-                                   offset, size, t0))
+                                   offset, size, t0, reader=reader))
         self._waiting += 1
         try:
             async with trio.open_nursery() as n:
@@ -176,10 +177,10 @@ class FakePort:
                 self.logged_reads += 1
                 return
             for on_memory_read in self.memory_read_listeners:
-                on_memory_read(int(pages[0]), offset, size)
+                on_memory_read(int(pages[0]), offset, size, reader)
             return
         self._emit(AccessEvent(kind, np.asarray(pages, dtype=np.int64), np.array(slow, dtype=bool), offset, size, t0,
-                               time.monotonic(), announced))
+                               time.monotonic(), announced, reader))
 
 
 class SimKernel:

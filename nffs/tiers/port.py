@@ -39,11 +39,11 @@ class AccessEvent:
     and listeners mostly look at ``any_slow`` and ``page_list`` only. Treat it as
     immutable."""
 
-    __slots__ = ("kind", "_pages", "_slow", "offset", "size", "time", "end", "any_slow", "announced")
+    __slots__ = ("kind", "_pages", "_slow", "offset", "size", "time", "end", "any_slow", "announced", "reader")
 
     def __init__(self, kind: AccessKind, pages: "np.ndarray | list[int]", slow: "np.ndarray | list[bool]",
                  offset: int = 0, size: int = 0, time: float = 0.0, end: float = 0.0,
-                 announced: bool = False) -> None:
+                 announced: bool = False, reader: int = 0) -> None:
         self.kind = kind
         self._pages = pages  # page numbers in access order (unique for GATHER)
         self._slow = slow  # per page: the demand had to wait on a non-memory tier (a miss)
@@ -57,6 +57,10 @@ class AccessEvent:
         self.any_slow = bool(slow.any()) if isinstance(slow, np.ndarray) else True in slow
         #: READ: a MISS event told this read as it started (this one is its answer)
         self.announced = announced
+        #: READ / MISS: the open file the request came through (the FUSE file handle; 0:
+        #: not known). Readers of their own open files are told apart by it, as the kernel
+        #: keeps read-ahead state per open file
+        self.reader = reader
 
     @property
     def pages(self) -> np.ndarray:
@@ -92,11 +96,12 @@ class AccessEvent:
 AccessListener = Callable[[AccessEvent], None]
 
 #: The hottest event of all, without an `AccessEvent`: a read answered from a memory tier
-#: (its first page, byte offset in params, size), called as it is answered (the listener
+#: (its first page, byte offset in params, size, reader as in `AccessEvent.reader`), called
+#: as it is answered (the listener
 #: reads the clock if it needs to); its pages are first .. (offset + size - 1) // page_size.
 #: A 4 KiB read served from memory costs the daemon a few microseconds, and building an
 #: event object per read and walking it was a large share of them.
-MemoryReadListener = Callable[[int, int, int], None]
+MemoryReadListener = Callable[[int, int, int, int], None]
 
 #: A small gather (a single point, a concept, an `at/` lookup) answered wholly from memory:
 #: the page of each row it read, as an int64 array in no order and with repeats (making

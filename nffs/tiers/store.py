@@ -331,13 +331,13 @@ class PageStore:
                 del self._home_heat[p]
 
     def _emit(self, kind: AccessKind, pages: list[int], slow: list[bool], offset: int = 0, size: int = 0,
-              started: float | None = None, announced: bool = False) -> None:
+              started: float | None = None, announced: bool = False, reader: int = 0) -> None:
         """Tell the listeners; `started` is when the request began (a request that waited on
         a slow tier: its wait must not look shorter than it was), else now."""
         if not self._listeners:
             return
         now = time.monotonic()
-        event = AccessEvent(kind, pages, slow, offset, size, now if started is None else started, now, announced)
+        event = AccessEvent(kind, pages, slow, offset, size, now if started is None else started, now, announced, reader)
         for listener in self._listeners:
             try:
                 listener(event)
@@ -717,11 +717,12 @@ class PageStore:
             flight.done.set()
 
     # ================================================================== reading
-    def read_from_memory(self, offset: int, size: int) -> memoryview | None:
+    def read_from_memory(self, offset: int, size: int, reader: int = 0) -> memoryview | None:
         """The common read without a coroutine: bytes [offset, offset+size) of one page (or
         of a run of pages side by side in a direct-mapped arena) whose memory copy holds
         them intact, as a view into the tier's mapping (valid until the caller next
-        awaits); None sends the caller to :meth:`read`. `size` > 0, within params."""
+        awaits); None sends the caller to :meth:`read`. `size` > 0, within params; `reader`:
+        the open file read through, for the listeners (`AccessEvent.reader`)."""
         ps = self.page_size
         first = offset // ps
         start = offset - first * ps
@@ -755,7 +756,7 @@ class PageStore:
                 return view
         for listener in self._memory_read_listeners:
             try:
-                listener(first, offset, size)
+                listener(first, offset, size, reader)
             except Exception:
                 log.exception("access listener failed")
         return view
@@ -781,7 +782,8 @@ class PageStore:
         mt.fast_hits += last - first + 1
         return view
 
-    async def read(self, offset: int, size: int, *, zero_copy: bool = False) -> bytes | bytearray | memoryview:
+    async def read(self, offset: int, size: int, *, zero_copy: bool = False,
+                   reader: int = 0) -> bytes | bytearray | memoryview:
         """Bytes [offset, offset+size) clipped to params.
 
         With `zero_copy` the answer may be a view into a memory tier's mapping, valid only
@@ -791,7 +793,7 @@ class PageStore:
         size = max(0, min(size, self.layout.params_bytes - offset))
         if size <= 0:
             return b""
-        view = self.read_from_memory(offset, size)
+        view = self.read_from_memory(offset, size, reader)
         if view is not None:
             return view if zero_copy else view.tobytes()
         ps = self.page_size
@@ -807,17 +809,17 @@ class PageStore:
             for i in range(last - first + 1):
                 a = max(0, start - i * ps)
                 self._fill_implicit(first + i, mt, slot + i, a, min(ps, end - i * ps) - a)
-            view = self.read_from_memory(offset, size)
+            view = self.read_from_memory(offset, size, reader)
             if view is not None:
                 return view if zero_copy else view.tobytes()
             # a bad chunk somewhere: the page by page path below finds and handles it
         self.counters["reads"] += 1
         started = time.monotonic()
-        announced = self._announce_miss(first, last, offset, size, started)
+        announced = self._announce_miss(first, last, offset, size, started, reader)
         if first == last:
             out = bytearray(size)
             slow = await self._read_page_into(first, start, memoryview(out))
-            self._emit_read([first], [slow], offset, size, started, announced)
+            self._emit_read([first], [slow], offset, size, started, announced, reader)
             return out
         out = bytearray(size)
         view = memoryview(out)
@@ -837,10 +839,10 @@ class PageStore:
             slows.append(was_slow or page in fetched_slow)
             pages.append(page)
             pos += length
-        self._emit_read(pages, slows, offset, size, started, announced)
+        self._emit_read(pages, slows, offset, size, started, announced, reader)
         return out
 
-    def _announce_miss(self, first: int, last: int, offset: int, size: int, started: float) -> bool:
+    def _announce_miss(self, first: int, last: int, offset: int, size: int, started: float, reader: int = 0) -> bool:
         """Tell the listeners now of a read that is about to wait on a slow tier (a MISS
         event; its READ event follows, ``announced``), and return whether it was told.
 
@@ -854,12 +856,12 @@ class PageStore:
         for p in range(first, last + 1):
             if mem(p) is None and (p in inflight or home(p) is not None):
                 pages = list(range(first, last + 1))
-                self._emit(AccessKind.MISS, pages, [True] * len(pages), offset, size, started)
+                self._emit(AccessKind.MISS, pages, [True] * len(pages), offset, size, started, reader=reader)
                 return True
         return False
 
     def _emit_read(self, pages: list[int], slows: list[bool], offset: int, size: int, started: float,
-                   announced: bool = False) -> None:
+                   announced: bool = False, reader: int = 0) -> None:
         """A read's event; one served from memory goes to the read log instead while one is
         set (`log_memory_reads`), as in :meth:`read_from_memory`: reads of 128 KiB across
         two pages come this way, and an event per request cost reads of data already in
@@ -867,7 +869,7 @@ class PageStore:
         always told: the listeners wait for it."""
         if not announced and self._read_log is not None and not any(slows) and self._to_read_log(pages):
             return
-        self._emit(AccessKind.READ, pages, slows, offset, size, started, announced)
+        self._emit(AccessKind.READ, pages, slows, offset, size, started, announced, reader)
 
     def _to_read_log(self, pages: "range | list[int]") -> bool:
         """A read of several pages into the read log, unless one of them is watched."""
@@ -2107,9 +2109,10 @@ class PageStore:
         if on_memory_read is None:
             ps = self.page_size
 
-            def on_memory_read(page: int, offset: int, size: int) -> None:
+            def on_memory_read(page: int, offset: int, size: int, reader: int) -> None:
                 n = (offset + size - 1) // ps - page + 1
-                listener(AccessEvent(AccessKind.READ, list(range(page, page + n)), [False] * n, offset, size, time.monotonic()))
+                listener(AccessEvent(AccessKind.READ, list(range(page, page + n)), [False] * n, offset, size,
+                                     time.monotonic(), reader=reader))
         if on_memory_gather is None:
             def on_memory_gather(pages: np.ndarray) -> None:
                 distinct = sorted(set(pages.tolist()))

@@ -95,12 +95,15 @@ def make_attr(ctx: MountContext, inode: int, mode: int, size: int = 0, timeout: 
 class Handle:
     """One open file. Nodes with per-handle state subclass it."""
 
-    __slots__ = ("node", "writable", "flags")
+    __slots__ = ("node", "writable", "flags", "fh")
 
     def __init__(self, node: "Node", flags: int) -> None:
         self.node = node
         self.flags = flags
         self.writable = (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
+        #: the FUSE file handle it was registered under (0 until then): names the open file
+        #: a read came through, as the kernel keeps read-ahead state per open file
+        self.fh = 0
 
 
 class SnapshotHandle(Handle):
@@ -155,10 +158,10 @@ class Node:
         self.check_open(flags)
         return Handle(self, flags)
 
-    def read_now(self, off: int, size: int) -> bytes | memoryview | None:
+    def read_now(self, off: int, size: int, fh: int = 0) -> bytes | memoryview | None:
         """The bytes at once, without awaiting anything, when the node can (the dispatcher
         tries this before `read`: one coroutine fewer on the hottest request); None: ask
-        `read`. Errors are raised as in `read`."""
+        `read`. Errors are raised as in `read`. `fh`: the open file read through."""
         return None
 
     async def read(self, handle: Handle, off: int, size: int) -> bytes:

@@ -138,14 +138,14 @@ class ByteView(Node):
         self.ctx.cache.view_opened(self.inode)
         return Handle(self, flags)
 
-    def read_now(self, off: int, size: int) -> memoryview | None:
+    def read_now(self, off: int, size: int, fh: int = 0) -> memoryview | None:
         # The hottest path of the daemon (every cold 4 KiB read of params): bytes served from
         # memory need no coroutine and, but one in MEMORY_READ_SAMPLE (the one `read`
         # times), no clock; the store raises domain errors itself.
         pos = self.start + off
         latency = self.read_latency
         if 0 < size and pos + size <= self.end and latency.untimed < MEMORY_READ_SAMPLE - 1:
-            data = self.store.read_from_memory(pos, size)
+            data = self.store.read_from_memory(pos, size, fh)
             if data is not None:
                 latency.untimed += 1
                 return data
@@ -159,11 +159,11 @@ class ByteView(Node):
             return b""
         size = min(size, size_left)
         t0 = perf_counter_ns()
-        data = self.store.read_from_memory(pos, size)
+        data = self.store.read_from_memory(pos, size, handle.fh)
         if data is not None:
             latency.observe_sample(perf_counter_ns() - t0)
             return data
-        data = await self.store.read(pos, size, zero_copy=True)
+        data = await self.store.read(pos, size, zero_copy=True, reader=handle.fh)
         latency.observe(perf_counter_ns() - t0)
         return data
 
