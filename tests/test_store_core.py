@@ -35,6 +35,7 @@ from nffs.tiers.fsck import fsck
 from nffs.tiers.homes import SlabHomes, slab_name
 from nffs.tiers.port import AccessKind, Priority
 from nffs.tiers.spec import parse_tier_spec
+from nffs.tiers.store import LINE_CHECK_ROWS
 from nffs.tiers.store import INLINE_TAKE_PAGES
 
 SEED = 5
@@ -665,7 +666,9 @@ async def test_gather_never_returns_a_corrupted_memory_copy(tmp_path: Path, memo
         values[16384 // layout.itemsize:32768 // layout.itemsize] = np.frombuffer(data, dtype=layout.dtype)
         want_rows = values.reshape(-1, f)
         first = 16384 // (layout.itemsize * f)  # the first entry of page 1
-        for n in (1, 3000):  # the small-batch path and the vectorised one
+        # the small-batch path, the vectorised one checking the rows' lines on the trio
+        # thread, and the one hashing the rows' chunks in a worker
+        for n in (1, 3000, LINE_CHECK_ROWS + 1000):
             entries = (first + np.arange(n) * 7 % (16384 // (layout.itemsize * f))).astype(np.uint64).reshape(1, 1, -1)
             want = want_rows[entries.astype(np.int64)].tobytes()  # bytes: the random pattern holds NaNs
             assert (await store.gather_rows(entries)).tobytes() == want

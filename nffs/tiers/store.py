@@ -48,16 +48,23 @@ SMALL_GATHER_ENTRIES = 1024
 #: a gather of at most this many elements finds its pages on the trio thread ...
 INLINE_GATHER_ELEMENTS = 16384
 #: ... and takes its rows there too when its pages are at most this many (~1 µs of checksum a
-#: page), or `INLINE_LINE_PAGES` when the memory tiers it takes from keep line sums (the rows'
-#: lines are checked in a few numpy calls, see `MemoryArena.bad_slots_of_rows`): a camera's
-#: frame of ~85 points, which two hops to a worker thread held up behind queued prefetch
-#: work; a more scattered batch goes to a worker (its first look hashes a chunk per page)
+#: page), or, whatever its pages, when it has at most `LINE_CHECK_ROWS` elements and the
+#: memory tiers it takes from keep line sums (the rows' lines are checked in a few numpy
+#: calls, see `MemoryArena.bad_slots_of_rows`): a camera's frame, which two hops to a worker
+#: thread held up behind queued prefetch work; bigger batches go to a worker
 INLINE_TAKE_PAGES = 512
-INLINE_LINE_PAGES = 2048
 #: a gather of up to this many rows verifies only the chunks its rows are in (when they are
 #: fewer than the chunks of the pages it lists); beyond, sorting the rows' chunks costs
 #: more than hashing every chunk of the pages
 MID_GATHER_ROWS = 1 << 18
+#: a gather of at most this many rows (elements, when its tiers are not direct-mapped)
+#: checks the rows' lines on the trio thread (`MemoryArena.bad_slots_of_rows`: a sort and a
+#: few vectorised calls, ~1 ms at this size) and takes them there; beyond, a worker hashes
+#: the rows' whole chunks. A camera's frame of ~150 points (14,000 rows on ~5,000 chunks of
+#: 4 KiB) hashed 20 MB a frame in the worker: 4-5 ms, with the GIL held for most of it by
+#: its loop of hash calls (docs/prefetch.md 6.0u). Lines not yet known cost their chunk's
+#: hash once, on the trio thread then (the background learns resident slots' lines ahead)
+LINE_CHECK_ROWS = 1 << 15
 #: a published generation of at least this many rows gives its temporaries back (malloc_trim)
 TRIM_AFTER_PUBLISH_ROWS = 1 << 15
 #: so do this many pages loaded from their homes or written back to them (at the next
@@ -1590,7 +1597,7 @@ class PageStore:
         if pending:
             self._refresh_levels_ready()
 
-        small = ent.size <= 4096
+        small = ent.size <= LINE_CHECK_ROWS
 
         def take() -> tuple[np.ndarray | None, list[int]]:
             if small:
@@ -1618,7 +1625,7 @@ class PageStore:
 
         self._gathers_active += 1
         try:
-            rows, bad = await self.io.cpu(take) if ent.size > 4096 else take()
+            rows, bad = take() if small else await self.io.cpu(take)
         finally:
             self._gathers_active -= 1
         if bad:
@@ -1863,10 +1870,9 @@ class PageStore:
 
             # on the trio thread only when small in pages too (`take` checks one chunk sum per
             # page), or when every tier used checks the rows' lines instead
-            inline = flat.size <= INLINE_GATHER_ELEMENTS and (
-                ordered.size <= INLINE_TAKE_PAGES
-                or (ordered.size <= INLINE_LINE_PAGES and bool(tiers_used)
-                    and all(self.table.mem_tiers[t].arena.lines is not None for t in tiers_used)))
+            lines = bool(tiers_used) and all(self.table.mem_tiers[t].arena.lines is not None for t in tiers_used)
+            inline = (flat.size <= INLINE_GATHER_ELEMENTS and ordered.size <= INLINE_TAKE_PAGES) or (
+                lines and flat.size <= LINE_CHECK_ROWS)
             values, bad = take(True) if inline else await self.io.cpu(take, False)
         finally:
             for mt, slots in pinned:
