@@ -83,7 +83,7 @@ class Stream:
                  reader: int = 0) -> None:
         self.id = sid
         #: the open file its reads came through (`AccessEvent.reader`): reads of another one
-        #: join it only on its trend, never found or grow it
+        #: join it only on one of its markers, and never found or grow it
         self.reader = reader
         self.last_off = off
         self.last_end = end
