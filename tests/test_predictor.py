@@ -474,6 +474,71 @@ def test_requests_asked_for_together_are_one_read_not_a_contiguous_run() -> None
     assert any(p.pages for p in got)
 
 
+def test_a_stride_of_whole_4k_blocks_followed_to_the_byte_is_planned_without_drift_pages() -> None:
+    """A stride of 12,288 bytes over 4 KiB pages is read 12,288 bytes apart every time: its
+    trend is exact, and its plans hold the pages the reader reads, not a page either side
+    of each step for the drift a vote of two would allow (a third of its prefetches were
+    such pages, wasted). A read that strays off the exact lattice brings the drift back."""
+    ps = 4096
+    ap = AddressPredictor(PrefetchConfig(), make_model("markov"), page_size=ps, params_bytes=1 << 30)
+    offsets = [(1 << 28) + i * 12288 for i in range(600)]
+    _, issued = replay(ap, offsets, ps)
+    read_pages = {o // ps for o in offsets}
+    assert len(issued & read_pages) >= 0.95 * len(read_pages)
+    between = {p for p in issued if p <= max(read_pages)} - read_pages  # (not the window past the end)
+    assert len(between) <= 0.02 * len(read_pages), len(between)
+    (s,) = ap.streams.values()
+    assert s.exact and s.trend[1] == 12288
+    # a stride that is not whole blocks keeps its drift pages (requests rounded down to 4 KiB)
+    odd = AddressPredictor(PrefetchConfig(), make_model("markov"), page_size=ps, params_bytes=1 << 30)
+    replay(odd, [(1 << 28) + i * 14000 for i in range(50)], ps)
+    assert not any(x.exact for x in odd.streams.values())
+
+
+def test_the_strides_refinement_ignores_the_kernels_read_ahead_requests() -> None:
+    """Requests of the kernel's own read-ahead fill the gaps between a stride's pushed pages
+    from the first page it lacks, not where the reader is: a long one is never a stride
+    sample, and a single stray 4 KiB one does not move the stride (the median of the last
+    samples). Taken as the reader's, they turned 12,288 into 12,377 or 12,248."""
+    ps, stride, base = 4096, 12288, 1 << 28
+    ap = AddressPredictor(PrefetchConfig(), make_model("markov"), page_size=ps, params_bytes=1 << 30)
+    t = 0.0
+    for i in range(3):
+        ap.observe(base + i * stride, 4096, t, t + 0.008)
+        t += 0.009
+    (s,) = ap.streams.values()
+    ap.observe(base + 40 * stride + 8192, 45056, t, t + 0.008)  # read-ahead: 11 pages
+    assert s.trend[1] == stride
+    for k in (60, 61):  # the reader, on its lattice
+        ap.observe(base + k * stride, 4096, t, t + 0.001)
+    ap.observe(base + 104 * stride - 4096, 4096, t, t + 0.001)  # a stray page, one block off
+    assert s.trend[1] == stride
+
+
+def test_a_readers_speed_leaves_out_the_time_it_waited_on_us() -> None:
+    """Between two marker hits a reader slowed by late pages advances slowly, but its own
+    pace is what the lead must cover: measured through its waits, its lead shrank and more
+    of its pages came late. The time its reads waited (told as MISS events and answered)
+    is left out of its speed."""
+    ps, stride = 65536, 3 * 65536
+
+    def speed(wait: float) -> float:
+        ap = AddressPredictor(PrefetchConfig(), make_model("markov"), page_size=ps, params_bytes=1 << 32)
+        ap.fetch_latency_s = 0.01
+        t, k = 0.0, 0
+        while k < 200:
+            off = (1 << 30) + k * stride
+            ap.observe(off, 4096, t, answered=False)
+            ap.answered(off, 4096, t, t + wait)
+            t += wait + 0.001  # the reader's own 1 ms a step
+            k += 1
+        (s,) = [x for x in ap.streams.values() if x.trend is not None]
+        return s.rate
+
+    assert speed(0.008) == pytest.approx(speed(0.0001), rel=0.25)
+    assert speed(0.008) > 100e6  # ~3 pages per ms, not one step per 9 ms (22 MB/s)
+
+
 def test_address_random_input_issues_nothing() -> None:
     rng = np.random.default_rng(3)
     for kind in ("markov", "hoeffding"):
@@ -742,6 +807,27 @@ def test_controller_stops_on_waste_and_resumes_on_shadow_hits() -> None:
         assert e.state == 3  # shadow: predicted, not fetched
         led.demand(page, True, "field")
     assert led.control["field"].active
+
+
+def test_unused_drift_pages_count_wasted_but_do_not_stop_the_space() -> None:
+    """Pages planned only for a stride's possible drift (`unsure`) count wasted when the
+    reader passes them unread — the statistics stay honest — but the controller judges the
+    predictions, not that insurance: a founding stride over 4 KiB pages, two drift pages a
+    step, was stopped within its first window and every read after was a miss."""
+    cfg = PrefetchConfig(feedback_min=8, feedback_window=16)
+    led = Ledger(cfg)
+    for i in range(30):
+        core = 3 * i
+        for page, unsure in ((core - 1, True), (core, False), (core + 1, True)):
+            e = led.plan(page, "address", push=True, marker=False, now=0.0, unsure=unsure)
+            led.issued(page, e)
+            led.arrived(page, e, 0.0)
+        led.demand(core, False, "address")  # the step's own page: read
+        led.passed(core - 1)  # its drift pages, a page either side: passed unread
+        led.passed(core + 1)
+    assert led.control["address"].active
+    c = led.summary("address")
+    assert c["wasted"] == 60 and c["useful"] == 30
 
 
 def test_late_prefetches_stop_the_address_space_but_not_the_field_space() -> None:

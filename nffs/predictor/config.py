@@ -144,6 +144,11 @@ class PrefetchConfig:
     #: *chunk* (below): a marker every chunk, so a hit still leaves a lead in flight, and a
     #: reader that stops leaves at most a lead and a chunk of fetched pages unseen.
     lead_margin: float = 2.0
+    #: the reader's speed between two marker hits leaves out the time its reads waited on a
+    #: slow tier (its own pace, not what we let it do), but is taken over at least this share
+    #: of the time between the hits: a reader that only waited moves no faster than 20x
+    #: what it was seen to do (the window's caps bound it anyway)
+    own_pace_min_share: float = 0.05
     #: markers per lead: the window is planned a chunk (a lead / this) at a time, one marker
     #: per chunk. One marker per lead (1) needs a window of two leads — what a stopped reader
     #: leaves unread and, behind its last marker, read but unseen; more markers shorten

@@ -311,7 +311,13 @@ class Ledger:
         if not already_removed and self.entries.get(page) is e:
             del self.entries[page]
         self.counts[e.space]["wasted"] += 1
-        self.control[e.space].outcome("w")
+        if not e.unsure:
+            # a page planned only for a stride's possible drift is insurance the stream took
+            # knowingly, and counts wasted when unused; the controller judges whether the
+            # predictions pay, not the insurance: a founding stride over 4 KiB pages plans two
+            # drift pages a step, and their waste stopped it within its first window, every
+            # read a miss until it resumed (a 3-page stride: 248 pages missed, two stops)
+            self.control[e.space].outcome("w")
         self.release(page, e)
 
     def _retire(self, page: int, e: Entry) -> None:
