@@ -632,7 +632,8 @@ class AddressPredictor:
             # 12,377 and 12,248 over 4 KiB pages, and the stream lost its reader tens of
             # steps later with as many steps of wrong pages in flight. So: not from a
             # request longer than the reader's reads, and the stride is the median of the
-            # last `stride_samples` estimates, which one such request does not move
+            # last three estimates (`Stream.stride_samples`), which one such request does
+            # not move
             s.stride_samples.append((off - s.anchor) / k)
             step = sorted(s.stride_samples)[len(s.stride_samples) // 2]
             s.trend = (token, step, extent)
