@@ -1597,11 +1597,11 @@ class PageStore:
         if pending:
             self._refresh_levels_ready()
 
-        small = ent.size <= LINE_CHECK_ROWS
+        check_lines = ent.size <= LINE_CHECK_ROWS
 
         def take() -> tuple[np.ndarray | None, list[int]]:
-            if small:
-                # a small batch checks just the rows' lines, or their chunks (slot == page here)
+            if check_lines:
+                # up to LINE_CHECK_ROWS rows: just the rows' lines, or their chunks (slot == page here)
                 bad = arena.bad_slots_of_rows(ent.reshape(-1) * row_bytes, row_bytes)
             else:
                 per_page = arena.chunks_per_page
@@ -1625,7 +1625,7 @@ class PageStore:
 
         self._gathers_active += 1
         try:
-            rows, bad = take() if small else await self.io.cpu(take)
+            rows, bad = take() if check_lines else await self.io.cpu(take)
         finally:
             self._gathers_active -= 1
         if bad:

@@ -262,7 +262,8 @@ def _do_no_harm(quick: bool, bar: Progress | None) -> dict[str, Any]:
         lat_q: dict[str, list[float]] = {"hoeffding": [], "none": []}
         totals: dict[str, list[float]] = {"hoeffding": [0.0, 0.0], "none": [0.0, 0.0]}
         issued: dict[str, Any] = {}
-        for pred in ("hoeffding", "none", "none", "hoeffding"):
+        order = ("hoeffding", "none", "none", "hoeffding")
+        for pred in order:
             if bar is not None:
                 bar.note = f"noharm: {pred}"
                 bar.draw()
@@ -301,10 +302,12 @@ def _do_no_harm(quick: bool, bar: Progress | None) -> dict[str, Any]:
             out["runs"][pred] = {"predictor_active": pf.get("predictor")}
             m.unmount()
         for pred, run in out["runs"].items():
-            # totals are per pass (the mean of the two runs)
-            run.update({"read_p99_s": float(np.percentile(lat_reads[pred], 99)), "reads_total_s": totals[pred][0] / 2,
-                        "batch_p99_s": float(np.percentile(lat_q[pred], 99)), "batches_total_s": totals[pred][1] / 2,
-                        "prefetches_issued": issued.get(pred), "passes": 2})
+            passes = order.count(pred)  # totals are per pass (the mean of its runs)
+            run.update({"read_p99_s": float(np.percentile(lat_reads[pred], 99)),
+                        "reads_total_s": totals[pred][0] / passes,
+                        "batch_p99_s": float(np.percentile(lat_q[pred], 99)),
+                        "batches_total_s": totals[pred][1] / passes,
+                        "prefetches_issued": issued.get(pred), "passes": passes})
     return out
 
 
