@@ -62,6 +62,15 @@ FIELD = ["cam-translate", "cam-orbit", "cam-zoom", "cam-translate-jitter", "cam-
          "random-batches", "zipf-concepts"]
 QUICK = ["seq", "seq-dram", "back", "stride-odd", "stride-alt", "interleaved", "mmap-seq", "random", "trace",
          "cam-orbit", "cam-zoom-jitter", "random-batches"]
+#: an address-space field holds at least this many pages ...
+MIN_FIELD_PAGES = 2048
+#: ... and an address-space run touches at least this many (its reads are more than
+#: ``--reads`` when they are small against the page): a run of 48 pages of 1 MiB ends
+#: while its first window is still pending, and says nothing about following a reader
+MIN_RUN_PAGES = 256
+#: the dram tier holds at least this many pages (``--dram`` or this, whichever is more):
+#: 16 MiB holds 16 pages of 1 MiB, and a window is at most a quarter of memory
+MIN_DRAM_PAGES = 64
 #: what each workload is held to (issue #8 / SPEC 8)
 TARGET = {"seq": ("p99x", 5), "seq-dram": ("dram", 1.1), "back": ("p99x", 5),
           "stride-page": ("p99x", 5), "stride-odd": ("p99x", 5), "stride-alt": ("report", 0),
@@ -168,7 +177,8 @@ class Suite:
     def run(self, workload: str, field: str, name: str, predictor: str, body, params: dict) -> dict:
         shutil.rmtree(f"{self.shm}/{name}-dram", ignore_errors=True)  # a cold dram tier
         drop_caches()
-        nffs("mount", field, self.mnt, "--prefetch", predictor, *self.tiers(name, self.args.latency, self.args.dram))
+        dram = max(parse_size(self.args.dram), MIN_DRAM_PAGES * params["page_size"])
+        nffs("mount", field, self.mnt, "--prefetch", predictor, *self.tiers(name, self.args.latency, str(dram)))
         try:
             deadline = time.monotonic() + 60
             while predictor != "none" and not self.stats().get("prefetch", {}).get("ready", True) and time.monotonic() < deadline:
@@ -241,10 +251,13 @@ class Suite:
             p["alpha"] = float(r.uniform(1.05, 1.5))
         p["start_frac"] = float(r.uniform(0.0, 0.3))
         # The reader works on what it reads: its think time is drawn so that it asks the slow
-        # tier for a drawn share (10..50 %) of the pages per second that tier can deliver with
-        # the store's parallel reads. A reader asking for more than the tier can deliver is
-        # bandwidth-bound: no prefetcher hides its latency (see docs/prefetch.md).
-        tier_pages_s = self.args.tier_slots / parse_duration(self.args.latency)
+        # tier for a drawn share (10..50 %) of the pages per second that tier can deliver: its
+        # parallel reads over its latency, or the bytes the store moves per second (read,
+        # checked, copied to memory, pushed), whichever is less. A reader asking for more
+        # than the tier can deliver is bandwidth-bound: no prefetcher hides its latency (see
+        # docs/prefetch.md).
+        tier_pages_s = min(self.args.tier_slots / parse_duration(self.args.latency),
+                           parse_size(self.args.tier_bandwidth) / page_size)
         if workload in ("stride-page", "stride-odd", "mmap-stride"):
             per_read = max(read, min(p["stride"], page_size)) / page_size
         elif workload == "stride-alt":
@@ -256,6 +269,8 @@ class Suite:
         if workload in ("random", "zipf", "trace"):
             p["think_s"] = float(r.uniform(0.0002, 0.002))
         p["n"] = int(min(self.args.reads, max(200, self.args.run_budget_s / (p["think_s"] + 2e-5))))
+        if workload not in ("random", "zipf", "trace"):
+            p["n"] = max(p["n"], int(np.ceil(MIN_RUN_PAGES / per_read)))
         return p
 
     def field_params(self, workload: str, page_size: int) -> dict:
@@ -455,8 +470,14 @@ class Suite:
 
 
 def address_init(page_size: int) -> list[str]:
-    # about 112 MiB of params: enough pages that warm-up misses are not the 99th percentile
-    return ["--levels", "16", "--log2-table-size", "20", "--page-size", str(page_size)]
+    # 16 levels of 2 float32 features, hashed tables of 2^20 entries: about 112 MiB of params,
+    # enough pages that warm-up misses are not the 99th percentile; bigger tables when that
+    # is fewer than MIN_FIELD_PAGES pages (1 MiB pages: 2^24 entries, about 1.8 GiB), so
+    # that a strided reader over big pages has room for its run
+    log2 = 20
+    while (16 << log2) * 8 < MIN_FIELD_PAGES * page_size:
+        log2 += 1
+    return ["--levels", "16", "--log2-table-size", str(log2), "--page-size", str(page_size)]
 
 
 def field_init(page_size: int) -> list[str]:
@@ -612,6 +633,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency", default="5ms")
     ap.add_argument("--dram", default="16M", help="dram tier capacity during the runs")
     ap.add_argument("--tier-slots", type=int, default=12, help="parallel slow-tier reads the store gives prefetch")
+    ap.add_argument("--tier-bandwidth", default="400M",
+                    help="bytes per second the store moves from the slow tier into memory and the "
+                         "kernel's cache (a reader of 1 MiB pages with no think time got 445 pages/s "
+                         "on the 2-vCPU VM of docs/prefetch.md)")
     ap.add_argument("--run-budget-s", type=float, default=6.0, help="about how long one address-space run lasts")
     ap.add_argument("--reads", type=int, default=1500, help="reads per address-space workload")
     ap.add_argument("--frames", type=int, default=40, help="measured frames per camera workload")

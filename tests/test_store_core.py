@@ -1718,3 +1718,91 @@ async def test_demand_read_joined_to_a_cancelled_prefetch_still_reads(tmp_path: 
         assert got["demand"] == data, f"demand read failed because a prefetch was cancelled: {got['demand']!r}"
     finally:
         opened.close()
+
+
+async def opened_with_big_pages_at_home(tmp: Path, n_pages: int, memory: str) -> OpenField:
+    """Pages 0..n_pages-1 at home only, opened with every fetched page copied into memory in a
+    worker thread (`install_in_worker_bytes` down to the test's 16 KiB pages)."""
+    field = make_field(tmp, page_size=16384, memory="1M")
+    opened = open_field(str(field))
+    try:
+        await opened.store.write(0, pattern(7, n_pages * 16384))
+        await opened.store.sync()
+    finally:
+        opened.close()
+    (tmp / "d").rename(tmp / "d-old")  # the memory tier of the writes is gone: a fresh one
+    return open_field(str(field), [parse_tier_spec(f"d={tmp}/d,kind=dram,capacity={memory}"),
+                                   parse_tier_spec(f"n={tmp}/n,kind=nvme")],
+                      store_cfg=StoreConfig(install_in_worker_bytes=16384))
+
+
+async def test_a_write_while_a_fetched_page_is_copied_in_a_worker_wins(tmp_path: Path, monkeypatch) -> None:
+    """A big page fetched from its home is copied into its memory slot in a worker thread. A
+    write of the whole page meanwhile installs its own copy: the fetched (older) bytes are
+    dropped, never recorded over the write, and the slot they took is free again. (A
+    partial write joins the fetch for the bytes it keeps.)"""
+    opened = await opened_with_big_pages_at_home(tmp_path, 2, "64K")  # slotted (a direct slot is the page's own)
+    store = opened.store
+    mt = store.memory_tiers[0].mem
+    copying, release = threading.Event(), threading.Event()
+    install = mt.arena.install
+
+    def slow_install(*args, **kwargs):
+        copying.set()
+        release.wait(10)
+        return install(*args, **kwargs)
+
+    try:
+        monkeypatch.setattr(mt.arena, "install", slow_install)
+        used = mt.arena.used
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.port.fetch, 0)
+            await trio.to_thread.run_sync(copying.wait, 10)
+            monkeypatch.setattr(mt.arena, "install", install)
+            await store.write(0, b"W" * 16384)  # a whole page: nothing of the old one is needed
+            assert mt.reserved == 1 and mt.arena.used == used + 2  # the write took a slot of its own
+            release.set()
+        assert mt.reserved == 0 and mt.arena.used == used + 1  # the fetched copy's slot is free again
+        assert bytes(await store.read(0, 16384)) == b"W" * 16384
+        await store.sync()
+    finally:
+        release.set()
+        opened.close()
+    assert fsck(str(tmp_path / "f")).clean
+
+
+async def test_pages_being_copied_in_workers_count_against_the_memory_tier(tmp_path: Path, monkeypatch) -> None:
+    """Fetches whose copies are still being made in worker threads hold their slots, and count
+    as the tier's pages when room is looked for: a fetch that finds the tier full of them
+    evicts the coldest recorded copy for its page. (Counted as free, the tier looked not
+    full, nothing was evicted and the fetched page was not kept: a strided reader's markers
+    over 1 MiB pages were read from the slow tier again.)"""
+    opened = await opened_with_big_pages_at_home(tmp_path, 6, "64K")  # 4 slotted pages of memory
+    store = opened.store
+    mt = store.memory_tiers[0].mem
+    data = pattern(7, 6 * 16384)
+    copying, release = threading.Semaphore(0), threading.Event()
+    install = mt.arena.install
+
+    def slow_install(*args, **kwargs):
+        copying.release()
+        release.wait(10)
+        return install(*args, **kwargs)
+
+    try:
+        for page in (0, 1):  # two cold copies in memory
+            await store.port.fetch(page)
+        monkeypatch.setattr(mt.arena, "install", slow_install)
+        async with trio.open_nursery() as nursery:
+            for page in (2, 3, 4, 5):  # 4 and 5 find the tier full: two copies on their way
+                nursery.start_soon(store.port.fetch, page)
+                assert await trio.to_thread.run_sync(copying.acquire, True, 5), f"page {page} got no slot"
+            assert mt.reserved == 4 and mt.resident == 0  # pages 0 and 1 made room
+            release.set()
+        assert mt.reserved == 0 and mt.resident == 4
+        assert all(store.table.mem(page) is not None for page in (2, 3, 4, 5))
+        for page in range(6):
+            assert bytes(await store.read(page * 16384, 16384)) == data[page * 16384:(page + 1) * 16384]
+    finally:
+        release.set()
+        opened.close()

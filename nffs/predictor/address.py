@@ -247,16 +247,20 @@ class AddressPredictor:
         return x
 
     def _cap_steps(self, step: float, extent: int) -> int:
-        """The window's limit in trend steps: ra_max_steps window units, bytes and pages ahead."""
+        """The window's limit in trend steps: ra_max_steps window units, bytes fetched and
+        pages ahead."""
         c = self.cfg
         unit = max(1, math.ceil(self.page_size / max(1, abs(step))))
-        by_bytes = c.ra_max_bytes // max(1, int(abs(step)))
         if abs(step) < self.page_size:
             pages_per_step = 1.0 / unit
         elif extent >= abs(step):  # a contiguous stream: each step is its own whole pages
             pages_per_step = abs(step) / self.page_size
         else:  # a stride: the pages of one read, which may straddle a page boundary
             pages_per_step = max(1.0, (min(abs(step), extent) + extent) / self.page_size)
+        # bytes fetched, not bytes of address space passed: a stride of 2 MiB over 1 MiB
+        # pages fetches half of what it passes (capped by its span, 16 steps of a window that
+        # needed 25, it was late every fifth step)
+        by_bytes = int(c.ra_max_bytes // max(1.0, min(abs(step), pages_per_step * self.page_size)))
         max_pages = min(c.ra_max_pages, max(2, int(c.ra_max_memory_fraction * self.memory_pages)))
         by_pages = int(max_pages / pages_per_step)
         return max(1, min(c.ra_max_steps * unit, by_bytes, by_pages))

@@ -33,6 +33,12 @@ class StoreConfig:
     #: slots over a 5 ms tier (1,600 pages/s) frames 5-10 ms apart outran the prefetcher;
     #: scans, strides and interleaved readers measured the same with 8 and 16
     prefetch_slots: int = 16
+    #: a fetched page of at least this many bytes is copied into its memory slot (and its
+    #: chunks hashed) in a worker thread, not on the trio thread: a 1 MiB page costs ~0.45
+    #: ms there, and a plan's pages arriving together kept every request waiting behind
+    #: them (a strided reader over 1 MiB pages: its reads from the kernel's cache took 1.4-
+    #: 2.4 ms, the first 7.6 ms). Smaller pages cost less than the hop to a worker
+    install_in_worker_bytes: int = 256 << 10
     #: a prefetch waits while more demand reads than this wait on slow tiers
     prefetch_yield_demand: int = 2
     #: a slow-tier operation (slot read, write-back batch, migration) that takes longer than

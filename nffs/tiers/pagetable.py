@@ -101,6 +101,11 @@ class MemTier:
         self.heat = np.zeros(n, dtype=np.float32)
         self.dirty = 0
         self.resident = 0
+        #: slots taken for copies still being made in a worker thread (not in the table yet),
+        #: counted with `resident` when a slot is looked for: a plan's pages arriving together
+        #: must not overfill the tier, and its eviction to the low watermark then drop pages
+        #: fetched for a reader that has not come yet
+        self.reserved = 0
         #: pages read by the store's fast path from this tier's memory: counted
         #: here, on an object that path touches anyway, and added to the tier's counters
         self.fast_hits = 0

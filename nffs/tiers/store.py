@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import math
 import sqlite3
@@ -378,7 +379,7 @@ class PageStore:
             for t in self.memory_tiers:
                 mt = t.mem
                 assert mt is not None
-                if mt.resident >= self._mem_capacity(t):
+                if mt.resident + mt.reserved >= self._mem_capacity(t):
                     continue
                 if mt.direct:
                     if page < mt.arena.n_slots and mt.slot_page[page] < 0:
@@ -397,9 +398,9 @@ class PageStore:
     def _evict_for_room(self) -> bool:
         """Drop (or move down) the coldest clean copies of the first full memory tier."""
         for i, t in enumerate(self.memory_tiers):
-            if t.mem is not None and t.mem.resident >= self._mem_capacity(t):
+            if t.mem is not None and t.mem.resident + t.mem.reserved >= self._mem_capacity(t):
                 target = int(self.cfg.low_watermark * self._mem_capacity(t))
-                return self._shrink(i, max(1, t.mem.resident - target)) > 0
+                return self._shrink(i, max(1, t.mem.resident + t.mem.reserved - target)) > 0
         return False
 
     def _victims(self, mt: MemTier, count: int, *, clean_only: bool) -> np.ndarray:
@@ -603,6 +604,37 @@ class PageStore:
                 self.memory_tiers[loc[0].index].counters.promotions += 1
             self._paged_since_trim += 1  # its read's temporaries (see `_trim_heap_if_due`)
 
+    async def _install_fetched_in_worker(self, page: int, data: bytes, home: Home) -> None:
+        """:meth:`_install_fetched` with the copy into the slot in a worker thread (big pages,
+        ``install_in_worker_bytes``): the slot is taken here and the page recorded here, after
+        the copy, only if no write installed a newer copy or moved its home meanwhile. A
+        direct-mapped slot is the page's own, which a write may take while the copy runs:
+        those copies stay on this thread."""
+        if self.table.mem(page) is not None or self.table.home(page) != home:
+            return
+        loc = self._alloc_slot(page)
+        if loc is None:
+            return
+        mt, slot = loc
+        mt.reserved += 1
+        try:
+            if mt.direct:
+                mt.arena.install(slot, data, stored=home.mask)
+            else:
+                await self.io.cpu(functools.partial(mt.arena.install, slot, data, stored=home.mask))
+        except BaseException:
+            mt.arena.release(slot, direct=mt.direct)  # the slot was never the page's
+            raise
+        finally:
+            mt.reserved -= 1
+        if self.table.mem(page) is not None or self.table.home(page) != home:
+            mt.arena.release(slot, direct=mt.direct)
+            return
+        self.table.set_mem(page, mt, slot, dirty_gen=0, home_tier=home.tier, has_home=True)
+        self._version[mt.index][slot] = self._next_gen()
+        self.memory_tiers[mt.index].counters.promotions += 1
+        self._paged_since_trim += 1
+
     async def _fetch_batch(self, pages: list[int], priority: Priority) -> dict[int, bytes]:
         """Bring several pages home -> memory with one worker call per home tier (the
         multi-page read path: a 1 MiB read of 4 KiB pages is one hop to a worker thread, not
@@ -713,7 +745,10 @@ class PageStore:
         try:
             data = await self._read_home(page, home, priority, urgent=lambda: flight.joined_by_demand)
             flight.data = data
-            self._install_fetched(page, data, home)
+            if self.page_size >= self.cfg.install_in_worker_bytes:
+                await self._install_fetched_in_worker(page, data, home)
+            else:
+                self._install_fetched(page, data, home)
             return data, True
         except BaseException as exc:
             flight.error = exc if isinstance(exc, Exception) else PageIOError("fetch cancelled")
