@@ -18,8 +18,20 @@ class StoreConfig:
     high_watermark: float = 0.90
     #: ...until this ratio is reached (SPEC 3: 90 % / 80 %)
     low_watermark: float = 0.80
-    #: half-life of the decayed access count that ranks pages by hotness (seconds)
+    #: half-life of the decayed access count of homes (seconds): which homes move up a tier
     heat_half_life_s: float = 30.0
+    #: the hotness of memory copies (what eviction ranks) is a decayed access count whose
+    #: clock is the accesses themselves: it halves each time the memory tiers see this many
+    #: times as many page accesses as they hold pages (LRFU). Decayed by wall time (30 s),
+    #: a moving working set lost its newest pages first: a camera's frame of 626 pages of
+    #: 64 KiB in a 1,024-page tier, its departed pages hot from thirty frames of use, the
+    #: frame's own newest ones coldest — each eviction emptied the frame being read (frames
+    #: of 50-100 ms against 15 ms, twice the slow reads of no prefetch). Counted in accesses,
+    #: a page used in the last frames outranks one last used a turnover ago, and a page used
+    #: often still outranks one used once
+    heat_half_life_turnovers: float = 1.0
+    #: heat loans remembered (to take back exactly what was lent; the oldest forgotten)
+    heat_loans_kept: int = 1 << 16
     #: a home on a slower durable tier whose decayed access count reaches this moves up
     promote_heat: float = 4.0
     #: a durable tier's pages live in slab files of this many bytes at most (at least

@@ -99,6 +99,9 @@ class MemTier:
         self.pins = np.zeros(n, dtype=np.int32)
         #: decayed access count: +1 per access, the whole array decays in the background tick
         self.heat = np.zeros(n, dtype=np.float32)
+        #: what one access adds to `heat` now (PageStore's access clock: it grows as the
+        #: accesses go by, which decays every earlier one alike; the store keeps it current)
+        self.heat_unit = 1.0
         self.dirty = 0
         self.resident = 0
         #: slots taken for copies still being made in a worker thread (not in the table yet),
@@ -467,7 +470,7 @@ class PageTable:
             mt.dirty += 1
         mt.home_tier[slot] = home_tier
         mt.has_home[slot] = has_home
-        mt.heat[slot] = 1.0
+        mt.heat[slot] = mt.heat_unit
         mt.resident += 1
 
     def clear_mem(self, page: int, mt: MemTier, slot: int) -> None:

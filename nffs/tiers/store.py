@@ -102,15 +102,22 @@ def _release_heap() -> None:
 _malloc_trim = None
 
 
-def add_accesses(heat: np.ndarray, slots: np.ndarray) -> None:
-    """heat[s] += 1 for each s in slots (repeats count): by counting when the slots are
+#: the access clock's unit is recomputed after this part of a half-life (its steps: 1 %)
+HEAT_UNIT_STEPS = 64
+#: ... and the heats are scaled back (divided by the unit) when it grows past this
+HEAT_UNIT_MAX = float(2 ** 32)
+
+
+def add_accesses(heat: np.ndarray, slots: np.ndarray, unit: float = 1.0) -> None:
+    """heat[s] += unit for each s in slots (repeats count): by counting when the slots are
     many for the array (`np.add.at` took 6 ms for the 131,072 rows of 1,024 deferred
     single-point gathers over 13,896 slots, on the trio thread; a dense bincount 0.2 ms),
     else where they fall."""
     if slots.size * 8 >= heat.size:
-        np.add(heat, np.bincount(slots, minlength=heat.size), out=heat, casting="unsafe")
+        counts = np.bincount(slots, minlength=heat.size)
+        np.add(heat, counts if unit == 1.0 else counts * unit, out=heat, casting="unsafe")
     else:
-        np.add.at(heat, slots, 1.0)
+        np.add.at(heat, slots, unit)
 
 
 @dataclass
@@ -156,6 +163,15 @@ class PageStore:
         self._last_writeback = time.monotonic()
         self._gathers_active = 0
         self._home_heat: dict[int, tuple[float, float]] = {}
+        #: the memory copies' access clock (`heat_half_life_turnovers`): page accesses so far,
+        #: what one adds now (2^(clock / half-life)), and when that is recomputed
+        capacity = sum(self._mem_capacity(t) for t in self.memory_tiers) if self.memory_tiers else 1
+        self._heat_half = max(1.0, cfg.heat_half_life_turnovers * capacity)
+        self._heat_clock = 0.0
+        self._heat_unit = 1.0
+        self._heat_due = self._heat_half / HEAT_UNIT_STEPS
+        #: the prefetcher's heat loans on memory copies, in heat as lent (taken back alike)
+        self._heat_loans: dict[int, float] = {}
         self._listeners: list[AccessListener] = []
         #: one per listener: how a read served from memory reaches it
         self._memory_read_listeners: list[MemoryReadListener] = []
@@ -296,8 +312,51 @@ class PageStore:
     def implicit_page(self, page: int) -> bytes:
         return self.implicit_bytes(page, 0, self.page_size)
 
-    def _touch(self, mt: MemTier, slot: int, boost: float = 1.0) -> None:
-        mt.heat[slot] += boost
+    def _heat_step(self, accesses: int) -> float:
+        """Count `accesses` page accesses on the memory copies' clock; what one adds now."""
+        self._heat_clock += accesses
+        if self._heat_clock >= self._heat_due:
+            unit = math.exp2(self._heat_clock / self._heat_half)
+            if unit > HEAT_UNIT_MAX:  # scale every heat back: only their order matters
+                for t in self.memory_tiers:
+                    if t.mem is not None:
+                        t.mem.heat *= np.float32(1.0 / unit)
+                self._heat_loans = {p: v / unit for p, v in self._heat_loans.items()}
+                self._heat_clock, unit = 0.0, 1.0
+            self._heat_unit = unit
+            self._heat_due = self._heat_clock + self._heat_half / HEAT_UNIT_STEPS
+            for t in self.memory_tiers:
+                if t.mem is not None:
+                    t.mem.heat_unit = unit
+        return self._heat_unit
+
+    def _touch(self, mt: MemTier, slot: int) -> None:
+        """One access of a memory copy."""
+        mt.heat[slot] += self._heat_step(1)
+
+    def lend_heat(self, page: int, amount: float) -> None:
+        """The prefetcher's confidence in a page it fetched (`amount` accesses' worth), or
+        the loan taken back (a negative amount): from a memory copy, exactly what was lent
+        (it has decayed with every access since, as accesses do); else the home's heat."""
+        loc = self.table.mem(page)
+        if amount >= 0:
+            if loc is None:
+                self._touch_home(page, amount)
+                return
+            lent = amount * self._heat_unit
+            loc[0].heat[loc[1]] += lent
+            self._heat_loans[page] = self._heat_loans.get(page, 0.0) + lent
+            if len(self._heat_loans) > self.cfg.heat_loans_kept:
+                del self._heat_loans[next(iter(self._heat_loans))]
+            return
+        lent = self._heat_loans.pop(page, None)
+        if lent is None:
+            if loc is None:
+                self._touch_home(page, amount)
+            return
+        if loc is not None:
+            mt, slot = loc
+            mt.heat[slot] = max(0.0, mt.heat.item(slot) - lent)
 
     def _apply_deferred_heat(self) -> None:
         """Count the pages of the small gathers and of the one-page reads from memory since
@@ -307,7 +366,8 @@ class PageStore:
         if self._gather_heat:
             mt = self.memory_tiers[0].mem
             assert mt is not None
-            add_accesses(mt.heat, np.concatenate(self._gather_heat))
+            pages = np.concatenate(self._gather_heat)
+            add_accesses(mt.heat, pages, self._heat_step(pages.size))
             self._gather_heat.clear()
         for t in self.memory_tiers:
             mt = t.mem
@@ -316,18 +376,15 @@ class PageStore:
 
     def _apply_read_heat(self, mt: MemTier) -> None:
         hits = mt.pending_hits
-        add_accesses(mt.heat, np.array(hits, dtype=np.int64))
+        add_accesses(mt.heat, np.array(hits, dtype=np.int64), self._heat_step(len(hits)))
         mt.fast_hits += len(hits)
         self.counters["reads"] += len(hits)
         hits.clear()
 
     def _decay_heat(self, elapsed: float) -> None:
-        """Hotness is a decayed access count: the decay is applied to whole arrays, not per access."""
+        """The memory copies' hotness decays with accesses (`_heat_step`), not time: the
+        tick applies the deferred ones."""
         self._apply_deferred_heat()
-        factor = math.exp2(-elapsed / self.cfg.heat_half_life_s)
-        for t in self.memory_tiers:
-            if t.mem is not None:
-                t.mem.heat *= factor
 
     def _touch_home(self, page: int, boost: float = 1.0) -> None:
         now = time.monotonic()
@@ -819,8 +876,9 @@ class PageStore:
         if view is None:
             return None
         heat = mt.heat
+        unit = self._heat_step(last - first + 1)
         for p in range(first, last + 1):  # a few pages: item updates cost less than a slice op
-            heat[p] = heat.item(p) + 1.0
+            heat[p] = heat.item(p) + unit
         mt.fast_hits += last - first + 1
         return view
 
@@ -924,10 +982,11 @@ class PageStore:
     def _count_hits(self, mt: MemTier, slot: int, pages: int) -> None:
         """Reads of `pages` consecutive slots answered from a memory tier."""
         heat = mt.heat
+        unit = self._heat_step(pages)
         if pages == 1:  # an item update costs a tenth of a slice update
-            heat[slot] = heat.item(slot) + 1.0
+            heat[slot] = heat.item(slot) + unit
         else:
-            heat[slot:slot + pages] += 1.0
+            heat[slot:slot + pages] += unit
         c = self.memory_tiers[mt.index].counters
         c.reads += pages
         c.hits += pages
@@ -1666,7 +1725,7 @@ class PageStore:
         if bad:
             self._drop_bad_copies(bad)
             return await self._gather_direct(ent)
-        mt.heat[pages[:64]] += 1.0
+        mt.heat[pages[:64]] += self._heat_step(min(64, pages.size))
         return rows  # type: ignore[return-value]
 
     def _take_rows(self, arena: MemoryArena, ent: np.ndarray, feats: int, row_bytes: int) -> np.ndarray:
@@ -1806,7 +1865,7 @@ class PageStore:
                 for i in np.flatnonzero(mt.arena.valid[slots] != np.uint64(mt.arena.full_mask)).tolist():
                     self._fill_implicit(int(ordered[sel[i]]), mt, int(slots[i]))
                 mt.pins[slots] += 1
-                mt.heat[slots] += 1.0
+                mt.heat[slots] += self._heat_step(slots.size)
                 pinned.append((mt, slots))
 
         try:
@@ -1834,6 +1893,9 @@ class PageStore:
                         return
                 if data is not None:
                     views[page] = np.frombuffer(data, dtype=dtype)
+                    loc = self.table.mem(page)
+                    if loc is not None:  # installed: this gather's access counts, as a pin's does
+                        self._touch(*loc)
                     return
                 loc = self.table.mem(page)
                 if loc is not None:
@@ -2309,11 +2371,7 @@ class StorePort:
 
     def lend_heat(self, page: int, amount: float) -> None:
         s = self._store
-        loc = s.table.mem(page)
-        if loc is not None:
-            s._touch(loc[0], loc[1], amount)
-        else:
-            s._touch_home(page, amount)
+        s.lend_heat(page, amount)
 
     def demand_waiting(self) -> int:
         return self._store.io.demand_waiting
