@@ -170,6 +170,10 @@ class PageStore:
         self._heat_clock = 0.0
         self._heat_unit = 1.0
         self._heat_due = self._heat_half / HEAT_UNIT_STEPS
+        #: reads from memory whose heat waits (`READ_HEAT_PENDING`), but no more than a step
+        #: of the clock's unit: applied later, they count as accesses of that moment, and
+        #: reads a turnover apart must not come out as one
+        self._read_heat_pending = max(1, min(READ_HEAT_PENDING, int(self._heat_half / HEAT_UNIT_STEPS)))
         #: the prefetcher's heat loans on memory copies, in heat as lent (taken back alike)
         self._heat_loans: dict[int, float] = {}
         self._listeners: list[AccessListener] = []
@@ -847,7 +851,7 @@ class PageStore:
                 return None
             hits = mt.pending_hits  # heat, the tier's hits and the store's reads, applied later
             hits.append(slot)
-            if len(hits) >= READ_HEAT_PENDING:
+            if len(hits) >= self._read_heat_pending:
                 self._apply_read_heat(mt)
             if read_log is not None and first not in self._read_log_watched:
                 read_log.append(first)
