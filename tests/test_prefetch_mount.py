@@ -121,11 +121,15 @@ def test_prefetch_none_issues_nothing(mounts: Mounts, scan_field: tuple[Path, by
     assert slow_tier_reads(st) >= pages  # every page came from the slow tier on demand
 
 
-def test_no_stale_bytes_after_writes_while_prefetching(mounts: Mounts) -> None:
+@pytest.mark.parametrize("page", [PAGE, 256 << 10], ids=["64K", "256K"])
+def test_no_stale_bytes_after_writes_while_prefetching(mounts: Mounts, page: int) -> None:
     """Pages ahead of a reader are rewritten while the prefetcher fetches and pushes them:
-    every read returns the newest bytes (pushes never leave older bytes in the kernel cache)."""
-    field, data = materialised_field(mounts, *SCAN_FIELD)  # its own: this test writes
-    mnt = mounts.mount(field, *slow_tiers(field), "--prefetch", "markov")
+    every read returns the newest bytes (pushes never leave older bytes in the kernel cache).
+    Pages of 256 KiB are copied into memory in a worker thread once fetched: a write while
+    the copy runs must win there too."""
+    PAGE = page  # noqa: N806 (the module's page size, for this field)
+    field, data = materialised_field(mounts, *SCAN_FIELD[:-1], str(page))  # its own: this test writes
+    mnt = mounts.mount(field, *slow_tiers(field, dram="2M" if page == 64 << 10 else "4M"), "--prefetch", "markov")
     expect = bytearray(data)
     rng = np.random.default_rng(11)
     rfd = os.open(mnt / "params", os.O_RDONLY)
