@@ -97,7 +97,8 @@ class MemTier:
         self.home_tier = np.full(n, -1, dtype=np.int32)  # durable tier id of the (reserved) home
         self.has_home = np.zeros(n, dtype=bool)
         self.pins = np.zeros(n, dtype=np.int32)
-        #: decayed access count: +1 per access, the whole array decays in the background tick
+        #: decayed access count: each access adds `heat_unit`, which grows as accesses go by
+        #: (PageStore._heat_step): an access a turnover of the tier ago counts half
         self.heat = np.zeros(n, dtype=np.float32)
         #: what one access adds to `heat` now (PageStore's access clock: it grows as the
         #: accesses go by, which decays every earlier one alike; the store keeps it current)

@@ -385,11 +385,6 @@ class PageStore:
         self.counters["reads"] += len(hits)
         hits.clear()
 
-    def _decay_heat(self, elapsed: float) -> None:
-        """The memory copies' hotness decays with accesses (`_heat_step`), not time: the
-        tick applies the deferred ones."""
-        self._apply_deferred_heat()
-
     def _touch_home(self, page: int, boost: float = 1.0) -> None:
         now = time.monotonic()
         heat, last = self._home_heat.get(page, (0.0, now))
@@ -1989,15 +1984,14 @@ class PageStore:
         task_status.started()
         tick = max(0.05, min(writeback_interval / 2, self.cfg.background_tick_s))
         reported: str | None = None
-        last = time.monotonic()
         while True:
             with trio.move_on_after(tick):
                 await self._wb_kick.wait()
             kicked = self._wb_kick.is_set()
             self._wb_kick = trio.Event()
-            now = time.monotonic()
-            self._decay_heat(now - last)
-            last = now
+            # the deferred heat of reads and small gathers (memory copies' hotness decays with
+            # accesses, `_heat_step`, not with time)
+            self._apply_deferred_heat()
             try:
                 await self._maintain_memory()
                 await self._trim_heap_if_due()
