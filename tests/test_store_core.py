@@ -438,6 +438,48 @@ async def test_a_demand_that_joins_a_waiting_prefetch_does_not_wait_behind_other
         opened.close()
 
 
+async def test_a_demand_that_joins_a_prefetch_waiting_for_a_slot_takes_a_demand_slot(tmp_path: Path) -> None:
+    """Every prefetch slot is busy (here: never released); a prefetch of page 0 waits for one.
+    A demand read of page 0 joins that prefetch, which then takes a demand slot: the read
+    completes, where it used to wait behind every prefetch queued before it. A prefetch
+    nobody joined still waits for its slot."""
+    field = make_field(tmp_path, page_size=16384, memory="1M", latency="20ms")
+    opened = open_field(str(field))
+    try:
+        await opened.store.write(0, pattern(1, 3 * 16384))
+        await opened.store.sync()
+    finally:
+        opened.close()
+    opened = open_field(str(field))  # pages 0-2 at home only
+    store = opened.store
+    release = threading.Event()
+    try:
+        got: dict[str, object] = {}
+
+        async def prefetch(page: int) -> None:
+            got[f"prefetch {page}"] = await store.port.fetch(page)
+
+        with trio.move_on_after(5.0):
+            async with trio.open_nursery() as nursery:
+                for _ in range(store.cfg.prefetch_slots):  # prefetches that hold every slot
+                    nursery.start_soon(partial(store.io.run, Priority.PREFETCH, release.wait, 30.0, urgent=lambda: False))
+                await trio.sleep(0.05)
+                nursery.start_soon(prefetch, 0)
+                nursery.start_soon(prefetch, 1)
+                await trio.sleep(0.1)
+                assert not got  # both wait for a slot
+                got["read"] = bytes(await store.read(100, 4096))
+                await trio.sleep(0.1)
+                assert "prefetch 1" not in got  # not joined: still waiting
+                release.set()
+        assert got.get("read") == pattern(1, 3 * 16384)[100:4196]
+        assert store.counters["late_joins"] == 1
+        assert "prefetch 1" in got
+    finally:
+        release.set()
+        opened.close()
+
+
 async def test_memory_reads_go_to_the_log_unless_a_watched_page_is_read(tmp_path: Path) -> None:
     """While the prefetcher has reads logged (`log_memory_reads`), a read served from memory
     only appends its pages to the log; a read touching a watched (planned) page is reported
