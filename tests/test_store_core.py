@@ -331,17 +331,25 @@ async def test_corrupted_clean_memory_copy_is_never_returned(tmp_path: Path, mem
     assert fsck(str(field)).clean
 
 
-async def opened_with_pages_at_home(tmp: Path, data: bytes, *, latency: str) -> OpenField:
+async def opened_with_pages_at_home(tmp: Path, data: bytes, *, latency: str | None = None, log2: int = 12,
+                                    memory: str | None = None, store_cfg: StoreConfig = StoreConfig()) -> OpenField:
     """A field (16 KiB pages, a 1 MiB memory tier, a durable tier with `latency`) whose first
-    pages hold `data`, synced, then opened again: those pages are at home only."""
-    field = make_field(tmp, page_size=16384, memory="1M", latency=latency)
+    pages hold `data`, synced, then opened again: those pages are at home only. `memory`:
+    opened again over a fresh memory tier of that capacity instead."""
+    field = make_field(tmp, page_size=16384, memory="1M", latency=latency, log2=log2)
     opened = open_field(str(field))
     try:
+        assert opened.layout.params_bytes >= len(data)
         await opened.store.write(0, data)
         await opened.store.sync()
     finally:
         opened.close()
-    return open_field(str(field))
+    if memory is None:
+        return open_field(str(field), store_cfg=store_cfg)
+    shutil.rmtree(tmp / "d")  # the memory tier of the writes is gone: a fresh one
+    durable = f"n={tmp}/n,kind=nvme" + (f",latency={latency}" if latency else "")
+    return open_field(str(field), [parse_tier_spec(f"d={tmp}/d,kind=dram,capacity={memory}"), parse_tier_spec(durable)],
+                      store_cfg=store_cfg)
 
 
 async def test_a_read_that_joins_a_prefetch_in_flight_is_reported_as_waiting_on_the_slow_tier(tmp_path: Path) -> None:
@@ -395,22 +403,22 @@ async def test_a_read_that_waits_on_the_slow_tier_is_told_as_it_starts_and_again
         opened.close()
 
 
-async def test_a_demand_that_joins_a_waiting_prefetch_does_not_wait_behind_other_demands(tmp_path: Path) -> None:
+@pytest.mark.parametrize("held_by", ["waiting demands", "busy prefetch slots"])
+async def test_a_demand_that_joins_a_waiting_prefetch_does_not_wait_behind_what_held_it(tmp_path: Path,
+                                                                                         held_by: str) -> None:
     """A prefetch waits while more than `prefetch_yield_demand` demand reads wait on slow
-    tiers. A demand read of the page it holds joins it, and must not then wait for those
-    other demands (priority inversion: a strided reader's first reads waited two and three
-    latencies behind the kernel's read-ahead). Here the other demands never end: the joined
-    read still completes, and the prefetch that nobody joined still waits."""
-    field = make_field(tmp_path, page_size=16384, memory="1M", latency="50ms")
-    opened = open_field(str(field))
-    try:
-        await opened.store.write(0, pattern(1, 3 * 16384))
-        await opened.store.sync()
-    finally:
-        opened.close()
-    opened = open_field(str(field))  # pages 0-2 at home only
+    tiers, and for a prefetch slot. A demand read of the page it holds joins it, and must not
+    then wait for those other demands (priority inversion: a strided reader's first reads
+    waited two and three latencies behind the kernel's read-ahead), nor behind every
+    prefetch queued before it (it takes a demand slot). Here what holds it back never ends:
+    the joined read still completes, and the prefetch that nobody joined still waits."""
+    opened = await opened_with_pages_at_home(tmp_path, pattern(1, 3 * 16384), latency="50ms")  # pages 0-2
     store = opened.store
     release = threading.Event()
+    if held_by == "waiting demands":  # demand reads that wait (until released)
+        holders = [partial(store.io.run, Priority.DEMAND, release.wait, 30.0)] * (store.cfg.prefetch_yield_demand + 1)
+    else:  # prefetches that hold every prefetch slot
+        holders = [partial(store.io.run, Priority.PREFETCH, release.wait, 30.0, urgent=lambda: False)] * store.cfg.prefetch_slots
     try:
         got: dict[str, object] = {}
 
@@ -419,62 +427,20 @@ async def test_a_demand_that_joins_a_waiting_prefetch_does_not_wait_behind_other
 
         with trio.move_on_after(2.0):
             async with trio.open_nursery() as nursery:
-                for _ in range(store.cfg.prefetch_yield_demand + 1):  # demand reads that wait (until released)
-                    nursery.start_soon(partial(store.io.run, Priority.DEMAND, release.wait, 30.0))
-                await trio.sleep(0.02)
-                nursery.start_soon(prefetch, 0)
-                nursery.start_soon(prefetch, 1)
-                await trio.sleep(0.1)
-                assert not got  # both wait for room
-                got["read"] = bytes(await store.read(100, 4096))
-                await trio.sleep(0.1)
-                assert "prefetch 1" not in got  # not joined: it still waits for room
-                release.set()
-        assert got.get("read") == pattern(1, 3 * 16384)[100:4196]
-        assert store.counters["late_joins"] == 1
-        assert "prefetch 1" in got  # and went once the demands drained
-    finally:
-        release.set()
-        opened.close()
-
-
-async def test_a_demand_that_joins_a_prefetch_waiting_for_a_slot_takes_a_demand_slot(tmp_path: Path) -> None:
-    """Every prefetch slot is busy (here: never released); a prefetch of page 0 waits for one.
-    A demand read of page 0 joins that prefetch, which then takes a demand slot: the read
-    completes, where it used to wait behind every prefetch queued before it. A prefetch
-    nobody joined still waits for its slot."""
-    field = make_field(tmp_path, page_size=16384, memory="1M", latency="20ms")
-    opened = open_field(str(field))
-    try:
-        await opened.store.write(0, pattern(1, 3 * 16384))
-        await opened.store.sync()
-    finally:
-        opened.close()
-    opened = open_field(str(field))  # pages 0-2 at home only
-    store = opened.store
-    release = threading.Event()
-    try:
-        got: dict[str, object] = {}
-
-        async def prefetch(page: int) -> None:
-            got[f"prefetch {page}"] = await store.port.fetch(page)
-
-        with trio.move_on_after(5.0):
-            async with trio.open_nursery() as nursery:
-                for _ in range(store.cfg.prefetch_slots):  # prefetches that hold every slot
-                    nursery.start_soon(partial(store.io.run, Priority.PREFETCH, release.wait, 30.0, urgent=lambda: False))
+                for holder in holders:
+                    nursery.start_soon(holder)
                 await trio.sleep(0.05)
                 nursery.start_soon(prefetch, 0)
                 nursery.start_soon(prefetch, 1)
                 await trio.sleep(0.1)
-                assert not got  # both wait for a slot
+                assert not got  # both wait
                 got["read"] = bytes(await store.read(100, 4096))
                 await trio.sleep(0.1)
-                assert "prefetch 1" not in got  # not joined: still waiting
+                assert "prefetch 1" not in got  # not joined: it still waits
                 release.set()
         assert got.get("read") == pattern(1, 3 * 16384)[100:4196]
         assert store.counters["late_joins"] == 1
-        assert "prefetch 1" in got
+        assert "prefetch 1" in got  # and went once released
     finally:
         release.set()
         opened.close()
@@ -1768,17 +1734,8 @@ async def test_demand_read_joined_to_a_cancelled_prefetch_still_reads(tmp_path: 
 async def opened_with_big_pages_at_home(tmp: Path, n_pages: int, memory: str) -> OpenField:
     """Pages 0..n_pages-1 at home only, opened with every fetched page copied into memory in a
     worker thread (`install_in_worker_bytes` down to the test's 16 KiB pages)."""
-    field = make_field(tmp, page_size=16384, memory="1M")
-    opened = open_field(str(field))
-    try:
-        await opened.store.write(0, pattern(7, n_pages * 16384))
-        await opened.store.sync()
-    finally:
-        opened.close()
-    (tmp / "d").rename(tmp / "d-old")  # the memory tier of the writes is gone: a fresh one
-    return open_field(str(field), [parse_tier_spec(f"d={tmp}/d,kind=dram,capacity={memory}"),
-                                   parse_tier_spec(f"n={tmp}/n,kind=nvme")],
-                      store_cfg=StoreConfig(install_in_worker_bytes=16384))
+    return await opened_with_pages_at_home(tmp, pattern(7, n_pages * 16384), memory=memory,
+                                           store_cfg=StoreConfig(install_in_worker_bytes=16384))
 
 
 async def test_a_write_while_a_fetched_page_is_copied_in_a_worker_wins(tmp_path: Path, monkeypatch) -> None:
@@ -1858,17 +1815,7 @@ async def test_eviction_keeps_the_pages_used_last_over_pages_used_more_long_ago(
     the tier ago rank below pages read fewer times since. A camera's frame moves that way:
     ranked by access counts decayed over 30 s, the frame's newest pages were the coldest
     and each eviction emptied the frame being read."""
-    field = make_field(tmp_path, page_size=16384, memory="1M", log2=14)
-    opened = open_field(str(field))
-    try:
-        assert opened.layout.params_bytes >= 16 * 16384
-        await opened.store.write(0, pattern(3, 16 * 16384))
-        await opened.store.sync()
-    finally:
-        opened.close()
-    shutil.rmtree(tmp_path / "d")
-    opened = open_field(str(field), [parse_tier_spec(f"d={tmp_path}/d,kind=dram,capacity=128K"),  # 8 slots
-                                     parse_tier_spec(f"n={tmp_path}/n,kind=nvme")])
+    opened = await opened_with_pages_at_home(tmp_path, pattern(3, 16 * 16384), log2=14, memory="128K")  # 8 slots
     store = opened.store
     try:
         assert not store.memory_tiers[0].mem.direct
