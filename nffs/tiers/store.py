@@ -583,9 +583,13 @@ class PageStore:
             except BaseException:
                 mt.arena.release(slot, direct=mt.direct)  # the slot was never the page's
                 raise
+        self._record_copy(page, mt, slot, home_tier=home_tier, has_home=has_home)
+        return loc
+
+    def _record_copy(self, page: int, mt: MemTier, slot: int, *, home_tier: int, has_home: bool) -> None:
+        """The slot, holding the page's bytes, becomes its clean memory copy in the table."""
         self.table.set_mem(page, mt, slot, dirty_gen=0, home_tier=home_tier, has_home=has_home)
         self._version[mt.index][slot] = self._next_gen()
-        return loc
 
     def _fill_implicit(self, page: int, mt: MemTier, slot: int, offset: int = 0, length: int | None = None) -> None:
         """Give chunks of a memory copy that are still implicit their init bytes (computed now)."""
@@ -668,6 +672,7 @@ class PageStore:
         those copies stay on this thread."""
         if self.table.mem(page) is not None or self.table.home(page) != home:
             return
+        self._paged_since_trim += 1  # its read's temporaries, as in `_install_fetched`
         loc = self._alloc_slot(page)
         if loc is None:
             return
@@ -686,10 +691,8 @@ class PageStore:
         if self.table.mem(page) is not None or self.table.home(page) != home:
             mt.arena.release(slot, direct=mt.direct)
             return
-        self.table.set_mem(page, mt, slot, dirty_gen=0, home_tier=home.tier, has_home=True)
-        self._version[mt.index][slot] = self._next_gen()
+        self._record_copy(page, mt, slot, home_tier=home.tier, has_home=True)
         self.memory_tiers[mt.index].counters.promotions += 1
-        self._paged_since_trim += 1
 
     async def _fetch_batch(self, pages: list[int], priority: Priority) -> dict[int, bytes]:
         """Bring several pages home -> memory with one worker call per home tier (the
