@@ -656,6 +656,16 @@ async def test_fetch_many_reads_a_run_once_and_reports_each_page(tmp_path: Path)
         assert got[3].data is not None and not got[3].from_slow_tier
         assert got[4].data is None
         assert tier.counters.reads == reads + 3
+        # the copies were made with the checksums the reading worker computed: they are the
+        # bytes' own (a flipped byte is caught), and each result is that copy's version
+        for r in got[:3]:
+            mt, slot = store.table.mem(r.page)
+            assert mt.arena.verify(slot) and r.version == store.port.page_version(r.page)
+        mt, slot = store.table.mem(3)  # read on demand, one page: the same for that path
+        assert mt.arena.verify(slot)
+        mt, slot = store.table.mem(0)
+        mt.arena.view[slot * 16384 + 5] ^= 0xFF
+        assert not mt.arena.verify(slot)
     finally:
         opened.close()
 

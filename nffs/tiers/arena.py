@@ -66,6 +66,13 @@ LINES_LEARN_WHOLE_CHUNKS = 64
 _LINE_HALVES = LINE_BYTES // 4  # the line hash works on 32-bit halves of the words
 
 
+def chunk_sums(data: bytes, chunk: int) -> np.ndarray:
+    """The checksum of each `chunk` bytes of a page, as `MemoryArena` keeps them (any thread:
+    a worker that has just read the page hashes it, and its install takes them)."""
+    view = memoryview(data)
+    return np.array([_h(view[i:i + chunk]) for i in range(0, len(view), chunk)], dtype=np.uint64)
+
+
 class LineSums:
     """Checksums of the 128-byte lines of recently verified chunks, for small gathers.
 
@@ -272,8 +279,13 @@ class MemoryArena:
         """Chunks of [offset, offset+length) whose bytes are not in the slot yet (implicit)."""
         return self.range_mask(offset, length) & ~int(self.valid[slot])
 
-    def install(self, slot: int, data: bytes | bytearray | memoryview | np.ndarray, *, stored: int) -> None:
+    def install(self, slot: int, data: bytes | bytearray | memoryview | np.ndarray, *, stored: int,
+                sums: np.ndarray | None = None) -> None:
         """A whole page into a slot, with fresh checksums; `stored` chunks belong to the page.
+
+        `sums`: the chunks' checksums, computed already from these very bytes (immutable
+        ones: a fetched page's, hashed by the worker that read it, `chunk_sums`), so that
+        the thread installing the page does not hash it again.
 
         The slot is populated first with one madvise (MADV_POPULATE_WRITE): a slot that is
         not in memory yet (a fresh or trimmed one, every slot of a long copy) then costs one
@@ -295,7 +307,11 @@ class MemoryArena:
                 else:
                     self.populated[slot] = True
             self.view[base:base + self.page_size] = mv
-            self._rehash(slot, 0, self.chunks_per_page)
+            if sums is None:
+                self._rehash(slot, 0, self.chunks_per_page)
+            else:
+                self.sums[slot] = sums
+                self._forget_lines(slot, 0, self.chunks_per_page)
             self.valid[slot] = self.full_mask
             self.stored[slot] = stored
 
@@ -333,6 +349,9 @@ class MemoryArena:
         view = self.view
         for i in range(first, last):
             sums[i] = _h(view[base + i * c:base + (i + 1) * c])
+        self._forget_lines(slot, first, last)
+
+    def _forget_lines(self, slot: int, first: int, last: int) -> None:
         if self.lines is not None:
             per = self.chunks_per_page
             self.lines.forget(slot * per + first, slot * per + last)

@@ -35,7 +35,7 @@ from ..arrays import sorted_unique
 from ..encoding.init import implicit_values, implicit_values_at
 from ..encoding.layout import FieldLayout
 from ..errors import ChecksumMismatch, InvalidInput, NoSpace, NffsError, PageIOError, ReadOnly, TierTimeout, TierUnavailable
-from .arena import MemoryArena
+from .arena import MemoryArena, chunk_sums
 from .config import StoreConfig
 from .pagetable import Home, MemTier, PageTable
 from .port import AccessEvent, AccessKind, AccessListener, FetchResult, MemoryGatherListener, MemoryReadListener, Priority
@@ -566,9 +566,10 @@ class PageStore:
                     mt.arena.release(slot, direct=mt.direct)
 
     def _install(self, page: int, data: bytes | bytearray | memoryview | None, *, has_home: bool, home_tier: int,
-                 stored: int) -> tuple[MemTier, int] | None:
+                 stored: int, sums: np.ndarray | None = None) -> tuple[MemTier, int] | None:
         """A copy of the page in memory: `data` is the whole page (None: all implicit so far);
-        `stored` are the chunks that belong to the stored page."""
+        `stored` are the chunks that belong to the stored page; `sums` the chunks' checksums
+        when they were computed from these bytes already (`chunk_sums`)."""
         loc = self._alloc_slot(page)
         if loc is None:
             return None
@@ -579,7 +580,7 @@ class PageStore:
                 self._levels_unready()
         else:
             try:
-                mt.arena.install(slot, data, stored=stored)
+                mt.arena.install(slot, data, stored=stored, sums=sums)
             except BaseException:
                 mt.arena.release(slot, direct=mt.direct)  # the slot was never the page's
                 raise
@@ -613,7 +614,9 @@ class PageStore:
 
     # ================================================================== slow fetches
     async def _read_home(self, page: int, home: Home, priority: Priority,
-                         urgent: Callable[[], bool] | None = None) -> bytes:
+                         urgent: Callable[[], bool] | None = None) -> tuple[bytes, np.ndarray]:
+        """The page's bytes from its home, checked, and their chunk checksums (both computed in
+        the worker that reads them: the install takes the checksums as they are)."""
         tier = self.tier_by_id.get(home.tier)
         if tier is None or tier.homes is None or tier.root is None:
             self.counters["io_errors"] += 1
@@ -627,14 +630,14 @@ class PageStore:
             raise self._tier_error(tier, exc, page) from None
         epoch = homes.begin_read()
 
-        def read_verified() -> bytes:
+        def read_verified() -> tuple[bytes, np.ndarray]:
             data = self._page_from_home(page, homes.read(home.slot), home)
             if data is None:
                 raise ChecksumMismatch(f"page {page}: tier {tier.name} slot {home.slot} fails its checksum")
-            return data
+            return data, chunk_sums(data, self.chunk)
 
         try:
-            data = await self.io.run(priority, read_verified, latency=tier.latency, urgent=urgent)
+            got = await self.io.run(priority, read_verified, latency=tier.latency, urgent=urgent)
         except ChecksumMismatch:
             tier.counters.checksum_failures += 1
             self.counters["checksum_failures"] += 1
@@ -646,7 +649,7 @@ class PageStore:
             homes.end_read(epoch)
         tier.counters.reads += 1
         self._touch_home(page)
-        return data
+        return got
 
     def _page_from_home(self, page: int, data: bytes, home: Home) -> bytes | None:
         """The whole page from the bytes of its home slot, or None when they fail the
@@ -655,16 +658,20 @@ class PageStore:
             return None
         return self._complete_page(page, data, home.mask)
 
-    def _install_fetched(self, page: int, data: bytes, home: Home) -> None:
+    def _install_fetched(self, page: int, data: bytes, home: Home, sums: np.ndarray | None = None) -> int:
         """A page just read from `home` becomes a clean memory copy, unless a write installed a
-        newer copy (or moved its home) while the read was in flight."""
+        newer copy (or moved its home) while the read was in flight. Returns the version of
+        the copy made from `data`, -1 when none was (no room, or that newer copy)."""
+        version = -1
         if self.table.mem(page) is None and self.table.home(page) == home:
-            loc = self._install(page, data, has_home=True, home_tier=home.tier, stored=home.mask)
+            loc = self._install(page, data, has_home=True, home_tier=home.tier, stored=home.mask, sums=sums)
             if loc is not None:
                 self.memory_tiers[loc[0].index].counters.promotions += 1
+                version = int(self._version[loc[0].index][loc[1]])
             self._paged_since_trim += 1  # its read's temporaries (see `_trim_heap_if_due`)
+        return version
 
-    async def _install_fetched_in_worker(self, page: int, data: bytes, home: Home) -> None:
+    async def _install_fetched_in_worker(self, page: int, data: bytes, home: Home, sums: np.ndarray | None = None) -> None:
         """:meth:`_install_fetched` with the copy into the slot in a worker thread (big pages,
         ``install_in_worker_bytes``): the slot is taken here and the page recorded here, after
         the copy, only if no write installed a newer copy or moved its home meanwhile. A
@@ -680,9 +687,9 @@ class PageStore:
         mt.reserved += 1
         try:
             if mt.direct:
-                mt.arena.install(slot, data, stored=home.mask)
+                mt.arena.install(slot, data, stored=home.mask, sums=sums)
             else:
-                await self.io.cpu(functools.partial(mt.arena.install, slot, data, stored=home.mask))
+                await self.io.cpu(functools.partial(mt.arena.install, slot, data, stored=home.mask, sums=sums))
         except BaseException:
             mt.arena.release(slot, direct=mt.direct)  # the slot was never the page's
             raise
@@ -694,7 +701,8 @@ class PageStore:
         self._record_copy(page, mt, slot, home_tier=home.tier, has_home=True)
         self.memory_tiers[mt.index].counters.promotions += 1
 
-    async def _fetch_batch(self, pages: list[int], priority: Priority) -> dict[int, bytes]:
+    async def _fetch_batch(self, pages: list[int], priority: Priority,
+                           versions: dict[int, int] | None = None) -> dict[int, bytes]:
         """Bring several pages home -> memory with one worker call per home tier (the
         multi-page read path: a 1 MiB read of 4 KiB pages is one hop to a worker thread, not
         256). Returns the pages read from a slow tier (and installed when memory had room),
@@ -703,7 +711,9 @@ class PageStore:
         Best effort: pages in memory, in flight, implicit or on an unavailable tier are left
         out, and a page that fails (I/O error, checksum) is simply not installed — the
         caller's page-by-page path then reads it again and reports the error as a single
-        read does. The in-flight entries let concurrent readers of these pages join."""
+        read does. The in-flight entries let concurrent readers of these pages join.
+        `versions`, when given, receives the version of each memory copy made from the
+        bytes returned (a page whose bytes are returned but not installed has none)."""
         groups: dict[int, list[tuple[int, Home]]] = {}
         wanted = [p for p in pages if p not in self._inflight and self.table.mem(p) is None]
         self.table.load_homes(wanted)
@@ -724,25 +734,30 @@ class PageStore:
             self._inflight.update(flights)
             epoch = homes.begin_read()
 
-            def read_all(items: list[tuple[int, Home]] = items, homes: SlabHomes = homes) -> list[bytes | None]:
-                out: list[bytes | None] = []
+            def read_all(items: list[tuple[int, Home]] = items,
+                         homes: SlabHomes = homes) -> list[tuple[bytes, np.ndarray] | None]:
+                out: list[tuple[bytes, np.ndarray] | None] = []
                 got = homes.read_many([home.slot for _, home in items], self.cfg.coalesce_bytes)
                 for p, home in items:
                     data = got[home.slot]
-                    out.append(None if isinstance(data, OSError) else self._page_from_home(p, data, home))
+                    page_data = None if isinstance(data, OSError) else self._page_from_home(p, data, home)
+                    out.append(None if page_data is None else (page_data, chunk_sums(page_data, self.chunk)))
                 return out
 
             pinned: list[tuple[MemTier, int]] = []
             try:
                 datas = await self.io.run(priority, read_all, latency=tier.latency,
                                           urgent=lambda fl=flights: any(f.joined_by_demand for f in fl.values()))
-                for (p, home), data in zip(items, datas):
-                    if data is None:
+                for (p, home), fetched in zip(items, datas):
+                    if fetched is None:
                         continue
+                    data, sums = fetched
                     flights[p].data = data
                     tier.counters.reads += 1
                     self._touch_home(p)
-                    self._install_fetched(p, data, home)
+                    version = self._install_fetched(p, data, home, sums)
+                    if versions is not None and version >= 0:
+                        versions[p] = version
                     done[p] = data
                     loc = self.table.mem(p)
                     if loc is not None:  # the batch's next pages must not evict this one
@@ -802,12 +817,12 @@ class PageStore:
         flight = _InFlight(trio.Event(), priority, home)
         self._inflight[page] = flight
         try:
-            data = await self._read_home(page, home, priority, urgent=lambda: flight.joined_by_demand)
+            data, sums = await self._read_home(page, home, priority, urgent=lambda: flight.joined_by_demand)
             flight.data = data
             if self.page_size >= self.cfg.install_in_worker_bytes:
-                await self._install_fetched_in_worker(page, data, home)
+                await self._install_fetched_in_worker(page, data, home, sums)
             else:
-                self._install_fetched(page, data, home)
+                self._install_fetched(page, data, home, sums)
             return data, True
         except BaseException as exc:
             flight.error = exc if isinstance(exc, Exception) else PageIOError("fetch cancelled")
@@ -2329,12 +2344,18 @@ class StorePort:
         valid = [p for p in pages if 0 <= p < s.n_pages]
         joined = {p for p in valid if p in s._inflight}
         skipped = {p for p in valid if p in s._inflight or s.table.mem(p) is not None or s.table.home(p) is None}
+        versions: dict[int, int] = {}
         try:
-            done = await s._fetch_batch(valid, priority)
+            done = await s._fetch_batch(valid, priority, versions)
         except NffsError:  # a tier that timed out or failed: once for the run, not once per page
             done, skipped = {}, set()
-        # every result of the batch before any further await: their bytes are current now
-        out: dict[int, FetchResult] = {p: self._result(p, done[p], True, False) for p in pages if p in done}
+        # every result of the batch before any further await: their bytes are current now. A
+        # page installed from the bytes just read is answered with them (its copy was made
+        # from them in this very step: reading it back would copy and hash it once more)
+        out: dict[int, FetchResult] = {
+            p: (FetchResult(p, done[p], versions[p], True, False) if p in versions and self.page_version(p) == versions[p]
+                else self._result(p, done[p], True, False))
+            for p in pages if p in done}
         for p in pages:
             if p in out:
                 continue
