@@ -386,9 +386,9 @@ class Suite:
             lat = []
             # reads served from memory are CPU-bound: reader and daemon on one CPU, or the
             # scheduler's placement of each predictor's mount decides the ratio (see
-            # bench_common.SameCpu); 5 passes, as 24 reads of 1 MiB made a noisy mean
+            # bench_common.SameCpu); SEQ_DRAM_PASSES passes
             with SameCpu(int(self.stats()["pid"])):
-                for _ in range(5):
+                for _ in range(SEQ_DRAM_PASSES):
                     for off in range(0, region, 1 << 20):
                         t0 = time.perf_counter()
                         os.pread(fd, 1 << 20, off)
@@ -471,6 +471,13 @@ class Suite:
                 os.close(fd)
             return lat
         return body
+
+
+#: passes over the seq-dram region that are measured. The first read after the settling
+#: pause costs 7-9 ms with either predictor (1.5 ms for the others): over 5 passes (40
+#: reads) it alone moved the mean by 10-15 %, and the verdict flipped from run to run
+#: (0.85-1.31x); over 20 passes its weight is a quarter of that
+SEQ_DRAM_PASSES = 20
 
 
 def address_init(page_size: int) -> list[str]:
