@@ -307,7 +307,7 @@ class MemoryArena:
                 else:
                     self.populated[slot] = True
             self.view[base:base + self.page_size] = mv
-            if sums is None:
+            if sums is None or len(sums) != self.chunks_per_page:  # (hashed with another chunk size)
                 self._rehash(slot, 0, self.chunks_per_page)
             else:
                 self.sums[slot] = sums
