@@ -66,6 +66,10 @@ MID_GATHER_ROWS = 1 << 18
 #: its loop of hash calls (docs/prefetch.md 6.0u). Lines not yet known cost their chunk's
 #: hash once, on the trio thread then (the background learns resident slots' lines ahead)
 LINE_CHECK_ROWS = 1 << 15
+#: a batch of fetched pages is installed this many at a time, other tasks (FUSE requests
+#: among them) running in between: 16 pages of 64 KiB installed at once held up every
+#: request for up to a millisecond
+INSTALL_CHECKPOINT_PAGES = 4
 #: a published generation of at least this many rows gives its temporaries back (malloc_trim)
 TRIM_AFTER_PUBLISH_ROWS = 1 << 15
 #: so do this many pages loaded from their homes or written back to them (at the next
@@ -748,9 +752,11 @@ class PageStore:
             try:
                 datas = await self.io.run(priority, read_all, latency=tier.latency,
                                           urgent=lambda fl=flights: any(f.joined_by_demand for f in fl.values()))
-                for (p, home), fetched in zip(items, datas):
+                for i, ((p, home), fetched) in enumerate(zip(items, datas)):
                     if fetched is None:
                         continue
+                    if i and i % INSTALL_CHECKPOINT_PAGES == 0:
+                        await trio.lowlevel.checkpoint()  # requests waiting meanwhile go first
                     data, sums = fetched
                     flights[p].data = data
                     tier.counters.reads += 1
