@@ -670,6 +670,41 @@ async def test_fetch_many_reads_a_run_once_and_reports_each_page(tmp_path: Path)
         opened.close()
 
 
+async def test_a_write_finds_room_while_a_batch_bigger_than_memory_is_installed(tmp_path: Path) -> None:
+    """A run fetch installs its pages a few at a time and lets other tasks run in between;
+    what it has installed must not stay pinned across those pauses: with a memory tier of 4
+    slots, a batch of ~500 pages kept every slot pinned for its ~120 pauses and a write of a
+    new page, retrying once per pause, gave up with EIO."""
+    field = make_field(tmp_path, page_size=4096, memory="16K", log2=16, levels=4)
+    opened = open_field(str(field))
+    try:
+        store = opened.store
+        n = store.n_pages - 8
+        await store.write(0, pattern(7, n * 4096))
+        await store.sync()
+        opened.close()
+        opened = open_field(str(field))  # nothing in memory after a restart
+        store = opened.store
+        new_page = store.n_pages - 1  # never written
+        written = []
+
+        async def writer() -> None:
+            while sum(store.table.mem(p) is not None for p in range(8)) < 4:
+                await trio.sleep(0)  # until the batch is installing (its first pages in memory)
+            await store.write(new_page * 4096, b"\x5a" * 4096)
+            written.append(True)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer)
+            got = await store.port.fetch_many(list(range(n)))
+        assert written and bytes(await store.read(new_page * 4096, 4096)) == b"\x5a" * 4096
+        assert all(r.data is not None and bytes(r.data) == pattern(7, n * 4096)[r.page * 4096:(r.page + 1) * 4096]
+                   for r in got)
+    finally:
+        opened.close()
+    assert fsck(str(field)).clean
+
+
 @pytest.mark.parametrize("memory", ["1M", "64K"], ids=["direct", "slotted"])
 async def test_gather_never_returns_a_corrupted_memory_copy(tmp_path: Path, memory: str) -> None:
     """Gathers (query, at/, concepts) verify the chunks they take rows from, whether the

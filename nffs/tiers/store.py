@@ -68,7 +68,9 @@ MID_GATHER_ROWS = 1 << 18
 LINE_CHECK_ROWS = 1 << 15
 #: a batch of fetched pages is installed this many at a time, other tasks (FUSE requests
 #: among them) running in between: 16 pages of 64 KiB installed at once held up every
-#: request for up to a millisecond
+#: request for up to a millisecond. Within a stretch the pages installed are pinned (the
+#: next ones must not evict them); between stretches they are not
+#: (`test_a_write_finds_room_while_a_batch_bigger_than_memory_is_installed`)
 INSTALL_CHECKPOINT_PAGES = 4
 #: a published generation of at least this many rows gives its temporaries back (malloc_trim)
 TRIM_AFTER_PUBLISH_ROWS = 1 << 15
@@ -756,7 +758,13 @@ class PageStore:
                     if fetched is None:
                         continue
                     if i and i % INSTALL_CHECKPOINT_PAGES == 0:
-                        await trio.lowlevel.checkpoint()  # requests waiting meanwhile go first
+                        # requests waiting meanwhile go first; the pages installed so far are
+                        # unpinned before: a batch bigger than memory must not hold every
+                        # slot while others wait for one (a write gave up with EIO)
+                        for mt, slot in pinned:
+                            self._unpin(mt, slot)
+                        pinned.clear()
+                        await trio.lowlevel.checkpoint()
                     data, sums = fetched
                     flights[p].data = data
                     tier.counters.reads += 1
