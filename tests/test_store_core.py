@@ -670,6 +670,41 @@ async def test_fetch_many_reads_a_run_once_and_reports_each_page(tmp_path: Path)
         opened.close()
 
 
+async def test_a_run_fetch_never_answers_bytes_of_a_home_the_page_has_left(tmp_path: Path) -> None:
+    """The prefetcher pushes what a run fetch answers. A page whose home changed while its
+    old home was being read (written, written back and evicted meanwhile; a reader's
+    refresh does the same) must not be answered with the old home's bytes: they are gone
+    from the field, and pushed they would be served from the kernel's cache."""
+    field = make_field(tmp_path, page_size=4096, memory="8K", latency="300ms")
+    opened = open_field(str(field))
+    try:
+        store = opened.store
+        old = pattern(1, 4 * 4096)
+        await store.write(0, old)
+        await store.sync()
+        opened.close()
+        opened = open_field(str(field))  # nothing in memory after a restart
+        store = opened.store
+        new = b"\x33" * 4096
+
+        async def meanwhile() -> None:
+            while 0 not in store._inflight:
+                await trio.sleep(0)
+            await store.write(0, new)  # a whole page: installed at once, no read of the old one
+            await store.sync()  # a new home for page 0
+            await store.write(4096, b"\x44" * 4096)  # two more dirty pages in the 2-slot tier:
+            await store.write(2 * 4096, b"\x55" * 4096)  # page 0's clean copy is evicted
+            assert store.table.mem(0) is None
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(meanwhile)
+            got = await store.port.fetch_many([0])
+        assert got[0].data is None or bytes(got[0].data) == new
+        assert bytes(await store.read(0, 4096)) == new
+    finally:
+        opened.close()
+
+
 async def test_a_write_finds_room_while_a_batch_bigger_than_memory_is_installed(tmp_path: Path) -> None:
     """A run fetch installs its pages a few at a time and lets other tasks run in between;
     what it has installed must not stay pinned across those pauses: with a memory tier of 4

@@ -707,8 +707,8 @@ class PageStore:
         self._record_copy(page, mt, slot, home_tier=home.tier, has_home=True)
         self.memory_tiers[mt.index].counters.promotions += 1
 
-    async def _fetch_batch(self, pages: list[int], priority: Priority,
-                           versions: dict[int, int] | None = None) -> dict[int, bytes]:
+    async def _fetch_batch(self, pages: list[int], priority: Priority, versions: dict[int, int] | None = None,
+                           homes_read: dict[int, Home] | None = None) -> dict[int, bytes]:
         """Bring several pages home -> memory with one worker call per home tier (the
         multi-page read path: a 1 MiB read of 4 KiB pages is one hop to a worker thread, not
         256). Returns the pages read from a slow tier (and installed when memory had room),
@@ -719,7 +719,8 @@ class PageStore:
         caller's page-by-page path then reads it again and reports the error as a single
         read does. The in-flight entries let concurrent readers of these pages join.
         `versions`, when given, receives the version of each memory copy made from the
-        bytes returned (a page whose bytes are returned but not installed has none)."""
+        bytes returned (a page whose bytes are returned but not installed has none), and
+        `homes_read` the home each page's bytes were read from."""
         groups: dict[int, list[tuple[int, Home]]] = {}
         wanted = [p for p in pages if p not in self._inflight and self.table.mem(p) is None]
         self.table.load_homes(wanted)
@@ -772,6 +773,8 @@ class PageStore:
                     version = self._install_fetched(p, data, home, sums)
                     if versions is not None and version >= 0:
                         versions[p] = version
+                    if homes_read is not None:
+                        homes_read[p] = home
                     done[p] = data
                     loc = self.table.mem(p)
                     if loc is not None:  # the batch's next pages must not evict this one
@@ -2359,17 +2362,16 @@ class StorePort:
         joined = {p for p in valid if p in s._inflight}
         skipped = {p for p in valid if p in s._inflight or s.table.mem(p) is not None or s.table.home(p) is None}
         versions: dict[int, int] = {}
+        homes_read: dict[int, Home] = {}
         try:
-            done = await s._fetch_batch(valid, priority, versions)
+            done = await s._fetch_batch(valid, priority, versions, homes_read)
         except NffsError:  # a tier that timed out or failed: once for the run, not once per page
             done, skipped = {}, set()
         # every result of the batch before any further await: their bytes are current now. A
         # page installed from the bytes just read is answered with them (its copy was made
         # from them in this very step: reading it back would copy and hash it once more)
-        out: dict[int, FetchResult] = {
-            p: (FetchResult(p, done[p], versions[p], True, False) if p in versions and self.page_version(p) == versions[p]
-                else self._result(p, done[p], True, False))
-            for p in pages if p in done}
+        out: dict[int, FetchResult] = {p: self._batch_result(p, done[p], versions.get(p), homes_read.get(p))
+                                       for p in pages if p in done}
         for p in pages:
             if p in out:
                 continue
@@ -2379,6 +2381,17 @@ class StorePort:
             else:  # the batch read it and it failed (I/O error, checksum): failed, not retried here
                 out[p] = FetchResult(p, None, -1, False, p in joined)
         return [out[p] for p in pages]
+
+    def _batch_result(self, page: int, data: bytes, version: int | None, home: Home | None) -> FetchResult:
+        """The result of a page a run fetch read from `home` (and installed as `version`)."""
+        s = self._store
+        if version is not None and self.page_version(page) == version:
+            return FetchResult(page, data, version, True, False)  # its copy, made from these bytes
+        if s.table.mem(page) is None and s.table.home(page) != home:
+            # not in memory, and its home is no longer the one read (written back since, or a
+            # reader's newer generation): those bytes are gone from the field
+            return FetchResult(page, None, -1, True, False)
+        return self._result(page, data, True, False)
 
     def _result(self, page: int, data: bytes | None, slow: bool, joined: bool) -> FetchResult:
         """What a fetch gives the prefetcher: the page's current bytes and version."""
