@@ -332,11 +332,12 @@ async def test_corrupted_clean_memory_copy_is_never_returned(tmp_path: Path, mem
 
 
 async def opened_with_pages_at_home(tmp: Path, data: bytes, *, latency: str | None = None, log2: int = 12,
-                                    memory: str | None = None, store_cfg: StoreConfig = StoreConfig()) -> OpenField:
-    """A field (16 KiB pages, a 1 MiB memory tier, a durable tier with `latency`) whose first
-    pages hold `data`, synced, then opened again: those pages are at home only. `memory`:
-    opened again over a fresh memory tier of that capacity instead."""
-    field = make_field(tmp, page_size=16384, memory="1M", latency=latency, log2=log2)
+                                    memory: str | None = None, store_cfg: StoreConfig = StoreConfig(),
+                                    page_size: int = 16384, levels: int = 4) -> OpenField:
+    """A field (16 KiB pages by default, a 1 MiB memory tier, a durable tier with `latency`)
+    whose first pages hold `data`, synced, then opened again: those pages are at home only.
+    `memory`: opened again over a fresh memory tier of that capacity instead."""
+    field = make_field(tmp, page_size=page_size, memory="1M", latency=latency, log2=log2, levels=levels)
     opened = open_field(str(field))
     try:
         assert opened.layout.params_bytes >= len(data)
@@ -675,15 +676,8 @@ async def test_a_run_fetch_never_answers_bytes_of_a_home_the_page_has_left(tmp_p
     old home was being read (written, written back and evicted meanwhile; a reader's
     refresh does the same) must not be answered with the old home's bytes: they are gone
     from the field, and pushed they would be served from the kernel's cache."""
-    field = make_field(tmp_path, page_size=4096, memory="8K", latency="300ms")
-    opened = open_field(str(field))
+    opened = await opened_with_pages_at_home(tmp_path, pattern(1, 4 * 4096), latency="300ms", memory="8K", page_size=4096)
     try:
-        store = opened.store
-        old = pattern(1, 4 * 4096)
-        await store.write(0, old)
-        await store.sync()
-        opened.close()
-        opened = open_field(str(field))  # nothing in memory after a restart
         store = opened.store
         new = b"\x33" * 4096
 
@@ -708,17 +702,11 @@ async def test_a_run_fetch_never_answers_bytes_of_a_home_the_page_has_left(tmp_p
 async def test_a_write_finds_room_while_a_batch_bigger_than_memory_is_installed(tmp_path: Path) -> None:
     """A run fetch installs its pages a few at a time and lets other tasks run in between;
     what it has installed must not stay pinned across those pauses: with a memory tier of 4
-    slots, a batch of ~500 pages kept every slot pinned for its ~120 pauses and a write of a
+    slots, a batch of 320 pages kept every slot pinned for its ~80 pauses and a write of a
     new page, retrying once per pause, gave up with EIO."""
-    field = make_field(tmp_path, page_size=4096, memory="16K", log2=16, levels=4)
-    opened = open_field(str(field))
+    n = 320  # of the field's 328 pages
+    opened = await opened_with_pages_at_home(tmp_path, pattern(7, n * 4096), memory="16K", page_size=4096, log2=16)
     try:
-        store = opened.store
-        n = store.n_pages - 8
-        await store.write(0, pattern(7, n * 4096))
-        await store.sync()
-        opened.close()
-        opened = open_field(str(field))  # nothing in memory after a restart
         store = opened.store
         new_page = store.n_pages - 1  # never written
         written = []
@@ -737,7 +725,7 @@ async def test_a_write_finds_room_while_a_batch_bigger_than_memory_is_installed(
                    for r in got)
     finally:
         opened.close()
-    assert fsck(str(field)).clean
+    assert fsck(str(tmp_path / "f")).clean
 
 
 @pytest.mark.parametrize("memory", ["1M", "64K"], ids=["direct", "slotted"])
