@@ -66,9 +66,9 @@ LINES_LEARN_WHOLE_CHUNKS = 64
 _LINE_HALVES = LINE_BYTES // 4  # the line hash works on 32-bit halves of the words
 
 
-def chunk_sums(data: bytes, chunk: int) -> np.ndarray:
-    """The checksum of each `chunk` bytes of a page, as `MemoryArena` keeps them (any thread:
-    a worker that has just read the page hashes it, and its install takes them)."""
+def chunk_sums(data: bytes | memoryview, chunk: int) -> np.ndarray:
+    """The checksum of each `chunk` bytes of `data`, as `MemoryArena` keeps them (any thread:
+    a worker that has just read a page hashes it, and its install takes them)."""
     view = memoryview(data)
     return np.array([_h(view[i:i + chunk]) for i in range(0, len(view), chunk)], dtype=np.uint64)
 
@@ -343,12 +343,9 @@ class MemoryArena:
             self.stored[slot] = int(self.stored[slot]) | mask
 
     def _rehash(self, slot: int, first: int, last: int) -> None:
-        base = self._base(slot)
         c = self.chunk
-        sums = self.sums[slot]
-        view = self.view
-        for i in range(first, last):
-            sums[i] = _h(view[base + i * c:base + (i + 1) * c])
+        base = self._base(slot)
+        self.sums[slot, first:last] = chunk_sums(self.view[base + first * c:base + last * c], c)
         self._forget_lines(slot, first, last)
 
     def _forget_lines(self, slot: int, first: int, last: int) -> None:
