@@ -17,7 +17,7 @@ from nffs.predictor import sim
 from nffs.predictor.address import FWD, AddressPredictor, majority
 from nffs.predictor.config import PrefetchConfig
 from nffs.predictor.fieldspace import FieldPredictor, umeyama
-from nffs.predictor.ledger import Ledger
+from nffs.predictor.ledger import Controller, Ledger
 from nffs.predictor.models import make_model
 
 
@@ -830,11 +830,10 @@ def test_unused_drift_pages_count_wasted_but_do_not_stop_the_space() -> None:
     assert c["wasted"] == 60 and c["useful"] == 30
 
 
-def test_late_prefetches_stop_the_address_space_but_not_the_field_space() -> None:
-    """A demand that joins a prefetch in flight makes it late. An address stream late this
-    often asks more than the tier delivers, and deepening it floods memory: the space stops.
-    A camera's late prefetches still shorten the frames that join them, and the field
-    space has no depth to flood memory with: it stops on waste only."""
+def test_late_prefetches_never_stop_a_space_but_wasted_ones_do() -> None:
+    """A demand that joins a prefetch in flight makes it late; it still waited less than a
+    miss. A reader faster than the store is late on most pages whatever the depth: stopping
+    it made every read a miss. Both spaces go on through lateness and stop on waste."""
     cfg = PrefetchConfig(feedback_min=8, feedback_window=16)
     led = Ledger(cfg)
     for space, base in (("address", 0), ("field", 1000)):
@@ -844,8 +843,27 @@ def test_late_prefetches_stop_the_address_space_but_not_the_field_space() -> Non
             led.arrived(page, e, 2.0)
             led.demand(page, True, space, t=1.0)  # the demand began before the page arrived
         assert led.counts[space]["late"] == 16 and led.counts[space]["useful"] == 0
-    assert not led.control["address"].active
-    assert led.control["field"].active
+    assert led.control["address"].active and led.control["field"].active
+    for space, base in (("address", 2000), ("field", 3000)):
+        for page in range(base, base + 16):
+            e = led.plan(page, space, push=False, marker=False, now=0.0)
+            led.issued(page, e)
+            led.arrived(page, e, 2.0)
+        led.expire(2.0 + cfg.ledger_ttl_s + 1.0, lambda page: True)  # never demanded: wasted
+        assert led.counts[space]["wasted"] >= 9
+    assert not led.control["address"].active and not led.control["field"].active
+
+
+def test_the_controller_window_counts_follow_outcomes_in_and_out() -> None:
+    """The controller's running counts (kept as outcomes enter and leave its window) give
+    the same shares as counting the window afresh."""
+    cfg = PrefetchConfig(feedback_min=1000, feedback_window=8)
+    c = Controller(cfg)
+    seq = "uulwuulllwwuuuulw" * 3
+    for i, o in enumerate(seq):
+        c.outcome(o)
+        window = seq[max(0, i - 7):i + 1]
+        assert c.accuracy() == window.count("u") / len(window)
 
 
 # ------------------------------------------------------------------ the whole policy over a FakePort

@@ -240,17 +240,19 @@ class PrefetchConfig:
     feedback_window: int = 128
     #: a space stops issuing when wasted / outcomes exceeds this over the window ...
     stop_waste: float = 0.5
-    #: ... or late / outcomes exceeds this. A late prefetch still pays a little (the demand
-    #: joins it), but a stream late this often is asking for more than the tier delivers:
-    #: deepening it only floods the memory tier (0.9 let a 1 MiB-read scan evict its own
-    #: working set from the dram tier, docs/prefetch.md 6.0)
-    stop_late: float = 0.6
-    #: ... in the address space: a field-space prefetch has no depth to flood memory with (its
+    #: ... or late / outcomes exceeds this in the address space (1.0: never on lateness
+    #: alone). A late prefetch still pays: its demand joins it and waits for what is left of
+    #: the read. A reader faster than the store (a `cat` of a 64 KiB-page field) is late on
+    #: most pages whatever the depth; stopped at 0.6, it fell back to demand misses for
+    #: 255 reads (a second) at a time, p99 8.7 ms, the same as `none`. The reason 0.6 once
+    #: had — deepening a late stream floods the memory tier — is gone: a window never
+    #: reaches past `ra_max_memory_fraction` of it (docs/prefetch.md 6.0x)
+    stop_late: float = 1.0
+    #: ... in the field space: a field-space prefetch has no depth to flood memory with (its
     #: budget is per frame), and a late one still shortens the frame that joins it — a
     #: camera over a tier slower than its frames come (seed 29's orbit: ~30 new pages a
     #: frame, late two times in three) had frames of 5.8 ms (p50) with its late prefetches,
     #: 13.4 ms once stopped on lateness, 18 ms without prefetch (docs/prefetch.md 6.0m).
-    #: Field space stops on waste only (1.0: never on lateness)
     field_stop_late: float = 1.0
     #: outcomes needed before the controller judges at all
     feedback_min: int = 32

@@ -45,6 +45,11 @@ class StoreConfig:
     #: slots over a 5 ms tier (1,600 pages/s) frames 5-10 ms apart outran the prefetcher;
     #: scans, strides and interleaved readers measured the same with 8 and 16
     prefetch_slots: int = 16
+    #: of those, how many may be in a worker thread (reading, checking) at once; the rest
+    #: wait their turn in order. All 16 in threads shared two CPUs and the interpreter
+    #: lock: every run finished late together, the one a reader waited on (the oldest)
+    #: no sooner than the newest (its fetches took 30 ms over a 5 ms tier)
+    prefetch_threads: int = 2
     #: a fetched page of at least this many bytes is copied into its memory slot (and its
     #: chunks hashed) in a worker thread, not on the trio thread: a 1 MiB page costs ~0.45
     #: ms there, and a plan's pages arriving together kept every request waiting behind

@@ -30,6 +30,8 @@ class IOScheduler:
             Priority.BACKGROUND: trio.CapacityLimiter(cfg.background_threads),
         }
         self._threads = trio.CapacityLimiter(cfg.demand_threads + cfg.prefetch_slots + cfg.background_threads)
+        #: prefetches' turns in a worker thread, first come first served (see StoreConfig)
+        self._prefetch_threads = trio.CapacityLimiter(max(1, cfg.prefetch_threads))
         self.demand_waiting = 0
         self._room = trio.Event()
         self._room.set()
@@ -63,6 +65,10 @@ class IOScheduler:
                     with trio.move_on_after(self.cfg.durable_io_timeout_s) as scope:
                         # a thread stuck in the kernel cannot be interrupted: it is abandoned
                         # and its result ignored (callers must not depend on it having stopped)
+                        if slots is self._slots[Priority.PREFETCH]:
+                            async with self._prefetch_threads:
+                                return await trio.to_thread.run_sync(fn, *args, limiter=self._threads,
+                                                                     abandon_on_cancel=True)
                         return await trio.to_thread.run_sync(fn, *args, limiter=self._threads, abandon_on_cancel=True)
                     assert scope.cancelled_caught
                     raise TierTimeout(f"no answer within {self.cfg.durable_io_timeout_s:g} s")

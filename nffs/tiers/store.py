@@ -160,6 +160,8 @@ class PageStore:
         self._gen = 0  # write generation: dirty stamps and page versions
         self._version = {mt.index: np.zeros(mt.arena.n_slots, dtype=np.int64) for mt in table.mem_tiers}
         self._inflight: dict[int, _InFlight] = {}
+        #: held by the prefetch batch installing its pages (see `_fetch_batch`)
+        self._prefetch_installs = trio.Lock()
         #: slots dropped while pinned: released when the last pin goes
         self._unpin_release: set[tuple[int, int]] = set()
         self._wb_lock = trio.Lock()
@@ -743,6 +745,7 @@ class PageStore:
 
             def read_all(items: list[tuple[int, Home]] = items,
                          homes: SlabHomes = homes) -> list[tuple[bytes, np.ndarray] | None]:
+                self._populate_ahead(len(items))
                 out: list[tuple[bytes, np.ndarray] | None] = []
                 got = homes.read_many([home.slot for _, home in items], self.cfg.coalesce_bytes)
                 for p, home in items:
@@ -752,9 +755,25 @@ class PageStore:
                 return out
 
             pinned: list[tuple[MemTier, int]] = []
+            installing = False
             try:
                 datas = await self.io.run(priority, read_all, latency=tier.latency,
                                           urgent=lambda fl=flights: any(f.joined_by_demand for f in fl.values()))
+                # the readers waiting on these pages go now, with the bytes just read and
+                # checked, not after the whole batch is installed: with the FUSE thread busy,
+                # installing a run of 50 pages four at a time took tens of milliseconds, and a
+                # reader at the run's first page waited for all of it. The flights stay
+                # registered until each page is installed: a read meanwhile joins at once
+                for (p, _), fetched in zip(items, datas):
+                    if fetched is not None:
+                        flights[p].data = fetched[0]
+                        flights[p].done.set()
+                if priority == Priority.PREFETCH:
+                    # one prefetch batch installs at a time (first come, first served): with
+                    # every batch in flight installing between two looks at the FUSE queue,
+                    # a request for a page already in memory waited 2-50 ms for its turn
+                    await self._prefetch_installs.acquire()
+                    installing = True
                 for i, ((p, home), fetched) in enumerate(zip(items, datas)):
                     if fetched is None:
                         continue
@@ -767,7 +786,6 @@ class PageStore:
                         pinned.clear()
                         await trio.lowlevel.checkpoint()
                     data, sums = fetched
-                    flights[p].data = data
                     tier.counters.reads += 1
                     self._touch_home(p)
                     version = self._install_fetched(p, data, home, sums)
@@ -776,6 +794,8 @@ class PageStore:
                     if homes_read is not None:
                         homes_read[p] = home
                     done[p] = data
+                    if self._inflight.get(p) is flights[p]:  # in memory now (or no room): done
+                        del self._inflight[p]
                     loc = self.table.mem(p)
                     if loc is not None:  # the batch's next pages must not evict this one
                         loc[0].pins[loc[1]] += 1
@@ -792,6 +812,9 @@ class PageStore:
                     return done  # the page-by-page path reads (and reports) them one by one
                 raise
             finally:
+                if installing:
+                    self._prefetch_installs.release()
+                    installing = False
                 for mt, slot in pinned:
                     self._unpin(mt, slot)
                 homes.end_read(epoch)
@@ -800,9 +823,20 @@ class PageStore:
                         # failed in the batch: a joiner reads it itself (and meets the error itself)
                         f.error = PageIOError(f"page {p}: batch read failed")
                         f.cancelled = True
-                    del self._inflight[p]
+                    if self._inflight.get(p) is f:
+                        del self._inflight[p]
                     f.done.set()
         return done
+
+    def _populate_ahead(self, pages: int) -> None:
+        """Worker thread, before a batch of `pages` is read: the fresh slots its installs
+        will take on the first memory tier that still has some are populated here, not on
+        the trio thread (`MemoryArena.populate_fresh`)."""
+        for t in self.memory_tiers:
+            mt = t.mem
+            if mt is not None and not mt.direct and mt.arena.allocates_fresh():
+                mt.arena.populate_fresh(pages)
+                return
 
     async def _fetch(self, page: int, priority: Priority) -> tuple[bytes | None, bool]:
         """Bring a materialised page into memory. Returns (bytes, waited_on_slow_tier).
@@ -814,6 +848,10 @@ class PageStore:
         """
         flight = self._inflight.get(page)
         while flight is not None:
+            if flight.done.is_set() and flight.error is None and flight.home == self.table.home(page):
+                # read already, its install still to come (a batch installs a few at a time):
+                # the bytes are here, nothing was waited for
+                return flight.data, False
             if priority == Priority.DEMAND and flight.priority != Priority.DEMAND and not flight.joined_by_demand:
                 flight.joined_by_demand = True
                 self.counters["late_joins"] += 1
@@ -825,7 +863,11 @@ class PageStore:
                 # the page was written (and went home) while that fetch read an older version
             elif not flight.cancelled:
                 raise flight.error
-            flight = self._inflight.get(page)  # fetch the current version ourselves
+            if self.table.mem(page) is not None:
+                return None, False  # installed meanwhile (a batch's flight ends at its install)
+            stale, flight = flight, self._inflight.get(page)  # fetch the current version ourselves
+            if flight is stale:  # a batch still installing its other pages: not this one's bytes
+                flight = None
         if self.table.mem(page) is not None:
             return None, False
         home = self.table.home(page)
@@ -846,7 +888,8 @@ class PageStore:
             flight.cancelled = not isinstance(exc, Exception)
             raise
         finally:
-            del self._inflight[page]
+            if self._inflight.get(page) is flight:
+                del self._inflight[page]
             flight.done.set()
 
     # ================================================================== reading
@@ -988,7 +1031,10 @@ class PageStore:
             return False
         mem, home, inflight = self.table.mem, self.table.home, self._inflight
         for p in range(first, last + 1):
-            if mem(p) is None and (p in inflight or home(p) is not None):
+            flight = inflight.get(p)
+            if flight is not None and flight.done.is_set() and flight.error is None:
+                continue  # read already, not yet installed: no wait
+            if mem(p) is None and (flight is not None or home(p) is not None):
                 pages = list(range(first, last + 1))
                 self._emit(AccessKind.MISS, pages, [True] * len(pages), offset, size, started, reader=reader)
                 return True
