@@ -261,21 +261,9 @@ class AddressPredictor:
         # pages fetches half of what it passes (capped by its span, 16 steps of a window that
         # needed 25, it was late every fifth step)
         by_bytes = int(c.ra_max_bytes // max(1.0, min(abs(step), pages_per_step * self.page_size)))
-        max_pages = min(c.ra_max_pages, max(2, int(self._memory_fraction() * self.memory_pages)))
+        max_pages = min(c.ra_max_pages, max(2, int(c.ra_max_memory_fraction * self.memory_pages)))
         by_pages = int(max_pages / pages_per_step)
         return max(1, min(c.ra_max_steps * unit, by_bytes, by_pages))
-
-    def _memory_fraction(self) -> float:
-        """The part of the memory tiers one stream's window may take: ``ra_max_memory_fraction``
-        each while several streams trend, ``ra_max_memory_fraction_alone`` for a stream
-        trending alone (what it has read goes cold behind it, and nothing else competes)."""
-        c = self.cfg
-        if c.ra_max_memory_fraction_alone <= c.ra_max_memory_fraction:
-            return c.ra_max_memory_fraction
-        latest = max((s.t for s in self.streams.values()), default=0.0)
-        trending = sum(1 for s in self.streams.values()
-                       if s.trend is not None and latest - s.t <= c.stream_alone_after_s)
-        return c.ra_max_memory_fraction_alone if trending <= 1 else c.ra_max_memory_fraction
 
     # ------------------------------------------------------------------ matching
     def _on_trend(self, s: Stream, off: int, end: int) -> int | None:
@@ -738,7 +726,7 @@ class AddressPredictor:
         # — with room to spare (half the share) to switch, the whole share to stay: a speed
         # near a bound must not flip the stream at every marker hit
         kept = ahead * cfg.lead_margin + 2 * window
-        share = self._memory_fraction() * self.memory_pages * self.page_size
+        share = cfg.ra_max_memory_fraction * self.memory_pages * self.page_size
         if not s.kernel_led and ahead < window and kept <= share / 2:
             s.kernel_led = True
             self.counters["kernel_led"] += 1

@@ -137,14 +137,6 @@ class PrefetchConfig:
     #: memory evicts its own pages before the reader gets there, and a false trend (random
     #: reads that happen to line up) costs at most this much
     ra_max_memory_fraction: float = 0.25
-    #: ... or this part for a stream trending alone: what its reader has passed goes cold
-    #: behind it and nothing else competes for the tier. A `cat` of a 64 KiB-page field over
-    #: a 16 MiB dram tier outran the quarter's 64 pages (20 ms at its speed, less than a
-    #: reaction time): p99 7.9 ms, the same as `none`; with half, 4.7 ms (docs/prefetch.md 6.0x)
-    ra_max_memory_fraction_alone: float = 0.5
-    #: streams whose last read is older than this (behind the newest read of any stream)
-    #: do not count as trending for `ra_max_memory_fraction_alone`
-    stream_alone_after_s: float = 1.0
     #: ... nor further than timeliness needs. The *lead* a stream needs is how far its reader
     #: goes while one prefetch is on its way: reader speed (measured between marker hits)
     #: x the measured reaction time (from the read that triggers a plan to the arrival of
