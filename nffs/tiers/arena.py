@@ -244,17 +244,38 @@ class MemoryArena:
         leaves the install to populate (and report) as before."""
         if not self._populate:
             return
+        first = max(self._fresh, self._populated_to)
+        last = min(self.n_slots, self._fresh + count)
+        if last > first and self._populate_range(first, last):
+            self._populated_to = max(self._populated_to, last)
+
+    def populate_slots(self, slots: list[int]) -> None:
+        """Populate these slots' mapping (worker thread; a direct-mapped arena's slots are the
+        pages a batch is about to install), a run of consecutive slots per call. Best effort,
+        as `populate_fresh`."""
+        if not self._populate or not slots:
+            return
+        todo = [s for s in sorted(slots) if 0 <= s < self.n_slots and not self.populated[s]]
+        i = 0
+        while i < len(todo):
+            j = i + 1
+            while j < len(todo) and todo[j] == todo[j - 1] + 1:
+                j += 1
+            self._populate_range(todo[i], todo[j - 1] + 1)
+            i = j
+
+    def _populate_range(self, first: int, last: int) -> bool:
+        """madvise(MADV_POPULATE_WRITE) of slots [first, last), outside the lock: it only
+        brings memory in (the bytes of a slot in use are not touched), and the trio thread's
+        installs must not wait for it. A slot punched meanwhile is then marked populated
+        without being so: its install faults its pages in, as before this existed."""
+        try:
+            self._mm.madvise(_MADV_POPULATE_WRITE, first * self.page_size, (last - first) * self.page_size)
+        except (OSError, ValueError):
+            return False
         with self.lock:
-            first = max(self._fresh, self._populated_to)
-            last = min(self.n_slots, self._fresh + count)
-            if last <= first:
-                return
-            try:
-                self._mm.madvise(_MADV_POPULATE_WRITE, first * self.page_size, (last - first) * self.page_size)
-            except OSError:
-                return
             self.populated[first:last] = True
-            self._populated_to = last
+        return True
 
     def alloc_at(self, slot: int) -> None:
         """Direct-mapped arenas: page p always lives in slot p."""
