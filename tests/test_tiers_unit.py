@@ -222,3 +222,43 @@ def test_accesses_add_one_heat_per_access_repeats_included(n_slots: int, n_acces
     add_accesses(heat, slots)
     assert heat.dtype == np.float32
     assert np.allclose(heat, want, rtol=1e-6)
+
+
+async def test_a_prefetch_joined_by_a_demand_stops_waiting_for_its_thread_turn() -> None:
+    """Prefetch reads take turns in `prefetch_threads` worker threads, first come first
+    served. One that a demand read joins while it waits for its turn goes at once (the
+    demand must not queue behind speculative reads); the others keep their order."""
+    import threading
+
+    import trio
+
+    from nffs.tiers.config import StoreConfig
+    from nffs.tiers.port import Priority
+    from nffs.tiers.scheduler import IOScheduler
+
+    io = IOScheduler(StoreConfig(prefetch_threads=1))
+    release_first = threading.Event()
+    ran: list[str] = []
+    joined = {"second": False, "third": False}
+
+    def work(name: str, block: bool = False) -> str:
+        ran.append(name)
+        if block:
+            release_first.wait(10)
+        return name
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: io.run(Priority.PREFETCH, work, "first", True))
+        await trio.sleep(0.05)  # the first holds the only turn, blocked in its thread
+        for name in ("second", "third"):
+            nursery.start_soon(lambda n=name: io.run(Priority.PREFETCH, work, n, urgent=lambda n=n: joined[n]))
+        await trio.sleep(0.05)
+        assert ran == ["first"]  # both wait for the turn
+        joined["third"] = True
+        io.demand_joined()
+        with trio.fail_after(5):
+            while "third" not in ran:
+                await trio.sleep(0.01)
+        assert ran == ["first", "third"]  # the joined one went past the turn; the second still waits
+        release_first.set()
+    assert ran == ["first", "third", "second"]

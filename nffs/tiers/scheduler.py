@@ -32,6 +32,8 @@ class IOScheduler:
         self._threads = trio.CapacityLimiter(cfg.demand_threads + cfg.prefetch_slots + cfg.background_threads)
         #: prefetches' turns in a worker thread, first come first served (see StoreConfig)
         self._prefetch_threads = trio.CapacityLimiter(max(1, cfg.prefetch_threads))
+        #: prefetches waiting for their turn: (cancel scope, urgent) — see `_thread_turn`
+        self._turn_waiters: list[tuple[trio.CancelScope, Callable[[], bool] | None]] = []
         self.demand_waiting = 0
         self._room = trio.Event()
         self._room.set()
@@ -65,11 +67,13 @@ class IOScheduler:
                     with trio.move_on_after(self.cfg.durable_io_timeout_s) as scope:
                         # a thread stuck in the kernel cannot be interrupted: it is abandoned
                         # and its result ignored (callers must not depend on it having stopped)
-                        if slots is self._slots[Priority.PREFETCH]:
-                            async with self._prefetch_threads:
-                                return await trio.to_thread.run_sync(fn, *args, limiter=self._threads,
-                                                                     abandon_on_cancel=True)
-                        return await trio.to_thread.run_sync(fn, *args, limiter=self._threads, abandon_on_cancel=True)
+                        turn = slots is self._slots[Priority.PREFETCH] and await self._thread_turn(urgent)
+                        try:
+                            return await trio.to_thread.run_sync(fn, *args, limiter=self._threads,
+                                                                 abandon_on_cancel=True)
+                        finally:
+                            if turn:
+                                self._prefetch_threads.release()
                     assert scope.cancelled_caught
                     raise TierTimeout(f"no answer within {self.cfg.durable_io_timeout_s:g} s")
                 finally:
@@ -105,6 +109,24 @@ class IOScheduler:
             except trio.WouldBlock:
                 await self._prefetch_wake.wait()
 
+    async def _thread_turn(self, urgent: Callable[[], bool] | None) -> bool:
+        """Wait for a prefetch's turn in a worker thread (`prefetch_threads`, first come
+        first served); True when taken (the caller gives it back). A prefetch a demand read
+        has joined needs no turn: it goes at once, and one that is joined while it waits
+        stops waiting (:meth:`demand_joined`) — a demand must not queue behind speculative
+        reads."""
+        if urgent is not None and urgent():
+            return False
+        with trio.CancelScope() as scope:
+            waiter = (scope, urgent)
+            self._turn_waiters.append(waiter)
+            try:
+                await self._prefetch_threads.acquire()
+                return True
+            finally:
+                self._turn_waiters.remove(waiter)
+        return False  # joined by a demand meanwhile
+
     def _wake_prefetches(self) -> None:
         waiting, self._prefetch_wake = self._prefetch_wake, trio.Event()
         waiting.set()
@@ -116,6 +138,9 @@ class IOScheduler:
             waiting, self._room = self._room, trio.Event()
             waiting.set()
         self._wake_prefetches()
+        for scope, urgent in self._turn_waiters:
+            if urgent is not None and urgent():
+                scope.cancel()
 
     async def cpu(self, fn: Callable[..., T], *args: Any) -> T:
         """CPU-heavy work (hashing, gathers) off the trio thread, outside the I/O classes, at
