@@ -23,6 +23,23 @@ FIBONACCI_MULTIPLIER = 0x9E3779B97F4A7C15
 _MASK64 = (1 << 64) - 1
 
 
+def consecutive_runs(values: "list[int]", max_len: int = 0, block: int = 0) -> "list[tuple[int, int]]":
+    """(start, end) index ranges of the runs of consecutive integers in ascending `values`:
+    each run at most `max_len` long (0: no limit) and, with `block`, within one block of
+    `block` integers (a slab's slots). The slot runs read, written or populated with one
+    system call each."""
+    runs = []
+    i, n = 0, len(values)
+    while i < n:
+        j = i + 1
+        while (j < n and values[j] == values[j - 1] + 1 and (not max_len or j - i < max_len)
+               and (not block or values[j] // block == values[i] // block)):
+            j += 1
+        runs.append((i, j))
+        i = j
+    return runs
+
+
 #: numpy lets go of the interpreter lock for loops over more than 500 elements. On the trio
 #: thread that is a hand-over to whichever worker thread wants the lock, and taking it back
 #: waits up to the switch interval: a 512-element fill cost 20-50 us there instead of 1 us

@@ -8,6 +8,8 @@ bad (the chunk's own checksum decides).
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -213,28 +215,42 @@ def test_every_change_of_a_slots_bytes_stops_its_writeback_commit(tmp_path) -> N
     root.close()
 
 
+class CountingMap:
+    """An arena's mapping that counts its madvise calls (the system calls populating slots)."""
+
+    def __init__(self, mm) -> None:
+        self.mm, self.calls = mm, 0
+
+    def madvise(self, *args):
+        self.calls += 1
+        return self.mm.madvise(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.mm, name)
+
+
+@contextlib.contextmanager
+def counting_madvise(tmp_path, n_slots: int):
+    """(arena, counting map): an arena of `n_slots` on a tier directory, its madvise calls counted."""
+    from nffs.tiers.tierroot import TierRoot
+
+    root = TierRoot.create(str(tmp_path / "mem"))
+    arena = MemoryArena(root, n_slots, PAGE, CHUNK)
+    counting = arena._mm = CountingMap(arena._mm)
+    try:
+        yield arena, counting
+    finally:
+        arena._mm = counting.mm
+        arena.close()
+        root.close()
+
+
 def test_a_slot_is_populated_once_until_its_memory_is_given_back(tmp_path) -> None:
     """A whole-page install populates its slot with one madvise — once: a slot reused from
     the free list still has its memory (a prefetched 4 KiB page's install paid ~5 µs of
     system call for nothing), and only punching the slot's memory makes the next install
     populate it again. The bytes are right either way."""
-    from nffs.tiers.tierroot import TierRoot
-
-    class CountingMap:
-        def __init__(self, mm) -> None:
-            self.mm, self.calls = mm, 0
-
-        def madvise(self, *args):
-            self.calls += 1
-            return self.mm.madvise(*args)
-
-        def __getattr__(self, name):
-            return getattr(self.mm, name)
-
-    root = TierRoot.create(str(tmp_path / "mem"))
-    arena = MemoryArena(root, 2, PAGE, CHUNK)
-    counting = arena._mm = CountingMap(arena._mm)
-    try:
+    with counting_madvise(tmp_path, 2) as (arena, counting):
         slot = arena.alloc()
         arena.install(slot, b"\x01" * PAGE, stored=arena.full_mask)
         arena.release(slot)
@@ -246,10 +262,6 @@ def test_a_slot_is_populated_once_until_its_memory_is_given_back(tmp_path) -> No
         assert not arena.populated[slot]
         arena.install(slot, b"\x03" * PAGE, stored=arena.full_mask)
         assert counting.calls == (2 if supported else 1) and arena.read(slot, 0, PAGE) == b"\x03" * PAGE
-    finally:
-        arena._mm = counting.mm
-        arena.close()
-        root.close()
 
 
 def test_slots_populated_ahead_by_a_worker_cost_their_installs_no_system_call(tmp_path) -> None:
@@ -257,23 +269,7 @@ def test_slots_populated_ahead_by_a_worker_cost_their_installs_no_system_call(tm
     slots, or a direct-mapped arena's own slots), a run of consecutive slots per call: the
     installs on the FUSE thread then make no system call (there each cost ~110 us for a
     64 KiB page), and the bytes are right."""
-    from nffs.tiers.tierroot import TierRoot
-
-    class CountingMap:
-        def __init__(self, mm) -> None:
-            self.mm, self.calls = mm, 0
-
-        def madvise(self, *args):
-            self.calls += 1
-            return self.mm.madvise(*args)
-
-        def __getattr__(self, name):
-            return getattr(self.mm, name)
-
-    root = TierRoot.create(str(tmp_path / "mem"))
-    arena = MemoryArena(root, 8, PAGE, CHUNK)
-    counting = arena._mm = CountingMap(arena._mm)
-    try:
+    with counting_madvise(tmp_path, 8) as (arena, counting):
         assert arena.allocates_fresh()
         arena.populate_fresh(3)
         assert counting.calls == 1
@@ -293,7 +289,3 @@ def test_slots_populated_ahead_by_a_worker_cost_their_installs_no_system_call(tm
         arena.alloc_at(7)
         arena.install(7, b"\x09" * PAGE, stored=arena.full_mask)
         assert counting.calls == 3 and arena.read(7, 0, PAGE) == b"\x09" * PAGE
-    finally:
-        arena._mm = counting.mm
-        arena.close()
-        root.close()

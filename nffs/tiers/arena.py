@@ -28,7 +28,7 @@ import threading
 import numpy as np
 import xxhash
 
-from ..arrays import fill_keeping_gil, sorted_unique
+from ..arrays import consecutive_runs, fill_keeping_gil, sorted_unique
 from ..errors import ChecksumMismatch, NoSpace
 from .tierroot import TierRoot
 
@@ -256,13 +256,8 @@ class MemoryArena:
         if not self._populate or not slots:
             return
         todo = [s for s in sorted(slots) if 0 <= s < self.n_slots and not self.populated[s]]
-        i = 0
-        while i < len(todo):
-            j = i + 1
-            while j < len(todo) and todo[j] == todo[j - 1] + 1:
-                j += 1
+        for i, j in consecutive_runs(todo):
             self._populate_range(todo[i], todo[j - 1] + 1)
-            i = j
 
     def _populate_range(self, first: int, last: int) -> bool:
         """madvise(MADV_POPULATE_WRITE) of slots [first, last), outside the lock: it only

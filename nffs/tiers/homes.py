@@ -25,7 +25,7 @@ from collections import Counter, deque
 import numpy as np
 import xxhash
 
-from ..arrays import sorted_unique
+from ..arrays import consecutive_runs, sorted_unique
 from ..errors import PageIOError
 from .arena import chunk_runs as mask_runs
 from .tierroot import TierRoot
@@ -205,14 +205,8 @@ class SlabHomes:
         per_run = max(1, max_bytes // self.page_size)
         spans: dict[int, tuple[int, int]] = {}  # per slab, the slots read: dropped from the cache at the end
         try:
-            i = 0
-            while i < len(ordered):
-                j = i + 1
-                while (j < len(ordered) and j - i < per_run and ordered[j] == ordered[j - 1] + 1
-                       and ordered[j] // self.slots_per_slab == ordered[i] // self.slots_per_slab):
-                    j += 1
+            for i, j in consecutive_runs(ordered, per_run, self.slots_per_slab):
                 run = ordered[i:j]
-                i = j
                 try:
                     # one system call a run: every call gives the GIL back and waits to take it again,
                     # which under a camera's load cost more than the read itself
@@ -270,27 +264,16 @@ class SlabHomes:
         """
         touched: set[int] = set()
         items = sorted(items)
-        i = 0
-        while i < len(items):
-            slot0 = items[i][0]
-            slab, index = divmod(slot0, self.slots_per_slab)
-            bufs = [items[i][1]]
-            j = i + 1
-            while (
-                j < len(items)
-                and items[j][0] == items[j - 1][0] + 1
-                and items[j][0] // self.slots_per_slab == slab
-                and (j - i) * self.page_size < coalesce_bytes
-                and j - i < IOV_MAX
-            ):
-                bufs.append(items[j][1])
-                j += 1
+        # a run stops before it reaches `coalesce_bytes` or IOV_MAX buffers (one page at least)
+        max_len = max(1, min(-(-coalesce_bytes // self.page_size), IOV_MAX))
+        for i, j in consecutive_runs([slot for slot, _ in items], max_len, self.slots_per_slab):
+            slab, index = divmod(items[i][0], self.slots_per_slab)
+            bufs = [page for _, page in items[i:j]]
             expected = len(bufs) * self.page_size
             written = self._write_run(slab, bufs, index * self.page_size, direct_bytes and expected >= direct_bytes)
             if written != expected:
                 raise OSError(28, f"short write to {slab_name(slab)} ({written} of {expected} bytes)")
             touched.add(slab)
-            i = j
         return touched
 
     def _write_run(self, slab: int, bufs: list, offset: int, direct: bool) -> int:

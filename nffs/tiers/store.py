@@ -136,6 +136,12 @@ class _InFlight:
     cancelled: bool = False  # the fetching task was cancelled: joiners fetch for themselves
     joined_by_demand: bool = False
 
+    @property
+    def landed(self) -> bool:
+        """Read and checked (its install may still be to come: a batch's flight stays
+        registered until its page is installed); its bytes are `data`."""
+        return self.done.is_set() and self.error is None
+
 
 class PageStore:
     def __init__(self, layout: FieldLayout, table: PageTable, tiers: list[Tier], cfg: StoreConfig, *, read_only: bool = False,
@@ -859,7 +865,7 @@ class PageStore:
         """
         flight = self._inflight.get(page)
         while flight is not None:
-            if flight.done.is_set() and flight.error is None and flight.home == self.table.home(page):
+            if flight.landed and flight.home == self.table.home(page):
                 # read already, its install still to come (a batch installs a few at a time):
                 # the bytes are here, nothing was waited for
                 return flight.data, False
@@ -1043,7 +1049,7 @@ class PageStore:
         mem, home, inflight = self.table.mem, self.table.home, self._inflight
         for p in range(first, last + 1):
             flight = inflight.get(p)
-            if flight is not None and flight.done.is_set() and flight.error is None:
+            if flight is not None and flight.landed:
                 continue  # read already, not yet installed: no wait
             if mem(p) is None and (flight is not None or home(p) is not None):
                 pages = list(range(first, last + 1))
