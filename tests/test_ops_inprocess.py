@@ -25,9 +25,10 @@ from nffs import field as field_module
 from nffs.concepts import ConceptCatalog
 from nffs.encoding import hashgrid
 from nffs.encoding.layout import FieldConfig
-from nffs.errors import InvalidInput, PageIOError
+from nffs.errors import InvalidInput, NoSpace, PageIOError
 from nffs.field import INLINE_POINTS, Field
 from nffs.fs import inodes as ino
+from nffs.fs.errors import store_errors
 from nffs.fs.nodes.hints import MAX_HINT_LINE
 from nffs.fs.ops import FieldOperations
 from nffs.tiers.fielddir import init_field, open_field
@@ -360,6 +361,27 @@ async def test_domain_errors_keep_their_errno_and_are_not_bugs(env: Env, monkeyp
         assert await errno_of(ops.read(fh, 0, 16)) == errno.EIO
     assert ops.errors.unexpected == 0
     assert ops.stats()["errors"] == {"unexpected": 0, "EIO": 2, "EINVAL": 1}
+
+
+def test_store_errors_turn_os_errors_into_domain_errors_and_let_the_rest_through() -> None:
+    # an OSError from the store or the field directory becomes the domain error of its errno
+    with pytest.raises(NoSpace) as full:
+        with store_errors():
+            raise OSError(errno.ENOSPC, "tier full")
+    assert full.value.errno == errno.ENOSPC and isinstance(full.value.__cause__, OSError)
+    with pytest.raises(PageIOError) as gone:
+        with store_errors():
+            raise PermissionError(errno.EACCES, "root replaced")  # a failing device: EIO
+    assert gone.value.errno == errno.EIO
+    # domain errors and bugs pass unchanged (a bug must not pass for a user error)
+    with pytest.raises(InvalidInput):
+        with store_errors():
+            raise InvalidInput("bad")
+    with pytest.raises(ZeroDivisionError):
+        with store_errors():
+            raise ZeroDivisionError
+    with store_errors():  # nothing raised: nothing happens, and the manager can be reused
+        pass
 
 
 # ---------------------------------------------------------------------- issue 9 bounds

@@ -376,14 +376,23 @@ class MemoryArena:
 
     def write(self, slot: int, offset: int, data: memoryview) -> None:
         """Patch a slot; chunks only partly covered must be valid already (the caller fills them)."""
-        base = self._base(slot)
-        mask = self.range_mask(offset, len(data))
+        c = self.chunk
+        n = len(data)
+        first, last = offset // c, (offset + n - 1) // c + 1
+        mask = ((1 << (last - first)) - 1) << first
+        at = slot * self.page_size + offset
         with self.lock:
             self.changes[slot] += 1
-            self.view[base + offset:base + offset + len(data)] = data
-            self._rehash(slot, offset // self.chunk, (offset + len(data) - 1) // self.chunk + 1)
-            self.valid[slot] = int(self.valid[slot]) | mask
-            self.stored[slot] = int(self.stored[slot]) | mask
+            self.view[at:at + n] = data
+            if last - first == 1:
+                # one chunk (a small write): its sum directly, without an array of one
+                chunk_at = slot * self.page_size + first * c
+                self.sums[slot, first] = _h(self.view[chunk_at:chunk_at + c])
+                self._forget_lines(slot, first, last)
+            else:
+                self._rehash(slot, first, last)
+            self.valid[slot] = self.valid.item(slot) | mask
+            self.stored[slot] = self.stored.item(slot) | mask
 
     def _rehash(self, slot: int, first: int, last: int) -> None:
         c = self.chunk
