@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import mmap
+import math
 import os
 import shutil
 import subprocess
@@ -260,7 +261,8 @@ class Suite:
         # checked, copied to memory, pushed), whichever is less. A reader asking for more
         # than the tier can deliver is bandwidth-bound: no prefetcher hides its latency (see
         # docs/prefetch.md).
-        tier_pages_s = min(self.args.tier_slots / parse_duration(self.args.latency),
+        latency = parse_duration(self.args.latency)  # 0 (`--latency 0ms`): only the bandwidth bounds it
+        tier_pages_s = min(self.args.tier_slots / latency if latency > 0 else math.inf,
                            parse_size(self.args.tier_bandwidth) / page_size)
         if workload in ("stride-page", "stride-odd", "mmap-stride"):
             per_read = max(read, min(p["stride"], page_size)) / page_size
