@@ -20,10 +20,10 @@ worker thread on a separate writer connection with synchronous=FULL.
 """
 from __future__ import annotations
 
-from bisect import bisect_left
 import logging
 import sqlite3
 import threading
+from bisect import bisect_left
 from typing import Callable, NamedTuple
 
 import numpy as np
