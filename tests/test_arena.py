@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nffs.errors import ChecksumMismatch
-from nffs.tiers.arena import LINE_BYTES, MemoryArena
+from nffs.tiers.arena import LINE_BYTES, MemoryArena, mask_dtype
 
 PAGE = 16384
 CHUNK = 4096
@@ -289,3 +289,22 @@ def test_slots_populated_ahead_by_a_worker_cost_their_installs_no_system_call(tm
         arena.alloc_at(7)
         arena.install(7, b"\x09" * PAGE, stored=arena.full_mask)
         assert counting.calls == 3 and arena.read(7, 0, PAGE) == b"\x09" * PAGE
+
+
+@pytest.mark.parametrize("page_size", [4096, 65536, 1 << 20, 1 << 22])
+def test_chunk_masks_take_one_bit_per_chunk_in_the_smallest_type(page_size: int) -> None:
+    """Every slot in use costs its per-slot arrays in daemon memory (SPEC 8: <= 200 B per
+    materialised page): a 4 KiB page's chunk masks take a byte each, not eight, and the
+    masks of a page with 64 chunks still hold every chunk."""
+    arena = MemoryArena(None, 4, page_size, 4096)
+    n = arena.chunks_per_page
+    assert arena.valid.dtype == arena.stored.dtype == mask_dtype(n)
+    assert arena.valid.itemsize * 8 >= n and (arena.valid.itemsize == 1 or arena.valid.itemsize * 4 < n)
+    page = np.arange(page_size, dtype=np.uint8).tobytes()
+    arena.install(1, page, stored=arena.full_mask)
+    assert int(arena.valid[1]) == int(arena.stored[1]) == arena.full_mask == (1 << n) - 1
+    assert arena.verify(1)
+    last = (n - 1) * arena.chunk  # the top chunk's bit survives the narrow type
+    arena.write(2, last, memoryview(b"\x01" * arena.chunk))
+    assert int(arena.valid[2]) == int(arena.stored[2]) == 1 << (n - 1)
+    assert arena.verify(2, last, arena.chunk)

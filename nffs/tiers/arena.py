@@ -66,6 +66,14 @@ LINES_LEARN_WHOLE_CHUNKS = 64
 _LINE_HALVES = LINE_BYTES // 4  # the line hash works on 32-bit halves of the words
 
 
+def mask_dtype(chunks_per_page: int) -> type[np.unsignedinteger]:
+    """The smallest unsigned integer type with a bit for each chunk of a page."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if chunks_per_page <= np.iinfo(dtype).bits:
+            return dtype
+    return np.uint64
+
+
 def chunk_sums(data: bytes | memoryview, chunk: int) -> np.ndarray:
     """The checksum of each `chunk` bytes of `data`, as `MemoryArena` keeps them (any thread:
     a worker that has just read a page hashes it, and its install takes them)."""
@@ -187,15 +195,20 @@ class MemoryArena:
         self.line_halves = self.bytes.view(np.uint32).reshape(-1, _LINE_HALVES)  # 128-byte lines, as 32-bit halves
         self.sums = np.zeros((n_slots, self.chunks_per_page), dtype=np.uint64)
         self.flat_sums = self.sums.reshape(-1)  # a view: chunk id = slot * chunks_per_page + i
+        # The per-slot arrays below are daemon memory for every slot in use (SPEC 8: <= 200 B
+        # per materialised page): the chunk masks take the smallest unsigned type that holds
+        # a page's chunks (one byte for 4 KiB pages, which have one chunk), not 8 bytes each
+        mask_type = mask_dtype(self.chunks_per_page)
         #: chunks whose bytes in the slot are meaningful (checksummed); the others are the
         #: implicit init, computed only when something reads them
-        self.valid = np.zeros(n_slots, dtype=np.uint64)
+        self.valid = np.zeros(n_slots, dtype=mask_type)
         #: chunks that belong to the stored page (written at some time): only these are
         #: written home; the rest of a home is the implicit init too
-        self.stored = np.zeros(n_slots, dtype=np.uint64)
+        self.stored = np.zeros(n_slots, dtype=mask_type)
         self.lock = threading.Lock()
-        #: changes of each slot's bytes, counted under `lock` (see `finish_writeback`)
-        self.changes = np.zeros(n_slots, dtype=np.uint64)
+        #: changes of each slot's bytes, counted under `lock` (see `finish_writeback`): only
+        #: compared for equality across one write-back, so 32 bits (wrapping) are plenty
+        self.changes = np.zeros(n_slots, dtype=np.uint32)
         self._free: list[int] = []
         #: free slots whose memory is still allocated (released, not punched yet): punching a
         #: hole costs ~30 µs on tmpfs, wasted when the slot is reused at once (streaming
@@ -356,7 +369,7 @@ class MemoryArena:
                 self.sums[slot] = sums
                 self._forget_lines(slot, 0, self.chunks_per_page)
             self.valid[slot] = self.full_mask
-            self.stored[slot] = stored
+            self.stored[slot] = stored & self.full_mask
 
     def install_empty(self, slot: int) -> None:
         """A page that is all implicit init so far: nothing is copied or computed."""
