@@ -389,28 +389,25 @@ class MemoryArena:
 
     def write(self, slot: int, offset: int, data: memoryview) -> None:
         """Patch a slot; chunks only partly covered must be valid already (the caller fills them)."""
-        c = self.chunk
         n = len(data)
-        first, last = offset // c, (offset + n - 1) // c + 1
-        mask = ((1 << (last - first)) - 1) << first
+        mask = self.range_mask(offset, n)
         at = slot * self.page_size + offset
         with self.lock:
             self.changes[slot] += 1
             self.view[at:at + n] = data
-            if last - first == 1:
-                # one chunk (a small write): its sum directly, without an array of one
-                chunk_at = slot * self.page_size + first * c
-                self.sums[slot, first] = _h(self.view[chunk_at:chunk_at + c])
-                self._forget_lines(slot, first, last)
-            else:
-                self._rehash(slot, first, last)
+            self._rehash(slot, offset // self.chunk, (offset + n - 1) // self.chunk + 1)
             self.valid[slot] = self.valid.item(slot) | mask
             self.stored[slot] = self.stored.item(slot) | mask
 
     def _rehash(self, slot: int, first: int, last: int) -> None:
         c = self.chunk
-        base = self._base(slot)
-        self.sums[slot, first:last] = chunk_sums(self.view[base + first * c:base + last * c], c)
+        lo = slot * self.page_size + first * c
+        if last - first == 1:
+            # one chunk (a small write, a 4 KiB page): its sum directly, without a list and
+            # an array of one (~5 us of a small write's handler on the FUSE thread)
+            self.sums[slot, first] = _h(self.view[lo:lo + c])
+        else:
+            self.sums[slot, first:last] = chunk_sums(self.view[lo:lo + (last - first) * c], c)
         self._forget_lines(slot, first, last)
 
     def _forget_lines(self, slot: int, first: int, last: int) -> None:

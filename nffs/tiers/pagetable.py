@@ -420,9 +420,7 @@ class PageTable:
         if home is not None and self._homed_loaded:
             self._homed_recent.add(page)
             if len(self._homed_recent) >= self._row_limit:
-                self._homed = np.union1d(self._homed, np.fromiter(self._homed_recent, dtype=np.int64))
-                self._homed_view = memoryview(self._homed)
-                self._homed_recent.clear()
+                self._set_homed(np.union1d(self._homed, np.fromiter(self._homed_recent, dtype=np.int64)))
 
     def count_by_tier(self) -> dict[int, int]:
         if self._generation is not None:
