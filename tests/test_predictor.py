@@ -164,15 +164,38 @@ def test_a_strided_readers_first_window_covers_its_own_pace_not_its_misses() -> 
     assert max(p for plan in plans for p in plan.pages) * ps - (size // 4 + 2 * stride) <= 5 * stride
 
 
+@pytest.mark.parametrize("direction", [1, -1])
+def test_a_contiguous_readers_first_window_covers_its_own_pace(direction: int) -> None:
+    """The same for a contiguous reader over pages the kernel's read-ahead does not follow
+    (96 KiB reads of 64 KiB pages, forward or backward): its first window is a lead at its
+    own pace, not `ra_initial_steps` (4) steps ramped up a quarter at a time — the reader,
+    a step every 1.6 ms against a 7 ms reaction, met the end of the ramp's second window
+    (a miss at its 13th read, the p99 of a run of 900)."""
+    ps, size, read = 65536, 1 << 30, 98304
+    ap = AddressPredictor(PrefetchConfig(), make_model("markov"), page_size=ps, params_bytes=size)
+    t, plans = 100.0, []
+    for i in range(3):
+        plans += ap.observe(size // 2 + direction * i * read, read, t, t + 0.007)
+        t += 0.007 + 0.0016
+    pages = [p for plan in plans for p in plan.pages]
+    assert pages and ap.counters["founding_sized"] == 1
+    ahead = (max(pages) * ps - (size // 2 + 3 * read)) if direction > 0 else (size // 2 - 2 * read - min(pages) * ps)
+    assert ahead >= 8 * read  # ~2 x 7 ms / 1.65 ms steps
+
+
 @pytest.mark.parametrize("stride,read,page_size", [(150803, 32768, 65536), (70001, 16384, 65536), (200000, 4096, 65536),
-                                                   (9000, 8192, 4096), (2_300_001, 65536, 1 << 20)])
+                                                   (9000, 8192, 4096), (2_300_001, 65536, 1 << 20),
+                                                   (140330, 40960, 65536)])
 def test_a_stride_measured_from_its_first_reads_is_followed_past_its_drift(stride: int, read: int,
                                                                          page_size: int) -> None:
     """Requests start on 4 KiB bounds, so a stride measured from the three founding reads
     errs by up to 2 KiB a step: 150,803 bytes came out as 149,504, and by the tenth step the
     reader's read lay 12 KB past the pages planned for it (a page it straddled into was a
     miss, the p99 of a run of 548 reads). Every page the reader reads after its fourth read
-    must be planned before it gets there, and every marker must be a page it reads."""
+    must be planned before it gets there, and every marker must be a page it reads. (A
+    stride of 140,330 bytes from here is requested 139,264 apart at its first three reads:
+    identical deltas of whole 4 KiB blocks, which over 64 KiB pages must not pass for an
+    exact stride.)"""
     size = 1 << 30
     ap = AddressPredictor(PrefetchConfig(), make_model("markov"), page_size=page_size, params_bytes=size)
     start = 28786688 + 1234
@@ -340,7 +363,8 @@ def test_window_covers_speed_times_reaction_time_no_more(page_size: int, reactio
     assert furthest > last  # it does plan ahead
     floor = cfg.kernel_readahead_lead_bytes // page_size if page_size <= cfg.kernel_readahead_page_bytes else 0
     window = math.ceil(lead_pages) * (1 + 1 / cfg.markers_per_lead)
-    assert furthest - last <= max(window, floor + read // page_size) + 2
+    last_read_end = last + (read - 1) // page_size  # (the window runs from the last read's last page)
+    assert furthest - last_read_end <= max(window, floor + read // page_size) + 2
 
 
 def test_window_deepens_when_pages_come_late() -> None:
@@ -1104,6 +1128,42 @@ def test_runs_of_big_pages_stop_at_fetch_run_bytes() -> None:
             head = pf._fetchq.popleft()
             runs.append([p for p, _ in pf._take_run(head, pf.ledger.entries[head])])
         assert runs == want, page_size
+
+
+def test_a_plan_stays_in_runs_while_demand_waits() -> None:
+    """While demand reads wait on the slow tier, prefetch holds back (tier load) — before a
+    page leaves the queue: workers that each took a page and then waited took a 24-page plan
+    apart into a run of 16 and eight fetches of one page, in whatever order they woke (the
+    reader's next page last)."""
+    from nffs.predictor.address import AddressPlan
+    from nffs.predictor.prefetch import Prefetcher
+
+    async def main() -> list[list[int]]:
+        layout = sim._layout(65536)
+        port = sim.FakePort(layout.n_pages, 65536, latency=0.01)
+        runs: list[list[int]] = []
+        fetch_many = port.fetch_many
+
+        async def recording(pages, priority=None):
+            runs.append(list(pages))
+            return await fetch_many(pages)
+
+        port.fetch_many = recording
+        port._waiting = 1  # a demand read waits on the slow tier throughout
+        pf = Prefetcher(port, layout, kind="markov", push=None)
+        async with trio.open_nursery() as n:
+            await n.start(pf.run)
+            pf._apply([("address", AddressPlan(1, pages=list(range(100, 124)), push=False))], time.monotonic())
+            with trio.move_on_after(2):
+                while sum(len(r) for r in runs) < 24:
+                    await trio.sleep(0.01)
+            await trio.sleep(0.05)
+            n.cancel_scope.cancel()
+        return runs
+
+    runs = trio.run(main)
+    assert [p for r in runs for p in r] == list(range(100, 124))
+    assert len(runs) == 2, runs
 
 
 def test_a_contiguous_stream_over_big_pages_may_plan_a_quarter_of_memory() -> None:

@@ -671,6 +671,32 @@ async def test_fetch_many_reads_a_run_once_and_reports_each_page(tmp_path: Path)
         opened.close()
 
 
+async def test_a_fetched_run_outranks_the_copies_before_it_in_memory(tmp_path: Path) -> None:
+    """Bringing a page into memory counts as an access: with nothing read in between (a
+    reader served from the kernel's cache, where the prefetcher pushed its pages), making
+    room for a run evicts the copies brought in before it, never the run's own pages
+    (they tied with the old ones, and a strided reader met a page of its run evicted)."""
+    field = make_field(tmp_path, page_size=16384, memory="1M", log2=16)  # 64 slots, 82 pages
+    opened = open_field(str(field))
+    try:
+        store = opened.store
+        n = store.n_pages
+        await store.write(0, pattern(7, n * 16384)[: store.layout.params_bytes])
+        await store.sync()
+        opened.close()
+        opened = open_field(str(field))  # nothing in memory
+        store = opened.store
+        for first in range(0, 48, 8):
+            await store.port.fetch_many(list(range(first, first + 8)))
+        assert n >= 80
+        for first in range(48, 80, 8):  # beyond memory: room is made as the runs come
+            await store.port.fetch_many(list(range(first, first + 8)))
+            assert all(store.table.mem(p) is not None for p in range(first, first + 8)), first
+        assert sum(store.table.mem(p) is not None for p in range(48)) < 48  # the old ones went
+    finally:
+        opened.close()
+
+
 async def test_a_run_fetch_never_answers_bytes_of_a_home_the_page_has_left(tmp_path: Path) -> None:
     """The prefetcher pushes what a run fetch answers. A page whose home changed while its
     old home was being read (written, written back and evicted meanwhile; a reader's

@@ -138,8 +138,8 @@ class Stream:
         #: ... and the step (from the anchor) where that baseline ends: the stride's error
         #: grows from there, by under 4 KiB / base per step
         self.base_end = 0
-        #: the latest stride estimates from single reads (offset from the anchor / steps):
-        #: the stride is their median (`AddressPredictor._advance`)
+        #: the latest stride estimates from single reads (offset from the anchor / steps, and
+        #: those steps): the stride is their median (`AddressPredictor._advance`)
         self.stride_samples: deque = deque(maxlen=3)
         #: a stride of whole 4 KiB blocks that every read so far has followed to the byte
         #: (identical deltas): planned without drift pages until a read strays off it
@@ -525,9 +525,15 @@ class AddressPredictor:
         # identical deltas of whole 4 KiB blocks: the reader's requests land on the lattice to
         # the byte (a stride of 12,288 bytes is read at 12,288 apart every time), and Occam
         # says the stride is exact. The drift bound of a vote of two (2 KiB a step) planned a
-        # page either side of every step over 4 KiB pages: 350 of 1,900 prefetches wasted
+        # page either side of every step over 4 KiB pages: 350 of 1,900 prefetches wasted.
+        # Over bigger pages Occam is wrong too often: a stride of 140,330 bytes is requested
+        # 139,264 apart three times in four, so two identical deltas say little, and a first
+        # window planned without drift lost the reader's second page at its seventh step (a
+        # miss in every such run). There a drift page is a fraction of a step, not two
+        # pages, and the stride must earn its exactness on the lattice (`_advance`)
         s.exact = bool(s.base) and float(cand) % QUANTUM == 0 and all(
-            d == cand for d in deltas if not isinstance(d, str) and abs(d - cand) <= QUANTUM)
+            d == cand for d in deltas if not isinstance(d, str) and abs(d - cand) <= QUANTUM
+        ) and self.page_size <= cfg.stride_exact_founding_page_bytes
         s.base_end = 0  # (the anchor is the last of the reads it was measured on)
         s.progression = False  # later trends of this stream are voted as usual
         s.phases = phases
@@ -544,16 +550,21 @@ class AddressPredictor:
         s.hits.clear()
         s.stride_samples.clear()
         s.rate = 0.0
-        if cand not in (FWD, BWD) and len(phases) == 1:
-            self._size_from_founding_reads(s, step, extent)
-        # one marker in the first window, half-way: until its reader reaches it, nothing says
-        # the trend is real (and nothing extends the window: its lead is the other half)
-        first_marker = max(1, s.steps // 2)
+        lead = 0
+        if len(phases) == 1 and not s.kernel_led:
+            lead = self._size_from_founding_reads(s, step, extent)
+        # one marker in the first window: until its reader reaches it, nothing says the trend
+        # is real, and nothing extends the window. Half-way for a window of the ramp; in a
+        # window sized at the reader's pace, where a whole lead is still planned beyond it: a
+        # marker half-way left 0.6 of a lead, and the next window came late at its end
+        # (a miss at read 11-15 of every strided run, docs/prefetch.md 6.0z)
+        first_marker = max(1, min(s.steps // 2, s.steps - lead) if lead else s.steps // 2)
         s.chunk = s.steps - first_marker
         return self._extend(s, 0, first_marker=first_marker)
 
-    def _size_from_founding_reads(self, s: Stream, step: float, extent: int) -> None:
-        """A strided stream's first window from its reader's own pace, not a ramp.
+    def _size_from_founding_reads(self, s: Stream, step: float, extent: int) -> int:
+        """A strided stream's first window from its reader's own pace, not a ramp; returns
+        its lead in steps (0: not sized, no pace or reaction time known yet).
 
         Its founding reads were misses (the kernel's read-ahead does not follow a stride),
         so they came a miss apart; the reader's pace is what it does between an answer and
@@ -567,7 +578,7 @@ class AddressPredictor:
         random reads can line up)."""
         cfg = self.cfg
         if not s.gaps:
-            return
+            return 0
         gaps = sorted(s.gaps)
         pace = gaps[len(gaps) // 2] + cfg.cached_read_s
         reaction = self.fetch_latency_s
@@ -575,12 +586,13 @@ class AddressPredictor:
             services = sorted(s.services)
             reaction = services[len(services) // 2]
         if reaction <= 0:
-            return
+            return 0
         s.rate = abs(step) / pace
         lead = max(s.unit, math.ceil(reaction * cfg.lead_margin / pace))
         want = lead + max(s.unit, math.ceil(lead / max(1, cfg.markers_per_lead)))
         s.steps = min(max(s.steps, want), cfg.founding_max_steps * s.unit, self._cap_steps(step, extent))
         self.counters["founding_sized"] += 1
+        return lead
 
     def _kernel_floor(self, s: Stream, step: float) -> int:
         """Steps a kernel-led stream plans at least (0 for the others)."""
@@ -638,10 +650,22 @@ class AddressPredictor:
             # request longer than the reader's reads, and the stride is the median of the
             # last three estimates (`Stream.stride_samples`), which one such request does
             # not move
-            s.stride_samples.append((off - s.anchor) / k)
-            step = sorted(s.stride_samples)[len(s.stride_samples) // 2]
+            # a stride of whole 4 KiB blocks that this read, that many steps from the anchor,
+            # follows to the byte as it was predicted before the read: exact (the estimate
+            # made from this read itself would prove nothing)
+            on_lattice = (k >= self.cfg.stride_exact_after_steps and step % QUANTUM == 0
+                          and off - s.anchor == k * step)
+            s.stride_samples.append(((off - s.anchor) / k, k))
+            # (of two, the longer baseline's; and the chosen estimate's own baseline: one from
+            # four steps, kept by a median of two, errs by up to 1 KiB a step, and its drift
+            # was planned as if it erred by 4 KiB / 19)
+            if len(s.stride_samples) == 2:
+                step, base = max(s.stride_samples, key=lambda sample: sample[1])
+            else:
+                step, base = sorted(s.stride_samples)[len(s.stride_samples) // 2]
             s.trend = (token, step, extent)
-            s.base = s.base_end = k
+            s.base = s.base_end = base
+            s.exact = s.exact or on_lattice
         passed = max(0, k - max(0, round((s.last_off - s.anchor) / step)))
         if len(s.phases) > 1:  # a periodic trend: its deltas, in turn
             seq = [b - a for a, b in zip(s.phases, [*s.phases[1:], s.phases[0] + step])]
@@ -767,12 +791,18 @@ class AddressPredictor:
         cap = self._cap_steps(step, extent)
         floor = min(cap, max(2 * s.unit, self._kernel_floor(s, step)))
         if s.rate > 0 and self.fetch_latency_s > 0:
-            lead = max(s.unit, math.ceil(s.rate * self.fetch_latency_s * cfg.lead_margin * s.boost / abs(step)))
+            # (less a hair: a speed measured in floats as 40.0000001 steps per reaction time
+            # is 40 steps, not 41)
+            lead = max(s.unit, math.ceil(s.rate * self.fetch_latency_s * cfg.lead_margin * s.boost / abs(step) - 1e-6))
             want = lead + max(s.unit, math.ceil(lead / max(1, cfg.markers_per_lead)))
             # a window at its cap follows the lead as far as it can: sized (its boost decays)
             s.sized = want <= 2 * s.steps or s.steps >= cap
             if want > 2 * s.steps:
-                want = self._ramp(s)
+                # the speed and the reaction time are measured: twice the window per hit
+                # towards them, not the ramp's 2^(1/4) (a first window sized on its founding
+                # reads' service, 7 ms, grew 12 -> 15 -> 18 steps where runs took 15-22 ms
+                # to land, and the reader met the end of its second window: a miss)
+                want = 2 * s.steps
             return max(floor, min(cap, want))
         s.sized = False
         return max(floor, min(cap, self._ramp(s)))
@@ -850,10 +880,26 @@ class AddressPredictor:
                 inside = inside or 0 <= lo < self.params_bytes
                 a, b = self._step_span(lo, extent, widen)
                 core = self._pages(a, b)
-                if core and j not in sure and core[0] not in seen:
-                    # (the read's first page: a marker later in the read would be a miss the
-                    # kernel answers with read-ahead into the stride's gap, docs 6.0p)
-                    sure[j] = core[0]
+                if core and j not in sure:
+                    # a marker must be a page its reader surely reads, or the stream loses its
+                    # hit and its window runs out (a miss): the read's first page, when the
+                    # read surely starts in it — anywhere in (lo - u, lo + u), u the 4 KiB
+                    # alignment and the stride's drift so far; else the step takes no marker.
+                    # (The span's first page, the marker before, lay off the read of step 6 of
+                    # a stride measured 1,299 bytes short, and no read hit it. Not a page
+                    # further into the read: a marker later in a read is a miss the kernel
+                    # answers with read-ahead into the stride's gap, docs 6.0p)
+                    u = widen + drift
+                    m = int((lo - u) // self.page_size)
+                    if self.page_size <= QUANTUM:
+                        # (a read's first 4 KiB page is never sure within 4 KiB: the span's
+                        # first page, as before — a lost hit there is the next read's miss,
+                        # which finds the stream again)
+                        m = core[0]
+                    elif m != int((lo + u) // self.page_size):
+                        m = -1
+                    if m >= 0 and m not in seen:
+                        sure[j] = m
                 wide = self._pages(a - drift, b + drift) if drift else core
                 cores.update(core)
                 if drift:
@@ -887,15 +933,17 @@ class AddressPredictor:
             hole = plan.markers[m] = self._trend_hole(s, m)
             s.markers.append((j, m, hole is not None and plan.push))
 
+        # (on steps with a sure page only: a step without one passes the marker to the next)
         last = s.markers[-1][0] if s.markers else k
         for j, ps in new_steps:
             if first_marker and s.markers:
                 break
-            if ps and j - last >= (first_marker or s.chunk):
+            if ps and j in sure and j - last >= (first_marker or s.chunk):
                 place_marker(j, ps)
                 last = j
         if not s.markers:
-            j, ps = next(((j, ps) for j, ps in reversed(new_steps) if ps), (0, []))
+            j, ps = next(((j, ps) for j, ps in reversed(new_steps) if ps and j in sure),
+                         next(((j, ps) for j, ps in reversed(new_steps) if ps), (0, [])))
             if ps:
                 place_marker(j, ps)
         self.counters["trend_plans"] += 1

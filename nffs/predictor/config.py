@@ -127,6 +127,16 @@ class PrefetchConfig:
     #: 4 KiB chunks ending on one had a never-read page planned every step (a third of its
     #: prefetches)
     stride_drift_min_bytes: int = 1024
+    #: a stride of whole 4 KiB blocks voted by identical deltas is taken as exact (no drift
+    #: planned) at once over pages of at most this many bytes, where a drift page is a whole
+    #: page more per step; over bigger pages identical quantised deltas come often from a
+    #: stride that is not exact (140,330 bytes is requested 139,264 apart three times in
+    #: four), and a drift page is a fraction of a step ...
+    stride_exact_founding_page_bytes: int = 4096
+    #: ... there the stride is taken as exact once a read lands on its lattice to the byte
+    #: this many steps from the anchor (a stride off by f bytes a step is off the lattice
+    #: within 4096 / f steps; one that is not, errs by under a 4 KiB block by then)
+    stride_exact_after_steps: int = 8
     #: the window doubles on each confirmed marker hit up to this many steps ...
     ra_max_steps: int = 256
     #: ... and never reaches further than this many bytes ahead of the reader

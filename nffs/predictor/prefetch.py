@@ -613,18 +613,22 @@ class Prefetcher:
                     self._fetch_ready = trio.Event()
                 await self._fetch_ready.wait()
                 continue
-            page = self._fetchq.popleft()
-            e = self.ledger.entries.get(page)
-            if e is None or e.state != QUEUED:
-                continue
-            # tier load: while demand waits on a slow tier, only a few prefetches stay in flight
+            # tier load: while demand waits on a slow tier, only a few prefetches stay in
+            # flight. Waited out before a page leaves the queue: workers that each took one
+            # page and then waited took a plan apart — the pages after a 16-page run went as
+            # eight fetches of one page, in whatever order their workers woke (the reader's
+            # next page last: a miss at its plan's end, docs/prefetch.md 6.0z)
             waited = 0.0
             limit = max(1, int(cfg.concurrency * cfg.load_depth_factor))
             while (self.port.demand_waiting() > 0 and self.counters["fetches_inflight"] >= limit
                    and waited < cfg.demand_yield_max_s):
                 await trio.sleep(cfg.demand_yield_s)
                 waited += cfg.demand_yield_s
-            if self.ledger.entries.get(page) is not e or e.state != QUEUED:
+            if not self._fetchq:
+                continue
+            page = self._fetchq.popleft()
+            e = self.ledger.entries.get(page)
+            if e is None or e.state != QUEUED:
                 continue
             if self.port.is_cheap(page):
                 self.ledger.not_issued(page, e, "cheap")

@@ -602,7 +602,15 @@ class PageStore:
         return loc
 
     def _record_copy(self, page: int, mt: MemTier, slot: int, *, home_tier: int, has_home: bool) -> None:
-        """The slot, holding the page's bytes, becomes its clean memory copy in the table."""
+        """The slot, holding the page's bytes, becomes its clean memory copy in the table.
+
+        Bringing a page into memory counts as an access on the heat clock: the copy starts
+        one access hotter than every copy brought in or used before it. Otherwise a stream
+        of pushed pages (read from the kernel's cache, never seen here) left the clock
+        still, a fresh copy tied with the copies its reader had long passed, and the
+        evictions that made room for a prefetched run took pages of that very run before
+        their reader came (a miss every ~150 reads of a strided reader, docs/prefetch.md 6.0z)."""
+        self._heat_step(1)
         self.table.set_mem(page, mt, slot, dirty_gen=0, home_tier=home_tier, has_home=has_home)
         self._version[mt.index][slot] = self._next_gen()
 
