@@ -563,8 +563,9 @@ class AddressPredictor:
         return self._extend(s, 0, first_marker=first_marker)
 
     def _size_from_founding_reads(self, s: Stream, step: float, extent: int) -> int:
-        """A strided stream's first window from its reader's own pace, not a ramp; returns
-        its lead in steps (0: not sized, no pace or reaction time known yet).
+        """A stream's first window from its reader's own pace, not a ramp — a strided stream,
+        or a contiguous one over pages the kernel's read-ahead does not follow; returns its
+        lead in steps (0: not sized, no pace or reaction time known yet).
 
         Its founding reads were misses (the kernel's read-ahead does not follow a stride),
         so they came a miss apart; the reader's pace is what it does between an answer and
@@ -889,15 +890,16 @@ class AddressPredictor:
                     # a stride measured 1,299 bytes short, and no read hit it. Not a page
                     # further into the read: a marker later in a read is a miss the kernel
                     # answers with read-ahead into the stride's gap, docs 6.0p)
-                    u = widen + drift
-                    m = int((lo - u) // self.page_size)
                     if self.page_size <= QUANTUM:
                         # (a read's first 4 KiB page is never sure within 4 KiB: the span's
                         # first page, as before — a lost hit there is the next read's miss,
                         # which finds the stream again)
                         m = core[0]
-                    elif m != int((lo + u) // self.page_size):
-                        m = -1
+                    else:
+                        u = widen + drift
+                        m = int((lo - u) // self.page_size)
+                        if m != int((lo + u) // self.page_size):
+                            m = -1
                     if m >= 0 and m not in seen:
                         sure[j] = m
                 wide = self._pages(a - drift, b + drift) if drift else core

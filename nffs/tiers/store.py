@@ -605,7 +605,8 @@ class PageStore:
         """The slot, holding the page's bytes, becomes its clean memory copy in the table.
 
         Bringing a page into memory counts as an access on the heat clock: the copy starts
-        one access hotter than every copy brought in or used before it. Otherwise a stream
+        with the clock's current unit, above every copy brought in before it and not used
+        since. Otherwise a stream
         of pushed pages (read from the kernel's cache, never seen here) left the clock
         still, a fresh copy tied with the copies its reader had long passed, and the
         evictions that made room for a prefetched run took pages of that very run before
