@@ -91,8 +91,16 @@ def test_harness_starts_real_servers_and_leaves_nothing_behind() -> None:
         (mnt / "f").write_bytes(b"x" * 100_000)
         os.sync()
         assert (rmnt / "f").read_bytes() == b"x" * 100_000       # another "machine" sees it
-        info = subprocess.run(["mfsfileinfo", str(mnt / "f")], capture_output=True, text=True).stdout
-        assert info.count("status:VALID") == 2, info               # one copy per chunkserver
+        # one copy per chunkserver: made by the write, or by replication soon after when the
+        # second chunkserver had not yet reported its disks as the chunk was created (a
+        # slow machine: one copy at once, the second within seconds)
+        deadline = time.monotonic() + 30
+        while True:
+            info = subprocess.run(["mfsfileinfo", str(mnt / "f")], capture_output=True, text=True).stdout
+            if info.count("status:VALID") == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert info.count("status:VALID") == 2, info
         pids = [n.pid for n in c.nodes.values() if n.pid] + c.mfsmount_pids("root") + c.mfsmount_pids(CLIENT)
         namespaces = [n.ns for n in c.nodes.values()] + [c.switch_ns]
         base = c.base
