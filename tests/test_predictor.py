@@ -441,11 +441,9 @@ def test_a_reader_of_its_own_open_file_is_never_taken_for_another_files_stream()
     ps = 65536
     for ids, followed in (((1, 2), True), ((0, 0), False)):
         ap = AddressPredictor(PrefetchConfig(), make_model("markov"), page_size=ps, params_bytes=1 << 30)
-        planned: set[int] = set()
-        for i in range(3):  # reader 1: forward, a window planned ahead of it
-            for plan in ap.observe(i * ps, ps, 0.01 * i, reader=ids[0]):
-                planned.update(plan.pages)
-        top = max(planned) + 2  # reader 2 comes down towards it, just past that window
+        for i in range(3):  # reader 1: forward from page 100, a window planned ahead of it
+            ap.observe((100 + i) * ps, ps, 0.01 * i, reader=ids[0])
+        top = 103  # reader 2 comes down from where reader 1 is going next
         backward: list[int] = []
         for j in range(3):
             for plan in ap.observe((top - j) * ps, ps, 0.1 + 0.01 * j, reader=ids[1]):
@@ -603,6 +601,53 @@ def test_address_random_reads_in_a_small_file_found_no_trend() -> None:
         offsets = (np.random.default_rng(1).choice(size // 4096, 3000, replace=False) * 4096).tolist()
         _, issued = replay(ap, offsets, 4096)
         assert len(issued) <= 16, (kind, len(issued))
+
+
+def test_random_reads_do_not_carry_a_contiguous_stream_along() -> None:
+    """A read far ahead of a stream's reader, sooner than its measured speed could bring it
+    there, is someone else's. Random reads of 86 KiB after a sequential reader stopped
+    landed in its planned span (up to 64 pages wide), each one taken as the reader's next and
+    a new window planned from it: a window of pages nobody read every few reads."""
+    ps, size = 65536, 106 << 20
+    ap = AddressPredictor(PrefetchConfig(), make_model("markov"), page_size=ps, params_bytes=size, memory_pages=256)
+    t = 0.0
+    for i in range(24):  # a forward reader, 96 KiB a read, 9 ms apart (~11 MB/s)
+        ap.observe(i * 98304, 98304, t, t + 0.007)
+        t += 0.009
+    offsets = (np.random.default_rng(3).integers(0, (size - 86016) // 4096, 600) * 4096).tolist()
+    issued = 0
+    for off in offsets:  # then random reads, 7.5 ms apart
+        issued += sum(len(p.pages) for p in ap.observe(off, 86016, t, t + 0.007))
+        t += 0.0075
+    assert issued <= 64, issued
+
+
+def test_the_parts_of_one_read_are_not_a_trend() -> None:
+    """The kernel splits a read of tens of KiB, and adds its read-around, as requests asked
+    for at once. Two random reads that met by chance (the second starts where the first
+    ended, 100 ms later) followed by such parts — all but the first asked for before the
+    one before was answered — are one reader's two reads, not the four votes of a trend:
+    nothing is planned (a window of 31 pages was, each page unread)."""
+    ps = 65536
+    ap = AddressPredictor(PrefetchConfig(), make_model("markov"), page_size=ps, params_bytes=106 << 20,
+                          memory_pages=256)
+    ap.fetch_latency_s = 0.007
+    x = 1341 * ps + 32768
+    planned = []
+    planned += ap.observe(x, 61440, 0.163, answered=False)
+    ap.answered(x, 61440, 0.163, 0.170)
+    planned += ap.observe(x - 413696, 8192, 0.2515, answered=False)  # a random read elsewhere
+    planned += ap.observe(x + 61440, 4096, 0.2726, 0.2730)  # from memory: contiguous, 100 ms on
+    planned += ap.observe(x + 110592, 20480, 0.27285, answered=False)  # a read, and its parts:
+    planned += ap.observe(x + 131072, 65536, 0.27311, answered=False)
+    planned += ap.observe(x + 241664, 20480, 0.27357, answered=False)
+    assert [p.pages for p in planned if p.pages] == []
+    # a reader asking for its next read after each answer is followed as before
+    for i in range(1, 8):
+        off = x + 241664 + 20480 + i * 65536
+        planned += ap.observe(off, 65536, 0.3 + 0.01 * i, answered=False)
+        ap.answered(off, 65536, 0.3 + 0.01 * i, 0.3 + 0.01 * i + 0.007)
+    assert any(p.pages for p in planned)
 
 
 def test_address_window_never_outgrows_memory() -> None:

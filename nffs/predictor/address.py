@@ -78,7 +78,7 @@ class Stream:
                  "frontier", "planned", "markers", "chunk", "t", "classes", "chain", "trend", "unit", "hits", "rate",
                  "boost", "late_seen", "sized", "phases", "seen", "kernel_led", "progression", "whole_markers",
                  "t_done", "gaps", "services", "holes_passed", "base", "base_end", "reader", "waited",
-                 "stride_samples", "exact")
+                 "stride_samples", "exact", "awaiting")
 
     def __init__(self, sid: int, off: int, end: int, now: float, window: int, markers_per_lead: int,
                  reader: int = 0) -> None:
@@ -151,6 +151,10 @@ class Stream:
         #: founded on three recent reads in arithmetic progression: its first trend needs
         #: only PrefetchConfig.min_votes_progression votes
         self.progression = False
+        #: its latest read was a miss not answered yet: a contiguous request asked for
+        #: meanwhile is another part of that read (the kernel splits a read, and adds its
+        #: read-around, as requests at once), not its reader's next one
+        self.awaiting = False
 
     def note_answer(self, start: float, done: float | None) -> None:
         """A read of the stream, requested at `start` and answered at `done` (None: not yet, a
@@ -277,11 +281,30 @@ class AddressPredictor:
             k = math.floor(rel / step) if step > 0 else math.ceil(rel / step)
             if k < -1 or k > reach:
                 return None
-            # a contiguous stream: any read overlapping its (slightly widened) path
+            # a contiguous stream: any read overlapping its (slightly widened) path, up to the
+            # first page past what was planned — where a reader that outran its window (served
+            # from the pushed pages, unseen until then) comes back. Reads further out are not
+            # its reader's: a window's worth past the frontier was accepted, and random reads
+            # landing there carried a stream along a whole run, a window planned at each
+            past = (s.frontier + 1) * step + math.copysign(self.page_size + QUANTUM, step)
             if step > 0:
-                ok = s.anchor - extent - QUANTUM <= off <= s.anchor + (s.frontier + s.steps + 1) * step + QUANTUM
+                ok = s.anchor - extent - QUANTUM <= off <= s.anchor + past
             else:
-                ok = s.anchor + (s.frontier + s.steps + 1) * step - QUANTUM <= off <= s.anchor + extent + QUANTUM
+                ok = s.anchor + past <= off <= s.anchor + extent + QUANTUM
+            if ok and s.markers:
+                # ... and not past its next marker without reading it: the reader of pushed
+                # pages comes back to us at each marker, so a read more than a page beyond
+                # the next one, ahead of the last read, is someone else's — unless it is on a
+                # later marker and the markers have holes: a reader whose reads skip bytes
+                # can skip a hole (section "marker holes"; the holes it passes turn its
+                # markers whole, which no reader skips)
+                marker = s.markers[0][1]
+                first, last = off // self.page_size, (end - 1) // self.page_size
+                if step > 0:
+                    ok = first <= marker + 1 or off <= s.last_end + QUANTUM
+                else:
+                    ok = last >= marker - 1 or end >= s.last_off - QUANTUM
+                ok = ok or (not s.whole_markers and any(first <= m[1] <= last for m in s.markers))
             return k if ok else None
         # misses come at the first read of each page that was not pushed, so their phase on
         # the lattice wanders by up to a page (or half a step, whichever is smaller)
@@ -361,6 +384,15 @@ class AddressPredictor:
                 return plans
         self.streams.move_to_end(s.id)
         s.seen = self.counters["events"]
+        if s.trend is None and s.awaiting and self._token(s, off, end) in (FWD, BWD):
+            # a part of the stream's last read, not a read of its own: neither a vote nor a
+            # gap of its reader's pace (a random read of tens of KiB and the kernel's
+            # read-around of it, three requests at once, voted a contiguous trend in with the
+            # read before it, and its window was sized at a pace of zero: 31 pages nobody read)
+            s.last_off, s.last_end = min(s.last_off, off), max(s.last_end, end)
+            self._timed(t0)
+            return plans
+        s.awaiting = not answered
         if s.trend is None:
             s.note_answer(now, done)
         else:
@@ -383,7 +415,8 @@ class AddressPredictor:
         reads' service time (`Stream.note_answer`)."""
         end = off + max(1, size)
         for s in reversed(self.streams.values()):
-            if s.last_off == off and s.last_end == end:
+            if s.last_off == off and s.last_end == end or s.awaiting and s.last_off <= off and end <= s.last_end:
+                s.awaiting = False
                 s.waited += max(0.0, done - start)
                 if s.t_done == start:  # (a later read of the stream moved it on already)
                     s.t_done = max(start, done)
