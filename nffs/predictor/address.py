@@ -902,6 +902,11 @@ class AddressPredictor:
         new_steps = []
         sure: dict[int, int] = {}  # step -> the page its reader surely reads first (a marker)
         drift_max = max(self.cfg.stride_drift_max_bytes, self.page_size // 2)
+        # a stride under a page reads every page on its path, a page shared by two or three
+        # steps: its marker may be a page an earlier step of this plan brought in (planned
+        # before this plan, it may be pushed already; a bigger stride's own pages are new)
+        sub_page = QUANTUM < self.page_size and abs(step) < self.page_size
+        planned_before = set(seen) if sub_page else seen
         for j in range(first, target + 1):
             ps = []
             inside = False
@@ -927,17 +932,23 @@ class AddressPredictor:
                     # a stride measured 1,299 bytes short, and no read hit it. Not a page
                     # further into the read: a marker later in a read is a miss the kernel
                     # answers with read-ahead into the stride's gap, docs 6.0p)
-                    if self.page_size <= QUANTUM:
+                    if self.page_size <= QUANTUM or abs(step) < self.page_size:
                         # (a read's first 4 KiB page is never sure within 4 KiB: the span's
                         # first page, as before — a lost hit there is the next read's miss,
-                        # which finds the stream again)
+                        # which finds the stream again. A stride under a page reads every
+                        # page on its path, so the span's first page is sure whatever the
+                        # drift: sure only within the drift, a stride of 24,206 bytes over
+                        # 64 KiB pages — its founding estimate 7 % short, its drift bound
+                        # half a page by the tenth step — had no sure page left, its one
+                        # marker went on its window's last step, and every window ended in
+                        # a miss: docs/prefetch.md 6.0za)
                         m = core[0]
                     else:
                         u = widen + drift
                         m = int((lo - u) // self.page_size)
                         if m != int((lo + u) // self.page_size):
                             m = -1
-                    if m >= 0 and m not in seen:
+                    if m >= 0 and m not in planned_before:
                         sure[j] = m
                 wide = self._pages(a - drift, b + drift) if drift else core
                 cores.update(core)
@@ -968,7 +979,7 @@ class AddressPredictor:
         # drift: pages added for the drift may lie off the reader's path, and a marker it
         # skips is a marker hit lost)
         def place_marker(j: int, ps: list[int]) -> None:
-            m = sure.get(j, ps[0])
+            m = sure[j] if j in sure else ps[0]
             hole = plan.markers[m] = self._trend_hole(s, m)
             s.markers.append((j, m, hole is not None and plan.push))
 
@@ -977,7 +988,7 @@ class AddressPredictor:
         for j, ps in new_steps:
             if first_marker and s.markers:
                 break
-            if ps and j in sure and j - last >= (first_marker or s.chunk):
+            if (ps or sub_page) and j in sure and j - last >= (first_marker or s.chunk):
                 place_marker(j, ps)
                 last = j
         if not s.markers:
