@@ -14,7 +14,9 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 NFFS = [sys.executable, "-m", "nffs.cli"]
 LOG_NAME = "nffs.log"
@@ -46,6 +48,17 @@ def log_problems(text: str, allowed: list[re.Pattern[str]]) -> list[str]:
         if not any(p.search(body) for p in allowed):
             problems.append(body)
     return problems
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 60.0, what: str | Callable[[], str] = "condition",
+               interval: float = 0.05) -> None:
+    """Poll `predicate` until it holds; an AssertionError naming `what` (or what it returns
+    then: the last state seen) after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
+        time.sleep(interval)
 
 
 def nffs(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from mounting import NFFS, Mounts, is_mounted, nffs
+from mounting import NFFS, Mounts, is_mounted, nffs, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import moosefs  # noqa: E402  (scripts/moosefs.py, the harness)
@@ -65,9 +65,7 @@ def write_params(mnt: Path, data: bytes, offset: int = 0) -> None:
 def kill9(mounts: Mounts, mnt: Path) -> None:
     pid = stats(mnt)["pid"]
     os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while moosefs.pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: not moosefs.pid_alive(pid), 10, what=f"killed daemon {pid} to exit")
     subprocess.run(["umount", "-l", str(mnt)], check=True)
     mounts.mounted.remove(mnt)
 
@@ -94,13 +92,13 @@ def test_harness_starts_real_servers_and_leaves_nothing_behind() -> None:
         # one copy per chunkserver: made by the write, or by replication soon after when the
         # second chunkserver had not yet reported its disks as the chunk was created (a
         # slow machine: one copy at once, the second within seconds)
-        deadline = time.monotonic() + 30
-        while True:
-            info = subprocess.run(["mfsfileinfo", str(mnt / "f")], capture_output=True, text=True).stdout
-            if info.count("status:VALID") == 2 or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        assert info.count("status:VALID") == 2, info
+        infos = []
+
+        def two_copies() -> bool:
+            infos.append(subprocess.run(["mfsfileinfo", str(mnt / "f")], capture_output=True, text=True).stdout)
+            return infos[-1].count("status:VALID") == 2
+
+        wait_until(two_copies, 30, what=lambda: f"a copy on each chunkserver: {infos[-1]}", interval=0.5)
         pids = [n.pid for n in c.nodes.values() if n.pid] + c.mfsmount_pids("root") + c.mfsmount_pids(CLIENT)
         namespaces = [n.ns for n in c.nodes.values()] + [c.switch_ns]
         base = c.base
@@ -236,13 +234,8 @@ def test_all_chunkservers_down_is_eio_for_moosefs_pages_only_and_recovers(mfs: M
 
         mfs.cluster.start_all_chunkservers()             # recovery, without a remount
         for p in cold:
-            deadline = time.monotonic() + 30
-            while True:
-                got, _ = timed_pread(fd, PAGE, p * PAGE)
-                if isinstance(got, bytes) or time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)
-            assert got == data[p * PAGE:(p + 1) * PAGE]
+            wait_until(lambda: isinstance(timed_pread(fd, PAGE, p * PAGE)[0], bytes), 30, what=f"page {p} back", interval=0.5)
+            assert os.pread(fd, PAGE, p * PAGE) == data[p * PAGE:(p + 1) * PAGE]
     finally:
         os.close(fd)
     mfs_mounts.umount(mnt)

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import stat
+import threading
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -175,6 +176,38 @@ async def test_writes_through_one_view_are_pushed_to_the_others(env: Env) -> Non
     pushed = [(off, b) for inode, off, b in env.notified if inode == ino.PARAMS]
     assert pushed == [(page * ps, b"\1" * n), (page * ps + 4096, b"\2" * (n - 4096))]
     assert (await ops.getattr(ino.PARAMS)).st_blocks > 0  # materialised pages show in du
+
+
+async def test_a_write_answered_while_a_push_waits_wins_over_the_push(env: Env) -> None:
+    """The kernel's notify_store waits for the page lock that a write holds until the daemon
+    answers it, and only then copies the push's buffer: the write's bytes must be in it, not
+    the bytes fetched before the write (the stale-bytes race of a prefetch push)."""
+    ops, ps = env.ops, min(env.field.layout.page_size, env.field.layout.params_bytes)
+    params = await open_path(ops, "params", os.O_RDWR)
+    page = 0
+    waiting, lock_free = threading.Event(), threading.Event()
+    landed: dict[tuple[int, int], bytes] = {}
+
+    def notify(inode: int, off: int, data: memoryview) -> None:
+        waiting.set()
+        assert lock_free.wait(10)  # the page lock is the write's until it is answered
+        landed[(inode, off)] = bytes(data)  # then the kernel copies the buffer
+
+    ops.cache.notify_store = notify
+    fetched = await ops.read(params, page * ps, ps)
+    at, new = ps // 2, b"\7" * 16
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ops.push_pages, [(page, fetched, None)])
+        assert await trio.to_thread.run_sync(waiting.wait, 10)
+        assert await ops.write(params, page * ps + at, new) == len(new)
+        lock_free.set()
+    got = landed[(ino.PARAMS, page * ps)]
+    assert got[at:at + len(new)] == new
+    assert got[:at] == fetched[:at] and got[at + len(new):] == fetched[at + len(new):]
+    # a push that landed is forgotten: a later write patches nothing
+    landed.clear()
+    assert await ops.write(params, page * ps, new) == len(new)
+    assert landed == {}
 
 
 async def test_concepts_lifecycle_xattrs_and_cache_refresh(env: Env) -> None:

@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from mounting import Mounts, fuse_available
+from mounting import Mounts, fuse_available, wait_until
 
 PAGE = 64 << 10
 
@@ -44,14 +44,6 @@ def materialised_field(mounts: Mounts, *init_args: str) -> tuple[Path, bytes]:
         os.fsync(f.fileno())
     mounts.umount(mnt)
     return field, data
-
-
-def wait_until(predicate, timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def scan(mnt: Path, think_s: float = 0.0002) -> bytes:

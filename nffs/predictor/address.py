@@ -168,6 +168,12 @@ class Stream:
         self.t_done = done
 
 
+def _whole_steps(x: float) -> int:
+    """Steps to cover `x` steps' worth, less a hair: a speed measured in floats as
+    40.0000001 steps per reaction time is 40 steps, not 41."""
+    return math.ceil(x - 1e-6)
+
+
 def _close(a, b, tol: int) -> bool:
     if isinstance(a, str) or isinstance(b, str):
         return a == b
@@ -626,7 +632,7 @@ class AddressPredictor:
         if reaction <= 0:
             return 0
         s.rate = abs(step) / pace
-        lead = max(s.unit, math.ceil(reaction * cfg.lead_margin / pace))
+        lead = max(s.unit, _whole_steps(reaction * cfg.lead_margin / pace))
         want = lead + max(s.unit, math.ceil(lead / max(1, cfg.markers_per_lead)))
         s.steps = min(max(s.steps, want), cfg.founding_max_steps * s.unit, self._cap_steps(step, extent))
         self.counters["founding_sized"] += 1
@@ -829,9 +835,7 @@ class AddressPredictor:
         cap = self._cap_steps(step, extent)
         floor = min(cap, max(2 * s.unit, self._kernel_floor(s, step)))
         if s.rate > 0 and self.fetch_latency_s > 0:
-            # (less a hair: a speed measured in floats as 40.0000001 steps per reaction time
-            # is 40 steps, not 41)
-            lead = max(s.unit, math.ceil(s.rate * self.fetch_latency_s * cfg.lead_margin * s.boost / abs(step) - 1e-6))
+            lead = max(s.unit, _whole_steps(s.rate * self.fetch_latency_s * cfg.lead_margin * s.boost / abs(step)))
             want = lead + max(s.unit, math.ceil(lead / max(1, cfg.markers_per_lead)))
             # a window at its cap follows the lead as far as it can: sized (its boost decays)
             s.sized = want <= 2 * s.steps or s.steps >= cap

@@ -285,7 +285,8 @@ class PrefetchConfig:
     #: bytes each; more buckets, fewer pushes skipped for a page that only shares a bucket)
     recent_buckets: int = 1 << 20
     #: after a write reached the daemon, pages are fetched but not pushed into the kernel
-    #: cache for this long: a push racing a write could briefly leave older bytes there
+    #: cache for this long: a margin for a writer whose other pages have not reached the
+    #: daemon yet (an mmap writer's dirty pages; a push racing a write is patched by it)
     write_quiet_s: float = 2.0
     #: heat lent to a fetched page per unit of confidence (taken back when used/wasted)
     heat_boost: float = 4.0

@@ -46,10 +46,11 @@ from .models import Predictor, make_model
 
 log = logging.getLogger(__name__)
 
-#: push(page, bytes, hole): the page's bytes into the kernel cache but for `hole`, (start,
-#: end) bytes within the page left for the reader's read to reach the daemon (a marker)
 #: puts pages into the kernel cache: (page, bytes, marker hole or None) each, in order, in one
-#: hand-off to a worker thread (a push per hop cost a run of pages a hop each)
+#: hand-off to a worker thread (a push per hop cost a run of pages a hop each). A hole is
+#: (start, end) bytes within the page left for the reader's read to reach the daemon (a
+#: marker). The caller hands it current bytes; a change of a page after that (before its
+#: first checkpoint) must win over the push (the mount's patches the pushed bytes)
 PushFn = Callable[["list[tuple[int, bytes, tuple[int, int] | None]]"], Awaitable[None]]
 
 
@@ -769,34 +770,34 @@ class Prefetcher:
         (docs/prefetch.md 6.0p)."""
         if not run or self.push is None:
             return
+        # right before the push, with no checkpoint until `push` has registered it (from then
+        # on a write patches the pushed bytes): the page may have changed since the fetch, the
+        # kernel may have read (and an mmap writer dirtied) it meanwhile, or a write come
         ready: list[tuple[int, Entry, bytes, int]] = []
+        changed: list[tuple[int, Entry, bytes, int]] = []
         for page, e, data, version in run:
             if self.port.page_version(page) != version:
-                await self._push(page, e, data, version)  # changed since the fetch: the slow way
-                self.ledger.arrived(page, e, time.monotonic())
-            else:
-                ready.append((page, e, data, version))
-        # right before the push (after any wait above): the kernel may have read (and an mmap
-        # writer dirtied) a page meanwhile, or a write come
-        keep = []
-        for page, e, data, version in ready:
-            if self._push_blocked(page):
+                changed.append((page, e, data, version))
+            elif self._push_blocked(page):
                 self.ledger.counts[e.space]["push_skipped"] += 1
                 self.ledger.arrived(page, e, time.monotonic())
             else:
-                keep.append((page, e, data, version))
-        ready = keep
-        if not ready:
-            return
-        await self.push([(page, data, e.hole) for page, e, data, _ in ready])
+                ready.append((page, e, data, version))
+        if ready:
+            await self.push([(page, data, e.hole) for page, e, data, _ in ready])
         now = time.monotonic()
         for page, e, data, version in ready:
             self.recent.add(page, now)
             if self.port.page_version(page) == version:
                 e.pushed = True
                 self.ledger.counts[e.space]["pushed"] += 1
-            else:  # changed during the push: the kernel may hold the old bytes
+            else:
+                # changed during the push: the mount's push patched its bytes, but a push that
+                # does not (a test's) may have left the old ones: push the new bytes
                 await self._push(page, e, data, version, pushed_once=True)
+            self.ledger.arrived(page, e, time.monotonic())
+        for page, e, data, version in changed:
+            await self._push(page, e, data, version)  # changed since the fetch: the slow way
             self.ledger.arrived(page, e, time.monotonic())
 
     async def _push(self, page: int, e: Entry, data: bytes, version: int, pushed_once: bool = False) -> None:

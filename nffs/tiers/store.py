@@ -1059,12 +1059,13 @@ class PageStore:
         # the rows of the pages not in memory in one query, which the read needs next anyway:
         # a query per page here (its SQLite pages cold after a while) cost each random read of
         # two pages ~0.3 ms on this thread with the prefetcher on (docs/prefetch.md 6.0za)
-        self.table.load_homes([p for p in range(first, last + 1) if mem(p) is None])
-        for p in range(first, last + 1):
+        not_in_memory = [p for p in range(first, last + 1) if mem(p) is None]
+        self.table.load_homes(not_in_memory)
+        for p in not_in_memory:
             flight = inflight.get(p)
             if flight is not None and flight.landed:
                 continue  # read already, not yet installed: no wait
-            if mem(p) is None and (flight is not None or home(p) is not None):
+            if flight is not None or home(p) is not None:
                 pages = list(range(first, last + 1))
                 self._emit(AccessKind.MISS, pages, [True] * len(pages), offset, size, started, reader=reader)
                 return True

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import stat
+import threading
 from time import perf_counter_ns
 from typing import Awaitable, Callable, Iterator
 
@@ -30,6 +31,31 @@ NotifyStore = Callable[[int, int, memoryview], None]
 ReadBytes = Callable[[int, int], Awaitable[bytes]]
 
 
+def _store_each(notify: NotifyStore, jobs: list[tuple[int, int, memoryview]]) -> None:
+    """`notify_store` each (inode, file offset, bytes), in a worker thread."""
+    for inode, file_off, piece in jobs:
+        try:
+            notify(inode, file_off, piece)
+        except OSError as exc:
+            # ENOENT: the kernel forgot the inode (nothing cached). Anything else only
+            # costs a stale-cache window that the next read of the page closes.
+            if exc.errno != errno.ENOENT:
+                log.debug("notify_store(%d): %s", inode, exc)
+
+
+class PushedPage:
+    """A page on its way into the kernel cache: its bytes as fetched and, once the worker
+    thread comes to it (or a change patches it first), the copy the kernel will read."""
+
+    __slots__ = ("page", "start", "data", "buf")
+
+    def __init__(self, page: int, start: int, data: memoryview) -> None:
+        self.page = page
+        self.start = start  # params offset of the page's first byte
+        self.data = data
+        self.buf: bytearray | None = None
+
+
 class PageCacheSync:
     """Pushes bytes of the parameter space into the kernel cache of every view that may hold them.
 
@@ -37,6 +63,14 @@ class PageCacheSync:
     `notify_store` runs in a worker thread and is awaited: the kernel may hold a page
     lock of the target while it waits for this very daemon (no deadlock on the trio
     thread), and the other views are current when the write returns.
+
+    A prefetch push must never leave older bytes than a write's: a push started before a
+    write can land after it (the kernel's `notify_store` waits for the page lock that the
+    write holds until this daemon answers it, then copies the push's buffer). So the
+    bytes of a push are a buffer of our own that every change of the page patches
+    (:meth:`bytes_changed`, on the trio thread, before the write is answered) until the
+    push has landed: whenever the kernel copies it, it copies the newest bytes. No lock is
+    held across `notify_store` (the write it waits for needs the trio thread).
     """
 
     def __init__(self, layout: FieldLayout, notify_store: NotifyStore = pyfuse3.notify_store) -> None:
@@ -44,6 +78,9 @@ class PageCacheSync:
         self.notify_store = notify_store
         self.level_ranges = [layout.level_byte_range(level) for level in range(layout.n_levels)]
         self.opened_views: set[int] = set()
+        #: page -> its pushes in flight; the lock orders a patch and a buffer's first copy
+        self._pushing: dict[int, list[PushedPage]] = {}
+        self._pushing_lock = threading.Lock()
 
     def view_opened(self, inode: int) -> None:
         self.opened_views.add(inode)
@@ -71,8 +108,38 @@ class PageCacheSync:
             out.append((inode, a - lo, a - offset, b - offset))
         return out
 
-    async def notify_aliases(self, offset: int, data: bytes | memoryview, source: int) -> None:
-        await self._notify_pieces([(offset, data)], source)
+    async def bytes_changed(self, offset: int, data: bytes | memoryview, source: int) -> None:
+        """The store holds new bytes at params `offset` (written through view `source`, or
+        changed behind the kernel's back: -1): patch pushes in flight, then store them into
+        every other opened view. Called before the change is answered."""
+        if self._pushing:
+            self._patch_pushes(offset, memoryview(data))
+        if self.has_aliases(source):
+            await self._notify_pieces([(offset, data)], source)
+
+    def _patch_pushes(self, offset: int, data: memoryview) -> None:
+        page_size = self.layout.page_size
+        end = offset + len(data)
+        for page in range(offset // page_size, (end - 1) // page_size + 1):
+            pushes = self._pushing.get(page)
+            if not pushes:
+                continue
+            with self._pushing_lock:
+                for pushed in pushes:
+                    if pushed.buf is None:
+                        pushed.buf = bytearray(pushed.data)
+                    a = max(offset, pushed.start)
+                    b = min(end, pushed.start + len(pushed.buf))
+                    if b > a:
+                        pushed.buf[a - pushed.start:b - pushed.start] = data[a - offset:b - offset]
+
+    def _own_copy(self, pushed: PushedPage) -> memoryview:
+        """The buffer the kernel copies a push from (made in the worker thread, right before
+        its first `notify_store`: the trio thread copies nothing unless a change patches)."""
+        with self._pushing_lock:
+            if pushed.buf is None:
+                pushed.buf = bytearray(pushed.data)
+            return memoryview(pushed.buf)
 
     async def _notify_pieces(self, pieces: list[tuple[int, bytes | memoryview]], source: int) -> None:
         """Store each (params offset, bytes) into every other opened view, in one worker-thread hop."""
@@ -83,18 +150,7 @@ class PageCacheSync:
         if not jobs:
             return
         notify = self.notify_store
-
-        def push() -> None:
-            for inode, file_off, piece in jobs:
-                try:
-                    notify(inode, file_off, piece)
-                except OSError as exc:
-                    # ENOENT: the kernel forgot the inode (nothing cached). Anything else only
-                    # costs a stale-cache window that the next read of the page closes.
-                    if exc.errno != errno.ENOENT:
-                        log.debug("notify_store(%d): %s", inode, exc)
-
-        await trio.to_thread.run_sync(push)
+        await trio.to_thread.run_sync(lambda: _store_each(notify, jobs))
 
     async def push_pages(self, pages: list[tuple[int, bytes, tuple[int, int] | None]]) -> None:
         """Put pages' current bytes into the kernel page cache of params and every level view,
@@ -104,22 +160,48 @@ class PageCacheSync:
         A marker's hole (start, end bytes within the page, on 4 KiB kernel-page bounds in
         params) is left out: the reader's read there still reaches the daemon, and costs
         a few KiB from memory rather than the whole page.
+
+        The caller checks that the bytes are the page's current ones; from then on, with no
+        checkpoint in between, the push is registered here and every change patches it.
         """
-        pieces: list[tuple[int, bytes | memoryview]] = []
+        jobs: list[tuple[PushedPage, list[tuple[int, int, int, int]]]] = []
         for page, data, hole in pages:
             lo, hi = self.layout.page_byte_range(page)
-            view = memoryview(data)[: hi - lo]
-            spans = [(0, len(view))] if hole is None else [(0, hole[0]), (hole[1], len(view))]
-            pieces += [(lo + x, view[x:y]) for x, y in spans if y > x]
-        await self._notify_pieces(pieces, source=-1)
+            pushed = PushedPage(page, lo, memoryview(data)[: hi - lo])
+            size = hi - lo
+            spans = [(0, size)] if hole is None else [(0, hole[0]), (hole[1], size)]
+            targets = [(inode, file_off, x + a, x + b)
+                       for x, y in spans if y > x
+                       for inode, file_off, a, b in self.alias_targets(lo + x, y - x, source=-1)]
+            if targets:
+                self._pushing.setdefault(page, []).append(pushed)
+                jobs.append((pushed, targets))
+        if not jobs:
+            return
+        notify = self.notify_store
+        own_copy = self._own_copy
+
+        def push() -> None:
+            for pushed, targets in jobs:
+                view = own_copy(pushed)
+                _store_each(notify, [(inode, file_off, view[a:b]) for inode, file_off, a, b in targets])
+
+        try:
+            await trio.to_thread.run_sync(push)
+        finally:
+            for pushed, _ in jobs:
+                pushes = self._pushing[pushed.page]
+                pushes.remove(pushed)
+                if not pushes:
+                    del self._pushing[pushed.page]
 
     async def refresh_pages(self, pages: list[int], read: ReadBytes) -> None:
         """Pages changed behind the kernel's back (concept writes): push their new bytes."""
         if not self.opened_views:
-            return
+            return  # nothing cached, nothing pushed
         for page in pages:
             lo, hi = self.layout.page_byte_range(page)
-            await self.notify_aliases(lo, await read(lo, hi - lo), source=-1)
+            await self.bytes_changed(lo, await read(lo, hi - lo), source=-1)
 
 
 class ByteView(Node):
@@ -182,9 +264,7 @@ class ByteView(Node):
             buf = memoryview(buf)[: self.size - off]  # a write across the end is short
         with store_errors():
             await self.ctx.store.write(self.start + off, buf)
-        cache = self.ctx.cache
-        if cache.has_aliases(self.inode):
-            await cache.notify_aliases(self.start + off, buf, source=self.inode)
+        await self.ctx.cache.bytes_changed(self.start + off, buf, source=self.inode)
         return len(buf)
 
 
