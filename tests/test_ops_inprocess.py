@@ -210,6 +210,45 @@ async def test_a_write_answered_while_a_push_waits_wins_over_the_push(env: Env) 
     assert landed == {}
 
 
+async def test_a_write_of_a_page_a_push_reached_is_stored_again_after_it(env: Env) -> None:
+    """A write of a page up to date in the kernel reaches the daemon after the kernel copied
+    its bytes and unlocked the page: a push that landed in between put the old bytes back.
+    The daemon stores the written bytes into the writer's view once more before it answers
+    (only for pages a push may have raced), and answers anyway after a few milliseconds if
+    that store waits for a page lock: the kernel's lock for this very write."""
+    ops, cache = env.ops, env.ops.cache
+    ps = min(env.field.layout.page_size, env.field.layout.params_bytes)
+    params = await open_path(ops, "params", os.O_RDWR)
+    at, new = ps // 2, b"\5" * 16
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cache.run)
+        assert await ops.write(params, at, b"\4" * 16) == 16
+        assert not cache.pending_stores() and env.notified == []  # no push near: nothing to put right
+        fetched = await ops.read(params, 0, ps)
+        await ops.push_pages([(0, fetched, None)])
+        env.notified.clear()
+        assert await ops.write(params, at, new) == len(new)
+        assert env.notified == [(ino.PARAMS, at, new)]  # (a hop: before the answer)
+        # the page lock held for this very write: the store lands after the answer
+        answered = threading.Event()
+        plain_notify = cache.notify_store
+
+        def notify_after_the_answer(inode: int, off: int, data: memoryview) -> None:
+            assert answered.wait(10)
+            plain_notify(inode, off, data)
+
+        cache.notify_store = notify_after_the_answer
+        env.notified.clear()
+        with trio.fail_after(5):
+            assert await ops.write(params, at, b"\6" * 16) == 16
+        answered.set()
+        with trio.fail_after(10):
+            while cache.pending_stores():
+                await trio.sleep(0.01)
+        assert env.notified == [(ino.PARAMS, at, b"\6" * 16)]
+        nursery.cancel_scope.cancel()
+
+
 async def test_concepts_lifecycle_xattrs_and_cache_refresh(env: Env) -> None:
     ops = env.ops
     fi, attr = await ops.create(ino.CONCEPTS_DIR, b"cat", 0o644, os.O_RDWR | os.O_CREAT, None)

@@ -161,6 +161,7 @@ def _freeze_long_lived() -> None:
 
 async def _run(ops: FieldOperations, store, prefetcher, opts: MountOptions, on_ready) -> None:
     async with trio.open_nursery() as nursery:
+        await nursery.start(ops.ctx.cache.run)  # stores that follow writes raced by pushes
         if not opts.read_only:
             await nursery.start(store.run_background, opts.writeback_interval)
         else:

@@ -13,6 +13,7 @@ import errno
 import logging
 import stat
 import threading
+import time
 from time import perf_counter_ns
 from typing import Awaitable, Callable, Iterator
 
@@ -43,17 +44,37 @@ def _store_each(notify: NotifyStore, jobs: list[tuple[int, int, memoryview]]) ->
                 log.debug("notify_store(%d): %s", inode, exc)
 
 
-class PushedPage:
-    """A page on its way into the kernel cache: its bytes as fetched and, once the worker
-    thread comes to it (or a change patches it first), the copy the kernel will read."""
+#: A write through a view reaches the daemon after the kernel put its bytes into that view's
+#: cache (and, the page being up to date, unlocked it): a push that landed within this long
+#: before the write reached the daemon may have landed in between, over the new bytes
+PUSH_RACE_HORIZON_S = 1.0
+#: how long a raced write waits for its bytes to be stored again before it is answered: the
+#: store lands in a worker-thread hop, unless the kernel holds the page lock for this very
+#: write (a page that was not up to date: no push could have landed over it), when it can
+#: land only after the answer
+RACED_WRITE_WAIT_S = 0.005
+#: the landing times are pruned once they cover this many pages (a few hundred KiB)
+LANDED_PRUNE_AT = 4096
 
-    __slots__ = ("page", "start", "data", "buf")
 
-    def __init__(self, page: int, start: int, data: memoryview) -> None:
-        self.page = page
-        self.start = start  # params offset of the page's first byte
+class PushedBytes:
+    """Bytes on their way into the kernel cache (a page a prefetch pushes, or a write's bytes
+    stored again): as handed over and, once the worker thread comes to them (or a change
+    patches them first), the copy the kernel will read."""
+
+    __slots__ = ("start", "data", "buf")
+
+    def __init__(self, start: int, data: bytes | memoryview) -> None:
+        self.start = start  # params offset of the first byte
         self.data = data
         self.buf: bytearray | None = None
+
+    def pages(self, page_size: int) -> range:
+        return range(self.start // page_size, (self.start + max(1, len(self.data)) - 1) // page_size + 1)
+
+
+#: (inode, file offset, start, end of the slice of the pushed bytes) a push stores
+Target = tuple[int, int, int, int]
 
 
 class PageCacheSync:
@@ -64,13 +85,21 @@ class PageCacheSync:
     lock of the target while it waits for this very daemon (no deadlock on the trio
     thread), and the other views are current when the write returns.
 
-    A prefetch push must never leave older bytes than a write's: a push started before a
-    write can land after it (the kernel's `notify_store` waits for the page lock that the
-    write holds until this daemon answers it, then copies the push's buffer). So the
-    bytes of a push are a buffer of our own that every change of the page patches
-    (:meth:`bytes_changed`, on the trio thread, before the write is answered) until the
-    push has landed: whenever the kernel copies it, it copies the newest bytes. No lock is
-    held across `notify_store` (the write it waits for needs the trio thread).
+    A prefetch push must never leave older bytes than a write's, and it races writes two ways:
+    - the write holds the kernel's page lock until this daemon answers it (a page not up to
+      date in the kernel), and the push's `notify_store` waits for it, then copies the push's
+      buffer: so a push's bytes are a buffer of our own that every change patches
+      (:meth:`bytes_changed`, on the trio thread, before the change is answered) until the
+      push has landed;
+    - the page was up to date: the kernel copied the write's bytes into it and unlocked it
+      before the write reached the daemon, and a push landing in between put the old bytes
+      back. Nothing here can see when the kernel copied; so a write of a page that a push
+      may have reached (in flight, or landed within `PUSH_RACE_HORIZON_S`) is stored into
+      the writer's view once more, and the write waits up to `RACED_WRITE_WAIT_S` for that
+      store before it is answered: never longer, since the kernel may hold the page lock
+      for this very write (a page that was not up to date, which no push reached) and the
+      store then lands only after the answer.
+    No lock is held across `notify_store` (the write it waits for needs the trio thread).
     """
 
     def __init__(self, layout: FieldLayout, notify_store: NotifyStore = pyfuse3.notify_store) -> None:
@@ -78,9 +107,23 @@ class PageCacheSync:
         self.notify_store = notify_store
         self.level_ranges = [layout.level_byte_range(level) for level in range(layout.n_levels)]
         self.opened_views: set[int] = set()
-        #: page -> its pushes in flight; the lock orders a patch and a buffer's first copy
-        self._pushing: dict[int, list[PushedPage]] = {}
+        #: page -> the pushes in flight over it; the lock orders a patch and a buffer's copy
+        self._pushing: dict[int, list[PushedBytes]] = {}
         self._pushing_lock = threading.Lock()
+        #: page -> when a push over it last landed (pruned past `PUSH_RACE_HORIZON_S`)
+        self._landed: dict[int, float] = {}
+        #: where the stores after a raced write run (`run`, in the daemon's nursery)
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Host the stores that follow raced writes until cancelled (the daemon's nursery)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
 
     def view_opened(self, inode: int) -> None:
         self.opened_views.add(inode)
@@ -92,7 +135,7 @@ class PageCacheSync:
         views = self.opened_views
         return len(views) > 1 or (len(views) == 1 and source not in views)
 
-    def alias_targets(self, offset: int, length: int, source: int) -> list[tuple[int, int, int, int]]:
+    def alias_targets(self, offset: int, length: int, source: int) -> list[Target]:
         """(inode, file offset, slice start, slice end) of every other opened view of these bytes."""
         if not self.has_aliases(source):
             return []  # nothing else can cache these bytes
@@ -108,24 +151,57 @@ class PageCacheSync:
             out.append((inode, a - lo, a - offset, b - offset))
         return out
 
+    def _view_offset(self, inode: int, offset: int) -> int:
+        """The file offset in view `inode` of params offset `offset`."""
+        if inode == ino.PARAMS:
+            return offset
+        return offset - self.level_ranges[inode - ino.level_inode(0)][0]
+
     async def bytes_changed(self, offset: int, data: bytes | memoryview, source: int) -> None:
         """The store holds new bytes at params `offset` (written through view `source`, or
-        changed behind the kernel's back: -1): patch pushes in flight, then store them into
-        every other opened view. Called before the change is answered."""
-        if self._pushing:
-            self._patch_pushes(offset, memoryview(data))
+        changed behind the kernel's back: -1): patch pushes in flight, store them again into
+        the writer's view if a push may have raced the write, and into every other opened
+        view. Called before the change is answered."""
+        if self._pushing or self._landed:
+            view = memoryview(data)
+            if self._pushing:
+                self._patch_pushes(offset, view)
+            if source >= 0 and self._nursery is not None and self._raced(offset, len(view)):
+                again = PushedBytes(offset, bytes(view))
+                job = (again, [(source, self._view_offset(source, offset), 0, len(view))])
+                self._register(job)
+                landed = trio.Event()
+                self._nursery.start_soon(self._land, [job], landed)
+                with trio.move_on_after(RACED_WRITE_WAIT_S):
+                    await landed.wait()
         if self.has_aliases(source):
             await self._notify_pieces([(offset, data)], source)
 
+    def pending_stores(self) -> int:
+        """Pushes (and stores after raced writes) not landed yet."""
+        return len({id(pushed) for pushes in self._pushing.values() for pushed in pushes})
+
+    def _raced(self, offset: int, length: int) -> bool:
+        """May a push have landed over these bytes since a write of them was made?"""
+        ps = self.layout.page_size
+        since = time.monotonic() - PUSH_RACE_HORIZON_S
+        landed = self._landed
+        return any(p in self._pushing or landed.get(p, 0.0) > since
+                   for p in range(offset // ps, (offset + max(1, length) - 1) // ps + 1))
+
     def _patch_pushes(self, offset: int, data: memoryview) -> None:
-        page_size = self.layout.page_size
+        ps = self.layout.page_size
         end = offset + len(data)
-        for page in range(offset // page_size, (end - 1) // page_size + 1):
+        patched: set[int] = set()
+        for page in range(offset // ps, (end - 1) // ps + 1):
             pushes = self._pushing.get(page)
             if not pushes:
                 continue
             with self._pushing_lock:
                 for pushed in pushes:
+                    if id(pushed) in patched:
+                        continue  # (registered under each of its pages)
+                    patched.add(id(pushed))
                     if pushed.buf is None:
                         pushed.buf = bytearray(pushed.data)
                     a = max(offset, pushed.start)
@@ -133,13 +209,46 @@ class PageCacheSync:
                     if b > a:
                         pushed.buf[a - pushed.start:b - pushed.start] = data[a - offset:b - offset]
 
-    def _own_copy(self, pushed: PushedPage) -> memoryview:
+    def _own_copy(self, pushed: PushedBytes) -> memoryview:
         """The buffer the kernel copies a push from (made in the worker thread, right before
         its first `notify_store`: the trio thread copies nothing unless a change patches)."""
         with self._pushing_lock:
             if pushed.buf is None:
                 pushed.buf = bytearray(pushed.data)
             return memoryview(pushed.buf)
+
+    def _register(self, job: tuple[PushedBytes, list[Target]]) -> None:
+        for page in job[0].pages(self.layout.page_size):
+            self._pushing.setdefault(page, []).append(job[0])
+
+    async def _land(self, jobs: list[tuple[PushedBytes, list[Target]]], landed: trio.Event | None = None) -> None:
+        """Store registered pushes into their targets in one worker-thread hop; then forget
+        them (a later change patches nothing), note when they landed and set `landed`."""
+        notify = self.notify_store
+        own_copy = self._own_copy
+
+        def store_all() -> None:
+            for pushed, targets in jobs:
+                view = own_copy(pushed)
+                _store_each(notify, [(inode, file_off, view[a:b]) for inode, file_off, a, b in targets])
+
+        try:
+            await trio.to_thread.run_sync(store_all)
+        finally:
+            now = time.monotonic()
+            ps = self.layout.page_size
+            for pushed, _ in jobs:
+                for page in pushed.pages(ps):
+                    pushes = self._pushing[page]
+                    pushes.remove(pushed)
+                    if not pushes:
+                        del self._pushing[page]
+                    self._landed[page] = now
+            if len(self._landed) > LANDED_PRUNE_AT:
+                since = now - PUSH_RACE_HORIZON_S
+                self._landed = {p: t for p, t in self._landed.items() if t > since}
+            if landed is not None:
+                landed.set()
 
     async def _notify_pieces(self, pieces: list[tuple[int, bytes | memoryview]], source: int) -> None:
         """Store each (params offset, bytes) into every other opened view, in one worker-thread hop."""
@@ -164,36 +273,20 @@ class PageCacheSync:
         The caller checks that the bytes are the page's current ones; from then on, with no
         checkpoint in between, the push is registered here and every change patches it.
         """
-        jobs: list[tuple[PushedPage, list[tuple[int, int, int, int]]]] = []
+        jobs: list[tuple[PushedBytes, list[Target]]] = []
         for page, data, hole in pages:
             lo, hi = self.layout.page_byte_range(page)
-            pushed = PushedPage(page, lo, memoryview(data)[: hi - lo])
             size = hi - lo
             spans = [(0, size)] if hole is None else [(0, hole[0]), (hole[1], size)]
             targets = [(inode, file_off, x + a, x + b)
                        for x, y in spans if y > x
                        for inode, file_off, a, b in self.alias_targets(lo + x, y - x, source=-1)]
             if targets:
-                self._pushing.setdefault(page, []).append(pushed)
-                jobs.append((pushed, targets))
-        if not jobs:
-            return
-        notify = self.notify_store
-        own_copy = self._own_copy
-
-        def push() -> None:
-            for pushed, targets in jobs:
-                view = own_copy(pushed)
-                _store_each(notify, [(inode, file_off, view[a:b]) for inode, file_off, a, b in targets])
-
-        try:
-            await trio.to_thread.run_sync(push)
-        finally:
-            for pushed, _ in jobs:
-                pushes = self._pushing[pushed.page]
-                pushes.remove(pushed)
-                if not pushes:
-                    del self._pushing[pushed.page]
+                job = (PushedBytes(lo, memoryview(data)[:size]), targets)
+                self._register(job)
+                jobs.append(job)
+        if jobs:
+            await self._land(jobs)
 
     async def refresh_pages(self, pages: list[int], read: ReadBytes) -> None:
         """Pages changed behind the kernel's back (concept writes): push their new bytes."""
