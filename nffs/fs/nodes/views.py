@@ -112,6 +112,7 @@ class PageCacheSync:
         self._pushing_lock = threading.Lock()
         #: page -> when a push over it last landed (pruned past `PUSH_RACE_HORIZON_S`)
         self._landed: dict[int, float] = {}
+        self._last_landing = 0.0
         #: where the stores after a raced write run (`run`, in the daemon's nursery)
         self._nursery: trio.Nursery | None = None
 
@@ -134,6 +135,13 @@ class PageCacheSync:
         notification that finds nothing to do were ~4 % of a small write's time.)"""
         views = self.opened_views
         return len(views) > 1 or (len(views) == 1 and source not in views)
+
+    def concerned(self, source: int) -> bool:
+        """Does a change written through `source` need :meth:`bytes_changed`: another view
+        may cache its bytes, or a push may be on its way or have landed lately?"""
+        if self._landed and time.monotonic() - self._last_landing > PUSH_RACE_HORIZON_S:
+            self._landed.clear()  # none within the horizon
+        return bool(self._pushing or self._landed) or self.has_aliases(source)
 
     def alias_targets(self, offset: int, length: int, source: int) -> list[Target]:
         """(inode, file offset, slice start, slice end) of every other opened view of these bytes."""
@@ -244,6 +252,7 @@ class PageCacheSync:
                     if not pushes:
                         del self._pushing[page]
                     self._landed[page] = now
+            self._last_landing = now
             if len(self._landed) > LANDED_PRUNE_AT:
                 since = now - PUSH_RACE_HORIZON_S
                 self._landed = {p: t for p, t in self._landed.items() if t > since}
@@ -357,7 +366,9 @@ class ByteView(Node):
             buf = memoryview(buf)[: self.size - off]  # a write across the end is short
         with store_errors():
             await self.ctx.store.write(self.start + off, buf)
-        await self.ctx.cache.bytes_changed(self.start + off, buf, source=self.inode)
+        cache = self.ctx.cache
+        if cache.concerned(self.inode):  # (most writes: no coroutine, see `has_aliases`)
+            await cache.bytes_changed(self.start + off, buf, source=self.inode)
         return len(buf)
 
 
