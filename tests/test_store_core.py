@@ -725,6 +725,27 @@ async def test_a_run_fetch_never_answers_bytes_of_a_home_the_page_has_left(tmp_p
         opened.close()
 
 
+async def test_a_page_at_home_changes_version_when_its_home_changes(tmp_path: Path) -> None:
+    """The prefetcher pushes a page's bytes only if its version did not change since the
+    fetch. A page that is only at home, written, written back and evicted meanwhile (or,
+    in a reader, refreshed to a newer generation) is at home only again: its version must
+    differ, or the old bytes pass for current (a constant version for 'at home' did)."""
+    opened = await opened_with_pages_at_home(tmp_path, pattern(1, 4 * 4096), memory="8K", page_size=4096)
+    try:
+        store, port = opened.store, opened.store.port
+        before = port.page_version(0)
+        assert store.table.mem(0) is None and before == port.page_version(0)  # stable while unchanged
+        await store.write(0, b"\x33" * 4096)
+        await store.sync()  # a new home for page 0
+        await store.write(4096, b"\x44" * 4096)  # two more dirty pages in the 2-slot tier:
+        await store.write(2 * 4096, b"\x55" * 4096)  # page 0's clean copy is evicted
+        assert store.table.mem(0) is None
+        assert port.page_version(0) != before
+        assert port.page_version(0) < 0  # at home only: never taken for a memory copy's generation
+    finally:
+        opened.close()
+
+
 async def test_a_write_finds_room_while_a_batch_bigger_than_memory_is_installed(tmp_path: Path) -> None:
     """A run fetch installs its pages a few at a time and lets other tasks run in between;
     what it has installed must not stay pinned across those pauses: with a memory tier of 4

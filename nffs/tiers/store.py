@@ -2387,6 +2387,12 @@ class PageStore:
             t.close()
 
 
+
+def _home_version(home: Home) -> int:
+    """The version of a page's bytes as its home holds them: negative (memory copies count
+    up from 1), and different for a different home or content (tier, slot, checksum)."""
+    return -1 - (hash((home.tier, home.slot, home.checksum, home.mask)) & ((1 << 62) - 1))
+
 class StorePort:
     """The prefetcher's view of the store (nffs/tiers/port.py): nothing else is exposed."""
 
@@ -2485,15 +2491,22 @@ class StorePort:
         if data is None and s.table.home(page) is None:
             return FetchResult(page, s.implicit_page(page), 0, False, joined)
         # read from its home but not kept in memory (no room): still a read of the slow tier,
-        # and its bytes are the home's (page_version -1 until a write brings it to memory)
-        return FetchResult(page, data, -1, slow, joined)
+        # and its bytes are the home's (the version names that home)
+        home = s.table.home(page)
+        return FetchResult(page, data, -1 if home is None else _home_version(home), slow, joined)
 
     def page_version(self, page: int) -> int:
+        """A memory copy's generation (> 0); 0 for a page never written; for a page only in
+        its home, a negative number naming that home: a page written back (or, in a reader,
+        refreshed to a newer generation) and evicted while a prefetch held its old bytes
+        must not look unchanged (a constant -1 did: the reader's push of old bytes landed
+        after a refresh)."""
         s = self._store
         loc = s.table.mem(page)
         if loc is not None:
             return int(s._version[loc[0].index][loc[1]])
-        return 0 if s.table.home(page) is None else -1
+        home = s.table.home(page)
+        return 0 if home is None else _home_version(home)
 
     def lend_heat(self, page: int, amount: float) -> None:
         s = self._store
