@@ -27,7 +27,8 @@ from .nodes.hints import HintsNode
 from .nodes.info import FieldJsonNode, MetricsNode, StatsNode
 from .nodes.query import QueryNode
 from .nodes.root import RootDirNode
-from .nodes.views import LevelNode, LevelsDirNode, NotifyStore, PageCacheSync, ParamsNode
+from .nodes.views import LevelNode, LevelsDirNode, ParamsNode
+from .pagecache import NotifyStore, PageCacheSync
 
 log = logging.getLogger(__name__)
 

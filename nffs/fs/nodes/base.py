@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ...encoding.layout import FieldLayout
     from ...field import Field
     from ...tiers.store import PageStore
-    from .views import PageCacheSync
+    from ..pagecache import PageCacheSync
 
 NAME_MAX = 255
 #: attributes and entries that never change while mounted
