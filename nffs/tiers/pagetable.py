@@ -53,6 +53,8 @@ SLOT_BITS = 40
 SLOT_MASK = (1 << SLOT_BITS) - 1
 #: pages per query of `PageTable.load_homes` (under SQLite's oldest bound of 999 variables)
 HOME_QUERY_PAGES = 500
+#: `PageTable.load_homes` tests this many pages or fewer one by one (numpy costs more)
+FEW_PAGES = 8
 
 
 def to_signed64(value: int) -> int:
@@ -302,27 +304,33 @@ class PageTable:
         query each was a round trip into SQLite on the FUSE thread per page, tens of them per
         camera frame. Pages cached already, or surely without a home, are not asked for."""
         rows = self._rows
-        want = [p for p in np.asarray(pages, dtype=np.int64).tolist() if p not in rows]
+        listed = pages if isinstance(pages, list) else np.asarray(pages, dtype=np.int64).tolist()
+        want = [p for p in listed if p not in rows]
         if not want:
             return
-        want = np.asarray(want, dtype=np.int64)
-        want = want[self.maybe_homed_many(want)]
-        if not want.size:
+        if len(want) <= FEW_PAGES:
+            # a read's page or two (every random read with the prefetcher on): the scalar
+            # test, not numpy's, whose set of recently homed pages is rebuilt per call
+            want = [p for p in want if self._maybe_homed(p)]
+        else:
+            arr = np.asarray(want, dtype=np.int64)
+            want = arr[self.maybe_homed_many(arr)].tolist()
+        if not want:
             return
-        if len(rows) + want.size > self._row_limit:
+        if len(rows) + len(want) > self._row_limit:
             rows.clear()
         if self._generation is not None:
-            for p in want.tolist():
+            for p in want:
                 rows[p] = self._generation_home(p)
             return
         found: dict[int, Home] = {}
-        for i in range(0, want.size, HOME_QUERY_PAGES):
-            part = want[i:i + HOME_QUERY_PAGES].tolist()
+        for i in range(0, len(want), HOME_QUERY_PAGES):
+            part = want[i:i + HOME_QUERY_PAGES]
             marks = ",".join("?" * len(part))
             self.home_queries += 1
             for r in self._reader.execute(f"SELECT page, tier, slot, sum, mask FROM homes WHERE page IN ({marks})", part):
                 found[r[0]] = Home(r[1], r[2], to_unsigned64(r[3]), to_unsigned64(r[4]))
-        for p in want.tolist():
+        for p in want:
             rows[p] = found.get(p)
 
     def commit_homes(self, rows: list[tuple[int, Home]], abandoned: Callable[[], bool] | None = None) -> bool:
