@@ -697,8 +697,9 @@ async def test_a_fetched_run_outranks_the_copies_before_it_in_memory(tmp_path: P
         opened.close()
 
 
-async def test_a_run_fetch_never_answers_bytes_of_a_home_the_page_has_left(tmp_path: Path) -> None:
-    """The prefetcher pushes what a run fetch answers. A page whose home changed while its
+@pytest.mark.parametrize("single", [False, True], ids=["fetch_many", "fetch"])
+async def test_a_run_fetch_never_answers_bytes_of_a_home_the_page_has_left(tmp_path: Path, single: bool) -> None:
+    """The prefetcher pushes what a fetch (of a run, or of one page) answers. A page whose home changed while its
     old home was being read (written, written back and evicted meanwhile; a reader's
     refresh does the same) must not be answered with the old home's bytes: they are gone
     from the field, and pushed they would be served from the kernel's cache."""
@@ -718,7 +719,7 @@ async def test_a_run_fetch_never_answers_bytes_of_a_home_the_page_has_left(tmp_p
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(meanwhile)
-            got = await store.port.fetch_many([0])
+            got = [await store.port.fetch(0)] if single else await store.port.fetch_many([0])
         assert got[0].data is None or bytes(got[0].data) == new
         assert bytes(await store.read(0, 4096)) == new
     finally:

@@ -49,8 +49,9 @@ log = logging.getLogger(__name__)
 #: puts pages into the kernel cache: (page, bytes, marker hole or None) each, in order, in one
 #: hand-off to a worker thread (a push per hop cost a run of pages a hop each). A hole is
 #: (start, end) bytes within the page left for the reader's read to reach the daemon (a
-#: marker). The caller hands it current bytes; a change of a page after that (before its
-#: first checkpoint) must win over the push (the mount's patches the pushed bytes)
+#: marker). The caller hands it current bytes and it takes them in before its first
+#: checkpoint; any change of a page after that must win over the push (the mount's
+#: `PageCacheSync.push_pages` patches pushed bytes and stores raced writes' bytes again)
 PushFn = Callable[["list[tuple[int, bytes, tuple[int, int] | None]]"], Awaitable[None]]
 
 

@@ -2387,11 +2387,11 @@ class PageStore:
             t.close()
 
 
-
 def _home_version(home: Home) -> int:
     """The version of a page's bytes as its home holds them: negative (memory copies count
     up from 1), and different for a different home or content (tier, slot, checksum)."""
     return -1 - (hash((home.tier, home.slot, home.checksum, home.mask)) & ((1 << 62) - 1))
+
 
 class StorePort:
     """The prefetcher's view of the store (nffs/tiers/port.py): nothing else is exposed."""
@@ -2429,10 +2429,16 @@ class StorePort:
         if not 0 <= page < s.n_pages:
             return FetchResult(page, None, -1, False, False)
         joined = page in s._inflight
+        home = s.table.home(page)
         try:
             data, slow = await s._fetch(page, priority)
         except NffsError:
             return FetchResult(page, None, -1, False, joined)
+        if data is not None and s.table.mem(page) is None and s.table.home(page) != home:
+            # not kept in memory, and its home changed while it was read (written back, or a
+            # reader's newer generation): those bytes may be the old home's, which the
+            # version of the new one would pass for current
+            return FetchResult(page, None, -1, slow, joined)
         return self._result(page, data, slow, joined)
 
     async def fetch_many(self, pages: list[int], priority: Priority = Priority.PREFETCH) -> list[FetchResult]:
