@@ -41,11 +41,18 @@ async def test_a_reader_sees_what_the_writer_fsynced_after_a_refresh(tmp_path: P
         await writer.store.sync()
         changed: list[int] = []
 
+        served_meanwhile: list[int] = []
+
         async def note(pages: list[int]) -> None:
+            # the kernel's caches are being refreshed: `nffs refresh` (which waits for the
+            # generation in `stats`) must not return yet
+            served_meanwhile.append(reader.store.stats()["generation"])
             changed.extend(pages)
 
         reader.store.on_pages_changed = note
+        was = reader.store.generation
         assert await reader.store.refresh() == writer.store.generation
+        assert served_meanwhile == [was]
         second = bytearray(first)
         second[PAGE + 100:PAGE + 5100] = b"\x01" * 5000
         assert await reader.store.read(0, n) == bytes(second)

@@ -1469,15 +1469,20 @@ class PageStore:
         old = self.table.generation_rows()
         changed = await trio.to_thread.run_sync(generations.changed_pages, old, gen.rows)
         self.table.use_generation(gen.rows)
-        self.generation = gen.number
         for page in changed.tolist():
             loc = self.table.mem(page)
             if loc is not None:
                 self._drop_copy(page, *loc, counted=False)
-        await trio.to_thread.run_sync(generations.renew_lease, field_dir, gen.number)
+        try:
+            await trio.to_thread.run_sync(generations.renew_lease, field_dir, gen.number)
+            if changed.size and self.on_pages_changed is not None:
+                await self.on_pages_changed(changed.tolist())
+        finally:
+            # the generation served (`stats`, which `nffs refresh` waits for) once the kernel's
+            # caches hold its bytes: set before, a reader's read right after `nffs refresh`
+            # returned could still meet pages of the generation before (a CI run did)
+            self.generation = gen.number
         log.info("now serving generation %d (%d pages changed)", gen.number, changed.size)
-        if changed.size and self.on_pages_changed is not None:
-            await self.on_pages_changed(changed.tolist())
         return self.generation
 
     def request_refresh(self) -> None:
