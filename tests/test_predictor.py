@@ -66,7 +66,7 @@ def test_address_learns_strides_and_backward_scans(page_size: int, stride: int) 
 
 
 def _replay_kernel_pages(ap: AddressPredictor, offsets: list[int], read: int,
-                         unseen_markers: list[int] | None = None) -> tuple[int, int, int]:
+                         unseen_markers: list[int] | None = None, reader: int = 0) -> tuple[int, int, int]:
     """Feed reads as the kernel would, at its own 4 KiB page granularity (no read-ahead of
     its own): a pushed page is cached but for its marker's hole (a marker without a hole not
     at all). Returns (reads that reached the predictor once the reader had left its first two
@@ -97,7 +97,7 @@ def _replay_kernel_pages(ap: AddressPredictor, offsets: list[int], read: int,
             if page in entered and page in holes and holes[page][0] <= kp * k - page * ps < holes[page][1]:
                 holes_read.add(page)
         lo, hi = miss[0] * k, (miss[-1] + 1) * k
-        for plan in ap.observe(lo, hi - lo, i * 0.003):
+        for plan in ap.observe(lo, hi - lo, i * 0.003, reader=reader):
             markers.update(plan.markers)
             for page in plan.pages:
                 hole = plan.markers.get(page)
@@ -307,6 +307,36 @@ def test_a_reader_that_skips_a_markers_hole_gets_whole_markers() -> None:
     later = [p for p in unseen if p > unseen[1] + 8]  # past the markers planned before the switch
     assert later == [] and ap.counters["marker_hits"] >= 15  # every later marker reached us
     assert ap.counters["holes_passed"] == 2
+
+
+def test_an_open_file_seen_skipping_holes_is_left_to_the_kernel_for_good() -> None:
+    """A reader that goes past marker holes without reading them touches pushed pages
+    without a request (an `mmap` reader touching a few KiB every stride: each fault's
+    read-around is a contiguous request): its windows ended in misses, and the read past a
+    window founded a new stream of the same kind. Its open file's forward streams are
+    kernel-led from then on — fetched into memory, not pushed — so each of its requests
+    reaches the daemon; another file's stream is pushed as before."""
+    ps, size = 65536, 1 << 30
+    start = size // 4
+    contiguous = [start + i * 4096 for i in range(8 * ps // 4096)]
+    gapped = [contiguous[-1] + 4096 + i * 12000 for i in range(60 * ps // 12000)]
+    cfg = PrefetchConfig(kernel_readahead_page_bytes=0)
+    ap = AddressPredictor(cfg, make_model("markov"), page_size=ps, params_bytes=size)
+    _replay_kernel_pages(ap, contiguous + gapped, 4096, [], reader=7)
+    assert ap.counters["hole_skippers"] == 1
+    ap.fetch_latency_s = 0.008
+
+    def pushes_of_a_fast_scan(reader: int, at: int) -> list[bool]:
+        out = []
+        for i in range(200):  # 128 KiB every ms: fast enough to be pushed, were it not a skipper
+            for plan in ap.observe(at + i * 131072, 131072, 50.0 + i * 0.001, reader=reader):
+                if plan.pages:
+                    out.append(plan.push)
+        return out
+
+    skipper, other = pushes_of_a_fast_scan(7, size // 2), pushes_of_a_fast_scan(8, 3 * size // 4)
+    assert skipper and not any(skipper)
+    assert other and all(other)
 
 
 @pytest.mark.parametrize("page_size,stride,read,pushed", [

@@ -219,7 +219,7 @@ class AddressPredictor:
         self.vocab: OrderedDict = OrderedDict()  # delta class -> count (bounded)
         self.counters = {"events": 0, "orphans": 0, "streams_started": 0, "trend_plans": 0, "model_plans": 0,
                          "marker_hits": 0, "model_hits": 0, "holes_passed": 0, "founding_sized": 0,
-                         "kernel_led": 0, "pushed_again": 0}
+                         "kernel_led": 0, "pushed_again": 0, "hole_skippers": 0}
         self.predict_s = 0.0
         self.predicts = 0
         #: measured reaction time (set by the policy): from the read that triggers a plan to
@@ -228,6 +228,9 @@ class AddressPredictor:
         #: late prefetches per stream (incremented by the policy on the trio thread: a plain
         #: int += under the GIL; read at marker hits in the learning thread)
         self.late: dict[int, int] = {}
+        #: open files (readers) seen skipping marker holes (`Stream.whole_markers`): their
+        #: forward streams are kernel-led from then on (see `_choose_kernel_led`); bounded
+        self.hole_skippers: OrderedDict[int, None] = OrderedDict()
 
     # ------------------------------------------------------------------ helpers
     def _pages(self, lo: float, hi: float) -> list[int]:
@@ -588,7 +591,7 @@ class AddressPredictor:
         s.holes_passed = 0
         s.whole_markers = False
         s.unit = max(1, math.ceil(ps / abs(step)))
-        s.kernel_led = cand == FWD and ps <= cfg.kernel_readahead_page_bytes
+        s.kernel_led = cand == FWD and (ps <= cfg.kernel_readahead_page_bytes or s.reader in self.hole_skippers)
         s.steps = min(max(cfg.ra_initial_steps * s.unit, self._kernel_floor(s, step)), self._cap_steps(step, extent))
         s.hits.clear()
         s.stride_samples.clear()
@@ -743,6 +746,8 @@ class AddressPredictor:
                 s.holes_passed += 1
                 self.counters["holes_passed"] += 1
                 s.whole_markers = s.holes_passed >= self.cfg.holes_passed_for_whole_markers
+                if s.whole_markers and s.reader and token == FWD and self.cfg.hole_skippers_kernel_led:
+                    self._note_hole_skipper(s)
         overtook = k > s.frontier  # the reader got past everything planned: the window was short
         if hit or overtook:
             self.counters["marker_hits"] += int(hit)
@@ -786,6 +791,8 @@ class AddressPredictor:
         window = cfg.kernel_readahead_window_bytes
         if token != FWD or window <= 0 or self.page_size <= cfg.kernel_readahead_page_bytes or self.fetch_latency_s <= 0:
             return
+        if s.reader in self.hole_skippers:
+            return  # pushed pages hide its reads from us (`_note_hole_skipper`)
         ahead = s.rate * self.fetch_latency_s  # bytes the reader goes while a page is on its way
         # the pages fetched ahead wait in memory for the kernel's requests (a page may take
         # two of them): our lead and two of the kernel's windows must fit this stream's share
@@ -801,6 +808,23 @@ class AddressPredictor:
         elif s.kernel_led and (ahead > 2 * window or kept > share):
             s.kernel_led = False
             self.counters["pushed_again"] += 1
+
+    def _note_hole_skipper(self, s: Stream) -> None:
+        """The stream's reader went past marker holes without reading them: a forward reader
+        with gaps that the kernel's read-ahead filled (an `mmap` reader touching a few KiB
+        every stride: each fault's read-around is a contiguous request). Pushed pages hide
+        its reads from us — it touches them without a request, skips the holes, and each
+        window ended in a miss (docs/prefetch.md section 7). Its open file's forward
+        streams are kernel-led from now on: fetched ahead into memory, not pushed, so every
+        read-around request reaches the daemon and is answered from memory."""
+        if not s.kernel_led:
+            s.kernel_led = True
+            self.counters["kernel_led"] += 1
+        self.counters["hole_skippers"] += s.reader not in self.hole_skippers
+        self.hole_skippers[s.reader] = None
+        self.hole_skippers.move_to_end(s.reader)
+        while len(self.hole_skippers) > self.cfg.max_streams:
+            self.hole_skippers.popitem(last=False)
 
     def _window(self, s: Stream, step: float, extent: int, overtook: bool) -> int:
         """The stream's new window (in trend steps) at a marker hit.

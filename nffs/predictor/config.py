@@ -173,6 +173,10 @@ class PrefetchConfig:
     #: its markers are whole from then on (one alone may be a marker never pushed: found in
     #: memory already, or its push skipped)
     holes_passed_for_whole_markers: int = 2
+    #: ... and, for a forward stream of an open file, that file's forward streams are left
+    #: to the kernel from then on (kernel-led: fetched ahead, not pushed), whatever their
+    #: speed: its reader touches pushed pages without a request (docs/prefetch.md 6.0zb)
+    hole_skippers_kernel_led: bool = True
     #: the reaction time is the median of this many recent samples (plan heads): robust to
     #: one-off stalls of a loaded machine, quick to follow a lasting change
     reaction_samples: int = 15
