@@ -231,6 +231,8 @@ class AddressPredictor:
         #: open files (readers) seen skipping marker holes (`Stream.whole_markers`): their
         #: forward streams are kernel-led from then on (see `_choose_kernel_led`); bounded
         self.hole_skippers: OrderedDict[int, None] = OrderedDict()
+        #: reader -> windows it ran out of past holed markers (`_note_overrun`)
+        self._overruns: dict[int, int] = {}
 
     # ------------------------------------------------------------------ helpers
     def _pages(self, lo: float, hi: float) -> list[int]:
@@ -384,6 +386,8 @@ class AddressPredictor:
                 if cand.trend is None and cand.reader == reader and events - cand.seen <= idle and self._near(cand, off):
                     s = cand
                     break
+        if s is None and reader and self.cfg.hole_skippers_kernel_led and reader not in self.hole_skippers:
+            self._note_overrun(off, reader)
         if s is None:
             s = self._from_orphans(off, end, now, reader)
             if s is None:
@@ -808,6 +812,29 @@ class AddressPredictor:
         elif s.kernel_led and (ahead > 2 * window or kept > share):
             s.kernel_led = False
             self.counters["pushed_again"] += 1
+
+    def _note_overrun(self, off: int, reader: int) -> None:
+        """A read of `reader` that no stream took: if it lands where one of the reader's own
+        forward streams ran out of planned pages, past markers with holes it never read, its
+        reader went through the pushed pages without a request and skipped the holes (the
+        read past a window founds a new stream, so the holes passed are never counted on the
+        old one). Two such overruns make the reader a hole skipper (`_note_hole_skipper`)."""
+        first = off // self.page_size
+        for cand in reversed(self.streams.values()):
+            if cand.reader != reader or cand.trend is None or cand.trend[0] != FWD or not cand.planned:
+                continue
+            last_planned = max(cand.planned[-1][1], default=-1)
+            holed = [m for m in cand.markers if m[2] and m[1] < first]
+            if holed and last_planned <= first <= last_planned + 1:
+                cand.holes_passed += len(holed)
+                self.counters["holes_passed"] += len(holed)
+                runs = self._overruns.get(reader, 0) + 1
+                self._overruns[reader] = runs
+                if len(self._overruns) > self.cfg.max_streams:
+                    self._overruns.pop(next(iter(self._overruns)))
+                if runs >= self.cfg.holes_passed_for_whole_markers:
+                    self._note_hole_skipper(cand)
+                return
 
     def _note_hole_skipper(self, s: Stream) -> None:
         """The stream's reader went past marker holes without reading them: a forward reader
