@@ -228,8 +228,9 @@ class AddressPredictor:
         #: late prefetches per stream (incremented by the policy on the trio thread: a plain
         #: int += under the GIL; read at marker hits in the learning thread)
         self.late: dict[int, int] = {}
-        #: open files (readers) seen skipping marker holes (`Stream.whole_markers`): their
-        #: forward streams are kernel-led from then on (see `_choose_kernel_led`); bounded
+        #: open files (readers) seen skipping marker holes (a stream's own holes passed,
+        #: `Stream.whole_markers`, or windows run out of past them, `_note_overrun`): their
+        #: forward streams are kernel-led from then on (`_note_hole_skipper`); bounded
         self.hole_skippers: OrderedDict[int, None] = OrderedDict()
         #: reader -> windows it ran out of past holed markers (`_note_overrun`)
         self._overruns: dict[int, int] = {}
@@ -841,7 +842,7 @@ class AddressPredictor:
         with gaps that the kernel's read-ahead filled (an `mmap` reader touching a few KiB
         every stride: each fault's read-around is a contiguous request). Pushed pages hide
         its reads from us — it touches them without a request, skips the holes, and each
-        window ended in a miss (docs/prefetch.md section 7). Its open file's forward
+        window ended in a miss (docs/prefetch.md 6.0zb). Its open file's forward
         streams are kernel-led from now on: fetched ahead into memory, not pushed, so every
         read-around request reaches the daemon and is answered from memory."""
         if not s.kernel_led:
