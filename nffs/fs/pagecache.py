@@ -53,6 +53,11 @@ RACED_WRITE_WAIT_S = 0.005
 LANDED_PRUNE_AT = 4096
 
 
+def _pages(offset: int, length: int, page_size: int) -> range:
+    """The pages bytes [offset, offset + length) touch (one, for length 0)."""
+    return range(offset // page_size, (offset + max(1, length) - 1) // page_size + 1)
+
+
 class PushedBytes:
     """Bytes on their way into the kernel cache (a page a prefetch pushes, or a write's bytes
     stored again): as handed over and, once the worker thread comes to them (or a change
@@ -66,7 +71,7 @@ class PushedBytes:
         self.buf: bytearray | None = None
 
     def pages(self, page_size: int) -> range:
-        return range(self.start // page_size, (self.start + max(1, len(self.data)) - 1) // page_size + 1)
+        return _pages(self.start, len(self.data), page_size)
 
 
 #: (inode, file offset, start, end of the slice of the pushed bytes) a push stores
@@ -187,17 +192,15 @@ class PageCacheSync:
 
     def _raced(self, offset: int, length: int) -> bool:
         """May a push have landed over these bytes since a write of them was made?"""
-        ps = self.layout.page_size
         since = time.monotonic() - PUSH_RACE_HORIZON_S
         landed = self._landed
         return any(p in self._pushing or landed.get(p, 0.0) > since
-                   for p in range(offset // ps, (offset + max(1, length) - 1) // ps + 1))
+                   for p in _pages(offset, length, self.layout.page_size))
 
     def _patch_pushes(self, offset: int, data: memoryview) -> None:
-        ps = self.layout.page_size
         end = offset + len(data)
         patched: set[int] = set()
-        for page in range(offset // ps, (end - 1) // ps + 1):
+        for page in _pages(offset, len(data), self.layout.page_size):
             pushes = self._pushing.get(page)
             if not pushes:
                 continue

@@ -2439,10 +2439,9 @@ class StorePort:
             data, slow = await s._fetch(page, priority)
         except NffsError:
             return FetchResult(page, None, -1, False, joined)
-        if data is not None and s.table.mem(page) is None and s.table.home(page) != home:
-            # not kept in memory, and its home changed while it was read (written back, or a
-            # reader's newer generation): those bytes may be the old home's, which the
-            # version of the new one would pass for current
+        if data is not None and self._home_left(page, home):
+            # its home changed while it was read: those bytes may be the old home's, which
+            # the version of the new one would pass for current
             return FetchResult(page, None, -1, slow, joined)
         return self._result(page, data, slow, joined)
 
@@ -2478,14 +2477,17 @@ class StorePort:
 
     def _batch_result(self, page: int, data: bytes, version: int | None, home: Home | None) -> FetchResult:
         """The result of a page a run fetch read from `home` (and installed as `version`)."""
-        s = self._store
         if version is not None and self.page_version(page) == version:
             return FetchResult(page, data, version, True, False)  # its copy, made from these bytes
-        if s.table.mem(page) is None and s.table.home(page) != home:
-            # not in memory, and its home is no longer the one read (written back since, or a
-            # reader's newer generation): those bytes are gone from the field
-            return FetchResult(page, None, -1, True, False)
+        if self._home_left(page, home):
+            return FetchResult(page, None, -1, True, False)  # those bytes are gone from the field
         return self._result(page, data, True, False)
+
+    def _home_left(self, page: int, home: Home | None) -> bool:
+        """Not in memory, and its home is no longer `home`, the one read (written back since,
+        or a reader's newer generation): bytes read from `home` are not the page's."""
+        s = self._store
+        return s.table.mem(page) is None and s.table.home(page) != home
 
     def _result(self, page: int, data: bytes | None, slow: bool, joined: bool) -> FetchResult:
         """What a fetch gives the prefetcher: the page's current bytes and version."""
